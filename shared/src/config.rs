@@ -1,0 +1,287 @@
+//! Settings come from the process environment; a `.env` file in the working directory is read
+//! first and never overrides a variable that is already set.
+//!
+//! Every reader returns [`ConfigError`], whose `Display` is the single line a binary prints
+//! before it exits when a setting is missing or invalid.
+
+use std::{fmt::Display, str::FromStr};
+
+/// A missing or invalid setting, named.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {name} {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub name: &'static str,
+    /// What is wrong with it, phrased to follow the name.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(name: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Loads `.env` from the working directory if there is one. A malformed file is an error, a
+/// missing one is not.
+pub fn load_dotenv() -> Result<(), ConfigError> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(ConfigError::new(".env", format!("could not be read: {e}"))),
+    }
+}
+
+fn raw(name: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => Ok(Some(v.trim().to_owned())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(name, "is not valid UTF-8")),
+    }
+}
+
+/// A setting that has no default.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    raw(name)?.ok_or_else(|| ConfigError::new(name, "is not set"))
+}
+
+/// A setting parsed with [`FromStr`], or `default` when it is unset or empty.
+pub fn parsed<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match raw(name)? {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|e| ConfigError::new(name, format!("is invalid ({v:?}): {e}"))),
+    }
+}
+
+/// A boolean setting: `true/false`, `1/0`, `yes/no`, `on/off`, any case.
+pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match raw(name)? {
+        None => Ok(default),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(
+                name,
+                format!("is invalid ({v:?}): expected true or false"),
+            )),
+        },
+    }
+}
+
+/// A string setting with a default.
+pub fn string(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    Ok(raw(name)?.unwrap_or_else(|| default.to_owned()))
+}
+
+/// Where a service listens: `HOST` and `PORT`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `HOST`, the address to bind (default `0.0.0.0`).
+    pub host: String,
+    /// `PORT`; `0` picks a free port (tests do this).
+    pub port: u16,
+}
+
+impl ServerConfig {
+    pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+        Ok(Self {
+            host: string("HOST", "0.0.0.0")?,
+            port: parsed("PORT", default_port)?,
+        })
+    }
+
+    /// Loopback on a free port, for tests.
+    pub fn ephemeral() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Postgres: `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`, e.g. `postgres://postgres@127.0.0.1:5432/chatsphere`. Required.
+    pub url: String,
+    /// `DATABASE_MAX_CONNECTIONS`, the pool size per process (default 10).
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = required("DATABASE_URL")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "is invalid: expected a postgres:// or postgresql:// URL",
+            ));
+        }
+        let max_connections = parsed("DATABASE_MAX_CONNECTIONS", 10u32)?;
+        if max_connections == 0 {
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "is invalid: must be at least 1",
+            ));
+        }
+        Ok(Self {
+            url,
+            max_connections,
+        })
+    }
+}
+
+/// Redis: `REDIS_URL` and `REDIS_PREFIX`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `REDIS_URL` (default `redis://127.0.0.1:6379`).
+    pub url: String,
+    /// `REDIS_PREFIX`, put before every key and channel name (default `cs:`). Several
+    /// deployments, or tests, can share one Redis with different prefixes.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = string("REDIS_URL", "redis://127.0.0.1:6379")?;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "is invalid: expected a redis:// URL",
+            ));
+        }
+        Ok(Self {
+            url,
+            prefix: string("REDIS_PREFIX", "cs:")?,
+        })
+    }
+}
+
+/// Access tokens: `SECRET_KEY` and `ACCESS_TOKEN_EXPIRE_MINUTES`.
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// `SECRET_KEY`, the HS256 signing key shared by every service. Required, at least 32 characters.
+    pub secret_key: String,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES` (default 30).
+    pub access_token_expire_minutes: u32,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret_key", &"<redacted>")
+            .field(
+                "access_token_expire_minutes",
+                &self.access_token_expire_minutes,
+            )
+            .finish()
+    }
+}
+
+/// The shortest `SECRET_KEY` accepted: HS256 wants a key at least as long as its output.
+pub const MIN_SECRET_KEY_LEN: usize = 32;
+
+impl JwtConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let secret_key = required("SECRET_KEY")?;
+        if secret_key.len() < MIN_SECRET_KEY_LEN {
+            return Err(ConfigError::new(
+                "SECRET_KEY",
+                format!("is too short: use at least {MIN_SECRET_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"),
+            ));
+        }
+        let access_token_expire_minutes = parsed("ACCESS_TOKEN_EXPIRE_MINUTES", 30u32)?;
+        if access_token_expire_minutes == 0 {
+            return Err(ConfigError::new(
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+                "is invalid: must be at least 1",
+            ));
+        }
+        Ok(Self {
+            secret_key,
+            access_token_expire_minutes,
+        })
+    }
+}
+
+/// The browser origins allowed to call the REST services and open WebSockets.
+pub const DEFAULT_ALLOWED_ORIGINS: &str =
+    "http://localhost:3000,http://localhost:5173,http://localhost:8000";
+
+/// `ALLOWED_ORIGINS`: a JSON list (`["https://a.example"]`) or a comma-separated list.
+pub fn allowed_origins() -> Result<Vec<String>, ConfigError> {
+    let value = string("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS)?;
+    parse_origins(&value).map_err(|problem| ConfigError::new("ALLOWED_ORIGINS", problem))
+}
+
+/// Parses either form of `ALLOWED_ORIGINS`; each origin is `scheme://host[:port]`, or `*`.
+pub fn parse_origins(value: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = if value.trim_start().starts_with('[') {
+        serde_json::from_str(value).map_err(|e| format!("is not a valid JSON list: {e}"))?
+    } else {
+        value
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    for origin in &list {
+        let ok = origin == "*"
+            || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin
+                    .trim_end_matches('/')
+                    .contains(|c: char| c.is_whitespace())
+                && origin.matches('/').count() == 2);
+        if !ok {
+            return Err(format!(
+                "has an invalid origin {origin:?}: expected scheme://host[:port] with no path"
+            ));
+        }
+    }
+    Ok(list)
+}
+
+/// `DEBUG`: human-readable logs instead of JSON lines.
+pub fn debug() -> Result<bool, ConfigError> {
+    flag("DEBUG", false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_accept_json_and_comma_lists() {
+        assert_eq!(
+            parse_origins(r#"["http://a.test", "https://b.test:8443"]"#).unwrap(),
+            vec!["http://a.test", "https://b.test:8443"]
+        );
+        assert_eq!(
+            parse_origins("http://a.test, https://b.test").unwrap(),
+            vec!["http://a.test", "https://b.test"]
+        );
+        assert!(parse_origins("http://a.test/path").is_err());
+        assert!(parse_origins("a.test").is_err());
+        assert!(parse_origins("[not json").is_err());
+    }
+
+    #[test]
+    fn error_names_the_setting_in_one_line() {
+        let e = ConfigError::new("SECRET_KEY", "is not set");
+        assert_eq!(e.to_string(), "configuration error: SECRET_KEY is not set");
+    }
+}

@@ -1,0 +1,105 @@
+//! The layers every REST router gets, so each service answers the same way at its edges:
+//! CORS for `ALLOWED_ORIGINS`, a request-body limit (413), JSON 404 and 405, a JSON 500 should a
+//! handler ever panic, request metrics, and request spans that never record query strings
+//! (they can carry tokens).
+
+use std::time::Duration;
+
+use axum::{
+    extract::{DefaultBodyLimit, Request},
+    http::{header, HeaderName, HeaderValue, Method, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    Router,
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::error::ApiError;
+
+/// Settings for [`finish`].
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Origins allowed by CORS; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Wraps a service's complete router with the shared edge layers.
+pub fn finish(router: Router, edge: &EdgeConfig) -> Router {
+    // Install the recorder before the first request so no early sample is lost.
+    crate::metrics::handle();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(edge.max_body_bytes))
+        .layer(middleware::from_fn(crate::metrics::track_http))
+        .layer(cors(&edge.allowed_origins))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+}
+
+/// CORS for the configured origins only.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+/// Serves `router` on `listener` until SIGTERM/SIGINT, recording each client's address, then
+/// lets in-flight requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(crate::shutdown::signal())
+    .await
+}

@@ -1,0 +1,27 @@
+//! Code that every ChatSphere binary shares, and nothing service-specific.
+//!
+//! - [`config`] — reading settings from the environment and `.env`, with one clear error per bad setting.
+//! - [`error`] — the JSON error body of the public contract and the [`error::ApiError`] type behind it.
+//! - [`extract`] — axum extractors that turn malformed input into contract errors instead of panics.
+//! - [`jwt`] — access-token claims, issuing and verification (HS256, pinned), and the [`jwt::AuthUser`] extractor.
+//! - [`keys`] — every Redis key name, under one configurable prefix.
+//! - [`db`], [`redis`] — connection pools, migrations, readiness waits.
+//! - [`http`] — the layers every REST router gets (CORS, body limit, JSON 404/405, metrics, request tracing).
+//! - [`health`], [`metrics`], [`telemetry`], [`shutdown`] — operations plumbing.
+
+pub mod config;
+pub mod db;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod http;
+pub mod jwt;
+pub mod keys;
+pub mod metrics;
+pub mod redis;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;
+
+pub use error::{ApiError, ApiResult};
