@@ -1,0 +1,503 @@
+//! The `/auth` endpoints and their OpenAPI description.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State},
+    http::{request::Parts, HeaderMap, StatusCode},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use shared::{
+    error::{unique_violation, ErrorBody},
+    extract::{field_name, media_type, parse_json, read_body, ApiJson, ApiQuery},
+    jwt::AuthUser,
+    ApiError, ApiResult,
+};
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi, ToSchema,
+};
+
+use crate::{
+    users::{self, NewUser, Profile, UserBody},
+    validate::{self, Problems},
+    AppState,
+};
+
+/// The `/auth` routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/me", get(me).patch(update_me))
+        .route("/auth/users", get(search_users))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ChatSphere auth-service", description = "Users, login and tokens."),
+    paths(register, login, refresh, logout, me, update_me, search_users),
+    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, UserBody, ErrorBody)),
+    modifiers(&BearerAuth),
+    tags((name = "auth", description = "Accounts and tokens"))
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme the authenticated endpoints use.
+pub struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    /// 3–32 of `[A-Za-z0-9_.-]`, unique whatever its case.
+    pub username: String,
+    /// Unique whatever its case.
+    pub email: String,
+    /// 8–128 characters.
+    pub password: String,
+    /// 1–64 characters; defaults to the username.
+    pub display_name: Option<String>,
+}
+
+/// `POST /auth/register`
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered", body = UserBody),
+        (status = 409, description = "Username or email taken", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<(StatusCode, Json<UserBody>)> {
+    let username = req.username.trim();
+    let email = req.email.trim();
+    let display_name = req
+        .display_name
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or(username);
+    let mut problems = Problems::default();
+    problems.check("username", validate::username(username));
+    problems.check("email", validate::email(email));
+    problems.check("password", validate::password(&req.password));
+    problems.check("display_name", validate::display_name(display_name));
+    problems.finish()?;
+
+    // Checked before hashing so a clash costs no Argon2 time; the unique indexes still decide races.
+    let (username_taken, email_taken) = users::taken(&state.db, username, email).await?;
+    if username_taken || email_taken {
+        return Err(conflict(username_taken, email_taken));
+    }
+
+    let password_hash = state.passwords.hash(req.password).await?;
+    let user = users::insert(
+        &state.db,
+        NewUser {
+            username,
+            email,
+            display_name,
+            password_hash: &password_hash,
+        },
+    )
+    .await
+    .map_err(|e| match unique_violation(&e) {
+        Some("users_username_lower_key") => conflict(true, false),
+        Some("users_email_lower_key") => conflict(false, true),
+        _ => ApiError::from(e),
+    })?;
+    metrics::counter!("auth_registrations_total").increment(1);
+    Ok((StatusCode::CREATED, Json(user.own())))
+}
+
+/// 409 naming the taken field(s).
+fn conflict(username: bool, email: bool) -> ApiError {
+    let mut fields = std::collections::BTreeMap::new();
+    if username {
+        fields.insert("username".to_owned(), "is already taken".to_owned());
+    }
+    if email {
+        fields.insert("email".to_owned(), "is already registered".to_owned());
+    }
+    let mut e = ApiError::conflict(
+        if username {
+            "username_taken"
+        } else {
+            "email_taken"
+        },
+        if username {
+            "that username is already taken"
+        } else {
+            "that email is already registered"
+        },
+    );
+    e.fields = Some(fields);
+    e
+}
+
+/// Login credentials, as JSON or as the form-encoded OAuth2 password flow.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// The username or the email.
+    pub username: String,
+    pub password: String,
+}
+
+impl<S: Send + Sync> FromRequest<S> for LoginRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let media = media_type(req.headers());
+        let form = media.as_deref() == Some("application/x-www-form-urlencoded");
+        if !form && !shared::extract::is_json(req.headers()) {
+            return Err(ApiError::unsupported_media_type(
+                "expected application/json or application/x-www-form-urlencoded",
+            ));
+        }
+        let body = read_body(req, state).await?;
+        if form {
+            serde_urlencoded::from_bytes(&body).map_err(|e| {
+                let message = e.to_string();
+                ApiError::invalid_field(field_name("", &message, "body"), message)
+            })
+        } else {
+            parse_json(&body)
+        }
+    }
+}
+
+/// Access and refresh tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+/// The TCP peer of a request, when the server recorded it.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| *addr),
+        ))
+    }
+}
+
+/// The client's address: the peer, or behind a trusted proxy `X-Real-IP`, else the last
+/// `X-Forwarded-For` hop (the one our proxy appended).
+fn client_address(
+    trust_proxy: bool,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<IpAddr> {
+    if trust_proxy {
+        let header_ip = |name: &str, last: bool| -> Option<IpAddr> {
+            let value = headers.get(name)?.to_str().ok()?;
+            let hop = if last {
+                value.rsplit(',').next()
+            } else {
+                Some(value)
+            };
+            hop?.trim().parse().ok()
+        };
+        if let Some(ip) =
+            header_ip("x-real-ip", false).or_else(|| header_ip("x-forwarded-for", true))
+        {
+            return Some(ip);
+        }
+    }
+    peer.map(|p| p.ip())
+}
+
+/// `POST /auth/login`
+#[utoipa::path(post, path = "/auth/login", tag = "auth",
+    request_body(content(
+        (LoginRequest = "application/json"),
+        (LoginRequest = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many failures; see Retry-After", body = ErrorBody),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    credentials: LoginRequest,
+) -> ApiResult<Json<TokenPair>> {
+    let account = credentials.username.trim().to_lowercase();
+    let address = client_address(state.config.trust_proxy_headers, &headers, peer);
+    let user = users::find_by_login(&state.db, &account).await?;
+    // Failures count against the account whichever of its names was typed; for unknown names,
+    // against the name itself.
+    let throttle_key = user
+        .as_ref()
+        .map_or_else(|| account.clone(), |u| u.id.to_string());
+    state.throttle.check(&throttle_key, address).await?;
+    let matched = state
+        .passwords
+        .verify(
+            credentials.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await?;
+    let user = match user {
+        Some(user) if matched => user,
+        _ => {
+            state.throttle.record_failure(&throttle_key, address).await;
+            metrics::counter!("auth_logins_total", "result" => "failed").increment(1);
+            return Err(ApiError::unauthorized(
+                "invalid_credentials",
+                "incorrect username or password",
+            ));
+        }
+    };
+    if !user.is_active {
+        return Err(ApiError::unauthorized(
+            "account_disabled",
+            "the account is deactivated",
+        ));
+    }
+    state.throttle.clear_account(&throttle_key).await;
+    users::touch_last_seen(&state.db, user.id).await?;
+    let access = state.jwt.issue(user.id)?;
+    let refresh_token = state.refresh_tokens.issue(user.id).await?;
+    metrics::counter!("auth_logins_total", "result" => "ok").increment(1);
+    Ok(Json(TokenPair {
+        access_token: access.token,
+        refresh_token,
+        token_type: "bearer",
+        expires_in: access.expires_in,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// `POST /auth/refresh`
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair; the presented refresh token stops working", body = TokenPair),
+        (status = 401, description = "Unknown, expired, revoked or reused refresh token", body = ErrorBody),
+    ))]
+async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    let (user_id, refresh_token) = state
+        .refresh_tokens
+        .rotate(req.refresh_token.trim())
+        .await??;
+    let access = state.jwt.issue(user_id)?;
+    Ok(Json(TokenPair {
+        access_token: access.token,
+        refresh_token,
+        token_type: "bearer",
+        expires_in: access.expires_in,
+    }))
+}
+
+/// `POST /auth/logout`
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204, description = "Every refresh token of this login stops working")))]
+async fn logout(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    state
+        .refresh_tokens
+        .revoke_family(req.refresh_token.trim())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's user row, refusing deactivated or deleted users with 401.
+async fn active_user(state: &AppState, caller: AuthUser) -> ApiResult<users::User> {
+    match users::find(&state.db, caller.user_id).await? {
+        Some(user) if user.is_active => Ok(user),
+        Some(_) => Err(ApiError::unauthorized(
+            "account_disabled",
+            "the account is deactivated",
+        )),
+        None => Err(ApiError::unauthorized(
+            "invalid_token",
+            "the user no longer exists",
+        )),
+    }
+}
+
+/// `GET /auth/me`
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = UserBody),
+        (status = 401, description = "Missing, invalid or expired token, or a deactivated user", body = ErrorBody),
+    ))]
+async fn me(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<UserBody>> {
+    Ok(Json(active_user(&state, caller).await?.own()))
+}
+
+/// `Some(None)` for an explicit `null`, `None` when the field is absent.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateMeRequest {
+    /// 1–64 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub display_name: Option<Option<String>>,
+    /// An http(s) URL; `null` or `""` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub avatar_url: Option<Option<String>>,
+}
+
+/// `PATCH /auth/me`
+#[utoipa::path(patch, path = "/auth/me", tag = "auth", security(("bearer" = [])), request_body = UpdateMeRequest,
+    responses(
+        (status = 200, description = "The updated caller", body = UserBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    ))]
+async fn update_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<UpdateMeRequest>,
+) -> ApiResult<Json<UserBody>> {
+    let mut problems = Problems::default();
+    let display_name = match req.display_name {
+        None => None,
+        Some(None) => {
+            problems.check("display_name", Err("must not be null".into()));
+            None
+        }
+        Some(Some(name)) => {
+            problems.check("display_name", validate::display_name(&name));
+            Some(name.trim().to_owned())
+        }
+    };
+    let avatar_url = match req.avatar_url {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(url)) if url.trim().is_empty() => Some(None),
+        Some(Some(url)) => {
+            problems.check("avatar_url", validate::http_url(url.trim()));
+            Some(Some(url.trim().to_owned()))
+        }
+    };
+    problems.finish()?;
+    active_user(&state, caller).await?;
+    let user = users::update_profile(
+        &state.db,
+        caller.user_id,
+        Profile {
+            display_name,
+            avatar_url,
+        },
+    )
+    .await?
+    .ok_or_else(|| ApiError::unauthorized("account_disabled", "the account is deactivated"))?;
+    Ok(Json(user.own()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /auth/users?q=PREFIX&limit=N`
+#[utoipa::path(get, path = "/auth/users", tag = "auth", security(("bearer" = [])),
+    params(
+        ("q" = String, Query, description = "Prefix of a username or display name, 1–64 characters"),
+        ("limit" = Option<i64>, Query, description = "1–50, default 20"),
+    ),
+    responses(
+        (status = 200, description = "Matching active users by username (never with emails)", body = [UserBody]),
+        (status = 422, description = "Invalid parameters", body = ErrorBody),
+    ))]
+async fn search_users(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    ApiQuery(query): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<Vec<UserBody>>> {
+    let mut problems = Problems::default();
+    let q = query.q.unwrap_or_default();
+    let q = q.trim();
+    problems.check(
+        "q",
+        if (1..=64).contains(&q.chars().count()) {
+            Ok(())
+        } else {
+            Err("must be 1 to 64 characters".into())
+        },
+    );
+    let limit = match query.limit.as_deref().map(str::parse::<i64>) {
+        None => 20,
+        Some(Ok(n)) if (1..=50).contains(&n) => n,
+        Some(_) => {
+            problems.check("limit", Err("must be a whole number from 1 to 50".into()));
+            20
+        }
+    };
+    problems.finish()?;
+    let found = users::search(&state.db, q, limit).await?;
+    Ok(Json(found.into_iter().map(users::User::public).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_address_trusts_proxy_headers_only_when_told() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        assert_eq!(client_address(false, &headers, Some(peer)), Some(peer.ip()));
+        assert_eq!(
+            client_address(true, &headers, Some(peer)),
+            "2.2.2.2".parse().ok()
+        );
+        headers.insert("x-real-ip", "3.3.3.3".parse().unwrap());
+        assert_eq!(
+            client_address(true, &headers, Some(peer)),
+            "3.3.3.3".parse().ok()
+        );
+    }
+}

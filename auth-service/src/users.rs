@@ -1,0 +1,203 @@
+//! The `users` table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A row of `users`.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub avatar_url: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// A user as the API shows it. `email` appears only on the caller's own user; the password hash never.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserBody {
+    pub id: Uuid,
+    pub username: String,
+    /// Present only on the caller's own user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+impl User {
+    /// The caller's own view, with the email.
+    pub fn own(self) -> UserBody {
+        let email = Some(self.email.clone());
+        UserBody {
+            email,
+            ..self.public()
+        }
+    }
+
+    /// Anyone else's view.
+    pub fn public(self) -> UserBody {
+        UserBody {
+            id: self.id,
+            username: self.username,
+            email: None,
+            display_name: self.display_name,
+            avatar_url: self.avatar_url,
+            is_active: self.is_active,
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+/// Which of a username and an email are taken already (case-insensitively).
+pub async fn taken(db: &PgPool, username: &str, email: &str) -> sqlx::Result<(bool, bool)> {
+    let row = sqlx::query!(
+        r#"SELECT
+             bool_or(lower(username) = lower($1)) AS "username!",
+             bool_or(lower(email) = lower($2)) AS "email!"
+           FROM users
+           WHERE lower(username) = lower($1) OR lower(email) = lower($2)
+           HAVING count(*) > 0"#,
+        username,
+        email
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map_or((false, false), |r| (r.username, r.email)))
+}
+
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub display_name: &'a str,
+    pub password_hash: &'a str,
+}
+
+pub async fn insert(db: &PgPool, new: NewUser<'_>) -> sqlx::Result<User> {
+    sqlx::query_as!(
+        User,
+        r#"INSERT INTO users (id, username, email, display_name, password_hash)
+           VALUES ($1, $2, $3, $4, $5)
+           RETURNING id, username, email, display_name, password_hash, avatar_url,
+                     is_active, created_at, last_seen"#,
+        Uuid::now_v7(),
+        new.username,
+        new.email,
+        new.display_name,
+        new.password_hash
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The user whose username or email is `login` (case-insensitively). A username cannot contain
+/// `@` and an email must, so at most one row matches.
+pub async fn find_by_login(db: &PgPool, login: &str) -> sqlx::Result<Option<User>> {
+    sqlx::query_as!(
+        User,
+        r#"SELECT id, username, email, display_name, password_hash, avatar_url,
+                  is_active, created_at, last_seen
+           FROM users
+           WHERE lower(username) = lower($1) OR lower(email) = lower($1)
+           LIMIT 1"#,
+        login
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn find(db: &PgPool, id: Uuid) -> sqlx::Result<Option<User>> {
+    sqlx::query_as!(
+        User,
+        r#"SELECT id, username, email, display_name, password_hash, avatar_url,
+                  is_active, created_at, last_seen
+           FROM users WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn touch_last_seen(db: &PgPool, id: Uuid) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar!(
+        r#"UPDATE users SET last_seen = now() WHERE id = $1 RETURNING last_seen AS "last_seen!""#,
+        id
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// What `PATCH /auth/me` changes: `None` leaves a field alone; `Some(None)` clears the avatar.
+pub struct Profile {
+    pub display_name: Option<String>,
+    pub avatar_url: Option<Option<String>>,
+}
+
+pub async fn update_profile(db: &PgPool, id: Uuid, p: Profile) -> sqlx::Result<Option<User>> {
+    let set_avatar = p.avatar_url.is_some();
+    let avatar = p.avatar_url.flatten();
+    sqlx::query_as!(
+        User,
+        r#"UPDATE users SET
+             display_name = COALESCE($2, display_name),
+             avatar_url = CASE WHEN $3 THEN $4 ELSE avatar_url END
+           WHERE id = $1 AND is_active
+           RETURNING id, username, email, display_name, password_hash, avatar_url,
+                     is_active, created_at, last_seen"#,
+        id,
+        p.display_name,
+        set_avatar,
+        avatar
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Escapes `%`, `_` and `\` so a search prefix matches literally in LIKE.
+pub fn like_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// Active users whose username or display name starts with `prefix`, by username.
+pub async fn search(db: &PgPool, prefix: &str, limit: i64) -> sqlx::Result<Vec<User>> {
+    sqlx::query_as!(
+        User,
+        r#"SELECT id, username, email, display_name, password_hash, avatar_url,
+                  is_active, created_at, last_seen
+           FROM users
+           WHERE is_active AND (lower(username) LIKE $1 OR lower(display_name) LIKE $1)
+           ORDER BY lower(username) COLLATE "C"
+           LIMIT $2"#,
+        like_prefix(prefix),
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_prefix_escapes_wildcards() {
+        assert_eq!(super::like_prefix("Al_%\\"), "al\\_\\%\\\\%");
+    }
+}

@@ -1,0 +1,10 @@
+//! auth-service behaviour over real HTTP, Postgres (a fresh database per test) and Redis (a
+//! fresh key prefix per test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod edges;
+mod helpers;
+mod login;
+mod me;
+mod register;
+mod tokens;

@@ -1,0 +1,239 @@
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shared::jwt::Claims;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{assert_error, spawn_app, SECRET};
+
+fn sign(claims: &Claims, alg: Algorithm, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn me_shows_the_caller_with_email(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let token = app.tokens(&alice).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app.me(&token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(me["id"], alice.id.as_str());
+    assert_eq!(me["email"], "alice@example.com");
+    assert!(me.get("password_hash").is_none());
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn bad_tokens_are_401(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let id: Uuid = alice.id.parse().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let fresh = Claims {
+        sub: id,
+        iat: now,
+        exp: now + 600,
+    };
+    let expired = Claims {
+        sub: id,
+        iat: now - 7200,
+        exp: now - 3600,
+    };
+
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&fresh).unwrap())
+    );
+    let cases = [
+        (sign(&expired, Algorithm::HS256, SECRET), "token_expired"),
+        (
+            sign(
+                &fresh,
+                Algorithm::HS256,
+                "some-other-key-some-other-key-12345",
+            ),
+            "invalid_token",
+        ),
+        (sign(&fresh, Algorithm::HS512, SECRET), "invalid_token"),
+        (none, "invalid_token"),
+        ("garbage".to_owned(), "invalid_token"),
+        (
+            sign(
+                &Claims {
+                    sub: Uuid::new_v4(),
+                    ..fresh.clone()
+                },
+                Algorithm::HS256,
+                SECRET,
+            ),
+            "invalid_token",
+        ),
+    ];
+    for (token, code) in cases {
+        assert_error(app.me(&token).await, StatusCode::UNAUTHORIZED, code).await;
+    }
+    // The same token signed correctly works, so the refusals above are about the token.
+    assert_eq!(
+        app.me(&sign(&fresh, Algorithm::HS256, SECRET))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let r = app.http.get(app.url("/auth/me")).send().await.unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+    let r = app
+        .http
+        .get(app.url("/auth/me"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_deactivated_users_token_is_401(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let token = app.tokens(&alice).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sqlx::query("UPDATE users SET is_active = false")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_error(
+        app.me(&token).await,
+        StatusCode::UNAUTHORIZED,
+        "account_disabled",
+    )
+    .await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn patch_me_updates_the_profile(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let token = app.tokens(&alice).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let patch = |body: Value| {
+        app.http
+            .patch(app.url("/auth/me"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+
+    let r =
+        patch(json!({"display_name": "Alice W.", "avatar_url": "https://cdn.example.com/a.png"}))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(me["display_name"], "Alice W.");
+    assert_eq!(me["avatar_url"], "https://cdn.example.com/a.png");
+
+    // Absent fields stay; null removes the avatar.
+    let r = patch(json!({"avatar_url": null})).await.unwrap();
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(me["display_name"], "Alice W.");
+    assert!(me["avatar_url"].is_null());
+
+    let r = patch(json!({"display_name": "", "avatar_url": "javascript:alert(1)"}))
+        .await
+        .unwrap();
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["display_name"].is_string() && body["fields"]["avatar_url"].is_string());
+
+    let r = app
+        .http
+        .patch(app.url("/auth/me"))
+        .json(&json!({"display_name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn user_search_matches_prefixes_without_emails(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    app.register("alfred").await;
+    app.register("bob").await;
+    app.register("al_x").await;
+    sqlx::query("UPDATE users SET display_name = 'Albert Bob' WHERE username = 'bob'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let token = app.tokens(&alice).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let search = |q: &str| {
+        app.http
+            .get(app.url("/auth/users"))
+            .bearer_auth(&token)
+            .query(&[("q", q)])
+            .send()
+    };
+
+    let found: Vec<Value> = search("AL").await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = found
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["al_x", "alfred", "alice", "bob"]);
+    assert!(found.iter().all(|u| u.get("email").is_none()));
+
+    // `_` is literal, not a wildcard.
+    let found: Vec<Value> = search("al_").await.unwrap().json().await.unwrap();
+    assert_eq!(found.len(), 1);
+
+    let r = app
+        .http
+        .get(app.url("/auth/users?q=al&limit=2"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let found: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(found.len(), 2);
+
+    for bad in [
+        "/auth/users",
+        "/auth/users?q=al&limit=0",
+        "/auth/users?q=al&limit=abc",
+    ] {
+        let r = app
+            .http
+            .get(app.url(bad))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    }
+    let r = app
+        .http
+        .get(app.url("/auth/users?q=al"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
