@@ -1,0 +1,34 @@
+//! `chat-service` serves the `/chat` API; `chat-service migrate` applies migrations and exits.
+
+use std::process::ExitCode;
+
+use chat_service::{Application, ChatConfig};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match shared::config::load_dotenv().and_then(|()| ChatConfig::from_env()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shared::telemetry::init(config.debug);
+    let outcome = match std::env::args().nth(1).as_deref() {
+        Some("migrate") => shared::startup::migrate_only(&config.database).await,
+        None => {
+            async {
+                Application::build(config)
+                    .await?
+                    .run_until_stopped()
+                    .await?;
+                Ok(())
+            }
+            .await
+        }
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown command {other:?}; expected none or `migrate`"
+        )),
+    };
+    shared::startup::exit_code(outcome)
+}
