@@ -1,0 +1,46 @@
+# Helpers sourced by the scripts in scripts/: find or start Postgres and Redis, or say exactly
+# what is missing.
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# port_open HOST PORT: whether something accepts TCP connections there.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # HOST PORT SECONDS
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do port_open "$1" "$2" && return 0; sleep 0.1; done
+  return 1
+}
+
+ensure_postgres() {
+  port_open 127.0.0.1 5432 && return 0
+  if [ -d /etc/postgresql ] && command -v pg_ctlcluster >/dev/null 2>&1; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    say "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+      sudo pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+      die "could not start PostgreSQL; start it yourself and retry"
+    wait_port 127.0.0.1 5432 30 || die "PostgreSQL did not open port 5432"
+  else
+    die "PostgreSQL is not installed or not on 127.0.0.1:5432. On Debian/Ubuntu: sudo apt-get install -y postgresql, and allow the postgres user on 127.0.0.1 (or set DATABASE_URL)."
+  fi
+}
+
+ensure_redis() {
+  port_open 127.0.0.1 6379 && return 0
+  if command -v redis-server >/dev/null 2>&1; then
+    say "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null ||
+      die "could not start redis-server"
+    wait_port 127.0.0.1 6379 10 || die "Redis did not open port 6379"
+  else
+    die "Redis is not installed or not on 127.0.0.1:6379. On Debian/Ubuntu: sudo apt-get install -y redis-server"
+  fi
+}
+
+ensure_cargo() {
+  command -v cargo >/dev/null 2>&1 ||
+    die "Rust is not installed: see https://rustup.rs (then open a new shell)"
+}
