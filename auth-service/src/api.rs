@@ -9,16 +9,14 @@ use axum::{
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
+use shared::docs::BearerAuth;
 use shared::{
     error::{unique_violation, ErrorBody},
     extract::{field_name, media_type, parse_json, read_body, ApiJson, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
-use utoipa::{
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-    Modify, OpenApi, ToSchema,
-};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     users::{self, NewUser, Profile, UserBody},
@@ -46,24 +44,6 @@ pub fn router() -> Router<AppState> {
     tags((name = "auth", description = "Accounts and tokens"))
 )]
 pub struct ApiDoc;
-
-/// Declares the `bearer` security scheme the authenticated endpoints use.
-pub struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {

@@ -3,7 +3,13 @@
 //! browser loads their scripts, nothing is downloaded at build time.
 
 use axum::{response::Html, routing::get, Json, Router};
-use utoipa::openapi::OpenApi;
+use utoipa::{
+    openapi::{
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        OpenApi,
+    },
+    Modify,
+};
 use utoipa_scalar::{Scalar, Servable};
 
 const REDOC_PAGE: &str = r#"<!doctype html>
@@ -20,4 +26,23 @@ pub fn router<S: Clone + Send + Sync + 'static>(openapi: OpenApi) -> Router<S> {
         .route("/openapi.json", get(move || async move { json }))
         .route("/redoc", get(|| async { Html(REDOC_PAGE) }))
         .merge(Scalar::with_url("/docs", openapi))
+}
+
+/// Declares the `bearer` (JWT) security scheme that authenticated endpoints name with
+/// `security(("bearer" = []))`. Use it as `#[openapi(modifiers(&BearerAuth))]`.
+pub struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
 }
