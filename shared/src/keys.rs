@@ -1,5 +1,8 @@
 //! Every Redis key and channel name, in one place, under one prefix (`REDIS_PREFIX`).
 //! Tests give each run its own prefix, so they never see one another's keys or messages.
+//! (Pub/sub channels are shared across Redis databases, so the prefix matters for them too.)
+
+use uuid::Uuid;
 
 /// Builds key names under a prefix.
 #[derive(Debug, Clone)]
@@ -16,6 +19,36 @@ impl Keys {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Pub/sub channel of a room's or group's conversation: its messages, edits, deletions and
+    /// membership changes. One publish reaches every member on every gateway.
+    pub fn conversation_channel(&self, conversation_id: Uuid) -> String {
+        format!("{}conv:{}", self.prefix, conversation_id)
+    }
+
+    /// Pub/sub channel of one user: private-chat messages, acks, read positions, membership
+    /// changes that concern the user, presence of the users they share a chat with.
+    pub fn user_channel(&self, user_id: Uuid) -> String {
+        format!("{}user:{}", self.prefix, user_id)
+    }
+
+    /// The Redis Stream through which gateways hand `send_message` commands to chat-service.
+    pub fn send_stream(&self) -> String {
+        format!("{}sends", self.prefix)
+    }
+
+    /// The consumer group of chat-service workers on [`Keys::send_stream`].
+    pub fn send_group(&self) -> &'static str {
+        "chat-service"
+    }
+
+    /// Sorted set of online users: member = user id, score = when the entry expires (Unix ms).
+    /// Gateways re-add their users every [`crate::presence::REFRESH_SECONDS`] with an expiry
+    /// [`crate::presence::TTL_SECONDS`] ahead, so the users of a gateway that died drop out
+    /// within that time; readers only count scores in the future.
+    pub fn online_users(&self) -> String {
+        format!("{}online", self.prefix)
     }
 
     /// Failed logins for one account (lower-cased username or email) in the current window.

@@ -9,6 +9,7 @@
 //! - [`http`] — the layers every REST router gets (CORS, body limit, JSON 404/405, metrics, request tracing).
 //! - [`health`], [`metrics`], [`telemetry`], [`shutdown`] — operations plumbing.
 
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod docs;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod redis;
 pub mod shutdown;
 pub mod startup;

@@ -1,0 +1,256 @@
+//! The chat wire types both sides speak: the message object of the contract, the events
+//! chat-service publishes on Redis (MessagePack), and the send command gateways hand to
+//! chat-service. One enum for the events, so the publisher and the gateway cannot drift apart.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `room`, `private` or `group` on the wire; `ROOM`, `PRIVATE`, `GROUP` in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatType {
+    Room,
+    Private,
+    Group,
+}
+
+impl ChatType {
+    pub fn as_db(self) -> &'static str {
+        match self {
+            ChatType::Room => "ROOM",
+            ChatType::Private => "PRIVATE",
+            ChatType::Group => "GROUP",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Option<Self> {
+        match s {
+            "ROOM" => Some(ChatType::Room),
+            "PRIVATE" => Some(ChatType::Private),
+            "GROUP" => Some(ChatType::Group),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for ChatType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "room" => Ok(ChatType::Room),
+            "private" => Ok(ChatType::Private),
+            "group" => Ok(ChatType::Group),
+            _ => Err("must be room, private or group".into()),
+        }
+    }
+}
+
+/// `text` or `image` (an http(s) URL in `content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageType {
+    #[default]
+    Text,
+    Image,
+}
+
+impl MessageType {
+    pub fn as_db(self) -> &'static str {
+        match self {
+            MessageType::Text => "TEXT",
+            MessageType::Image => "IMAGE",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Option<Self> {
+        match s {
+            "TEXT" => Some(MessageType::Text),
+            "IMAGE" => Some(MessageType::Image),
+            _ => None,
+        }
+    }
+}
+
+/// The message object of the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    /// Counts up by one per conversation, with no gaps, in commit order.
+    pub seq: i64,
+    pub chat_type: ChatType,
+    pub from_user_id: Uuid,
+    /// Private chats: the recipient.
+    pub to_user_id: Option<Uuid>,
+    pub room_id: Option<Uuid>,
+    pub group_id: Option<Uuid>,
+    /// Empty once deleted.
+    pub content: String,
+    pub message_type: MessageType,
+    pub reply_to_id: Option<Uuid>,
+    pub client_id: Option<String>,
+    pub is_edited: bool,
+    pub is_deleted: bool,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+}
+
+impl Message {
+    /// The conversation's `chat_id` as `viewer` sees it: the room or group id, or for a
+    /// private chat the other user's id.
+    pub fn chat_id_for(&self, viewer: Uuid) -> Option<Uuid> {
+        match self.chat_type {
+            ChatType::Room => self.room_id,
+            ChatType::Group => self.group_id,
+            ChatType::Private => {
+                if viewer == self.from_user_id {
+                    self.to_user_id
+                } else {
+                    Some(self.from_user_id)
+                }
+            }
+        }
+    }
+}
+
+/// What happened to a membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipAction {
+    Joined,
+    Left,
+    Added,
+    Removed,
+}
+
+/// Events chat-service publishes after its transaction commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Event {
+    /// A new message.
+    Message(Message),
+    /// An edited message.
+    MessageEdited(Message),
+    /// A deleted message (it stays in history, emptied).
+    MessageDeleted {
+        id: Uuid,
+        seq: i64,
+        chat_type: ChatType,
+        conversation_id: Uuid,
+        from_user_id: Uuid,
+        to_user_id: Option<Uuid>,
+    },
+    /// Someone joined, left, was added to or removed from a room or group.
+    Membership {
+        chat_type: ChatType,
+        /// The room or group id (its conversation id too).
+        chat_id: Uuid,
+        user_id: Uuid,
+        action: MembershipAction,
+    },
+    /// `user_id` has read `conversation_id` up to `seq`. For a private chat `peer_id` is the
+    /// other user, so each side can be shown its own `chat_id`.
+    Read {
+        user_id: Uuid,
+        chat_type: ChatType,
+        conversation_id: Uuid,
+        peer_id: Option<Uuid>,
+        seq: i64,
+    },
+    /// A send from the bus was persisted: for the sending connection only.
+    Ack {
+        session_id: String,
+        client_id: String,
+        message: Message,
+    },
+    /// A send from the bus was refused: for the sending connection only.
+    SendFailed {
+        session_id: String,
+        client_id: String,
+        code: String,
+        detail: String,
+    },
+}
+
+/// A `send_message` a gateway hands to chat-service through the send stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendCommand {
+    pub user_id: Uuid,
+    /// The sending connection, so the `ack` reaches it alone.
+    pub session_id: String,
+    /// The client's id for this send; the gateway makes one up when the client gave none, so a
+    /// redelivered command is recognised and never stored twice.
+    pub client_id: String,
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+    pub content: String,
+    #[serde(default)]
+    pub message_type: MessageType,
+    pub reply_to_id: Option<Uuid>,
+}
+
+/// MessagePack with field names, so either side can add optional fields without breaking the other.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(value)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            id: Uuid::new_v4(),
+            seq: 7,
+            chat_type: ChatType::Private,
+            from_user_id: Uuid::new_v4(),
+            to_user_id: Some(Uuid::new_v4()),
+            room_id: None,
+            group_id: None,
+            content: "hi".into(),
+            message_type: MessageType::Text,
+            reply_to_id: None,
+            client_id: Some("c1".into()),
+            is_edited: false,
+            is_deleted: false,
+            created_at: Utc::now(),
+            edited_at: None,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_messagepack() {
+        let m = message();
+        for event in [
+            Event::Message(m.clone()),
+            Event::Ack {
+                session_id: "s".into(),
+                client_id: "c1".into(),
+                message: m.clone(),
+            },
+            Event::Membership {
+                chat_type: ChatType::Room,
+                chat_id: Uuid::new_v4(),
+                user_id: Uuid::new_v4(),
+                action: MembershipAction::Joined,
+            },
+        ] {
+            let bytes = encode(&event).unwrap();
+            assert_eq!(decode::<Event>(&bytes).unwrap(), event);
+        }
+        assert!(decode::<Event>(b"\x01\x02").is_err());
+    }
+
+    #[test]
+    fn private_chat_ids_are_seen_from_the_viewer() {
+        let m = message();
+        assert_eq!(m.chat_id_for(m.from_user_id), m.to_user_id);
+        assert_eq!(m.chat_id_for(m.to_user_id.unwrap()), Some(m.from_user_id));
+    }
+}
