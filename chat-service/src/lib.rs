@@ -1,49 +1,61 @@
-//! chat-service: rooms, groups, private chats, message history and the worker that persists
-//! WebSocket sends. For now it serves health and metrics only; it already applies migrations
-//! at start, as it will own most of the schema.
+//! chat-service: rooms, groups, private chats, message history and conversations, and the
+//! worker that persists WebSocket sends.
+//!
+//! - [`config`] — settings.
+//! - [`api`] — the `/chat` endpoints and their OpenAPI description.
+//! - [`conversation`] — from `(chat_type, chat_id)` to a conversation, and who may do what.
+//! - [`pipeline`] — sends in, persisted messages out: batching, seq, idempotency.
+//! - [`publish`] — events on Redis after commit.
+//! - [`worker`] — the consumer of the send stream gateways write to.
+//! - [`model`] — rows and their API shapes.
 
-use std::time::Duration;
+pub mod api;
+pub mod config;
+pub mod conversation;
+pub mod model;
+pub mod pipeline;
+pub mod publish;
+pub mod worker;
+
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::Router;
-use shared::{
-    config::{self, ConfigError, DatabaseConfig, JwtConfig, RedisConfig, ServerConfig},
-    health::HealthState,
-    http::EdgeConfig,
-};
+use axum::{extract::FromRef, Router};
+use fred::prelude::Client;
+use shared::{health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys, ApiError};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
+use utoipa::OpenApi;
 
-/// Everything chat-service reads at start. `.env.example` documents each variable.
-#[derive(Debug, Clone)]
-pub struct ChatConfig {
-    /// `HOST`, `PORT` (default 8002).
-    pub server: ServerConfig,
-    /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`.
-    pub database: DatabaseConfig,
-    /// `REDIS_URL`, `REDIS_PREFIX`.
-    pub redis: RedisConfig,
-    /// `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`: access tokens are verified locally.
-    pub jwt: JwtConfig,
-    /// `ALLOWED_ORIGINS`.
-    pub allowed_origins: Vec<String>,
-    /// `DEBUG`.
-    pub debug: bool,
-    /// `MAX_BODY_BYTES` (default 65536).
-    pub max_body_bytes: usize,
+pub use config::ChatConfig;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: Client,
+    pub publisher: publish::Publisher,
+    pub jwt: Arc<JwtKeys>,
+    pub config: Arc<ChatConfig>,
 }
 
-impl ChatConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            server: ServerConfig::from_env(8002)?,
-            database: DatabaseConfig::from_env()?,
-            redis: RedisConfig::from_env()?,
-            jwt: JwtConfig::from_env()?,
-            allowed_origins: config::allowed_origins()?,
-            debug: config::debug()?,
-            max_body_bytes: config::parsed("MAX_BODY_BYTES", 64 * 1024)?,
-        })
+impl AppState {
+    /// Writes that publish events refuse up front, with nothing written, while Redis is away.
+    pub fn require_events(&self) -> Result<(), ApiError> {
+        if self.publisher.is_connected() {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable(
+                "redis_unavailable",
+                "redis is unavailable, retry shortly",
+            ))
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.jwt.clone()
     }
 }
 
@@ -52,6 +64,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    worker: Option<worker::SendWorker>,
 }
 
 impl Application {
@@ -73,14 +86,37 @@ impl Application {
         if !shared::redis::wait_until_ready(&redis, Duration::from_secs(5)).await {
             tracing::warn!("Redis is not answering yet");
         }
+        let keys = Keys::new(config.redis.prefix.clone());
+        let publisher = publish::Publisher::new(redis.clone(), keys.clone());
+        let worker = config.run_send_worker.then(|| {
+            worker::SendWorker::new(
+                db.clone(),
+                &redis,
+                publisher.clone(),
+                keys.clone(),
+                config.worker.clone(),
+            )
+        });
+        let state = AppState {
+            db: db.clone(),
+            redis: redis.clone(),
+            publisher,
+            jwt: Arc::new(JwtKeys::new(&config.jwt)),
+            config: Arc::new(config.clone()),
+        };
         let health = HealthState {
             service: "chat-service",
             version: env!("CARGO_PKG_VERSION"),
             db: Some(db),
             redis: Some(redis),
         };
+        let router = Router::new()
+            .merge(api::router())
+            .with_state(state)
+            .merge(shared::health::router(health))
+            .merge(shared::docs::router(api::ApiDoc::openapi()));
         let router = shared::http::finish(
-            shared::health::router(health),
+            router,
             &EdgeConfig {
                 allowed_origins: config.allowed_origins.clone(),
                 max_body_bytes: config.max_body_bytes,
@@ -94,6 +130,7 @@ impl Application {
             listener,
             router,
             port,
+            worker,
         })
     }
 
@@ -101,9 +138,17 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM or SIGINT.
+    /// Serves (and runs the send worker) until SIGTERM or SIGINT; the worker finishes its
+    /// batch before the process exits.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(port = self.port, "chat-service listening");
-        shared::http::serve(self.listener, self.router).await
+        let (stop, stopped) = watch::channel(false);
+        let worker = self.worker.map(|w| tokio::spawn(w.run(stopped)));
+        let served = shared::http::serve(self.listener, self.router).await;
+        let _ = stop.send(true);
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
+        served
     }
 }

@@ -1,4 +1,5 @@
-//! `chat-service` serves the `/chat` API; `chat-service migrate` applies migrations and exits.
+//! `chat-service` serves the `/chat` API and persists WebSocket sends;
+//! `chat-service migrate` applies migrations and exits.
 
 use std::process::ExitCode;
 

@@ -1,0 +1,304 @@
+//! Groups: private multi-user chats with an owner.
+
+use std::collections::BTreeSet;
+
+use axum::{extract::State, http::StatusCode, Json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::{
+    chat::{ChatType, Event, MembershipAction},
+    error::ErrorBody,
+    extract::{ApiJson, ApiPath},
+    jwt::AuthUser,
+    ApiError, ApiResult,
+};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{model::UserSummary, AppState};
+
+/// The most members one request may add.
+const MAX_MEMBERS_PER_REQUEST: usize = 100;
+
+/// A group and its members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Group {
+    pub id: Uuid,
+    pub name: String,
+    pub owner_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub members: Vec<UserSummary>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateGroup {
+    /// 1–64 characters.
+    pub name: String,
+    /// Users to add besides the creator (at most 100).
+    #[serde(default)]
+    pub member_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddMembers {
+    /// Users to add (1–100).
+    pub user_ids: Vec<Uuid>,
+}
+
+struct GroupRow {
+    id: Uuid,
+    name: String,
+    owner_id: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+async fn row(state: &AppState, id: Uuid) -> ApiResult<GroupRow> {
+    sqlx::query_as!(
+        GroupRow,
+        "SELECT id, name, owner_id, created_at FROM groups WHERE id = $1",
+        id
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such group"))
+}
+
+async fn with_members(state: &AppState, g: GroupRow) -> ApiResult<Group> {
+    Ok(Group {
+        members: crate::api::members_of(state, g.id).await?,
+        id: g.id,
+        name: g.name,
+        owner_id: g.owner_id,
+        created_at: g.created_at,
+    })
+}
+
+async fn is_member(state: &AppState, group: Uuid, user: Uuid) -> ApiResult<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM conversation_members
+                          WHERE conversation_id = $1 AND user_id = $2) AS "m!""#,
+        group,
+        user
+    )
+    .fetch_one(&state.db)
+    .await?)
+}
+
+/// Checks every id names an active user; 422 naming `field` otherwise.
+async fn check_users(state: &AppState, field: &str, ids: &BTreeSet<Uuid>) -> ApiResult<()> {
+    if ids.len() > MAX_MEMBERS_PER_REQUEST {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("at most {MAX_MEMBERS_PER_REQUEST} users at once"),
+        ));
+    }
+    let list: Vec<Uuid> = ids.iter().copied().collect();
+    let found: BTreeSet<Uuid> = sqlx::query_scalar!(
+        "SELECT id FROM users WHERE id = ANY($1) AND is_active",
+        &list
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    let unknown: Vec<String> = ids.difference(&found).map(Uuid::to_string).collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            field,
+            format!("unknown users: {}", unknown.join(", ")),
+        ))
+    }
+}
+
+async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipAction) {
+    let event = Event::Membership {
+        chat_type: ChatType::Group,
+        chat_id: group,
+        user_id: user,
+        action,
+    };
+    state.publisher.membership(group, user, &event).await;
+}
+
+/// `POST /chat/groups`
+#[utoipa::path(post, path = "/chat/groups", tag = "groups", security(("bearer" = [])), request_body = CreateGroup,
+    responses(
+        (status = 201, description = "Created; the creator owns it and is a member", body = Group),
+        (status = 422, description = "Invalid name or unknown users", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<CreateGroup>,
+) -> ApiResult<(StatusCode, Json<Group>)> {
+    let name = req.name.trim();
+    if !(1..=64).contains(&name.chars().count()) {
+        return Err(ApiError::invalid_field(
+            "name",
+            "must be 1 to 64 characters",
+        ));
+    }
+    let mut members: BTreeSet<Uuid> = req.member_ids.into_iter().collect();
+    members.remove(&caller.user_id);
+    check_users(&state, "member_ids", &members).await?;
+    state.require_events()?;
+    members.insert(caller.user_id);
+    let id = Uuid::now_v7();
+    let list: Vec<Uuid> = members.iter().copied().collect();
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "INSERT INTO groups (id, name, owner_id) VALUES ($1, $2, $3)",
+        id,
+        name,
+        caller.user_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO conversations (id, chat_type, group_id) VALUES ($1, 'GROUP', $1)",
+        id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO conversation_members (conversation_id, user_id) SELECT $1, unnest($2::uuid[])",
+        id,
+        &list
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    for user in members {
+        let action = if user == caller.user_id {
+            MembershipAction::Joined
+        } else {
+            MembershipAction::Added
+        };
+        announce(&state, id, user, action).await;
+    }
+    let group = with_members(&state, row(&state, id).await?).await?;
+    Ok((StatusCode::CREATED, Json(group)))
+}
+
+/// `GET /chat/groups`
+#[utoipa::path(get, path = "/chat/groups", tag = "groups", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's groups, newest first", body = [Group])))]
+pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<Vec<Group>>> {
+    let rows = sqlx::query_as!(
+        GroupRow,
+        r#"SELECT g.id, g.name, g.owner_id, g.created_at
+           FROM groups g JOIN conversation_members m ON m.conversation_id = g.id
+           WHERE m.user_id = $1 ORDER BY g.created_at DESC"#,
+        caller.user_id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut groups = Vec::with_capacity(rows.len());
+    for g in rows {
+        groups.push(with_members(&state, g).await?);
+    }
+    Ok(Json(groups))
+}
+
+/// `POST /chat/groups/{id}/members`
+#[utoipa::path(post, path = "/chat/groups/{id}/members", tag = "groups", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Group id")), request_body = AddMembers,
+    responses(
+        (status = 200, description = "The group with its members", body = Group),
+        (status = 403, description = "Only the owner adds members", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+        (status = 422, description = "Unknown users", body = ErrorBody),
+    ))]
+pub async fn add_members(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<AddMembers>,
+) -> ApiResult<Json<Group>> {
+    let group = row(&state, id).await?;
+    if group.owner_id != caller.user_id {
+        return Err(ApiError::forbidden("only the group's owner adds members"));
+    }
+    let users: BTreeSet<Uuid> = req.user_ids.into_iter().collect();
+    if users.is_empty() {
+        return Err(ApiError::invalid_field(
+            "user_ids",
+            "name at least one user",
+        ));
+    }
+    check_users(&state, "user_ids", &users).await?;
+    state.require_events()?;
+    let list: Vec<Uuid> = users.iter().copied().collect();
+    let added = sqlx::query_scalar!(
+        r#"INSERT INTO conversation_members (conversation_id, user_id)
+           SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING user_id"#,
+        id,
+        &list
+    )
+    .fetch_all(&state.db)
+    .await?;
+    for user in added {
+        announce(&state, id, user, MembershipAction::Added).await;
+    }
+    Ok(Json(with_members(&state, group).await?))
+}
+
+/// `DELETE /chat/groups/{id}/members/{user_id}`: the owner removes anyone; a member removes
+/// itself. When the owner leaves, the longest-standing member becomes the owner.
+#[utoipa::path(delete, path = "/chat/groups/{id}/members/{user_id}", tag = "groups", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Group id"), ("user_id" = Uuid, Path, description = "Member to remove")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Neither the owner nor the member itself", body = ErrorBody),
+        (status = 404, description = "No such group, or not a member", body = ErrorBody),
+    ))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<StatusCode> {
+    let group = row(&state, id).await?;
+    let is_owner = group.owner_id == caller.user_id;
+    if !is_owner && user != caller.user_id {
+        if !is_member(&state, id, caller.user_id).await? {
+            return Err(ApiError::forbidden("you are not a member of this group"));
+        }
+        return Err(ApiError::forbidden("only the owner removes other members"));
+    }
+    state.require_events()?;
+    let mut tx = state.db.begin().await?;
+    let removed = sqlx::query!(
+        "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+        id,
+        user
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if removed == 0 {
+        return Err(ApiError::not_found(
+            "that user is not a member of this group",
+        ));
+    }
+    if user == group.owner_id {
+        sqlx::query!(
+            r#"UPDATE groups SET owner_id = m.user_id
+               FROM (SELECT user_id FROM conversation_members WHERE conversation_id = $1
+                     ORDER BY joined_at, user_id LIMIT 1) m
+               WHERE groups.id = $1"#,
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    let action = if user == caller.user_id {
+        MembershipAction::Left
+    } else {
+        MembershipAction::Removed
+    };
+    announce(&state, id, user, action).await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,420 @@
+//! History, sending, editing, deleting and read positions.
+
+use axum::{extract::State, http::StatusCode, Json};
+use serde::{Deserialize, Serialize};
+use shared::{
+    chat::{ChatType, Event, Message, MessageType},
+    error::ErrorBody,
+    extract::{ApiJson, ApiPath, ApiQuery},
+    jwt::AuthUser,
+    ApiError, ApiResult,
+};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    api::parse_chat,
+    conversation,
+    model::{self, MessageRow},
+    pipeline::{self, Draft, Outcome},
+    AppState,
+};
+
+/// A page of history, ascending by `seq`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    /// With `before` or neither: older messages exist. With `after`: newer messages exist.
+    pub has_more: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// 1–100, default 50.
+    limit: Option<String>,
+    /// The page just before this seq.
+    before: Option<String>,
+    /// The page just after this seq.
+    after: Option<String>,
+}
+
+fn parse_bound(field: &str, value: Option<&str>) -> ApiResult<Option<i64>> {
+    match value.map(str::parse::<i64>) {
+        None => Ok(None),
+        Some(Ok(n)) if n >= 0 => Ok(Some(n)),
+        Some(_) => Err(ApiError::invalid_field(
+            field,
+            "must be a whole number, 0 or more",
+        )),
+    }
+}
+
+/// `GET /chat/messages/{chat_type}/{chat_id}`
+#[utoipa::path(get, path = "/chat/messages/{chat_type}/{chat_id}", tag = "messages", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of messages, ascending by seq", body = Page),
+        (status = 403, description = "Not a member of the group", body = ErrorBody),
+        (status = 404, description = "No such room, group or user", body = ErrorBody),
+        (status = 422, description = "Invalid path or parameters", body = ErrorBody),
+    ))]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page>> {
+    let (chat_type, chat_id) = parse_chat(&chat_type, &chat_id)?;
+    let limit = match q.limit.as_deref().map(str::parse::<i64>) {
+        None => 50,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "limit",
+                "must be a whole number from 1 to 100",
+            ))
+        }
+    };
+    let before = parse_bound("before", q.before.as_deref())?;
+    let after = parse_bound("after", q.after.as_deref())?;
+    let Some(conversation) =
+        conversation::for_reading(&state.db, caller.user_id, chat_type, chat_id).await?
+    else {
+        return Ok(Json(Page {
+            messages: vec![],
+            has_more: false,
+        }));
+    };
+    Ok(Json(
+        page(&state, conversation.id, limit, before, after).await?,
+    ))
+}
+
+/// Reads one page: `after` walks forwards, otherwise backwards from `before` (or the end).
+pub async fn page(
+    state: &AppState,
+    conversation_id: Uuid,
+    limit: i64,
+    before: Option<i64>,
+    after: Option<i64>,
+) -> ApiResult<Page> {
+    let take = limit + 1;
+    let mut rows = match after {
+        Some(after) => {
+            sqlx::query_as!(
+                MessageRow,
+                r#"SELECT * FROM messages
+                   WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+                   ORDER BY seq LIMIT $4"#,
+                conversation_id,
+                after,
+                before.unwrap_or(i64::MAX),
+                take
+            )
+            .fetch_all(&state.db)
+            .await?
+        }
+        None => {
+            let mut rows = sqlx::query_as!(
+                MessageRow,
+                r#"SELECT * FROM messages
+                   WHERE conversation_id = $1 AND seq < $2
+                   ORDER BY seq DESC LIMIT $3"#,
+                conversation_id,
+                before.unwrap_or(i64::MAX),
+                take
+            )
+            .fetch_all(&state.db)
+            .await?;
+            let has_more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            rows.reverse();
+            return Ok(Page {
+                messages: model::messages(rows)?,
+                has_more,
+            });
+        }
+    };
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok(Page {
+        messages: model::messages(rows)?,
+        has_more,
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SendRequest {
+    /// 1–4000 characters; for `image`, an http(s) URL.
+    pub content: String,
+    #[serde(default)]
+    pub message_type: MessageType,
+    /// A message of the same conversation.
+    pub reply_to_id: Option<Uuid>,
+    /// The client's id for this send (1–128 characters): sending it again gives the same message.
+    pub client_id: Option<String>,
+}
+
+/// Validates the fields of a send, naming each bad one.
+pub fn check_send(
+    content: &str,
+    message_type: MessageType,
+    client_id: Option<&str>,
+    max_chars: usize,
+) -> ApiResult<()> {
+    let mut problems = std::collections::BTreeMap::new();
+    if let Err(p) = pipeline::check_content(content, message_type, max_chars) {
+        problems.insert("content".to_owned(), p);
+    }
+    if let Some(Err(p)) = client_id.map(pipeline::check_client_id) {
+        problems.insert("client_id".to_owned(), p);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(problems))
+    }
+}
+
+/// `POST /chat/messages/{chat_type}/{chat_id}`
+#[utoipa::path(post, path = "/chat/messages/{chat_type}/{chat_id}", tag = "messages", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+    ),
+    request_body = SendRequest,
+    responses(
+        (status = 201, description = "Stored and published (or, for a repeated client_id, the message stored before)", body = Message),
+        (status = 403, description = "Not a member", body = ErrorBody),
+        (status = 404, description = "No such room, group or user", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Postgres or Redis unavailable; nothing was stored", body = ErrorBody),
+    ))]
+pub async fn send(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> ApiResult<(StatusCode, Json<Message>)> {
+    let (chat_type, chat_id) = parse_chat(&chat_type, &chat_id)?;
+    check_send(
+        &req.content,
+        req.message_type,
+        req.client_id.as_deref(),
+        state.config.max_content_chars,
+    )?;
+    let conversation =
+        conversation::for_sending(&state.db, caller.user_id, chat_type, chat_id).await?;
+    state.require_events()?;
+    let draft = Draft {
+        sender: caller.user_id,
+        conversation,
+        client_id: req.client_id,
+        content: req.content,
+        message_type: req.message_type,
+        reply_to_id: req.reply_to_id,
+    };
+    let outcome = pipeline::persist(&state.db, std::slice::from_ref(&draft))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
+    if let Outcome::Created(m) = &outcome {
+        state
+            .publisher
+            .message_event(m, conversation.id, Event::Message(m.clone()))
+            .await;
+    }
+    Ok((StatusCode::CREATED, Json(outcome.message().clone())))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EditRequest {
+    /// 1–4000 characters (an http(s) URL for an image message).
+    pub content: String,
+}
+
+/// The message and its conversation, for the author only.
+async fn own_message(state: &AppState, id: Uuid, caller: Uuid) -> ApiResult<MessageRow> {
+    let row = sqlx::query_as!(MessageRow, "SELECT * FROM messages WHERE id = $1", id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+    if row.from_user_id != caller {
+        return Err(ApiError::forbidden("only the author may change a message"));
+    }
+    Ok(row)
+}
+
+/// `PATCH /chat/messages/{id}`
+#[utoipa::path(patch, path = "/chat/messages/{id}", tag = "messages", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Message id")), request_body = EditRequest,
+    responses(
+        (status = 200, description = "The edited message", body = Message),
+        (status = 403, description = "Not the author", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+        (status = 409, description = "The message was deleted", body = ErrorBody),
+    ))]
+pub async fn edit(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<EditRequest>,
+) -> ApiResult<Json<Message>> {
+    let current = own_message(&state, id, caller.user_id).await?;
+    if current.is_deleted {
+        return Err(ApiError::conflict(
+            "message_deleted",
+            "a deleted message cannot be edited",
+        ));
+    }
+    let message_type = MessageType::from_db(&current.message_type).unwrap_or_default();
+    check_send(
+        &req.content,
+        message_type,
+        None,
+        state.config.max_content_chars,
+    )?;
+    state.require_events()?;
+    let row = sqlx::query_as!(
+        MessageRow,
+        r#"UPDATE messages SET content = $2, is_edited = TRUE, edited_at = now()
+           WHERE id = $1 AND NOT is_deleted RETURNING *"#,
+        id,
+        req.content
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::conflict("message_deleted", "a deleted message cannot be edited"))?;
+    let conversation_id = row.conversation_id;
+    let message = Message::try_from(row)?;
+    state
+        .publisher
+        .message_event(
+            &message,
+            conversation_id,
+            Event::MessageEdited(message.clone()),
+        )
+        .await;
+    Ok(Json(message))
+}
+
+/// `DELETE /chat/messages/{id}`
+#[utoipa::path(delete, path = "/chat/messages/{id}", tag = "messages", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Message id")),
+    responses(
+        (status = 204, description = "Deleted: it stays in history, emptied, with is_deleted (deleting twice is harmless)"),
+        (status = 403, description = "Not the author", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let current = own_message(&state, id, caller.user_id).await?;
+    if current.is_deleted {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    state.require_events()?;
+    let row = sqlx::query_as!(
+        MessageRow,
+        r#"UPDATE messages SET content = '', is_deleted = TRUE, deleted_at = now()
+           WHERE id = $1 AND NOT is_deleted RETURNING *"#,
+        id
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    if let Some(row) = row {
+        let conversation_id = row.conversation_id;
+        let message = Message::try_from(row)?;
+        let event = Event::MessageDeleted {
+            id: message.id,
+            seq: message.seq,
+            chat_type: message.chat_type,
+            conversation_id,
+            from_user_id: message.from_user_id,
+            to_user_id: message.to_user_id,
+        };
+        state
+            .publisher
+            .message_event(&message, conversation_id, event)
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ReadRequest {
+    /// The caller has read every message up to this seq.
+    pub seq: i64,
+}
+
+/// `POST /chat/read/{chat_type}/{chat_id}`
+#[utoipa::path(post, path = "/chat/read/{chat_type}/{chat_id}", tag = "messages", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+    ),
+    request_body = ReadRequest,
+    responses(
+        (status = 204, description = "Stored. Read positions only move forwards and stop at the newest message."),
+        (status = 403, description = "Not a member", body = ErrorBody),
+        (status = 404, description = "No such conversation", body = ErrorBody),
+    ))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<ReadRequest>,
+) -> ApiResult<StatusCode> {
+    let (chat_type, chat_id) = parse_chat(&chat_type, &chat_id)?;
+    if req.seq < 0 {
+        return Err(ApiError::invalid_field("seq", "must be 0 or more"));
+    }
+    let conversation =
+        conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await?;
+    state.require_events()?;
+    record_read(&state, caller.user_id, conversation, req.seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Moves a read position forwards (never past the newest message) and tells the reader's
+/// other connections and, in a private chat, the peer.
+pub async fn record_read(
+    state: &AppState,
+    user: Uuid,
+    conversation: conversation::Conversation,
+    seq: i64,
+) -> ApiResult<()> {
+    let moved = sqlx::query_scalar!(
+        r#"UPDATE conversation_members m
+           SET last_read_seq = LEAST($3, c.last_seq)
+           FROM conversations c
+           WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.id = m.conversation_id
+             AND LEAST($3, c.last_seq) > m.last_read_seq
+           RETURNING m.last_read_seq"#,
+        conversation.id,
+        user,
+        seq
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    if let Some(seq) = moved {
+        let event = Event::Read {
+            user_id: user,
+            chat_type: conversation.chat_type,
+            conversation_id: conversation.id,
+            peer_id: conversation.peer(),
+            seq,
+        };
+        state.publisher.to_user(user, &event).await;
+        if let Some(peer) = conversation.peer() {
+            state.publisher.to_user(peer, &event).await;
+        }
+    }
+    Ok(())
+}

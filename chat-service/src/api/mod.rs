@@ -1,0 +1,95 @@
+//! The `/chat` endpoints and their OpenAPI description.
+
+pub mod conversations;
+pub mod groups;
+pub mod messages;
+pub mod rooms;
+
+use axum::{
+    routing::{delete, get, patch, post},
+    Router,
+};
+use shared::docs::BearerAuth;
+use shared::{chat::ChatType, ApiError, ApiResult};
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use crate::{model::UserSummary, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat/rooms", get(rooms::list).post(rooms::create))
+        .route("/chat/rooms/{id}/join", post(rooms::join))
+        .route("/chat/rooms/{id}/leave", post(rooms::leave))
+        .route("/chat/rooms/{id}/members", get(rooms::members))
+        .route("/chat/groups", get(groups::list).post(groups::create))
+        .route("/chat/groups/{id}/members", post(groups::add_members))
+        .route(
+            "/chat/groups/{id}/members/{user_id}",
+            delete(groups::remove_member),
+        )
+        .route(
+            "/chat/messages/{chat_type}/{chat_id}",
+            get(messages::history).post(messages::send),
+        )
+        .route(
+            "/chat/messages/{id}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route(
+            "/chat/read/{chat_type}/{chat_id}",
+            post(messages::mark_read),
+        )
+        .route("/chat/conversations", get(conversations::list))
+        .route("/chat/online-users", get(conversations::online_users))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ChatSphere chat-service", description = "Rooms, groups, private chats and history."),
+    paths(
+        rooms::list, rooms::create, rooms::join, rooms::leave, rooms::members,
+        groups::create, groups::list, groups::add_members, groups::remove_member,
+        messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
+        conversations::list, conversations::online_users,
+    ),
+    components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "rooms", description = "Public rooms"),
+        (name = "groups", description = "Groups"),
+        (name = "messages", description = "History, sending, edits, deletions, read positions"),
+        (name = "conversations", description = "The caller's conversations and online users"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The `{chat_type}/{chat_id}` of a path; a bad one is 422 naming it.
+pub fn parse_chat(chat_type: &str, chat_id: &str) -> ApiResult<(ChatType, Uuid)> {
+    let mut problems = std::collections::BTreeMap::new();
+    let t = chat_type
+        .parse::<ChatType>()
+        .map_err(|p| problems.insert("chat_type".to_owned(), p))
+        .ok();
+    let id = chat_id
+        .parse::<Uuid>()
+        .map_err(|_| problems.insert("chat_id".to_owned(), "must be a UUID".to_owned()))
+        .ok();
+    match (t, id) {
+        (Some(t), Some(id)) => Ok((t, id)),
+        _ => Err(ApiError::validation(problems)),
+    }
+}
+
+/// Members of a room or group, by username.
+pub async fn members_of(state: &AppState, conversation: Uuid) -> ApiResult<Vec<UserSummary>> {
+    Ok(sqlx::query_as!(
+        UserSummary,
+        r#"SELECT u.id, u.username, u.display_name, u.avatar_url, u.is_active, u.created_at, u.last_seen
+           FROM conversation_members m JOIN users u ON u.id = m.user_id
+           WHERE m.conversation_id = $1 ORDER BY lower(u.username) COLLATE "C""#,
+        conversation
+    )
+    .fetch_all(&state.db)
+    .await?)
+}

@@ -1,0 +1,225 @@
+//! Public rooms.
+
+use axum::{extract::State, http::StatusCode, Json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::{
+    chat::{ChatType, Event, MembershipAction},
+    error::{unique_violation, ErrorBody},
+    extract::{ApiJson, ApiPath},
+    jwt::AuthUser,
+    ApiError, ApiResult,
+};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{model::UserSummary, AppState};
+
+/// A public room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Room {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub member_count: i64,
+    /// Whether the caller has joined it.
+    pub is_member: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateRoom {
+    /// 1–64 characters, unique whatever its case.
+    pub name: String,
+    /// At most 500 characters.
+    pub description: Option<String>,
+}
+
+async fn load(state: &AppState, id: Uuid, viewer: Uuid) -> ApiResult<Room> {
+    sqlx::query_as!(
+        Room,
+        r#"SELECT r.id, r.name, r.description, r.created_by, r.created_at,
+                  (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id) AS "member_count!",
+                  EXISTS (SELECT 1 FROM conversation_members m
+                          WHERE m.conversation_id = r.id AND m.user_id = $2) AS "is_member!"
+           FROM rooms r WHERE r.id = $1"#,
+        id,
+        viewer
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such room"))
+}
+
+/// `GET /chat/rooms`
+#[utoipa::path(get, path = "/chat/rooms", tag = "rooms", security(("bearer" = [])),
+    responses((status = 200, description = "Every public room, by name", body = [Room])))]
+pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<Vec<Room>>> {
+    let rooms = sqlx::query_as!(
+        Room,
+        r#"SELECT r.id, r.name, r.description, r.created_by, r.created_at,
+                  (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id) AS "member_count!",
+                  EXISTS (SELECT 1 FROM conversation_members m
+                          WHERE m.conversation_id = r.id AND m.user_id = $1) AS "is_member!"
+           FROM rooms r ORDER BY lower(r.name)"#,
+        caller.user_id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(rooms))
+}
+
+/// `POST /chat/rooms`
+#[utoipa::path(post, path = "/chat/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoom,
+    responses(
+        (status = 201, description = "Created; the creator has joined", body = Room),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<CreateRoom>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    let name = req.name.trim();
+    let description = req
+        .description
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
+    let mut problems = std::collections::BTreeMap::new();
+    if !(1..=64).contains(&name.chars().count()) {
+        problems.insert("name".to_owned(), "must be 1 to 64 characters".to_owned());
+    }
+    if description.is_some_and(|d| d.chars().count() > 500) {
+        problems.insert(
+            "description".to_owned(),
+            "must be at most 500 characters".to_owned(),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    state.require_events()?;
+    let id = Uuid::now_v7();
+    let mut tx = state.db.begin().await?;
+    sqlx::query!(
+        "INSERT INTO rooms (id, name, description, created_by) VALUES ($1, $2, $3, $4)",
+        id,
+        name,
+        description,
+        caller.user_id
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match unique_violation(&e) {
+        Some("rooms_name_lower_key") => {
+            let mut err = ApiError::conflict("room_name_taken", "a room with that name exists");
+            err.fields = Some([("name".to_owned(), "is already taken".to_owned())].into());
+            err
+        }
+        _ => ApiError::from(e),
+    })?;
+    sqlx::query!(
+        "INSERT INTO conversations (id, chat_type, room_id) VALUES ($1, 'ROOM', $1)",
+        id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2)",
+        id,
+        caller.user_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    announce(&state, id, caller.user_id, MembershipAction::Joined).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(load(&state, id, caller.user_id).await?),
+    ))
+}
+
+async fn announce(state: &AppState, room: Uuid, user: Uuid, action: MembershipAction) {
+    let event = Event::Membership {
+        chat_type: ChatType::Room,
+        chat_id: room,
+        user_id: user,
+        action,
+    };
+    state.publisher.membership(room, user, &event).await;
+}
+
+/// `POST /chat/rooms/{id}/join`
+#[utoipa::path(post, path = "/chat/rooms/{id}/join", tag = "rooms", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "Joined (joining twice is harmless)", body = Room),
+        (status = 404, description = "No such room", body = ErrorBody),
+    ))]
+pub async fn join(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Room>> {
+    load(&state, id, caller.user_id).await?;
+    state.require_events()?;
+    let joined = sqlx::query!(
+        "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        id,
+        caller.user_id
+    )
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    if joined > 0 {
+        announce(&state, id, caller.user_id, MembershipAction::Joined).await;
+    }
+    Ok(Json(load(&state, id, caller.user_id).await?))
+}
+
+/// `POST /chat/rooms/{id}/leave`
+#[utoipa::path(post, path = "/chat/rooms/{id}/leave", tag = "rooms", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Room id")),
+    responses(
+        (status = 204, description = "Left (leaving twice is harmless)"),
+        (status = 404, description = "No such room", body = ErrorBody),
+    ))]
+pub async fn leave(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    load(&state, id, caller.user_id).await?;
+    state.require_events()?;
+    let left = sqlx::query!(
+        "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+        id,
+        caller.user_id
+    )
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    if left > 0 {
+        announce(&state, id, caller.user_id, MembershipAction::Left).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /chat/rooms/{id}/members`
+#[utoipa::path(get, path = "/chat/rooms/{id}/members", tag = "rooms", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "Members, by username", body = [UserSummary]),
+        (status = 404, description = "No such room", body = ErrorBody),
+    ))]
+pub async fn members(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Vec<UserSummary>>> {
+    load(&state, id, caller.user_id).await?;
+    Ok(Json(crate::api::members_of(&state, id).await?))
+}

@@ -1,0 +1,61 @@
+//! chat-service settings. `.env.example` documents each variable.
+
+use shared::config::{self, ConfigError, DatabaseConfig, JwtConfig, RedisConfig, ServerConfig};
+
+use crate::worker::WorkerConfig;
+
+/// Everything chat-service reads at start.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// `HOST`, `PORT` (default 8002).
+    pub server: ServerConfig,
+    /// `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`.
+    pub database: DatabaseConfig,
+    /// `REDIS_URL`, `REDIS_PREFIX`.
+    pub redis: RedisConfig,
+    /// `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`: access tokens are verified locally.
+    pub jwt: JwtConfig,
+    /// `ALLOWED_ORIGINS`.
+    pub allowed_origins: Vec<String>,
+    /// `DEBUG`.
+    pub debug: bool,
+    /// `MAX_BODY_BYTES` (default 65536).
+    pub max_body_bytes: usize,
+    /// `MAX_CONTENT_CHARS`: the longest message (default 4000).
+    pub max_content_chars: usize,
+    /// `SEND_WORKER`: run the worker that persists WebSocket sends (default true).
+    pub run_send_worker: bool,
+    /// `SEND_BATCH_SIZE` (default 256) and `SEND_CLAIM_IDLE_MS` (default 30000).
+    pub worker: WorkerConfig,
+}
+
+impl ChatConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let max_content_chars = config::parsed("MAX_CONTENT_CHARS", 4000usize)?;
+        let batch_size = config::parsed("SEND_BATCH_SIZE", 256u64)?;
+        for (name, value) in [
+            ("MAX_CONTENT_CHARS", max_content_chars as u64),
+            ("SEND_BATCH_SIZE", batch_size),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
+            }
+        }
+        Ok(Self {
+            server: ServerConfig::from_env(8002)?,
+            database: DatabaseConfig::from_env()?,
+            redis: RedisConfig::from_env()?,
+            jwt: JwtConfig::from_env()?,
+            allowed_origins: config::allowed_origins()?,
+            debug: config::debug()?,
+            max_body_bytes: config::parsed("MAX_BODY_BYTES", 64 * 1024)?,
+            max_content_chars,
+            run_send_worker: config::flag("SEND_WORKER", true)?,
+            worker: WorkerConfig {
+                batch_size,
+                claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,
+                max_content_chars,
+            },
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! From a `(chat_type, chat_id)` path to a conversation, and who may read or write it.
+//!
+//! - A room: any authenticated user may read it; only members may send or mark read.
+//! - A group: only members may read, send or mark read (403 for others, 404 when no such group).
+//! - A private chat: `chat_id` is the other user (404 when no such user). The conversation row is
+//!   created with the first message; before that it reads as empty.
+
+use shared::{chat::ChatType, ApiError};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// A resolved conversation, seen from one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub chat_type: ChatType,
+    /// Rooms and groups: their id. Private chats: the other user.
+    pub chat_id: Uuid,
+    /// Whether the viewer is a member (private chats: always, once the row exists).
+    pub is_member: bool,
+}
+
+impl Conversation {
+    pub fn room_id(&self) -> Option<Uuid> {
+        (self.chat_type == ChatType::Room).then_some(self.chat_id)
+    }
+
+    pub fn group_id(&self) -> Option<Uuid> {
+        (self.chat_type == ChatType::Group).then_some(self.chat_id)
+    }
+
+    /// The recipient of a private message.
+    pub fn peer(&self) -> Option<Uuid> {
+        (self.chat_type == ChatType::Private).then_some(self.chat_id)
+    }
+}
+
+/// The two users of a private chat in storage order.
+pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
+    if a < b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// Resolves a room or group (they are their own conversation), checking it exists.
+async fn shared_chat(
+    db: impl PgExecutor<'_>,
+    viewer: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+) -> Result<Conversation, ApiError> {
+    let row = sqlx::query!(
+        r#"SELECT c.chat_type,
+                  EXISTS (SELECT 1 FROM conversation_members m
+                          WHERE m.conversation_id = c.id AND m.user_id = $2) AS "is_member!"
+           FROM conversations c WHERE c.id = $1"#,
+        chat_id,
+        viewer
+    )
+    .fetch_optional(db)
+    .await?;
+    match row {
+        Some(r) if r.chat_type == chat_type.as_db() => Ok(Conversation {
+            id: chat_id,
+            chat_type,
+            chat_id,
+            is_member: r.is_member,
+        }),
+        _ => Err(ApiError::not_found(match chat_type {
+            ChatType::Room => "no such room",
+            _ => "no such group",
+        })),
+    }
+}
+
+/// Checks that the other user of a private chat exists and is not the viewer.
+async fn check_peer(db: &PgPool, viewer: Uuid, peer: Uuid) -> Result<(), ApiError> {
+    if peer == viewer {
+        return Err(ApiError::invalid_field(
+            "chat_id",
+            "a private chat needs another user",
+        ));
+    }
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND is_active) AS "exists!""#,
+        peer
+    )
+    .fetch_one(db)
+    .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("no such user"))
+    }
+}
+
+/// The existing private conversation of a pair.
+async fn private_id(db: impl PgExecutor<'_>, a: Uuid, b: Uuid) -> sqlx::Result<Option<Uuid>> {
+    let (low, high) = pair(a, b);
+    sqlx::query_scalar!(
+        "SELECT id FROM conversations WHERE user_low = $1 AND user_high = $2",
+        low,
+        high
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// For reading history: the conversation, or `None` for a private chat with no message yet.
+/// Groups refuse non-members with 403.
+pub async fn for_reading(
+    db: &PgPool,
+    viewer: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+) -> Result<Option<Conversation>, ApiError> {
+    match chat_type {
+        ChatType::Room => shared_chat(db, viewer, chat_type, chat_id).await.map(Some),
+        ChatType::Group => {
+            let c = shared_chat(db, viewer, chat_type, chat_id).await?;
+            if c.is_member {
+                Ok(Some(c))
+            } else {
+                Err(ApiError::forbidden("you are not a member of this group"))
+            }
+        }
+        ChatType::Private => {
+            check_peer(db, viewer, chat_id).await?;
+            Ok(private_id(db, viewer, chat_id)
+                .await?
+                .map(|id| Conversation {
+                    id,
+                    chat_type,
+                    chat_id,
+                    is_member: true,
+                }))
+        }
+    }
+}
+
+/// For sending: rooms and groups need membership (403); a private chat is created on first use.
+pub async fn for_sending(
+    db: &PgPool,
+    sender: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+) -> Result<Conversation, ApiError> {
+    match chat_type {
+        ChatType::Room | ChatType::Group => {
+            let c = shared_chat(db, sender, chat_type, chat_id).await?;
+            if c.is_member {
+                Ok(c)
+            } else if chat_type == ChatType::Room {
+                Err(ApiError::forbidden("join the room before sending to it"))
+            } else {
+                Err(ApiError::forbidden("you are not a member of this group"))
+            }
+        }
+        ChatType::Private => {
+            check_peer(db, sender, chat_id).await?;
+            let id = match private_id(db, sender, chat_id).await? {
+                Some(id) => id,
+                None => create_private(db, sender, chat_id).await?,
+            };
+            Ok(Conversation {
+                id,
+                chat_type,
+                chat_id,
+                is_member: true,
+            })
+        }
+    }
+}
+
+/// Creates the private conversation of a pair (or finds the one a concurrent send created).
+async fn create_private(db: &PgPool, a: Uuid, b: Uuid) -> sqlx::Result<Uuid> {
+    let (low, high) = pair(a, b);
+    let mut tx = db.begin().await?;
+    sqlx::query!(
+        r#"INSERT INTO conversations (id, chat_type, user_low, user_high)
+           VALUES ($1, 'PRIVATE', $2, $3)
+           ON CONFLICT (user_low, user_high) DO NOTHING"#,
+        Uuid::now_v7(),
+        low,
+        high
+    )
+    .execute(&mut *tx)
+    .await?;
+    let id = sqlx::query_scalar!(
+        "SELECT id FROM conversations WHERE user_low = $1 AND user_high = $2",
+        low,
+        high
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
+        r#"INSERT INTO conversation_members (conversation_id, user_id)
+           VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING"#,
+        id,
+        low,
+        high
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// For marking read: the viewer must be a member (rooms: joined).
+pub async fn for_marking_read(
+    db: &PgPool,
+    viewer: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+) -> Result<Conversation, ApiError> {
+    match for_reading(db, viewer, chat_type, chat_id).await? {
+        Some(c) if c.is_member => Ok(c),
+        Some(_) => Err(ApiError::forbidden("join the room first")),
+        None => Err(ApiError::not_found("no messages with this user yet")),
+    }
+}

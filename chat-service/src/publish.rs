@@ -1,0 +1,92 @@
+//! Publishing events on Redis after a transaction commits. Each event is encoded once and sent
+//! to as few channels as its audience needs: one per room or group whatever its size, one per
+//! user for private chats and per-user events. A failed publish is logged and counted, never
+//! undone: the data is committed, and gateways repair a missing `message` from history when the
+//! next seq of that conversation arrives.
+
+use fred::prelude::*;
+use shared::{
+    chat::{encode, ChatType, Event, Message},
+    keys::Keys,
+};
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct Publisher {
+    redis: Client,
+    keys: Keys,
+}
+
+impl Publisher {
+    pub fn new(redis: Client, keys: Keys) -> Self {
+        Self { redis, keys }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether Redis is connected right now; writes that must publish check it first, so an
+    /// outage is a clean 503 with nothing written.
+    pub fn is_connected(&self) -> bool {
+        self.redis.is_connected()
+    }
+
+    /// Sends `event` to every channel in `channels`.
+    pub async fn publish(&self, channels: &[String], event: &Event) {
+        let bytes = match encode(event) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode an event");
+                return;
+            }
+        };
+        for channel in channels {
+            let sent: Result<i64, Error> = self.redis.publish(channel, bytes.clone()).await;
+            match sent {
+                Ok(_) => metrics::counter!("chat_events_published_total").increment(1),
+                Err(e) => {
+                    metrics::counter!("chat_event_publish_failures_total").increment(1);
+                    tracing::warn!(error = %e, %channel, "could not publish an event");
+                }
+            }
+        }
+    }
+
+    /// The channels that carry a message of `conversation_id` to its members.
+    pub fn message_channels(&self, message: &Message, conversation_id: Uuid) -> Vec<String> {
+        match message.chat_type {
+            ChatType::Room | ChatType::Group => {
+                vec![self.keys.conversation_channel(conversation_id)]
+            }
+            ChatType::Private => {
+                let mut users = vec![self.keys.user_channel(message.from_user_id)];
+                if let Some(to) = message.to_user_id {
+                    users.push(self.keys.user_channel(to));
+                }
+                users
+            }
+        }
+    }
+
+    /// Publishes a message-related event (`message`, `message_edited`, `message_deleted`).
+    pub async fn message_event(&self, message: &Message, conversation_id: Uuid, event: Event) {
+        let channels = self.message_channels(message, conversation_id);
+        self.publish(&channels, &event).await;
+    }
+
+    /// An event for one user's connections.
+    pub async fn to_user(&self, user: Uuid, event: &Event) {
+        self.publish(&[self.keys.user_channel(user)], event).await;
+    }
+
+    /// A membership change: to the conversation (its members see it) and to the user concerned
+    /// (their gateways subscribe or unsubscribe).
+    pub async fn membership(&self, conversation_id: Uuid, user: Uuid, event: &Event) {
+        let channels = [
+            self.keys.conversation_channel(conversation_id),
+            self.keys.user_channel(user),
+        ];
+        self.publish(&channels, event).await;
+    }
+}

@@ -1,0 +1,351 @@
+//! The consumer side of the send bus: gateways `XADD` each `send_message` to a Redis Stream
+//! ([`shared::keys::Keys::send_stream`]); every chat-service process reads it in the consumer group
+//! `chat-service` and persists what it reads in batches.
+//!
+//! Delivery guarantees:
+//! - An entry is acknowledged (`XACK`) only after its batch's transaction has committed and its
+//!   events are published. A process that dies mid-batch leaves its entries pending; any live
+//!   process claims entries idle for longer than `SEND_CLAIM_IDLE_MS` (`XAUTOCLAIM`) and persists
+//!   them again.
+//! - Persisting again never stores twice: every command carries a `client_id` (the gateway
+//!   makes one up when the client sent none), and `(from_user_id, client_id)` is unique, so a
+//!   redelivered command resolves to the stored message, whose `message` event and `ack` are sent
+//!   again (gateways drop a `seq` a connection has already had).
+//! - A transient failure (Postgres or Redis down) leaves the batch pending; the worker backs off
+//!   and retries its own pending entries before reading new ones.
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    time::Duration,
+};
+
+use fred::{prelude::*, types::streams::XReadResponse};
+use shared::{
+    chat::{decode, ChatType, Event, SendCommand},
+    keys::Keys,
+    ApiError,
+};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    api::messages::check_send,
+    conversation::{self, Conversation},
+    pipeline::{self, Draft, Outcome},
+    publish::Publisher,
+};
+
+/// The field of a stream entry that holds the MessagePack-encoded [`SendCommand`].
+pub const COMMAND_FIELD: &str = "c";
+
+/// Settings of the send worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Entries read at once (`SEND_BATCH_SIZE`).
+    pub batch_size: u64,
+    /// Entries pending this long on another consumer are taken over (`SEND_CLAIM_IDLE_MS`).
+    pub claim_idle_ms: u64,
+    /// The content limit in characters.
+    pub max_content_chars: usize,
+}
+
+pub struct SendWorker {
+    db: PgPool,
+    reader: Client,
+    publisher: Publisher,
+    keys: Keys,
+    consumer: String,
+    config: WorkerConfig,
+}
+
+/// A stream entry: its id and fields.
+type StreamEntry = (String, HashMap<String, Vec<u8>>);
+
+/// A target resolved once per batch: the conversation, or the refusal's code and detail.
+type Resolution = Result<Conversation, (&'static str, String)>;
+
+/// What a command came to.
+enum Verdict {
+    /// Persisted (now or before).
+    Stored(Outcome, Conversation),
+    /// Refused for good: tell the sender.
+    Refused { code: &'static str, detail: String },
+    /// Not decodable: nobody to tell.
+    Garbage,
+}
+
+impl SendWorker {
+    /// `redis` is cloned into a connection of the worker's own, since its reads block.
+    pub fn new(
+        db: PgPool,
+        redis: &Client,
+        publisher: Publisher,
+        keys: Keys,
+        config: WorkerConfig,
+    ) -> Self {
+        let reader = redis.clone_new();
+        reader.connect();
+        Self {
+            db,
+            reader,
+            publisher,
+            keys,
+            consumer: format!("chat-{}", Uuid::new_v4().simple()),
+            config,
+        }
+    }
+
+    async fn ensure_group(&self) -> Result<(), Error> {
+        let created: Result<(), Error> = self
+            .reader
+            .xgroup_create(self.keys.send_stream(), self.keys.send_group(), "0", true)
+            .await;
+        match created {
+            Err(e) if !e.details().contains("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs until `shutdown` turns true; a batch under way is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(consumer = %self.consumer, "send worker started");
+        let mut backoff = Duration::from_millis(200);
+        let mut own_pending_first = true;
+        let mut last_claim = tokio::time::Instant::now();
+        while !*shutdown.borrow() {
+            let step = async {
+                self.ensure_group().await.map_err(ApiError::from)?;
+                if last_claim.elapsed()
+                    >= Duration::from_millis(self.config.claim_idle_ms / 2)
+                        .max(Duration::from_millis(500))
+                {
+                    last_claim = tokio::time::Instant::now();
+                    self.claim_abandoned().await?;
+                }
+                // After a failure, this consumer's own pending entries ("0") come before new ones (">").
+                let from = if own_pending_first { "0" } else { ">" };
+                let entries = self.read(from).await?;
+                if from == "0" && entries.is_empty() {
+                    own_pending_first = false;
+                }
+                self.process(entries).await
+            };
+            let outcome = tokio::select! {
+                r = step => r,
+                _ = shutdown.changed() => break,
+            };
+            match outcome {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    own_pending_first = true;
+                    tracing::warn!(error = %e, "send worker: batch failed, will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!("send worker stopped");
+    }
+
+    async fn read(&self, from: &str) -> Result<Vec<StreamEntry>, ApiError> {
+        let block = if from == ">" { Some(1000) } else { None };
+        let response: XReadResponse<String, String, String, Vec<u8>> = self
+            .reader
+            .xreadgroup_map(
+                self.keys.send_group(),
+                &self.consumer,
+                Some(self.config.batch_size),
+                block,
+                false,
+                self.keys.send_stream(),
+                from,
+            )
+            .await?;
+        Ok(response.into_values().flatten().collect())
+    }
+
+    /// Takes over entries another consumer left pending too long (it probably died).
+    async fn claim_abandoned(&self) -> Result<(), ApiError> {
+        let (_, entries): (String, Vec<StreamEntry>) = self
+            .reader
+            .xautoclaim_values(
+                self.keys.send_stream(),
+                self.keys.send_group(),
+                &self.consumer,
+                self.config.claim_idle_ms,
+                "0-0",
+                Some(self.config.batch_size),
+                false,
+            )
+            .await?;
+        if !entries.is_empty() {
+            metrics::counter!("chat_send_entries_claimed_total").increment(entries.len() as u64);
+            tracing::info!(count = entries.len(), "claimed abandoned send entries");
+            self.process(entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Persists a batch, publishes its events, then acknowledges it. An error leaves the whole
+    /// batch pending.
+    pub async fn process(&self, entries: Vec<StreamEntry>) -> Result<(), ApiError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let commands: Vec<Option<SendCommand>> = entries
+            .iter()
+            .map(|(id, fields)| {
+                let decoded = fields.get(COMMAND_FIELD).map(|b| decode::<SendCommand>(b));
+                match decoded {
+                    Some(Ok(c)) => Some(c),
+                    _ => {
+                        tracing::warn!(entry = %id, "undecodable send entry dropped");
+                        None
+                    }
+                }
+            })
+            .collect();
+
+        let verdicts = self.judge(&commands).await?;
+        for (command, verdict) in commands.iter().zip(&verdicts) {
+            let Some(command) = command else { continue };
+            match verdict {
+                Verdict::Stored(outcome, conversation) => {
+                    let m = outcome.message();
+                    // Sent again for redeliveries too: the first attempt may have died before
+                    // publishing. Gateways drop a seq a connection already has.
+                    self.publisher
+                        .message_event(m, conversation.id, Event::Message(m.clone()))
+                        .await;
+                    let ack = Event::Ack {
+                        session_id: command.session_id.clone(),
+                        client_id: command.client_id.clone(),
+                        message: m.clone(),
+                    };
+                    self.publisher.to_user(command.user_id, &ack).await;
+                }
+                Verdict::Refused { code, detail } => {
+                    let failed = Event::SendFailed {
+                        session_id: command.session_id.clone(),
+                        client_id: command.client_id.clone(),
+                        code: (*code).to_owned(),
+                        detail: detail.clone(),
+                    };
+                    self.publisher.to_user(command.user_id, &failed).await;
+                }
+                Verdict::Garbage => {}
+            }
+        }
+        let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
+        let count = ids.len() as u64;
+        let _: i64 = self
+            .reader
+            .xack(self.keys.send_stream(), self.keys.send_group(), ids)
+            .await?;
+        metrics::counter!("chat_send_entries_processed_total").increment(count);
+        metrics::histogram!("chat_send_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Validates, authorizes and persists the commands. Transient failures are errors (the
+    /// batch is retried); refusals are verdicts.
+    async fn judge(&self, commands: &[Option<SendCommand>]) -> Result<Vec<Verdict>, ApiError> {
+        let mut verdicts: Vec<Option<Verdict>> = commands.iter().map(|_| None).collect();
+        let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
+        let mut drafts = Vec::new();
+        let mut draft_of = Vec::new();
+        for (i, command) in commands.iter().enumerate() {
+            let Some(c) = command else {
+                verdicts[i] = Some(Verdict::Garbage);
+                continue;
+            };
+            if let Err(e) = check_send(
+                &c.content,
+                c.message_type,
+                Some(&c.client_id),
+                self.config.max_content_chars,
+            ) {
+                verdicts[i] = Some(refusal(&e));
+                continue;
+            }
+            let key = (c.user_id, c.chat_type, c.chat_id);
+            if let Entry::Vacant(slot) = resolved.entry(key) {
+                let r = match conversation::for_sending(&self.db, c.user_id, c.chat_type, c.chat_id)
+                    .await
+                {
+                    Ok(conv) => Ok(conv),
+                    Err(e) if is_transient(&e) => return Err(e),
+                    Err(e) => Err((code_for(&e), e.detail)),
+                };
+                slot.insert(r);
+            }
+            match &resolved[&key] {
+                Ok(conversation) => {
+                    draft_of.push(i);
+                    drafts.push(Draft {
+                        sender: c.user_id,
+                        conversation: *conversation,
+                        client_id: Some(c.client_id.clone()),
+                        content: c.content.clone(),
+                        message_type: c.message_type,
+                        reply_to_id: c.reply_to_id,
+                    });
+                }
+                Err((code, detail)) => {
+                    verdicts[i] = Some(Verdict::Refused {
+                        code,
+                        detail: detail.clone(),
+                    });
+                }
+            }
+        }
+        if !drafts.is_empty() {
+            let results = pipeline::persist(&self.db, &drafts).await?;
+            for ((i, result), draft) in draft_of.into_iter().zip(results).zip(&drafts) {
+                verdicts[i] = Some(match result {
+                    Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
+                    Err(e) if is_transient(&e) => return Err(e),
+                    Err(e) => refusal(&e),
+                });
+            }
+        }
+        Ok(verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or(Verdict::Garbage))
+            .collect())
+    }
+}
+
+fn is_transient(e: &ApiError) -> bool {
+    e.status.is_server_error()
+}
+
+/// The WebSocket error code for a refused send.
+fn code_for(e: &ApiError) -> &'static str {
+    match e.status.as_u16() {
+        403 => "forbidden",
+        404 => "not_found",
+        _ => "invalid_payload",
+    }
+}
+
+fn refusal(e: &ApiError) -> Verdict {
+    let detail = match &e.fields {
+        Some(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => e.detail.clone(),
+    };
+    Verdict::Refused {
+        code: code_for(e),
+        detail,
+    }
+}

@@ -1,0 +1,277 @@
+//! The send stream: gateways XADD commands, chat-service persists them in batches and answers
+//! each with an `ack` or a `send_failed` on the sender's channel.
+
+use std::time::Duration;
+
+use chat_service::worker::COMMAND_FIELD;
+use fred::prelude::*;
+use shared::chat::{encode, ChatType, Event, MessageType, SendCommand};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{redis_url, spawn_app, spawn_app_with, TestApp, SECRET};
+
+async fn redis() -> Client {
+    let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+fn command(
+    user: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+    client_id: &str,
+    content: &str,
+) -> SendCommand {
+    SendCommand {
+        user_id: user,
+        session_id: "session-1".into(),
+        client_id: client_id.into(),
+        chat_type,
+        chat_id,
+        content: content.into(),
+        message_type: MessageType::Text,
+        reply_to_id: None,
+    }
+}
+
+/// How many entries of the send stream are delivered but not yet acknowledged.
+async fn pending(redis: &Client, app: &TestApp) -> i64 {
+    type Summary = (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, String)>>,
+    );
+    let summary: Summary = redis
+        .xpending(app.keys.send_stream(), "chat-service", ())
+        .await
+        .unwrap();
+    summary.0
+}
+
+async fn push(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
+    for c in commands {
+        let _: String = redis
+            .xadd(
+                app.keys.send_stream(),
+                false,
+                None,
+                "*",
+                vec![(COMMAND_FIELD, encode(c).unwrap())],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn commands_are_persisted_and_acknowledged(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let mut watcher = app
+        .watch(vec![
+            app.keys.user_channel(alice.id),
+            app.keys.conversation_channel(room),
+        ])
+        .await;
+    let redis = redis().await;
+    let commands: Vec<_> = (0..20)
+        .map(|i| {
+            command(
+                alice.id,
+                ChatType::Room,
+                room,
+                &format!("c{i}"),
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    push(&redis, &app, &commands).await;
+    // A redelivered (repeated) command.
+    push(&redis, &app, &commands[3..4]).await;
+
+    let mut acks = Vec::new();
+    let mut messages = 0;
+    while acks.len() < 21 {
+        match watcher.next().await.1 {
+            Event::Ack {
+                session_id,
+                client_id,
+                message,
+            } => {
+                assert_eq!(session_id, "session-1");
+                assert_eq!(message.client_id.as_deref(), Some(client_id.as_str()));
+                acks.push((client_id, message.seq));
+            }
+            Event::Message(_) => messages += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(messages >= 20);
+    let repeated: Vec<_> = acks.iter().filter(|(c, _)| c == "c3").collect();
+    assert_eq!(repeated.len(), 2);
+    assert_eq!(
+        repeated[0].1, repeated[1].1,
+        "the repeat is the same message"
+    );
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM messages ORDER BY seq")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let pending = pending(&redis, &app).await;
+    assert_eq!(pending, 0, "everything acknowledged");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn refused_commands_get_send_failed_and_garbage_is_dropped(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&bob, "bobs", &[]).await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = redis().await;
+    let _: String = redis
+        .xadd(
+            app.keys.send_stream(),
+            false,
+            None,
+            "*",
+            vec![(COMMAND_FIELD, b"not msgpack".to_vec())],
+        )
+        .await
+        .unwrap();
+    push(
+        &redis,
+        &app,
+        &[
+            command(alice.id, ChatType::Room, room, "a", "not a member"),
+            command(alice.id, ChatType::Private, Uuid::new_v4(), "b", "nobody"),
+            command(alice.id, ChatType::Private, bob.id, "c", ""),
+            command(alice.id, ChatType::Private, bob.id, "d", "fine"),
+        ],
+    )
+    .await;
+    let mut outcomes = std::collections::BTreeMap::new();
+    while outcomes.len() < 4 {
+        match watcher.next().await.1 {
+            Event::SendFailed {
+                client_id, code, ..
+            } => {
+                outcomes.insert(client_id, code);
+            }
+            Event::Ack { client_id, .. } => {
+                outcomes.insert(client_id, "ack".into());
+            }
+            Event::Message(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(outcomes["a"], "forbidden");
+    assert_eq!(outcomes["b"], "not_found");
+    assert_eq!(outcomes["c"], "invalid_payload");
+    assert_eq!(outcomes["d"], "ack");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pending = pending(&redis, &app).await;
+    assert_eq!(pending, 0, "garbage is acknowledged, not retried for ever");
+}
+
+/// The real binary is SIGKILLed while it works through a backlog, then started again: every
+/// command ends up stored exactly once, with gap-free seqs.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_killed_worker_loses_nothing_and_stores_nothing_twice(db: PgPool) {
+    const TOTAL: i64 = 3000;
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let setup = spawn_app_with(db.clone(), &prefix, |c| c.run_send_worker = false).await;
+    let alice = setup.user("alice").await;
+    let room = setup.room(&alice, "r", &[]).await;
+    let redis = redis().await;
+    let commands: Vec<_> = (0..TOTAL)
+        .map(|i| {
+            command(
+                alice.id,
+                ChatType::Room,
+                room,
+                &format!("k{i}"),
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    push(&redis, &setup, &commands).await;
+
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let url = format!("{}/{}", &base[..base.rfind('/').unwrap()], database);
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_PREFIX", &prefix)
+            .env("SECRET_KEY", SECRET)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("SEND_BATCH_SIZE", "50")
+            .env("SEND_CLAIM_IDLE_MS", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+
+    let mut first = start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill().unwrap(); // SIGKILL: no cleanup, no acknowledgement of the batch under way.
+    first.wait().unwrap();
+    let at_kill = count().await;
+    assert!(at_kill < TOTAL, "killed mid-backlog ({at_kill} stored)");
+
+    let mut second = start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let pending = pending(&redis, &setup).await;
+        let stored = count().await;
+        if stored == TOTAL && pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at {stored} stored, {} pending",
+            pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT client_id) FROM messages")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(distinct, TOTAL);
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM messages ORDER BY seq")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>());
+}

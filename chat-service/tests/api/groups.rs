@@ -1,0 +1,167 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{assert_error, spawn_app};
+
+fn member_names(group: &Value) -> Vec<String> {
+    group["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["username"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn groups_have_an_owner_and_members(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let dave = app.user("dave").await;
+
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "Trip", "member_ids": [bob.id, bob.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let group: Value = r.json().await.unwrap();
+    assert_eq!(group["owner_id"], alice.id.to_string());
+    assert_eq!(member_names(&group), ["alice", "bob"]);
+    let id = group["id"].as_str().unwrap().to_owned();
+
+    let mine: Vec<Value> = app.get(&bob, "/chat/groups").await.json().await.unwrap();
+    assert_eq!(mine.len(), 1);
+    let theirs: Vec<Value> = app.get(&carol, "/chat/groups").await.json().await.unwrap();
+    assert!(theirs.is_empty());
+
+    // Only the owner adds members.
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/groups/{id}/members"),
+            json!({"user_ids": [carol.id]}),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/groups/{id}/members"),
+            json!({"user_ids": [carol.id, dave.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        member_names(&r.json().await.unwrap()),
+        ["alice", "bob", "carol", "dave"]
+    );
+
+    // A member may not remove another; it may remove itself; the owner removes anyone.
+    let r = app
+        .delete(&bob, &format!("/chat/groups/{id}/members/{}", carol.id))
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app
+        .delete(&bob, &format!("/chat/groups/{id}/members/{}", bob.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .delete(&alice, &format!("/chat/groups/{id}/members/{}", carol.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .delete(&alice, &format!("/chat/groups/{id}/members/{}", carol.id))
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+
+    // The owner leaving hands the group to the longest-standing member.
+    let r = app
+        .delete(&alice, &format!("/chat/groups/{id}/members/{}", alice.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let groups: Vec<Value> = app.get(&dave, "/chat/groups").await.json().await.unwrap();
+    assert_eq!(groups[0]["owner_id"], dave.id.to_string());
+    assert_eq!(member_names(&groups[0]), ["dave"]);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn bad_group_requests(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let ghost = Uuid::new_v4();
+
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "G", "member_ids": [ghost]}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["member_ids"]
+        .as_str()
+        .unwrap()
+        .contains(&ghost.to_string()));
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "", "member_ids": []}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "G", "member_ids": ["nope"]}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM groups")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "nothing is half-created");
+
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/groups/{ghost}/members"),
+            json!({"user_ids": [bob.id]}),
+        )
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    let r = app.post(&alice, "/chat/groups", json!({"name": "G"})).await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/groups/{id}/members"),
+            json!({"user_ids": [ghost]}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/groups/{id}/members"),
+            json!({"user_ids": []}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let r = app
+        .delete(&bob, &format!("/chat/groups/{id}/members/{}", alice.id))
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+}

@@ -1,0 +1,15 @@
+//! chat-service behaviour over real HTTP, Postgres (a fresh database per test) and Redis (a
+//! fresh key and channel prefix per test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod authorization;
+mod bus;
+mod events;
+mod groups;
+mod health;
+mod helpers;
+mod messages;
+mod ordering;
+mod outages;
+mod reads;
+mod rooms;

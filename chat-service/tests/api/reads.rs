@@ -1,0 +1,194 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{assert_error, spawn_app};
+
+fn find<'a>(list: &'a [Value], chat_type: &str, chat_id: &str) -> &'a Value {
+    list.iter()
+        .find(|c| c["chat_type"] == chat_type && c["chat_id"] == chat_id)
+        .unwrap_or_else(|| panic!("{chat_type}/{chat_id} not in {list:?}"))
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn conversations_show_last_message_and_falling_unread_counts(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "Lobby", &[&bob]).await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "Pals", "member_ids": [bob.id]}),
+        )
+        .await;
+    let group = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // No private chat listed before its first message.
+    let list: Vec<Value> = app
+        .get(&bob, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 2);
+
+    for i in 0..3 {
+        app.send(&alice, &format!("room/{room}"), &format!("room {i}"))
+            .await;
+    }
+    app.send(&alice, &format!("group/{group}"), "group 0").await;
+    app.send(&alice, &format!("private/{}", bob.id), "dm 0")
+        .await;
+    app.send(&alice, &format!("private/{}", bob.id), "dm 1")
+        .await;
+
+    let list: Vec<Value> = app
+        .get(&bob, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 3);
+    // Most recent activity first: the private chat, then the group, then the room.
+    assert_eq!(list[0]["chat_type"], "private");
+    assert_eq!(list[1]["chat_type"], "group");
+    assert_eq!(list[2]["chat_type"], "room");
+    let dm = find(&list, "private", &alice.id.to_string());
+    assert_eq!(dm["name"], "alice display");
+    assert_eq!(dm["unread_count"], 2);
+    assert_eq!(dm["last_message"]["content"], "dm 1");
+    let lobby = find(&list, "room", &room.to_string());
+    assert_eq!(lobby["name"], "Lobby");
+    assert_eq!(lobby["unread_count"], 3);
+    assert_eq!(lobby["last_read_seq"], 0);
+    assert_eq!(find(&list, "group", &group)["name"], "Pals");
+
+    // The sender's own messages count as read.
+    let mine: Vec<Value> = app
+        .get(&alice, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(mine.iter().all(|c| c["unread_count"] == 0), "{mine:?}");
+    assert_eq!(
+        find(&mine, "private", &bob.id.to_string())["name"],
+        "bob display"
+    );
+
+    // Marking read lowers the count; positions never move backwards or past the end.
+    let read_path = format!("/chat/read/room/{room}");
+    let read = |seq: i64| app.post(&bob, &read_path, json!({"seq": seq}));
+    assert_eq!(read(2).await.status(), StatusCode::NO_CONTENT);
+    let list: Vec<Value> = app
+        .get(&bob, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(find(&list, "room", &room.to_string())["unread_count"], 1);
+    assert_eq!(read(1).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(read(99).await.status(), StatusCode::NO_CONTENT);
+    let list: Vec<Value> = app
+        .get(&bob, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lobby = find(&list, "room", &room.to_string());
+    assert_eq!(lobby["unread_count"], 0);
+    assert_eq!(lobby["last_read_seq"], 3);
+
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/read/private/{}", alice.id),
+            json!({"seq": 2}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let list: Vec<Value> = app
+        .get(&bob, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        find(&list, "private", &alice.id.to_string())["unread_count"],
+        0
+    );
+
+    let r = app
+        .post(&bob, &format!("/chat/read/room/{room}"), json!({"seq": -1}))
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let carol = app.user("carol").await;
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/read/private/{}", carol.id),
+            json!({"seq": 1}),
+        )
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn online_users_come_from_unexpired_presence(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let redis = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(&crate::helpers::redis_url()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    fred::prelude::ClientLike::init(&redis).await.unwrap();
+    shared::presence::refresh(&redis, &app.keys, &[alice.id, bob.id])
+        .await
+        .unwrap();
+    // Carol's gateway died a minute ago: her entry has expired.
+    use fred::prelude::SortedSetsInterface;
+    let expired = (chrono::Utc::now().timestamp_millis() - 60_000) as f64;
+    let _: () = redis
+        .zadd(
+            app.keys.online_users(),
+            None,
+            None,
+            false,
+            false,
+            (expired, carol.id.to_string()),
+        )
+        .await
+        .unwrap();
+
+    let online: Vec<Value> = app
+        .get(&alice, "/chat/online-users")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = online
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(online[0]["display_name"].is_string() && online[0].get("email").is_none());
+
+    shared::presence::remove(&redis, &app.keys, bob.id)
+        .await
+        .unwrap();
+    let online: Vec<Value> = app
+        .get(&alice, "/chat/online-users")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(online.len(), 1);
+}

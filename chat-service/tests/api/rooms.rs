@@ -1,0 +1,117 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn create_list_join_leave_and_members(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+
+    let r = app
+        .post(
+            &alice,
+            "/chat/rooms",
+            json!({"name": "General", "description": "Talk"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let room: Value = r.json().await.unwrap();
+    assert_eq!(room["name"], "General");
+    assert_eq!(room["description"], "Talk");
+    assert_eq!(room["created_by"], alice.id.to_string());
+    assert_eq!(room["member_count"], 1);
+    assert_eq!(room["is_member"], true);
+    let id = room["id"].as_str().unwrap();
+
+    let r = app
+        .post(&bob, "/chat/rooms", json!({"name": "general"}))
+        .await;
+    let body = assert_error(r, StatusCode::CONFLICT, "room_name_taken").await;
+    assert!(body["fields"]["name"].is_string());
+
+    let rooms: Vec<Value> = app.get(&bob, "/chat/rooms").await.json().await.unwrap();
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(rooms[0]["is_member"], false);
+
+    for _ in 0..2 {
+        let r = app
+            .post(&bob, &format!("/chat/rooms/{id}/join"), Value::Null)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let room: Value = r.json().await.unwrap();
+        assert_eq!(room["member_count"], 2, "joining twice counts once");
+        assert_eq!(room["is_member"], true);
+    }
+    let members: Vec<Value> = app
+        .get(&bob, &format!("/chat/rooms/{id}/members"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(members
+        .iter()
+        .all(|m| m.get("email").is_none() && m.get("password_hash").is_none()));
+
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{id}/leave"), Value::Null)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let rooms: Vec<Value> = app.get(&bob, "/chat/rooms").await.json().await.unwrap();
+    assert_eq!(rooms[0]["member_count"], 1);
+    assert_eq!(rooms[0]["is_member"], false);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn bad_room_requests(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let unknown = uuid::Uuid::new_v4();
+    assert_error(
+        app.post(&alice, &format!("/chat/rooms/{unknown}/join"), Value::Null)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get(&alice, &format!("/chat/rooms/{unknown}/members"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let body = assert_error(
+        app.post(&alice, "/chat/rooms/not-a-uuid/join", Value::Null)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    )
+    .await;
+    assert!(body["fields"].as_object().unwrap().len() == 1, "{body}");
+    let body = assert_error(
+        app.post(&alice, "/chat/rooms", json!({"name": "  "})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    )
+    .await;
+    assert!(body["fields"]["name"].is_string());
+    let r = app
+        .post(
+            &alice,
+            "/chat/rooms",
+            json!({"name": "x".repeat(65), "description": "d".repeat(501)}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["name"].is_string() && body["fields"]["description"].is_string());
+    let r = app.http.get(app.url("/chat/rooms")).send().await.unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+}
