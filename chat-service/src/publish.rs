@@ -69,6 +69,16 @@ impl Publisher {
         }
     }
 
+    /// Publishes a new message to its members.
+    pub async fn new_message(&self, message: &Message, conversation_id: Uuid) {
+        let event = Event::Message {
+            conversation_id,
+            message: message.clone(),
+            published_at_us: shared::chat::now_us(),
+        };
+        self.message_event(message, conversation_id, event).await;
+    }
+
     /// Publishes a message-related event (`message`, `message_edited`, `message_deleted`).
     pub async fn message_event(&self, message: &Message, conversation_id: Uuid, event: Event) {
         let channels = self.message_channels(message, conversation_id);

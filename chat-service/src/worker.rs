@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use fred::{prelude::*, types::streams::XReadResponse};
+use fred::prelude::*;
 use shared::{
     chat::{decode, ChatType, Event, SendCommand},
     keys::Keys,
@@ -153,9 +153,9 @@ impl SendWorker {
 
     async fn read(&self, from: &str) -> Result<Vec<StreamEntry>, ApiError> {
         let block = if from == ">" { Some(1000) } else { None };
-        let response: XReadResponse<String, String, String, Vec<u8>> = self
+        let response: Value = self
             .reader
-            .xreadgroup_map(
+            .xreadgroup(
                 self.keys.send_group(),
                 &self.consumer,
                 Some(self.config.batch_size),
@@ -165,14 +165,14 @@ impl SendWorker {
                 from,
             )
             .await?;
-        Ok(response.into_values().flatten().collect())
+        Ok(parse_read(response))
     }
 
     /// Takes over entries another consumer left pending too long (it probably died).
     async fn claim_abandoned(&self) -> Result<(), ApiError> {
-        let (_, entries): (String, Vec<StreamEntry>) = self
+        let response: Value = self
             .reader
-            .xautoclaim_values(
+            .xautoclaim(
                 self.keys.send_stream(),
                 self.keys.send_group(),
                 &self.consumer,
@@ -182,6 +182,10 @@ impl SendWorker {
                 false,
             )
             .await?;
+        let entries = match response {
+            Value::Array(mut parts) if parts.len() >= 2 => parse_entries(parts.swap_remove(1)),
+            _ => Vec::new(),
+        };
         if !entries.is_empty() {
             metrics::counter!("chat_send_entries_claimed_total").increment(entries.len() as u64);
             tracing::info!(count = entries.len(), "claimed abandoned send entries");
@@ -219,9 +223,7 @@ impl SendWorker {
                     let m = outcome.message();
                     // Sent again for redeliveries too: the first attempt may have died before
                     // publishing. Gateways drop a seq a connection already has.
-                    self.publisher
-                        .message_event(m, conversation.id, Event::Message(m.clone()))
-                        .await;
+                    self.publisher.new_message(m, conversation.id).await;
                     let ack = Event::Ack {
                         session_id: command.session_id.clone(),
                         client_id: command.client_id.clone(),
@@ -320,6 +322,53 @@ impl SendWorker {
             .map(|v| v.unwrap_or(Verdict::Garbage))
             .collect())
     }
+}
+
+/// Entries of an `XREADGROUP` answer (`[[stream, entries]]`, a map in RESP3, or nil).
+fn parse_read(response: Value) -> Vec<StreamEntry> {
+    match response {
+        Value::Array(streams) => streams
+            .into_iter()
+            .flat_map(|stream| match stream {
+                Value::Array(mut pair) if pair.len() == 2 => parse_entries(pair.swap_remove(1)),
+                _ => Vec::new(),
+            })
+            .collect(),
+        Value::Map(map) => map.inner().into_values().flat_map(parse_entries).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[[id, [field, value, ...]], ...]`; an entry deleted meanwhile has nil fields and comes
+/// back empty (it is acknowledged and skipped).
+fn parse_entries(entries: Value) -> Vec<StreamEntry> {
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut parts) = entry else {
+                return None;
+            };
+            if parts.len() != 2 {
+                return None;
+            }
+            let fields = parts.pop()?;
+            let id = parts.pop()?.as_string()?;
+            let mut map = HashMap::new();
+            if let Value::Array(flat) = fields {
+                for pair in flat.chunks(2) {
+                    if let [k, v] = pair {
+                        if let (Some(k), Some(v)) = (k.as_string(), v.as_bytes()) {
+                            map.insert(k, v.to_vec());
+                        }
+                    }
+                }
+            }
+            Some((id, map))
+        })
+        .collect()
 }
 
 fn is_transient(e: &ApiError) -> bool {

@@ -129,10 +129,20 @@ pub enum MembershipAction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Event {
-    /// A new message.
-    Message(Message),
+    /// A new message. `conversation_id` lets gateways order, deduplicate and repair per
+    /// conversation without knowing how chat ids map to conversations.
+    Message {
+        conversation_id: Uuid,
+        message: Message,
+        /// When chat-service published it (Unix microseconds), for the fan-out latency metric.
+        #[serde(default)]
+        published_at_us: i64,
+    },
     /// An edited message.
-    MessageEdited(Message),
+    MessageEdited {
+        conversation_id: Uuid,
+        message: Message,
+    },
     /// A deleted message (it stays in history, emptied).
     MessageDeleted {
         id: Uuid,
@@ -159,6 +169,17 @@ pub enum Event {
         peer_id: Option<Uuid>,
         seq: i64,
     },
+    /// Someone is typing; ephemeral, published by gateways, never stored. Rooms and groups:
+    /// on the conversation channel; private chats: on the peer's user channel.
+    Typing {
+        user_id: Uuid,
+        chat_type: ChatType,
+        conversation_id: Uuid,
+        /// The room or group id; for a private chat, the typist (the peer's `chat_id`).
+        chat_id: Uuid,
+    },
+    /// A user came online (first connection anywhere) or went offline (last one closed).
+    Presence { user_id: Uuid, online: bool },
     /// A send from the bus was persisted: for the sending connection only.
     Ack {
         session_id: String,
@@ -172,6 +193,11 @@ pub enum Event {
         code: String,
         detail: String,
     },
+}
+
+/// Now, in Unix microseconds.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
 }
 
 /// A `send_message` a gateway hands to chat-service through the send stream.
@@ -228,7 +254,11 @@ mod tests {
     fn events_round_trip_through_messagepack() {
         let m = message();
         for event in [
-            Event::Message(m.clone()),
+            Event::Message {
+                conversation_id: Uuid::new_v4(),
+                message: m.clone(),
+                published_at_us: 1,
+            },
             Event::Ack {
                 session_id: "s".into(),
                 client_id: "c1".into(),

@@ -44,11 +44,17 @@ impl Keys {
     }
 
     /// Sorted set of online users: member = user id, score = when the entry expires (Unix ms).
-    /// Gateways re-add their users every [`crate::presence::REFRESH_SECONDS`] with an expiry
-    /// [`crate::presence::TTL_SECONDS`] ahead, so the users of a gateway that died drop out
-    /// within that time; readers only count scores in the future.
+    /// Gateways re-add their users every third of `PRESENCE_TTL_SECONDS` (default
+    /// [`crate::presence::TTL_SECONDS`]) with an expiry that far ahead, so the users of a gateway
+    /// that died drop out within that time; readers only count scores in the future.
     pub fn online_users(&self) -> String {
         format!("{}online", self.prefix)
+    }
+
+    /// Hash of one user's gateways: field = gateway node id, value = when that gateway's claim
+    /// expires (Unix ms). A user is online while any claim is unexpired.
+    pub fn presence_user(&self, user_id: Uuid) -> String {
+        format!("{}presence:{}", self.prefix, user_id)
     }
 
     /// Failed logins for one account (lower-cased username or email) in the current window.

@@ -17,6 +17,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod http;
+pub mod internal;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;

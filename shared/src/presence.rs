@@ -8,10 +8,8 @@ use uuid::Uuid;
 
 use crate::keys::Keys;
 
-/// An entry lives this long unless refreshed: a dead gateway's users are gone within it.
+/// The default life of an entry unless refreshed: a dead gateway's users are gone within it.
 pub const TTL_SECONDS: u64 = 45;
-/// How often a gateway refreshes the entries of the users it holds.
-pub const REFRESH_SECONDS: u64 = 15;
 
 fn now_ms() -> i64 {
     SystemTime::now()

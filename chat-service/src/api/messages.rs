@@ -223,10 +223,7 @@ pub async fn send(
         .pop()
         .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
     if let Outcome::Created(m) = &outcome {
-        state
-            .publisher
-            .message_event(m, conversation.id, Event::Message(m.clone()))
-            .await;
+        state.publisher.new_message(m, conversation.id).await;
     }
     Ok((StatusCode::CREATED, Json(outcome.message().clone())))
 }
@@ -296,7 +293,10 @@ pub async fn edit(
         .message_event(
             &message,
             conversation_id,
-            Event::MessageEdited(message.clone()),
+            Event::MessageEdited {
+                conversation_id,
+                message: message.clone(),
+            },
         )
         .await;
     Ok(Json(message))

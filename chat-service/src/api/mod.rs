@@ -2,6 +2,7 @@
 
 pub mod conversations;
 pub mod groups;
+pub mod internal;
 pub mod messages;
 pub mod rooms;
 
@@ -42,6 +43,13 @@ pub fn router() -> Router<AppState> {
         )
         .route("/chat/conversations", get(conversations::list))
         .route("/chat/online-users", get(conversations::online_users))
+        .route(
+            "/internal/users/{id}/conversations",
+            get(internal::user_conversations),
+        )
+        .route("/internal/sync", post(internal::sync))
+        .route("/internal/repair", post(internal::repair))
+        .route("/internal/read", post(internal::read))
 }
 
 #[derive(OpenApi)]

@@ -109,7 +109,7 @@ async fn commands_are_persisted_and_acknowledged(db: PgPool) {
                 assert_eq!(message.client_id.as_deref(), Some(client_id.as_str()));
                 acks.push((client_id, message.seq));
             }
-            Event::Message(_) => messages += 1,
+            Event::Message { .. } => messages += 1,
             other => panic!("{other:?}"),
         }
     }
@@ -169,7 +169,7 @@ async fn refused_commands_get_send_failed_and_garbage_is_dropped(db: PgPool) {
             Event::Ack { client_id, .. } => {
                 outcomes.insert(client_id, "ack".into());
             }
-            Event::Message(_) => {}
+            Event::Message { .. } => {}
             other => panic!("{other:?}"),
         }
     }

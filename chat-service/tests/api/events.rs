@@ -32,7 +32,7 @@ async fn a_room_message_is_one_publish_whatever_the_member_count(db: PgPool) {
     let (channel, event) = &seen[0];
     assert_eq!(channel, &app.keys.conversation_channel(room));
     match event {
-        Event::Message(m) => {
+        Event::Message { message: m, .. } => {
             assert_eq!(m.id.to_string(), sent["id"].as_str().unwrap());
             assert_eq!(m.seq, 1);
         }
@@ -61,9 +61,9 @@ async fn private_messages_go_to_both_users_channels(db: PgPool) {
     ];
     expected.sort();
     assert_eq!(channels, expected);
-    assert!(seen
-        .iter()
-        .all(|(_, e)| matches!(e, Event::Message(m) if m.chat_type == ChatType::Private)));
+    assert!(seen.iter().all(
+        |(_, e)| matches!(e, Event::Message { message: m, .. } if m.chat_type == ChatType::Private)
+    ));
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -102,7 +102,7 @@ async fn membership_edit_delete_and_read_events(db: PgPool) {
     )
     .await;
     match watcher.next().await.1 {
-        Event::MessageEdited(m) => assert_eq!(m.content, "fixed"),
+        Event::MessageEdited { message: m, .. } => assert_eq!(m.content, "fixed"),
         other => panic!("{other:?}"),
     }
     app.delete(&alice, &format!("/chat/messages/{id}")).await;

@@ -1,0 +1,169 @@
+//! Routes for gateways only (see [`shared::internal`]): what a user belongs to, sync, gap
+//! repair and read positions. Never exposed by the public proxy.
+
+use std::collections::HashMap;
+
+use axum::{extract::State, http::StatusCode, Json};
+use shared::{
+    chat::ChatType,
+    extract::{ApiJson, ApiPath},
+    internal::{
+        Membership, ReadRequest, RepairRequest, RepairResponse, RepairResult, ServiceCaller,
+        SyncRequest, SyncResponse, SyncResult, UserConversations,
+    },
+    ApiError, ApiResult,
+};
+use uuid::Uuid;
+
+use crate::{api::messages, conversation, AppState};
+
+/// The most messages one sync or repair returns per conversation.
+const MAX_LIMIT: i64 = 500;
+
+/// `GET /internal/users/{id}/conversations`
+pub async fn user_conversations(
+    State(state): State<AppState>,
+    _: ServiceCaller,
+    ApiPath(user): ApiPath<Uuid>,
+) -> ApiResult<Json<UserConversations>> {
+    let rows = sqlx::query!(
+        r#"SELECT c.id, c.chat_type, c.room_id, c.group_id, c.user_low, c.user_high, c.last_seq
+           FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+           WHERE m.user_id = $1"#,
+        user
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut conversations = Vec::with_capacity(rows.len());
+    for r in rows {
+        let chat_type = ChatType::from_db(&r.chat_type)
+            .ok_or_else(|| ApiError::internal(format!("chat_type {:?}", r.chat_type)))?;
+        let chat_id = match chat_type {
+            ChatType::Room => r.room_id,
+            ChatType::Group => r.group_id,
+            ChatType::Private => {
+                if r.user_low == Some(user) {
+                    r.user_high
+                } else {
+                    r.user_low
+                }
+            }
+        }
+        .ok_or_else(|| ApiError::internal("a conversation without its chat id"))?;
+        conversations.push(Membership {
+            conversation_id: r.id,
+            chat_type,
+            chat_id,
+            last_seq: r.last_seq,
+        });
+    }
+    let contacts = sqlx::query_scalar!(
+        r#"SELECT DISTINCT o.user_id
+           FROM conversation_members m
+           JOIN conversations c ON c.id = m.conversation_id AND c.chat_type <> 'ROOM'
+           JOIN conversation_members o ON o.conversation_id = m.conversation_id AND o.user_id <> $1
+           WHERE m.user_id = $1"#,
+        user
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(UserConversations {
+        conversations,
+        contacts,
+    }))
+}
+
+/// `POST /internal/sync`: per position, the messages after it that the user may read.
+pub async fn sync(
+    State(state): State<AppState>,
+    _: ServiceCaller,
+    ApiJson(req): ApiJson<SyncRequest>,
+) -> ApiResult<Json<SyncResponse>> {
+    let limit = req.limit.clamp(1, MAX_LIMIT);
+    let mut results = Vec::with_capacity(req.positions.len());
+    for p in req.positions {
+        let mut result = SyncResult {
+            chat_type: p.chat_type,
+            chat_id: p.chat_id,
+            conversation_id: None,
+            messages: vec![],
+            has_more: false,
+            error: None,
+        };
+        match conversation::for_reading(&state.db, req.user_id, p.chat_type, p.chat_id).await {
+            Ok(Some(c)) => {
+                let page = messages::page(&state, c.id, limit, None, Some(p.seq.max(0))).await?;
+                result.conversation_id = Some(c.id);
+                result.messages = page.messages;
+                result.has_more = page.has_more;
+            }
+            Ok(None) => {}
+            Err(e) if e.status.is_server_error() => return Err(e),
+            Err(e) => {
+                result.error = Some(
+                    match e.status {
+                        StatusCode::FORBIDDEN => "forbidden",
+                        StatusCode::NOT_FOUND => "not_found",
+                        _ => "invalid_payload",
+                    }
+                    .to_owned(),
+                )
+            }
+        }
+        results.push(result);
+    }
+    Ok(Json(SyncResponse { results }))
+}
+
+/// `POST /internal/repair`: each conversation's last seq and the messages after a seq.
+pub async fn repair(
+    State(state): State<AppState>,
+    _: ServiceCaller,
+    ApiJson(req): ApiJson<RepairRequest>,
+) -> ApiResult<Json<RepairResponse>> {
+    let limit = req.limit.clamp(1, MAX_LIMIT);
+    let ids: Vec<Uuid> = req.after.iter().map(|(id, _)| *id).collect();
+    let last: HashMap<Uuid, i64> = sqlx::query!(
+        "SELECT id, last_seq FROM conversations WHERE id = ANY($1)",
+        &ids
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.last_seq))
+    .collect();
+    let mut results = Vec::with_capacity(req.after.len());
+    for (conversation_id, after) in req.after {
+        let Some(&last_seq) = last.get(&conversation_id) else {
+            continue;
+        };
+        let messages = if after >= 0 && after < last_seq {
+            messages::page(&state, conversation_id, limit, None, Some(after))
+                .await?
+                .messages
+        } else {
+            vec![]
+        };
+        results.push(RepairResult {
+            conversation_id,
+            last_seq,
+            messages,
+        });
+    }
+    Ok(Json(RepairResponse { results }))
+}
+
+/// `POST /internal/read`: a `mark_read` from a WebSocket, stored as with REST.
+pub async fn read(
+    State(state): State<AppState>,
+    _: ServiceCaller,
+    ApiJson(req): ApiJson<ReadRequest>,
+) -> ApiResult<StatusCode> {
+    if req.seq < 0 {
+        return Err(ApiError::invalid_field("seq", "must be 0 or more"));
+    }
+    let c =
+        conversation::for_marking_read(&state.db, req.user_id, req.chat_type, req.chat_id).await?;
+    messages::record_read(&state, req.user_id, c, req.seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,127 @@
+//! The internal API chat-service offers gateways (never routed publicly: nginx and the ingress
+//! expose `/chat`, `/auth` and `/ws` only). Gateways authenticate with a service token: an access
+//! token for the nil user id, which only holders of `SECRET_KEY` can mint.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::request::Parts,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    chat::{ChatType, Message},
+    error::ApiError,
+    jwt::{bearer_token, JwtKeys},
+};
+
+/// A gateway calling chat-service's internal routes.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCaller;
+
+/// The subject of service tokens.
+pub const SERVICE_SUBJECT: Uuid = Uuid::nil();
+
+impl<S> FromRequestParts<S> for ServiceCaller
+where
+    Arc<JwtKeys>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let keys = Arc::<JwtKeys>::from_ref(state);
+        match bearer_token(parts).map(|t| keys.verify(t)) {
+            Some(Ok(claims)) if claims.sub == SERVICE_SUBJECT => Ok(ServiceCaller),
+            _ => Err(ApiError::unauthorized(
+                "invalid_token",
+                "internal routes need a service token",
+            )),
+        }
+    }
+}
+
+/// A conversation a user belongs to, as a gateway needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub conversation_id: Uuid,
+    pub chat_type: ChatType,
+    /// The room or group id; for a private chat, the other user.
+    pub chat_id: Uuid,
+    pub last_seq: i64,
+}
+
+/// `GET /internal/users/{id}/conversations`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserConversations {
+    pub conversations: Vec<Membership>,
+    /// Users who share a private chat or a group with this user (presence goes to them).
+    pub contacts: Vec<Uuid>,
+}
+
+/// One position of a `sync`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncPosition {
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+    pub seq: i64,
+}
+
+/// `POST /internal/sync`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub user_id: Uuid,
+    pub positions: Vec<SyncPosition>,
+    /// Messages per conversation at most.
+    pub limit: i64,
+}
+
+/// One conversation's answer to a sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResult {
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+    /// `None` when the position was refused (see `error`).
+    pub conversation_id: Option<Uuid>,
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+    /// `forbidden` or `not_found` when the user may not read it.
+    pub error: Option<String>,
+}
+
+/// `POST /internal/sync` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub results: Vec<SyncResult>,
+}
+
+/// `POST /internal/repair`: messages of conversations after given seqs (gap repair).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepairRequest {
+    /// `(conversation_id, after_seq)`; `after_seq` < 0 asks only for the current last seq.
+    pub after: Vec<(Uuid, i64)>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepairResult {
+    pub conversation_id: Uuid,
+    pub last_seq: i64,
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepairResponse {
+    pub results: Vec<RepairResult>,
+}
+
+/// `POST /internal/read`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub user_id: Uuid,
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+    pub seq: i64,
+}
