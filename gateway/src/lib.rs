@@ -1,41 +1,93 @@
-//! gateway: holds WebSocket connections and fans events out to them. For now it serves health
-//! and metrics only; `/ws` comes with the gateway issue.
+//! gateway: holds WebSocket connections and fans events out to them. Any number of gateways
+//! run behind a load balancer; they share nothing but Redis and never talk to each other.
+//!
+//! - [`config`] — settings.
+//! - [`ws`] — `GET /ws`: authentication, origin, caps and the upgrade.
+//! - [`connection`] — one connection's loop: frames in, queued frames out, heartbeats.
+//! - [`conn`] — what a connection shares with the dispatcher: its bounded queue and cursors.
+//! - [`hub`] — the node's Redis subscriptions, fan-out, ordering and gap repair.
+//! - [`presence`] — online/offline across gateways.
+//! - [`protocol`] — the contract's envelopes, JSON or MessagePack.
+//! - [`chat_client`] — chat-service's internal API.
 
-use std::time::Duration;
+pub mod chat_client;
+pub mod config;
+pub mod conn;
+pub mod connection;
+pub mod hub;
+pub mod presence;
+pub mod protocol;
+pub mod ws;
+
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::Router;
-use shared::{
-    config::{self, ConfigError, JwtConfig, RedisConfig, ServerConfig},
-    health::HealthState,
-    http::EdgeConfig,
-};
-use tokio::net::TcpListener;
+use axum::{routing::get, Router};
+use fred::prelude::*;
+use shared::{chat::SendCommand, health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// Everything the gateway reads at start. `.env.example` documents each variable.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// `HOST`, `PORT` (default 8003).
-    pub server: ServerConfig,
-    /// `REDIS_URL`, `REDIS_PREFIX`.
-    pub redis: RedisConfig,
-    /// `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`: tokens are verified locally.
-    pub jwt: JwtConfig,
-    /// `ALLOWED_ORIGINS`: the browser origins allowed to open WebSockets.
-    pub allowed_origins: Vec<String>,
-    /// `DEBUG`.
-    pub debug: bool,
+pub use config::GatewayConfig;
+
+/// The send bus and event publishing, through the node's command connection.
+pub struct Bus {
+    redis: Client,
+    keys: Keys,
 }
 
-impl GatewayConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            server: ServerConfig::from_env(8003)?,
-            redis: RedisConfig::from_env()?,
-            jwt: JwtConfig::from_env()?,
-            allowed_origins: config::allowed_origins()?,
-            debug: config::debug()?,
-        })
+impl Bus {
+    /// Hands a `send_message` to chat-service through the send stream.
+    pub async fn send(&self, command: &SendCommand) -> Result<(), Error> {
+        let bytes = shared::chat::encode(command)
+            .map_err(|e| Error::new(ErrorKind::Parse, e.to_string()))?;
+        let _: String = self
+            .redis
+            .xadd(
+                self.keys.send_stream(),
+                false,
+                None,
+                "*",
+                vec![("c", bytes)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes an ephemeral event (typing).
+    pub async fn publish(&self, channel: String, bytes: Vec<u8>) {
+        let sent: Result<i64, Error> = self.redis.publish(channel, bytes).await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "ephemeral publish failed");
+        }
+    }
+}
+
+/// Everything connections share.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub jwt: Arc<JwtKeys>,
+    pub hub: hub::Hub,
+    pub bus: Bus,
+    pub presence: presence::Presence,
+    /// Turns true when the node is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Gateway {
+    /// tungstenite's buffers, sized deliberately: its defaults reserve 128 KiB per connection.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.config.ws_read_buffer_bytes)
+            .write_buffer_size(self.config.ws_write_buffer_bytes)
+            .max_write_buffer_size(
+                self.config
+                    .ws_write_buffer_bytes
+                    .max(self.config.max_frame_bytes)
+                    * 4,
+            )
+            .max_message_size(Some(self.config.max_frame_bytes))
+            .max_frame_size(Some(self.config.max_frame_bytes))
     }
 }
 
@@ -44,6 +96,9 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    gateway: Arc<Gateway>,
+    subscriber: Client,
+    stop: watch::Sender<bool>,
 }
 
 impl Application {
@@ -52,14 +107,54 @@ impl Application {
         if !shared::redis::wait_until_ready(&redis, Duration::from_secs(5)).await {
             tracing::warn!("Redis is not answering yet");
         }
+        let subscriber =
+            Builder::from_config(Config::from_url(&config.redis.url).context("REDIS_URL")?)
+                .with_performance_config(|c| {
+                    // Events queue here between the socket and the dispatcher; a lagging dispatcher
+                    // is detected and repaired, but should be rare.
+                    c.broadcast_channel_capacity = 65_536;
+                    c.default_command_timeout = Duration::from_secs(5);
+                })
+                .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+                .build()
+                .context("REDIS_URL")?;
+        subscriber.connect();
+        let keys = Keys::new(config.redis.prefix.clone());
+        let jwt = Arc::new(JwtKeys::new(&config.jwt));
+        let chat = chat_client::ChatClient::new(&config.chat_service_url, jwt.clone())
+            .context("CHAT_SERVICE_URL")?;
+        let node = format!("gw-{}", uuid::Uuid::new_v4().simple());
+        let (stop, shutdown) = watch::channel(false);
+        let gateway = Arc::new(Gateway {
+            hub: hub::Hub::new(
+                subscriber.clone(),
+                keys.clone(),
+                chat,
+                config.max_connections,
+                config.max_connections_per_user,
+            ),
+            bus: Bus {
+                redis: redis.clone(),
+                keys: keys.clone(),
+            },
+            presence: presence::Presence::new(redis.clone(), keys, node, config.presence_ttl),
+            jwt,
+            shutdown,
+            config: config.clone(),
+        });
         let health = HealthState {
             service: "gateway",
             version: env!("CARGO_PKG_VERSION"),
             db: None,
             redis: Some(redis),
         };
+        let router = Router::new()
+            .route("/ws", get(ws::handler))
+            .with_state(gateway.clone())
+            .merge(shared::health::router(health));
         let router = shared::http::finish(
-            shared::health::router(health),
+            router,
             &EdgeConfig {
                 allowed_origins: config.allowed_origins.clone(),
                 max_body_bytes: 64 * 1024,
@@ -73,6 +168,9 @@ impl Application {
             listener,
             router,
             port,
+            gateway,
+            subscriber,
+            stop,
         })
     }
 
@@ -80,9 +178,101 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM or SIGINT.
+    /// The shared state, for tests and embedding (connection counts).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// The Redis id of the node's subscriber connection (tests kill it to simulate a Redis
+    /// outage). Ask before any client connects: a subscribed connection answers nothing else.
+    pub async fn subscriber_redis_id(&self) -> Result<i64, Error> {
+        self.subscriber.wait_for_connect().await?;
+        self.subscriber.client_id().await
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains: no new connections, every open one closed
+    /// with 1012 at a random moment within `SHUTDOWN_SPREAD_SECONDS` after its queue is written,
+    /// and exit within `SHUTDOWN_GRACE_SECONDS`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shared::shutdown::signal()).await
+    }
+
+    /// As [`Application::run_until_stopped`], stopping when `stop` completes (tests use this).
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tracing::info!(port = self.port, "gateway listening");
-        shared::http::serve(self.listener, self.router).await
+        let gw = self.gateway;
+        let tasks = [
+            tokio::spawn(dispatch(gw.clone(), self.subscriber.clone())),
+            tokio::spawn(watch_reconnects(gw.clone(), self.subscriber.clone())),
+            tokio::spawn(refresh_presence(gw.clone())),
+        ];
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            stop.await;
+            let _ = stopping_tx.send(());
+        })
+        .await;
+        let _ = stopping_rx.await;
+        tracing::info!(
+            connections = gw.hub.connection_count(),
+            "draining connections"
+        );
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + gw.config.shutdown_grace;
+        while gw.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for t in tasks {
+            t.abort();
+        }
+        served
+    }
+}
+
+/// Reads every event from the node's subscriber connection and fans it out.
+async fn dispatch(gw: Arc<Gateway>, subscriber: Client) {
+    let mut messages = subscriber.message_rx();
+    loop {
+        match messages.recv().await {
+            Ok(m) => {
+                let channel = m.channel.to_string();
+                match m.value.as_bytes() {
+                    Some(bytes) => gw.hub.dispatch(&channel, bytes).await,
+                    None => tracing::warn!(%channel, "non-binary event dropped"),
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "dispatcher lagged; repairing from history");
+                metrics::counter!("gateway_dispatch_lagged_total").increment(1);
+                gw.hub.resubscribe_all().await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// After the subscriber connection comes back, subscribe again and repair what was missed.
+async fn watch_reconnects(gw: Arc<Gateway>, subscriber: Client) {
+    let mut reconnects = subscriber.reconnect_rx();
+    while reconnects.recv().await.is_ok() {
+        metrics::counter!("gateway_redis_reconnects_total").increment(1);
+        tracing::info!("Redis subscriber connected; subscribing again and checking for gaps");
+        gw.hub.resubscribe_all().await;
+    }
+}
+
+async fn refresh_presence(gw: Arc<Gateway>) {
+    let mut every = tokio::time::interval(gw.presence.refresh_every());
+    loop {
+        every.tick().await;
+        gw.presence.refresh(&gw.hub.local_users()).await;
     }
 }

@@ -1,0 +1,121 @@
+//! Gateway settings. `.env.example` documents each variable.
+
+use std::time::Duration;
+
+use shared::config::{self, ConfigError, JwtConfig, RedisConfig, ServerConfig};
+
+/// Everything the gateway reads at start.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `HOST`, `PORT` (default 8003).
+    pub server: ServerConfig,
+    /// `REDIS_URL`, `REDIS_PREFIX`.
+    pub redis: RedisConfig,
+    /// `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`: tokens are verified locally.
+    pub jwt: JwtConfig,
+    /// `ALLOWED_ORIGINS`: browser origins allowed to open WebSockets (exact match).
+    pub allowed_origins: Vec<String>,
+    /// `DEBUG`.
+    pub debug: bool,
+    /// `CHAT_SERVICE_URL`: chat-service's internal API (default `http://127.0.0.1:8002`).
+    pub chat_service_url: String,
+    /// `HEARTBEAT_INTERVAL_MS`: server pings this often; three silent intervals close the
+    /// connection (default 25000).
+    pub heartbeat_interval: Duration,
+    /// `MAX_CONNECTIONS`: connections this node accepts (default 18000).
+    pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_USER`: connections one user may hold on this node (default 20).
+    pub max_connections_per_user: usize,
+    /// `OUTBOUND_QUEUE`: frames queued per connection; when it fills the client is too slow and
+    /// is closed with 4008 (default 256). Ephemeral events are dropped from half full.
+    pub outbound_queue: usize,
+    /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: `send_message` rate per connection (20, 40).
+    pub send_rate_per_second: u32,
+    pub send_burst: u32,
+    /// `TYPING_RATE_PER_SECOND`: `typing` frames per connection (default 4, bursts of 8).
+    pub typing_rate_per_second: u32,
+    /// `WS_READ_BUFFER_BYTES`: tungstenite's read buffer per connection (default 4096; frames
+    /// larger than it still arrive, the buffer grows for them).
+    pub ws_read_buffer_bytes: usize,
+    /// `WS_WRITE_BUFFER_BYTES`: frames are gathered up to this size before a write (default
+    /// 16384); queued frames are always flushed together.
+    pub ws_write_buffer_bytes: usize,
+    /// `MAX_FRAME_BYTES`: a larger incoming frame closes the connection with 1009 (default 65536).
+    pub max_frame_bytes: usize,
+    /// `PRESENCE_TTL_SECONDS`: a gateway's claim on its users lasts this long unless renewed
+    /// (every third of it), so the users of a gateway that died drop out within it (default 45).
+    pub presence_ttl: Duration,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long a SIGTERM'd gateway drains before exiting (default 20).
+    pub shutdown_grace: Duration,
+    /// `SHUTDOWN_SPREAD_SECONDS`: closes (1012) are spread over this window so clients do not
+    /// all reconnect at once (default 10; kept below the grace period).
+    pub shutdown_spread: Duration,
+}
+
+impl GatewayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let grace: u64 = config::parsed("SHUTDOWN_GRACE_SECONDS", 20)?;
+        let spread: u64 = config::parsed("SHUTDOWN_SPREAD_SECONDS", 10)?;
+        let c = Self {
+            server: ServerConfig::from_env(8003)?,
+            redis: RedisConfig::from_env()?,
+            jwt: JwtConfig::from_env()?,
+            allowed_origins: config::allowed_origins()?,
+            debug: config::debug()?,
+            chat_service_url: config::string("CHAT_SERVICE_URL", "http://127.0.0.1:8002")?,
+            heartbeat_interval: Duration::from_millis(config::parsed(
+                "HEARTBEAT_INTERVAL_MS",
+                25_000,
+            )?),
+            max_connections: config::parsed("MAX_CONNECTIONS", 18_000)?,
+            max_connections_per_user: config::parsed("MAX_CONNECTIONS_PER_USER", 20)?,
+            outbound_queue: config::parsed("OUTBOUND_QUEUE", 256)?,
+            send_rate_per_second: config::parsed("SEND_RATE_PER_SECOND", 20)?,
+            send_burst: config::parsed("SEND_BURST", 40)?,
+            typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
+            ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 4096)?,
+            ws_write_buffer_bytes: config::parsed("WS_WRITE_BUFFER_BYTES", 16 * 1024)?,
+            max_frame_bytes: config::parsed("MAX_FRAME_BYTES", 64 * 1024)?,
+            presence_ttl: Duration::from_secs(config::parsed(
+                "PRESENCE_TTL_SECONDS",
+                shared::presence::TTL_SECONDS,
+            )?),
+            shutdown_grace: Duration::from_secs(grace),
+            shutdown_spread: Duration::from_secs(spread.min(grace.saturating_sub(2))),
+        };
+        if !(c.chat_service_url.starts_with("http://")
+            || c.chat_service_url.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "CHAT_SERVICE_URL",
+                "is invalid: expected an http(s) URL",
+            ));
+        }
+        for (name, v) in [
+            (
+                "HEARTBEAT_INTERVAL_MS",
+                c.heartbeat_interval.as_millis() as u64,
+            ),
+            ("MAX_CONNECTIONS", c.max_connections as u64),
+            (
+                "MAX_CONNECTIONS_PER_USER",
+                c.max_connections_per_user as u64,
+            ),
+            ("OUTBOUND_QUEUE", c.outbound_queue as u64),
+            ("SEND_RATE_PER_SECOND", u64::from(c.send_rate_per_second)),
+            ("SEND_BURST", u64::from(c.send_burst)),
+            (
+                "TYPING_RATE_PER_SECOND",
+                u64::from(c.typing_rate_per_second),
+            ),
+            ("WS_READ_BUFFER_BYTES", c.ws_read_buffer_bytes as u64),
+            ("MAX_FRAME_BYTES", c.max_frame_bytes as u64),
+            ("PRESENCE_TTL_SECONDS", c.presence_ttl.as_secs()),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
+            }
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,158 @@
+//! What the dispatcher and a connection's task share about one connection: its bounded
+//! outbound queue and its per-conversation cursors (which `seq`s it has been sent).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, MutexGuard,
+    },
+};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use uuid::Uuid;
+
+use crate::protocol::Encoding;
+
+/// Node-local connection id.
+pub type ConnId = u64;
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub struct Outbound {
+    pub frame: WsMessage,
+    /// Typing and presence: dropped first under pressure.
+    pub ephemeral: bool,
+    /// When chat-service published the event (Unix µs), for the fan-out latency histogram; 0 if none.
+    pub published_at_us: i64,
+    /// The frame's `type`, for metrics.
+    pub label: &'static str,
+}
+
+impl Outbound {
+    pub fn reply(frame: WsMessage, label: &'static str) -> Self {
+        Self {
+            frame,
+            ephemeral: false,
+            published_at_us: 0,
+            label,
+        }
+    }
+}
+
+/// Which `seq`s of one conversation a connection has been sent: every seq in `first..=last`
+/// (live delivery is gap-free), or, while a `sync` for it is under way, the live frames held back.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    pub first: i64,
+    pub last: i64,
+    pub held: Option<Vec<(i64, Outbound)>>,
+}
+
+pub struct ConnShared {
+    pub id: ConnId,
+    pub user: Uuid,
+    pub session: String,
+    pub encoding: Encoding,
+    tx: mpsc::Sender<Outbound>,
+    capacity: usize,
+    overflowed: AtomicBool,
+    /// Wakes the connection's task to close it with 4008.
+    pub overflow: Notify,
+    cursors: Mutex<HashMap<Uuid, Cursor>>,
+}
+
+impl ConnShared {
+    pub fn new(
+        id: ConnId,
+        user: Uuid,
+        session: String,
+        encoding: Encoding,
+        capacity: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Self {
+                id,
+                user,
+                session,
+                encoding,
+                tx,
+                capacity,
+                overflowed: AtomicBool::new(false),
+                overflow: Notify::new(),
+                cursors: Mutex::new(HashMap::new()),
+            },
+            rx,
+        )
+    }
+
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Queues a frame without waiting. Ephemeral frames are dropped once the queue is half
+    /// full; anything else that finds it full marks the client as too slow (closed with 4008).
+    pub fn push(&self, out: Outbound) {
+        if self.is_overflowed() {
+            return;
+        }
+        if out.ephemeral && self.tx.capacity() < self.capacity / 2 {
+            metrics::counter!("gateway_ephemeral_dropped_total").increment(1);
+            return;
+        }
+        match self.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(out)) if out.ephemeral => {
+                metrics::counter!("gateway_ephemeral_dropped_total").increment(1);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.overflowed.swap(true, Ordering::Relaxed) {
+                    metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
+                    self.overflow.notify_one();
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    pub fn cursors(&self) -> MutexGuard<'_, HashMap<Uuid, Cursor>> {
+        // A poisoned lock only means another thread panicked mid-update; the map is still usable.
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts tracking a conversation whose messages up to `last_seq` exist already.
+    pub fn track(&self, conversation: Uuid, last_seq: i64) {
+        self.cursors().entry(conversation).or_insert(Cursor {
+            first: last_seq + 1,
+            last: last_seq,
+            held: None,
+        });
+    }
+
+    pub fn untrack(&self, conversation: Uuid) {
+        self.cursors().remove(&conversation);
+    }
+
+    /// Delivers `message` number `seq` of `conversation`: never twice, never out of order, held
+    /// back while a sync of that conversation is under way.
+    pub fn deliver_message(&self, conversation: Uuid, seq: i64, out: Outbound) {
+        let mut cursors = self.cursors();
+        let cursor = cursors.entry(conversation).or_default();
+        if let Some(held) = &mut cursor.held {
+            held.push((seq, out));
+            return;
+        }
+        if seq <= cursor.last {
+            metrics::counter!("gateway_duplicates_dropped_total").increment(1);
+            return;
+        }
+        if cursor.first == 0 || cursor.first > seq {
+            cursor.first = seq;
+        }
+        cursor.last = seq;
+        // Queued under the lock, so a sync finishing concurrently cannot reorder frames.
+        self.push(out);
+    }
+}

@@ -1,0 +1,587 @@
+//! One WebSocket connection: a single task whose `select!` loop reads client frames, writes
+//! queued frames (all that are waiting, in one flush), pings, and watches for overflow and
+//! shutdown. Every exit path unregisters the connection and withdraws its presence.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use shared::{
+    chat::{encode as encode_event, ChatType, Event, Message, SendCommand},
+    internal::{ReadRequest, SyncRequest, UserConversations},
+};
+use tokio::sync::mpsc;
+use tokio_tungstenite::{
+    tungstenite::{
+        error::{CapacityError, Error as WsError},
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Message as WsMessage,
+    },
+    WebSocketStream,
+};
+use uuid::Uuid;
+
+use crate::{
+    chat_client::CallError,
+    conn::{ConnShared, Outbound},
+    protocol::{self, ClientFrame, Encoding, FrameError},
+    Gateway,
+};
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Frames written per flush at most.
+const WRITE_BATCH: usize = 64;
+/// Bad or refused frames tolerated per minute before the connection is closed with 1008.
+const ABUSE_LIMIT: u32 = 60;
+/// The most positions one `sync` may name.
+const MAX_SYNC_POSITIONS: usize = 200;
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    user_id: Uuid,
+    session_id: &'a str,
+    heartbeat_interval_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    code: &'a str,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct SyncedResult {
+    chat_type: ChatType,
+    chat_id: Uuid,
+    messages: Vec<Message>,
+    has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Synced {
+    results: Vec<SyncedResult>,
+}
+
+fn reply<D: Serialize>(conn: &ConnShared, kind: &'static str, data: &D) {
+    match protocol::encode(conn.encoding, kind, data) {
+        Ok(frame) => conn.push(Outbound::reply(frame, kind)),
+        Err(e) => tracing::error!(error = %e, "could not encode a reply"),
+    }
+}
+
+fn reply_error(conn: &ConnShared, e: &FrameError) {
+    reply(
+        conn,
+        "error",
+        &ErrorData {
+            client_id: e.client_id.as_deref(),
+            code: e.code,
+            detail: &e.detail,
+        },
+    );
+}
+
+/// Serves one upgraded connection until it closes.
+pub async fn run(
+    gw: Arc<Gateway>,
+    mut ws: Socket,
+    user: Uuid,
+    encoding: Encoding,
+    info: UserConversations,
+) {
+    let session = crate::ws::session_id();
+    let (shared, mut rx) = ConnShared::new(
+        gw.hub.next_id(),
+        user,
+        session.clone(),
+        encoding,
+        gw.config.outbound_queue,
+    );
+    let conn = Arc::new(shared);
+    let first = match gw.hub.register(conn.clone(), info).await {
+        Ok(first) => first,
+        Err(refusal) => {
+            tracing::info!(?refusal, "connection refused after upgrade");
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Again,
+                    reason: "gateway full".into(),
+                }))
+                .await;
+            return;
+        }
+    };
+    if first {
+        match gw.presence.claim(user).await {
+            Ok(true) => {
+                gw.presence
+                    .announce(user, true, &gw.hub.contacts_of(user))
+                    .await
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence claim failed"),
+        }
+    }
+    metrics::counter!("gateway_connections_opened_total").increment(1);
+    reply(
+        &conn,
+        "ready",
+        &Ready {
+            user_id: user,
+            session_id: &session,
+            heartbeat_interval_ms: gw.config.heartbeat_interval.as_millis() as u64,
+        },
+    );
+
+    let close = serve(&gw, &mut ws, &conn, &mut rx).await;
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
+
+    // Read before unregistering: the node forgets the user with their last connection.
+    let contacts = gw.hub.contacts_of(user);
+    if gw.hub.unregister(&conn).await {
+        match gw.presence.withdraw(user).await {
+            Ok(true) => gw.presence.announce(user, false, &contacts).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence withdrawal failed"),
+        }
+    }
+    metrics::counter!("gateway_connections_closed_total").increment(1);
+}
+
+/// The connection's loop; returns the close frame to send, if any.
+async fn serve(
+    gw: &Arc<Gateway>,
+    ws: &mut Socket,
+    conn: &Arc<ConnShared>,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Option<(CloseCode, &'static str)> {
+    let interval = gw.config.heartbeat_interval;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+    let mut sends = Bucket::new(gw.config.send_rate_per_second, gw.config.send_burst);
+    let mut typing = Bucket::new(
+        gw.config.typing_rate_per_second,
+        gw.config.typing_rate_per_second * 2,
+    );
+    let mut abuse = (0u32, Instant::now());
+    let mut shutdown = gw.shutdown.clone();
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.overflow.notified() => return Some((CloseCode::Library(4008), "too far behind; reconnect and sync")),
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return drain_then_close(gw, ws, conn, rx).await;
+                }
+            }
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return None;
+                }
+                let write = write_batch(ws, &mut batch);
+                tokio::select! {
+                    r = write => if r.is_err() { return None },
+                    _ = conn.overflow.notified() => return None,
+                }
+            }
+            incoming = ws.next() => {
+                last_heard = Instant::now();
+                let message = match incoming {
+                    None => return None,
+                    Some(Ok(m)) => m,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return Some((CloseCode::Size, "frame over 64 KiB"));
+                    }
+                    Some(Err(_)) => return None,
+                };
+                let bytes = match (&message, conn.encoding) {
+                    (WsMessage::Text(t), Encoding::Json) => t.as_bytes(),
+                    (WsMessage::Binary(b), Encoding::MsgPack) => &b[..],
+                    (WsMessage::Text(_) | WsMessage::Binary(_), _) => {
+                        reply_error(conn, &FrameError::new("invalid_payload", match conn.encoding {
+                            Encoding::Json => "expected JSON text frames",
+                            Encoding::MsgPack => "expected MessagePack binary frames (chatsphere.msgpack)",
+                        }));
+                        continue;
+                    }
+                    (WsMessage::Close(_), _) => return None,
+                    // Pings are answered by tungstenite on the next flush.
+                    (WsMessage::Ping(_), _) => {
+                        if ws.flush().await.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let parsed = protocol::decode_value(conn.encoding, bytes).and_then(protocol::parse);
+                let outcome = match parsed {
+                    Ok(frame) => {
+                        metrics::counter!("gateway_frames_in_total", "type" => frame.label()).increment(1);
+                        handle(gw, conn, frame, &mut sends, &mut typing).await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = outcome {
+                    metrics::counter!("gateway_frame_errors_total", "code" => e.code).increment(1);
+                    reply_error(conn, &e);
+                    if abuse.1.elapsed() > Duration::from_secs(60) {
+                        abuse = (0, Instant::now());
+                    }
+                    abuse.0 += 1;
+                    if abuse.0 > ABUSE_LIMIT {
+                        return Some((CloseCode::Policy, "too many bad frames"));
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > interval * 3 {
+                    metrics::counter!("gateway_dead_connections_reaped_total").increment(1);
+                    return None;
+                }
+                if ws.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes every frame in `batch` and flushes once, so frames queued together leave in one write.
+async fn write_batch(ws: &mut Socket, batch: &mut Vec<Outbound>) -> Result<(), WsError> {
+    let mut latest_publish = 0;
+    for out in batch.drain(..) {
+        metrics::counter!("gateway_frames_out_total", "type" => out.label).increment(1);
+        latest_publish = latest_publish.max(out.published_at_us);
+        ws.feed(out.frame).await?;
+    }
+    ws.flush().await?;
+    if latest_publish > 0 {
+        let micros = shared::chat::now_us() - latest_publish;
+        metrics::histogram!("gateway_fanout_latency_seconds").record(micros.max(0) as f64 / 1e6);
+    }
+    Ok(())
+}
+
+/// On shutdown: wait a random share of the spread window (so clients do not all reconnect at
+/// once), write what is queued, then close with 1012.
+async fn drain_then_close(
+    gw: &Arc<Gateway>,
+    ws: &mut Socket,
+    conn: &Arc<ConnShared>,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Option<(CloseCode, &'static str)> {
+    let spread = gw.config.shutdown_spread.as_millis() as u64;
+    let jitter = if spread == 0 {
+        0
+    } else {
+        (conn.id.wrapping_mul(2_654_435_761) ^ rand_seed()) % spread
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(jitter);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 || write_batch(ws, &mut batch).await.is_err() {
+                    return None;
+                }
+            }
+            incoming = ws.next() => if !matches!(incoming, Some(Ok(_))) { return None },
+        }
+    }
+    while let Ok(out) = rx.try_recv() {
+        batch.push(out);
+    }
+    if write_batch(ws, &mut batch).await.is_err() {
+        return None;
+    }
+    Some((CloseCode::Restart, "gateway restarting; reconnect"))
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+}
+
+async fn handle(
+    gw: &Arc<Gateway>,
+    conn: &Arc<ConnShared>,
+    frame: ClientFrame,
+    sends: &mut Bucket,
+    typing: &mut Bucket,
+) -> Result<(), FrameError> {
+    match frame {
+        ClientFrame::Ping => {
+            reply(conn, "pong", &serde_json::json!({}));
+            Ok(())
+        }
+        ClientFrame::SendMessage(m) => {
+            let client_id = m
+                .client_id
+                .clone()
+                .unwrap_or_else(|| Uuid::new_v4().to_string());
+            let refuse = |code: &'static str, detail: &str| FrameError {
+                code,
+                detail: detail.to_owned(),
+                client_id: Some(client_id.clone()),
+            };
+            if !sends.take() {
+                return Err(refuse("rate_limited", "too many messages; slow down"));
+            }
+            if m.content.trim().is_empty() || m.content.chars().count() > 4000 {
+                return Err(refuse(
+                    "invalid_payload",
+                    "content must be 1 to 4000 characters",
+                ));
+            }
+            if !(1..=128).contains(&client_id.chars().count()) {
+                return Err(refuse(
+                    "invalid_payload",
+                    "client_id must be 1 to 128 characters",
+                ));
+            }
+            let command = SendCommand {
+                user_id: conn.user,
+                session_id: conn.session.clone(),
+                client_id: client_id.clone(),
+                chat_type: m.chat_type,
+                chat_id: m.chat_id,
+                content: m.content,
+                message_type: m.message_type,
+                reply_to_id: m.reply_to_id,
+            };
+            gw.bus.send(&command).await.map_err(|_| {
+                refuse(
+                    "unavailable",
+                    "messages cannot be accepted right now; retry",
+                )
+            })
+        }
+        ClientFrame::Typing(t) => {
+            if !typing.take() {
+                return Err(FrameError::new("rate_limited", "typing too often"));
+            }
+            let Some(membership) = gw.hub.conversation_of(conn.user, t.chat_type, t.chat_id) else {
+                return Err(FrameError::new(
+                    "forbidden",
+                    "you are not in that conversation",
+                ));
+            };
+            let (channel, chat_id) = match t.chat_type {
+                ChatType::Private => (gw.hub.keys().user_channel(t.chat_id), conn.user),
+                _ => (
+                    gw.hub
+                        .keys()
+                        .conversation_channel(membership.conversation_id),
+                    t.chat_id,
+                ),
+            };
+            let event = Event::Typing {
+                user_id: conn.user,
+                chat_type: t.chat_type,
+                conversation_id: membership.conversation_id,
+                chat_id,
+            };
+            if let Ok(bytes) = encode_event(&event) {
+                gw.bus.publish(channel, bytes).await;
+            }
+            Ok(())
+        }
+        ClientFrame::MarkRead(r) => {
+            let gw = gw.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let request = ReadRequest {
+                    user_id: conn.user,
+                    chat_type: r.chat_type,
+                    chat_id: r.chat_id,
+                    seq: r.seq,
+                };
+                if let Err(e) = gw.hub.chat().mark_read(&request).await {
+                    reply_error(&conn, &call_error(e));
+                }
+            });
+            Ok(())
+        }
+        ClientFrame::Sync(s) => {
+            if s.positions.len() > MAX_SYNC_POSITIONS {
+                return Err(FrameError::new(
+                    "invalid_payload",
+                    format!("at most {MAX_SYNC_POSITIONS} positions"),
+                ));
+            }
+            tokio::spawn(sync(gw.clone(), conn.clone(), s.positions));
+            Ok(())
+        }
+    }
+}
+
+fn call_error(e: CallError) -> FrameError {
+    match e {
+        CallError::Refused {
+            code,
+            detail,
+            status,
+        } => FrameError::new(
+            match (status, code.as_str()) {
+                (403, _) => "forbidden",
+                (404, _) => "not_found",
+                _ => "invalid_payload",
+            },
+            detail,
+        ),
+        CallError::Unavailable(_) => {
+            FrameError::new("unavailable", "chat-service is unavailable; retry")
+        }
+    }
+}
+
+/// `sync`: hold live frames of the named conversations, fetch history after each position,
+/// send it minus what this connection already had live, then release the held frames past it.
+async fn sync(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnShared>,
+    positions: Vec<shared::internal::SyncPosition>,
+) {
+    let known: Vec<Option<Uuid>> = positions
+        .iter()
+        .map(|p| {
+            gw.hub
+                .conversation_of(conn.user, p.chat_type, p.chat_id)
+                .map(|m| m.conversation_id)
+        })
+        .collect();
+    {
+        let mut cursors = conn.cursors();
+        for conv in known.iter().flatten() {
+            cursors
+                .entry(*conv)
+                .or_default()
+                .held
+                .get_or_insert_with(Vec::new);
+        }
+    }
+    let request = SyncRequest {
+        user_id: conn.user,
+        positions: positions.clone(),
+        limit: 500,
+    };
+    let answer = gw.hub.chat().sync(&request).await;
+    let mut cursors = conn.cursors();
+    let results = match answer {
+        Ok(a) => a.results,
+        Err(e) => {
+            release_held(&conn, &mut cursors, &known);
+            drop(cursors);
+            reply_error(&conn, &call_error(e));
+            return;
+        }
+    };
+    let mut synced = Vec::with_capacity(results.len());
+    let mut batch_max: Vec<(Uuid, i64, bool, i64)> = Vec::new();
+    for (r, position) in results.into_iter().zip(&positions) {
+        let mut messages = r.messages;
+        if let Some(conv) = r.conversation_id {
+            if let Some(c) = cursors.get(&conv) {
+                if c.first > 0 {
+                    messages.retain(|m| m.seq < c.first || m.seq > c.last);
+                }
+            }
+            let top = messages.last().map_or(position.seq, |m| m.seq);
+            batch_max.push((conv, top, r.has_more, position.seq));
+        }
+        synced.push(SyncedResult {
+            chat_type: r.chat_type,
+            chat_id: r.chat_id,
+            messages,
+            has_more: r.has_more,
+            error: r.error,
+        });
+    }
+    reply(&conn, "synced", &Synced { results: synced });
+    for (conv, top, has_more, from) in batch_max {
+        if let Some(c) = cursors.get_mut(&conv) {
+            if !has_more && (c.first == 0 || c.first > from + 1) {
+                c.first = from + 1;
+            }
+            c.last = c.last.max(top);
+        }
+    }
+    release_held(&conn, &mut cursors, &known);
+}
+
+/// Sends the frames held during a sync that come after what the client now has, in order.
+fn release_held(
+    conn: &ConnShared,
+    cursors: &mut std::collections::HashMap<Uuid, crate::conn::Cursor>,
+    known: &[Option<Uuid>],
+) {
+    for conv in known.iter().flatten() {
+        let Some(c) = cursors.get_mut(conv) else {
+            continue;
+        };
+        let Some(mut held) = c.held.take() else {
+            continue;
+        };
+        held.sort_by_key(|(seq, _)| *seq);
+        for (seq, out) in held {
+            if seq > c.last {
+                if c.first == 0 {
+                    c.first = seq;
+                }
+                c.last = seq;
+                conn.push(out);
+            }
+        }
+    }
+}

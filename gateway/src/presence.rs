@@ -1,0 +1,130 @@
+//! Presence across gateways. Each gateway claims its users in `{prefix}presence:{user}` (field
+//! = node id, value = expiry) and in the online set read by `/chat/online-users` (see
+//! [`shared::keys::Keys::online_users`]); claims are refreshed every
+//! third of `PRESENCE_TTL_SECONDS` and expire after it, so
+//! the users of a gateway that died vanish without it. A user comes online when the first claim
+//! appears and goes offline when the last one is withdrawn; both steps are Lua scripts, atomic
+//! against other gateways.
+
+use fred::prelude::*;
+use shared::{
+    chat::{encode, Event},
+    keys::Keys,
+};
+use uuid::Uuid;
+
+const CLAIM: &str = r#"
+local others = 0
+local f = redis.call('HGETALL', KEYS[1])
+for i = 1, #f, 2 do
+  if f[i] ~= ARGV[1] and tonumber(f[i + 1]) > tonumber(ARGV[3]) then others = others + 1 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[4])
+return others
+"#;
+
+const WITHDRAW: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+local others = 0
+local f = redis.call('HGETALL', KEYS[1])
+for i = 1, #f, 2 do
+  if tonumber(f[i + 1]) > tonumber(ARGV[2]) then others = others + 1 end
+end
+if others == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
+return others
+"#;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub struct Presence {
+    redis: Client,
+    keys: Keys,
+    node: String,
+    ttl_ms: i64,
+}
+
+impl Presence {
+    pub fn new(redis: Client, keys: Keys, node: String, ttl: std::time::Duration) -> Self {
+        Self {
+            redis,
+            keys,
+            node,
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// How often claims are renewed: a third of their life.
+    pub fn refresh_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.ttl_ms / 3).max(100) as u64)
+    }
+
+    /// Claims `user` for this node; true when no other gateway had them (they came online).
+    pub async fn claim(&self, user: Uuid) -> Result<bool, Error> {
+        let now = now_ms();
+        let others: i64 = self
+            .redis
+            .eval(
+                CLAIM,
+                vec![self.keys.presence_user(user), self.keys.online_users()],
+                vec![
+                    self.node.clone(),
+                    (now + self.ttl_ms).to_string(),
+                    now.to_string(),
+                    user.to_string(),
+                    self.ttl_ms.to_string(),
+                ],
+            )
+            .await?;
+        Ok(others == 0)
+    }
+
+    /// Withdraws this node's claim; true when no other gateway holds them (they went offline).
+    pub async fn withdraw(&self, user: Uuid) -> Result<bool, Error> {
+        let others: i64 = self
+            .redis
+            .eval(
+                WITHDRAW,
+                vec![self.keys.presence_user(user), self.keys.online_users()],
+                vec![self.node.clone(), now_ms().to_string(), user.to_string()],
+            )
+            .await?;
+        Ok(others == 0)
+    }
+
+    /// Renews this node's claims on `users`.
+    pub async fn refresh(&self, users: &[Uuid]) {
+        for user in users {
+            if let Err(e) = self.claim(*user).await {
+                tracing::warn!(error = %e, "presence refresh failed");
+                return;
+            }
+        }
+    }
+
+    /// Tells `contacts` that `user` came online or went offline.
+    pub async fn announce(&self, user: Uuid, online: bool, contacts: &[Uuid]) {
+        tracing::debug!(%user, online, ?contacts, "announcing presence");
+        let Ok(bytes) = encode(&Event::Presence {
+            user_id: user,
+            online,
+        }) else {
+            return;
+        };
+        for contact in contacts {
+            let sent: Result<i64, Error> = self
+                .redis
+                .publish(self.keys.user_channel(*contact), bytes.clone())
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "presence publish failed");
+            }
+        }
+    }
+}

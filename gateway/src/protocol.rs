@@ -1,0 +1,294 @@
+//! The WebSocket envelopes of the contract: `{"type", "data"}` from clients, `{"type", "data",
+//! "timestamp"}` from the server, as JSON text frames or (subprotocol `chatsphere.msgpack`)
+//! MessagePack binary frames with the same shape.
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::{
+    chat::{ChatType, MessageType},
+    internal::SyncPosition,
+};
+use tokio_tungstenite::tungstenite::{protocol::frame::Utf8Bytes, Message as WsMessage};
+use uuid::Uuid;
+
+/// The subprotocol that switches a connection to MessagePack.
+pub const MSGPACK_PROTOCOL: &str = "chatsphere.msgpack";
+
+/// How a connection's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    MsgPack,
+}
+
+/// `send_message`
+#[derive(Debug, Clone, Deserialize)]
+pub struct SendMessage {
+    pub content: String,
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+    #[serde(default)]
+    pub message_type: MessageType,
+    pub reply_to_id: Option<Uuid>,
+    pub client_id: Option<String>,
+}
+
+/// `typing`
+#[derive(Debug, Clone, Deserialize)]
+pub struct Typing {
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+}
+
+/// `mark_read`
+#[derive(Debug, Clone, Deserialize)]
+pub struct MarkRead {
+    pub chat_type: ChatType,
+    pub chat_id: Uuid,
+    pub seq: i64,
+}
+
+/// `sync`
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sync {
+    pub positions: Vec<SyncPosition>,
+}
+
+/// A frame a client may send.
+#[derive(Debug, Clone)]
+pub enum ClientFrame {
+    SendMessage(SendMessage),
+    Typing(Typing),
+    MarkRead(MarkRead),
+    Sync(Sync),
+    Ping,
+}
+
+impl ClientFrame {
+    /// The `type` label, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClientFrame::SendMessage(_) => "send_message",
+            ClientFrame::Typing(_) => "typing",
+            ClientFrame::MarkRead(_) => "mark_read",
+            ClientFrame::Sync(_) => "sync",
+            ClientFrame::Ping => "ping",
+        }
+    }
+}
+
+/// A bad frame: answered with `error`, the connection stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub code: &'static str,
+    pub detail: String,
+    /// The `client_id` of a refused `send_message`, when it had one.
+    pub client_id: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            client_id: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Decodes a frame's bytes (JSON text or MessagePack) into a generic value.
+pub fn decode_value(encoding: Encoding, bytes: &[u8]) -> Result<Value, FrameError> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| FrameError::new("invalid_json", format!("malformed JSON: {e}"))),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
+            Value::deserialize(&mut de)
+                .map_err(|e| FrameError::new("invalid_json", format!("malformed MessagePack: {e}")))
+        }
+    }
+}
+
+fn data<T: serde::de::DeserializeOwned>(kind: &str, data: Value) -> Result<T, FrameError> {
+    let data = if data.is_null() {
+        Value::Object(Default::default())
+    } else {
+        data
+    };
+    serde_path_to_error::deserialize(data).map_err(|e| {
+        let field =
+            shared::extract::field_name(&e.path().to_string(), &e.inner().to_string(), "data");
+        FrameError::new("invalid_payload", format!("{kind}: {field}: {}", e.inner()))
+    })
+}
+
+/// Parses an envelope into a client frame.
+pub fn parse(value: Value) -> Result<ClientFrame, FrameError> {
+    let client_id = value
+        .get("data")
+        .and_then(|d| d.get("client_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let envelope: Envelope = serde_json::from_value(value).map_err(|_| {
+        FrameError::new(
+            "invalid_payload",
+            "expected an envelope {\"type\": ..., \"data\": {...}}",
+        )
+    })?;
+    let parsed = match envelope.kind.as_str() {
+        "send_message" => data(&envelope.kind, envelope.data).map(ClientFrame::SendMessage),
+        "typing" => data(&envelope.kind, envelope.data).map(ClientFrame::Typing),
+        "mark_read" => data(&envelope.kind, envelope.data).map(ClientFrame::MarkRead),
+        "sync" => data(&envelope.kind, envelope.data).map(ClientFrame::Sync),
+        "ping" => Ok(ClientFrame::Ping),
+        other => Err(FrameError::new(
+            "unknown_type",
+            format!("unknown frame type {other:?}"),
+        )),
+    };
+    parsed.map_err(|mut e| {
+        if envelope.kind == "send_message" {
+            e.client_id = client_id;
+        }
+        e
+    })
+}
+
+#[derive(Serialize)]
+struct ServerEnvelope<'a, D: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: &'a D,
+    timestamp: chrono::DateTime<Utc>,
+}
+
+/// Encodes a server frame.
+pub fn encode<D: Serialize>(encoding: Encoding, kind: &str, data: &D) -> Result<WsMessage, String> {
+    let envelope = ServerEnvelope {
+        kind,
+        data,
+        timestamp: Utc::now(),
+    };
+    match encoding {
+        Encoding::Json => serde_json::to_string(&envelope)
+            .map(|s| WsMessage::Text(Utf8Bytes::from(s)))
+            .map_err(|e| e.to_string()),
+        Encoding::MsgPack => {
+            let mut buf = Vec::with_capacity(256);
+            let mut ser = rmp_serde::Serializer::new(&mut buf)
+                .with_struct_map()
+                .with_human_readable();
+            envelope.serialize(&mut ser).map_err(|e| e.to_string())?;
+            Ok(WsMessage::Binary(Bytes::from(buf)))
+        }
+    }
+}
+
+/// A frame encoded at most once per encoding, shared by every connection that receives it.
+pub struct SharedFrame<'a, D: Serialize> {
+    kind: &'a str,
+    data: &'a D,
+    json: Option<WsMessage>,
+    msgpack: Option<WsMessage>,
+}
+
+impl<'a, D: Serialize> SharedFrame<'a, D> {
+    pub fn new(kind: &'a str, data: &'a D) -> Self {
+        Self {
+            kind,
+            data,
+            json: None,
+            msgpack: None,
+        }
+    }
+
+    /// The frame for `encoding`; cloning it shares the bytes.
+    pub fn get(&mut self, encoding: Encoding) -> Option<WsMessage> {
+        let slot = match encoding {
+            Encoding::Json => &mut self.json,
+            Encoding::MsgPack => &mut self.msgpack,
+        };
+        if slot.is_none() {
+            match encode(encoding, self.kind, self.data) {
+                Ok(m) => *slot = Some(m),
+                Err(e) => tracing::error!(error = %e, "could not encode a frame"),
+            }
+        }
+        slot.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_json(s: &str) -> Result<ClientFrame, FrameError> {
+        parse(decode_value(Encoding::Json, s.as_bytes())?)
+    }
+
+    #[test]
+    fn frames_parse_or_say_why_not() {
+        assert!(matches!(
+            parse_json(r#"{"type":"ping","data":{}}"#),
+            Ok(ClientFrame::Ping)
+        ));
+        assert!(matches!(
+            parse_json(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        ));
+        let id = Uuid::new_v4();
+        let f = parse_json(&format!(
+            r#"{{"type":"send_message","data":{{"content":"hi","chat_type":"room","chat_id":"{id}","client_id":"c1"}}}}"#
+        ));
+        assert!(
+            matches!(f, Ok(ClientFrame::SendMessage(m)) if m.chat_id == id && m.message_type == MessageType::Text)
+        );
+
+        assert_eq!(parse_json("{nope").unwrap_err().code, "invalid_json");
+        assert_eq!(
+            parse_json(r#"{"type":"dance","data":{}}"#)
+                .unwrap_err()
+                .code,
+            "unknown_type"
+        );
+        assert_eq!(parse_json(r#"[1,2]"#).unwrap_err().code, "invalid_payload");
+        let e = parse_json(r#"{"type":"send_message","data":{"content":"hi","chat_type":"room","chat_id":"x","client_id":"c9"}}"#)
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_payload");
+        assert!(e.detail.contains("chat_id"), "{}", e.detail);
+        assert_eq!(e.client_id.as_deref(), Some("c9"));
+        assert_eq!(
+            parse_json(r#"{"type":"mark_read","data":{"chat_type":"room"}}"#)
+                .unwrap_err()
+                .code,
+            "invalid_payload"
+        );
+    }
+
+    #[test]
+    fn msgpack_round_trip() {
+        let id = Uuid::new_v4();
+        let frame = encode(Encoding::MsgPack, "pong", &serde_json::json!({"id": id})).unwrap();
+        let WsMessage::Binary(bytes) = frame else {
+            panic!("binary expected")
+        };
+        let value = decode_value(Encoding::MsgPack, &bytes).unwrap();
+        assert_eq!(value["type"], "pong");
+        assert_eq!(
+            value["data"]["id"],
+            id.to_string(),
+            "uuids are strings for clients"
+        );
+        assert!(value["timestamp"].is_string());
+    }
+}

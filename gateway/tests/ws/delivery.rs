@@ -1,0 +1,326 @@
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{message_seqs, stack, Client};
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_first_frame_is_ready(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let mut c = Client::connect(s.gateways[0].port, &alice.token, None, None)
+        .await
+        .unwrap();
+    let ready = c.next().await.unwrap();
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(ready["data"]["user_id"], alice.id.to_string());
+    assert!(ready["data"]["session_id"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert_eq!(ready["data"]["heartbeat_interval_ms"], 25_000);
+    assert!(ready["timestamp"].as_str().is_some_and(|t| t.contains('T')));
+    c.send("ping", json!({})).await;
+    assert_eq!(c.expect("pong").await["data"], json!({}));
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn room_group_and_private_messages_cross_gateways(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "lobby", &[&bob]).await;
+    let group = s
+        .rest(
+            &alice,
+            reqwest::Method::POST,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [bob.id]}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut a1 = s.connect(0, &alice).await;
+    let mut a2 = s.connect(1, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+
+    for (chat_type, chat_id) in [
+        ("room", room.to_string()),
+        ("group", group.clone()),
+        ("private", bob.id.to_string()),
+    ] {
+        let client_id = format!("{chat_type}-1");
+        a1.send("send_message", json!({"content": format!("hi {chat_type}"), "chat_type": chat_type, "chat_id": chat_id, "client_id": client_id}))
+            .await;
+        let [ack, own] = <[Value; 2]>::try_from(a1.expect_each(&["ack", "message"]).await).unwrap();
+        assert_eq!(ack["data"]["client_id"], client_id);
+        assert_eq!(ack["data"]["message"]["seq"], 1);
+        assert_eq!(own["data"]["content"], format!("hi {chat_type}"));
+        for c in [&mut a2, &mut b] {
+            let m = c.expect("message").await;
+            assert_eq!(m["data"]["content"], format!("hi {chat_type}"));
+            assert_eq!(m["data"]["chat_type"], chat_type);
+            assert_eq!(m["data"]["from_user_id"], alice.id.to_string());
+        }
+    }
+    // The ack went to the sending connection only.
+    let rest = a2.drain(Duration::from_millis(300)).await;
+    assert!(rest.iter().all(|f| f["type"] != "ack"), "{rest:?}");
+
+    // A reply from the other gateway reaches the first.
+    b.send(
+        "send_message",
+        json!({"content": "back", "chat_type": "private", "chat_id": alice.id}),
+    )
+    .await;
+    let ack = b.expect("ack").await;
+    assert!(
+        ack["data"]["client_id"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()),
+        "a client_id is made up"
+    );
+    let m = a1.expect("message").await;
+    assert_eq!(m["data"]["content"], "back");
+    assert_eq!(m["data"]["seq"], 2);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn msgpack_subprotocol_speaks_binary_envelopes(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut c = Client::connect(
+        s.gateways[0].port,
+        &alice.token,
+        None,
+        Some("chatsphere.msgpack"),
+    )
+    .await
+    .unwrap();
+    assert!(c.msgpack, "the server selected chatsphere.msgpack");
+    let frame = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut c.ws),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let tokio_tungstenite::tungstenite::Message::Binary(bytes) = frame else {
+        panic!("binary expected, got {frame:?}")
+    };
+    let ready: Value = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(ready["type"], "ready");
+    assert_eq!(
+        ready["data"]["user_id"],
+        alice.id.to_string(),
+        "ids are strings in MessagePack too"
+    );
+
+    c.send(
+        "send_message",
+        json!({"content": "packed", "chat_type": "room", "chat_id": room, "client_id": "p1"}),
+    )
+    .await;
+    let frames = c.expect_each(&["ack", "message"]).await;
+    assert_eq!(frames[0]["data"]["client_id"], "p1");
+    assert_eq!(frames[1]["data"]["content"], "packed");
+    // A text frame on a MessagePack connection is refused, and the connection stays.
+    c.send_raw(tokio_tungstenite::tungstenite::Message::Text("{}".into()))
+        .await;
+    assert_eq!(c.expect("error").await["data"]["code"], "invalid_payload");
+    c.send("ping", json!({})).await;
+    c.expect("pong").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn typing_and_read_receipts(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let eve = s.user("eve").await;
+    let room = s.room(&alice, "r", &[&bob]).await;
+    s.send_rest(&alice, &format!("private/{}", bob.id), "hello")
+        .await;
+    let mut a = s.connect(0, &alice).await;
+    let mut a2 = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    let mut e = s.connect(1, &eve).await;
+
+    a.send("typing", json!({"chat_type": "room", "chat_id": room}))
+        .await;
+    let t = b.expect("typing").await;
+    assert_eq!(
+        t["data"],
+        json!({"user_id": alice.id, "chat_type": "room", "chat_id": room})
+    );
+    a.send("typing", json!({"chat_type": "private", "chat_id": bob.id}))
+        .await;
+    let t = b.expect("typing").await;
+    assert_eq!(
+        t["data"]["chat_id"],
+        alice.id.to_string(),
+        "a private chat_id is the other user"
+    );
+    let others: Vec<Value> = a2.drain(Duration::from_millis(300)).await;
+    assert!(
+        others.iter().all(|f| f["type"] != "typing"),
+        "the typist's own connections are spared"
+    );
+    assert!(e
+        .drain(Duration::from_millis(100))
+        .await
+        .iter()
+        .all(|f| f["type"] != "typing"));
+    e.send("typing", json!({"chat_type": "room", "chat_id": room}))
+        .await;
+    assert_eq!(e.expect("error").await["data"]["code"], "forbidden");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&s.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "typing is never stored");
+
+    b.send(
+        "mark_read",
+        json!({"chat_type": "private", "chat_id": alice.id, "seq": 1}),
+    )
+    .await;
+    let r = a.expect("read").await;
+    assert_eq!(
+        r["data"],
+        json!({"user_id": bob.id, "chat_type": "private", "chat_id": bob.id, "seq": 1})
+    );
+    let r = b.expect("read").await;
+    assert_eq!(r["data"]["chat_id"], alice.id.to_string());
+    let unread: i64 = sqlx::query_scalar(
+        "SELECT last_read_seq FROM conversation_members WHERE user_id = $1 AND last_read_seq > 0",
+    )
+    .bind(bob.id)
+    .fetch_one(&s.db)
+    .await
+    .unwrap();
+    assert_eq!(unread, 1, "stored as with REST");
+    e.send(
+        "mark_read",
+        json!({"chat_type": "room", "chat_id": room, "seq": 1}),
+    )
+    .await;
+    assert_eq!(e.expect("error").await["data"]["code"], "forbidden");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn joining_a_room_while_connected_subscribes(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    s.rest(
+        &bob,
+        reqwest::Method::POST,
+        &format!("/chat/rooms/{room}/join"),
+        Value::Null,
+    )
+    .await;
+    let m = b.expect("membership").await;
+    assert_eq!(
+        m["data"],
+        json!({"chat_type": "room", "chat_id": room, "user_id": bob.id, "action": "joined"})
+    );
+    let m = a.expect("membership").await;
+    assert_eq!(m["data"]["user_id"], bob.id.to_string());
+    s.send_rest(&alice, &format!("room/{room}"), "welcome")
+        .await;
+    assert_eq!(b.expect("message").await["data"]["content"], "welcome");
+
+    s.rest(
+        &bob,
+        reqwest::Method::POST,
+        &format!("/chat/rooms/{room}/leave"),
+        Value::Null,
+    )
+    .await;
+    b.expect("membership").await;
+    s.send_rest(&alice, &format!("room/{room}"), "after you left")
+        .await;
+    let frames = b.drain(Duration::from_millis(400)).await;
+    assert!(message_seqs(&frames, room).is_empty(), "{frames:?}");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn sync_fills_in_exactly_once_while_messages_flow(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[&bob]).await;
+    for i in 1..=5 {
+        s.send_rest(&alice, &format!("room/{room}"), &format!("old {i}"))
+            .await;
+    }
+    // Bob saw up to seq 2 before he went away; he reconnects while Alice keeps sending.
+    let mut b = s.connect(0, &bob).await;
+    let sender = {
+        let http = s.http.clone();
+        let url = format!("{}/chat/messages/room/{room}", s.chat[0]);
+        let token = alice.token.clone();
+        tokio::spawn(async move {
+            for i in 6..=25 {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"content": format!("new {i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    b.send(
+        "sync",
+        json!({"positions": [{"chat_type": "room", "chat_id": room, "seq": 2}]}),
+    )
+    .await;
+    sender.await.unwrap();
+    let mut seen = Vec::new();
+    let frames = b.drain(Duration::from_millis(800)).await;
+    let mut synced_at = None;
+    for f in &frames {
+        match f["type"].as_str() {
+            Some("synced") => {
+                synced_at = Some(seen.len());
+                let r = &f["data"]["results"][0];
+                assert_eq!(r["chat_type"], "room");
+                assert_eq!(r["chat_id"], room.to_string());
+                assert_eq!(r["has_more"], false);
+                for m in r["messages"].as_array().unwrap() {
+                    seen.push(m["seq"].as_i64().unwrap());
+                }
+            }
+            Some("message") => seen.push(f["data"]["seq"].as_i64().unwrap()),
+            _ => {}
+        }
+    }
+    assert!(synced_at.is_some(), "a synced frame: {frames:?}");
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted,
+        (3..=25).collect::<Vec<_>>(),
+        "every message after the position: {seen:?}"
+    );
+    assert_eq!(sorted.len(), seen.len(), "none twice: {seen:?}");
+    // Live messages delivered before the sync (up to its start) plus the batch plus the held
+    // ones: each live part is ascending.
+    let after_sync: Vec<i64> = seen[synced_at.unwrap()..].to_vec();
+    let mut ascending = after_sync.clone();
+    ascending.sort_unstable();
+    assert_eq!(after_sync, ascending, "ascending after the batch: {seen:?}");
+}

@@ -1,0 +1,338 @@
+use std::{process::Stdio, time::Duration};
+
+use fred::prelude::*;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, message_seqs, redis_url, stack, Client, SECRET};
+
+async fn redis() -> fred::prelude::Client {
+    let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_redis_reconnect_loses_nothing(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[&bob]).await;
+    let mut b = s.connect(1, &bob).await;
+    const N: i64 = 60;
+    let sender = {
+        let http = s.http.clone();
+        let url = format!("{}/chat/messages/room/{room}", s.chat[0]);
+        let token = alice.token.clone();
+        tokio::spawn(async move {
+            for i in 1..=N {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"content": format!("m{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Cut bob's gateway off from Redis pub/sub mid-stream: whatever is published meanwhile is
+    // lost to it, and must be repaired from history.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let admin = redis().await;
+    let killed: i64 = admin
+        .custom(
+            fred::types::CustomCommand::new_static("CLIENT", None, false),
+            vec![
+                "KILL".to_owned(),
+                "ID".to_owned(),
+                s.gateways[1].subscriber_id.to_string(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "the subscriber connection was killed");
+    sender.await.unwrap();
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while seqs.last() != Some(&N) && tokio::time::Instant::now() < deadline {
+        seqs.extend(message_seqs(
+            &b.drain(Duration::from_millis(300)).await,
+            room,
+        ));
+    }
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "in order, none missing, none twice"
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
+    let s = stack(db, 1, |c| c.outbound_queue = 16).await;
+    let alice = s.user("alice").await;
+    let slow = s.user("slow").await;
+    let room = s.room(&alice, "r", &[&slow]).await;
+    let mut a = s.connect(0, &alice).await;
+    // The slow client upgrades, then never reads a byte.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{}", s.gateways[0].port).parse().unwrap())
+        .await
+        .unwrap();
+    let (_slow_ws, _) =
+        tokio_tungstenite::client_async(format!("ws://127.0.0.1/ws?token={}", slow.token), stream)
+            .await
+            .unwrap();
+    let hub = &s.gateways[0].gateway.hub;
+    assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 2).await);
+
+    // Bulk sends straight onto the bus: 2,000 messages of 3,500 characters, more than the
+    // kernel's socket buffers hold.
+    let admin = redis().await;
+    let keys = shared::keys::Keys::new(s.prefix.clone());
+    for i in 0..2000 {
+        let command = shared::chat::SendCommand {
+            user_id: alice.id,
+            session_id: "bulk".into(),
+            client_id: format!("bulk-{i}"),
+            chat_type: shared::chat::ChatType::Room,
+            chat_id: room,
+            content: "x".repeat(3500),
+            message_type: shared::chat::MessageType::Text,
+            reply_to_id: None,
+        };
+        let _: String = admin
+            .xadd(
+                keys.send_stream(),
+                false,
+                None,
+                "*",
+                vec![("c", shared::chat::encode(&command).unwrap())],
+            )
+            .await
+            .unwrap();
+    }
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seqs.len() < 2000 && tokio::time::Instant::now() < deadline {
+        seqs.extend(message_seqs(
+            &a.drain(Duration::from_millis(200)).await,
+            room,
+        ));
+    }
+    assert_eq!(
+        seqs,
+        (1..=2000).collect::<Vec<_>>(),
+        "the reading client got everything"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || hub.connection_count() == 1).await,
+        "the slow client was closed"
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn sigterm_flushes_then_closes_with_1012(db: PgPool) {
+    let mut s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let mut c = s.connect(0, &alice).await;
+    let mut d = s.connect(0, &alice).await;
+    s.gateways[0].stop();
+    for client in [&mut c, &mut d] {
+        assert_eq!(client.close_code().await, Some(1012));
+    }
+    let finished = tokio::time::timeout(Duration::from_secs(6), &mut s.gateways[0].task).await;
+    assert!(
+        finished.is_ok(),
+        "the gateway exits within its grace period"
+    );
+    assert!(
+        Client::connect(s.gateways[0].port, &alice.token, None, None)
+            .await
+            .is_err(),
+        "no new connections"
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn presence_goes_to_contacts(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let stranger = s.user("stranger").await;
+    s.send_rest(&alice, &format!("private/{}", bob.id), "hi")
+        .await;
+    let mut b = s.connect(1, &bob).await;
+    let mut x = s.connect(1, &stranger).await;
+    let a = s.connect(0, &alice).await;
+    let p = b.expect("presence").await;
+    assert_eq!(p["data"], json!({"user_id": alice.id, "status": "online"}));
+    let online: Vec<Value> = s
+        .http
+        .get(format!("{}/chat/online-users", s.chat[0]))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(online.len(), 3);
+    // A second connection is not news; closing one of two is not either.
+    let a2 = s.connect(1, &alice).await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(a2);
+    let p = b.expect("presence").await;
+    assert_eq!(p["data"], json!({"user_id": alice.id, "status": "offline"}));
+    let frames = b.drain(Duration::from_millis(200)).await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "presence"),
+        "exactly one online and one offline: {frames:?}"
+    );
+    assert!(
+        x.drain(Duration::from_millis(100))
+            .await
+            .iter()
+            .all(|f| f["type"] != "presence"),
+        "strangers are not told"
+    );
+}
+
+/// A real gateway process, for SIGKILL.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_gateway_process(prefix: &str, chat_url: &str) -> (Process, u16) {
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env_clear()
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_PREFIX", prefix)
+        .env("SECRET_KEY", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("CHAT_SERVICE_URL", chat_url)
+        .env("PRESENCE_TTL_SECONDS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let process = Process(child);
+    let up = async {
+        loop {
+            if reqwest::get(format!("http://127.0.0.1:{port}/health"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), up)
+        .await
+        .expect("the gateway process starts");
+    (process, port)
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn clients_of_a_killed_gateway_reconnect_elsewhere_sync_and_miss_nothing(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[&bob]).await;
+    let (mut doomed, port) = spawn_gateway_process(&s.prefix, &s.chat[0]).await;
+
+    let mut b = Client::connect(port, &bob.token, None, None).await.unwrap();
+    b.expect("ready").await;
+    for i in 1..=5 {
+        s.send_rest(&alice, &format!("room/{room}"), &format!("m{i}"))
+            .await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.extend(message_seqs(
+            &b.drain(Duration::from_millis(200)).await,
+            room,
+        ));
+    }
+    // Bob is online; his gateway dies without a word.
+    let online = |token: String| {
+        let http = s.http.clone();
+        let url = format!("{}/chat/online-users", s.chat[0]);
+        async move {
+            let users: Vec<Value> = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            users
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(online(alice.token.clone()).await.contains(&bob.id));
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    for i in 6..=10 {
+        s.send_rest(&alice, &format!("room/{room}"), &format!("m{i}"))
+            .await;
+    }
+    // The dead gateway's users leave the online list within its presence TTL (2 s here).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while online(alice.token.clone()).await.contains(&bob.id) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob is still listed online"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Bob reconnects to the surviving gateway and syncs from his last seq.
+    let mut b = s.connect(0, &bob).await;
+    let last = *seen.last().unwrap();
+    b.send(
+        "sync",
+        json!({"positions": [{"chat_type": "room", "chat_id": room, "seq": last}]}),
+    )
+    .await;
+    let synced = b.expect("synced").await;
+    for m in synced["data"]["results"][0]["messages"].as_array().unwrap() {
+        seen.push(m["seq"].as_i64().unwrap());
+    }
+    s.send_rest(&alice, &format!("room/{room}"), "m11").await;
+    seen.extend(message_seqs(
+        &b.drain(Duration::from_millis(500)).await,
+        room,
+    ));
+    assert_eq!(seen, (1..=11).collect::<Vec<_>>());
+}
