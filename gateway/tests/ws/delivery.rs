@@ -84,6 +84,24 @@ async fn room_group_and_private_messages_cross_gateways(db: PgPool) {
     let m = a1.expect("message").await;
     assert_eq!(m["data"]["content"], "back");
     assert_eq!(m["data"]["seq"], 2);
+
+    let metrics = s
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", s.gateways[0].port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "gateway_connections",
+        r#"gateway_frames_in_total{type="send_message"}"#,
+        r#"gateway_frames_out_total{type="message"}"#,
+        "gateway_fanout_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
