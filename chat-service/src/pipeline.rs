@@ -89,21 +89,14 @@ pub fn check_client_id(client_id: &str) -> Result<(), String> {
 const ATTEMPTS: usize = 3;
 
 /// Persists `drafts` in one transaction; one result per draft, in order.
-pub async fn persist(
-    db: &PgPool,
-    drafts: &[Draft],
-) -> Result<Vec<Result<Outcome, ApiError>>, ApiError> {
-    let mut last_error = None;
+pub async fn persist(db: &PgPool, drafts: &[Draft]) -> Result<Vec<Result<Outcome, ApiError>>, ApiError> {
     for _ in 0..ATTEMPTS {
         match try_persist(db, drafts).await? {
             Some(results) => return Ok(results),
-            None => {
-                metrics::counter!("chat_persist_retries_total").increment(1);
-                last_error = Some(ApiError::internal("concurrent duplicate sends kept racing"));
-            }
+            None => metrics::counter!("chat_persist_retries_total").increment(1),
         }
     }
-    Err(last_error.unwrap_or_else(|| ApiError::internal("persist gave up")))
+    Err(ApiError::internal("concurrent duplicate sends kept racing"))
 }
 
 /// `None` when a concurrent duplicate made the insert come back short (then nothing was written).
