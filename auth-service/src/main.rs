@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
     shared::telemetry::init(config.debug);
     let outcome = match std::env::args().nth(1).as_deref() {
         Some("migrate") => shared::startup::migrate_only(&config.database).await,
+        Some("health") => shared::startup::probe(config.server.port).await,
         None => {
             async {
                 let app = Application::build(config).await?;
@@ -25,7 +26,7 @@ async fn main() -> ExitCode {
             .await
         }
         Some(other) => Err(anyhow::anyhow!(
-            "unknown command {other:?}; expected none or `migrate`"
+            "unknown command {other:?}; expected none, `migrate` or `health`"
         )),
     };
     shared::startup::exit_code(outcome)

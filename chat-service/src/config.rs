@@ -25,6 +25,9 @@ pub struct ChatConfig {
     pub max_content_chars: usize,
     /// `SEND_WORKER`: run the worker that persists WebSocket sends (default true).
     pub run_send_worker: bool,
+    /// `AUTH_SERVICE_URL`: where auth-service's OpenAPI document is fetched for the combined one
+    /// (default `http://127.0.0.1:8001`; empty turns it off).
+    pub auth_service_url: Option<String>,
     /// `SEND_BATCH_SIZE` (default 256) and `SEND_CLAIM_IDLE_MS` (default 30000).
     pub worker: WorkerConfig,
 }
@@ -51,6 +54,8 @@ impl ChatConfig {
             max_body_bytes: config::parsed("MAX_BODY_BYTES", 64 * 1024)?,
             max_content_chars,
             run_send_worker: config::flag("SEND_WORKER", true)?,
+            auth_service_url: Some(config::string("AUTH_SERVICE_URL", "http://127.0.0.1:8001")?)
+                .filter(|u| !u.is_empty()),
             worker: WorkerConfig {
                 batch_size,
                 claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod conversation;
+pub mod docs;
 pub mod model;
 pub mod pipeline;
 pub mod publish;
@@ -25,7 +26,6 @@ use fred::prelude::Client;
 use shared::{health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys, ApiError};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::watch};
-use utoipa::OpenApi;
 
 pub use config::ChatConfig;
 
@@ -114,7 +114,9 @@ impl Application {
             .merge(api::router())
             .with_state(state)
             .merge(shared::health::router(health))
-            .merge(shared::docs::router(api::ApiDoc::openapi()));
+            .merge(docs::router(docs::Combined::new(
+                config.auth_service_url.clone(),
+            )));
         let router = shared::http::finish(
             router,
             &EdgeConfig {

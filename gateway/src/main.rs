@@ -1,4 +1,4 @@
-//! `gateway` holds WebSocket connections.
+//! `gateway` holds WebSocket connections; `gateway health` probes a running one.
 
 use std::process::ExitCode;
 
@@ -14,13 +14,21 @@ async fn main() -> ExitCode {
         }
     };
     shared::telemetry::init(config.debug);
-    let outcome = async {
-        Application::build(config)
-            .await?
-            .run_until_stopped()
-            .await?;
-        Ok(())
-    }
-    .await;
+    let outcome = match std::env::args().nth(1).as_deref() {
+        Some("health") => shared::startup::probe(config.server.port).await,
+        None => {
+            async {
+                Application::build(config)
+                    .await?
+                    .run_until_stopped()
+                    .await?;
+                Ok(())
+            }
+            .await
+        }
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown command {other:?}; expected none or `health`"
+        )),
+    };
     shared::startup::exit_code(outcome)
 }

@@ -1,6 +1,8 @@
-//! API documentation routes: `/openapi.json` (generated from the code by utoipa), `/docs`
-//! (an interactive Scalar page) and `/redoc` (a ReDoc page). The pages are embedded HTML; the
-//! browser loads their scripts, nothing is downloaded at build time.
+//! API documentation routes: `/openapi.json` (generated from the code by utoipa; a service may
+//! serve a richer one, see chat-service's combined document), `/docs` (an interactive Scalar
+//! page) and `/redoc` (a ReDoc page). Both pages are small embedded HTML that load their viewer
+//! script in the browser and read `/openapi.json` from the same origin, so behind the proxy they
+//! show the combined document. Nothing is downloaded at build time.
 
 use axum::{response::Html, routing::get, Json, Router};
 use utoipa::{
@@ -10,7 +12,13 @@ use utoipa::{
     },
     Modify,
 };
-use utoipa_scalar::{Scalar, Servable};
+
+const SCALAR_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>ChatSphere API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><script id="api-reference" data-url="/openapi.json"></script>
+<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+</body></html>"#;
 
 const REDOC_PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>ChatSphere API</title>
@@ -19,13 +27,17 @@ const REDOC_PAGE: &str = r#"<!doctype html>
 <script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
 </body></html>"#;
 
-/// The documentation routes for `openapi`.
-pub fn router<S: Clone + Send + Sync + 'static>(openapi: OpenApi) -> Router<S> {
-    let json = Json(openapi.clone());
+/// `/docs` and `/redoc`.
+pub fn pages<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/openapi.json", get(move || async move { json }))
+        .route("/docs", get(|| async { Html(SCALAR_PAGE) }))
         .route("/redoc", get(|| async { Html(REDOC_PAGE) }))
-        .merge(Scalar::with_url("/docs", openapi))
+}
+
+/// The pages plus `/openapi.json` serving `openapi`.
+pub fn router<S: Clone + Send + Sync + 'static>(openapi: OpenApi) -> Router<S> {
+    let json = Json(openapi);
+    pages().route("/openapi.json", get(move || async move { json }))
 }
 
 /// Declares the `bearer` (JWT) security scheme that authenticated endpoints name with

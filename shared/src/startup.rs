@@ -41,3 +41,27 @@ pub fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
         }
     }
 }
+
+/// `<service> health`: asks the service on this machine's `port` for `/health`; for container
+/// health checks, which then need no curl in the image.
+pub async fn probe(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        anyhow::Ok(head)
+    };
+    let head = tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .context("no answer within 3 s")??;
+    anyhow::ensure!(
+        head.ends_with(b"200"),
+        "unhealthy: {}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(())
+}

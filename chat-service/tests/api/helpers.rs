@@ -45,6 +45,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         max_body_bytes: 64 * 1024,
         max_content_chars: 4000,
         run_send_worker: true,
+        auth_service_url: None,
         worker: WorkerConfig {
             batch_size: 64,
             claim_idle_ms: 1000,

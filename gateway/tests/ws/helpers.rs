@@ -111,6 +111,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         max_body_bytes: 65536,
         max_content_chars: 4000,
         run_send_worker: true,
+        auth_service_url: None,
         worker: chat_service::worker::WorkerConfig {
             batch_size: 64,
             claim_idle_ms: 2000,

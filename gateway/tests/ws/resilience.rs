@@ -266,6 +266,19 @@ async fn clients_of_a_killed_gateway_reconnect_elsewhere_sync_and_miss_nothing(d
     let bob = s.user("bob").await;
     let room = s.room(&alice, "r", &[&bob]).await;
     let (mut doomed, port) = spawn_gateway_process(&s.prefix, &s.chat[0]).await;
+    // The container health check: `gateway health` probes the running process.
+    let probe = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("health")
+            .env_clear()
+            .env("SECRET_KEY", SECRET)
+            .env("PORT", port.to_string())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(probe(port), "healthy while running");
 
     let mut b = Client::connect(port, &bob.token, None, None).await.unwrap();
     b.expect("ready").await;
@@ -303,6 +316,7 @@ async fn clients_of_a_killed_gateway_reconnect_elsewhere_sync_and_miss_nothing(d
     assert!(online(alice.token.clone()).await.contains(&bob.id));
     doomed.0.kill().unwrap();
     doomed.0.wait().unwrap();
+    assert!(!probe(port), "unhealthy once dead");
     for i in 6..=10 {
         s.send_rest(&alice, &format!("room/{room}"), &format!("m{i}"))
             .await;
