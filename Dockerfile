@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# One build, three small runtime images: docker build --target auth-service|chat-service|gateway
+# The build needs no database: sqlx reads its query metadata from .sqlx/ (SQLX_OFFLINE=true).
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p auth-service -p chat-service -p gateway \
+ && install -m 0755 target/release/auth-service target/release/chat-service target/release/gateway /usr/local/bin/
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin chatsphere
+USER 10001:10001
+ENV HOST=0.0.0.0
+
+FROM runtime AS auth-service
+COPY --from=build /usr/local/bin/auth-service /usr/local/bin/
+ENV PORT=8001
+EXPOSE 8001
+HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 CMD ["auth-service", "health"]
+ENTRYPOINT ["auth-service"]
+
+FROM runtime AS chat-service
+COPY --from=build /usr/local/bin/chat-service /usr/local/bin/
+ENV PORT=8002
+EXPOSE 8002
+HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 CMD ["chat-service", "health"]
+ENTRYPOINT ["chat-service"]
+
+FROM runtime AS gateway
+COPY --from=build /usr/local/bin/gateway /usr/local/bin/
+ENV PORT=8003
+EXPOSE 8003
+HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 CMD ["gateway", "health"]
+ENTRYPOINT ["gateway"]
