@@ -89,7 +89,10 @@ pub fn check_client_id(client_id: &str) -> Result<(), String> {
 const ATTEMPTS: usize = 3;
 
 /// Persists `drafts` in one transaction; one result per draft, in order.
-pub async fn persist(db: &PgPool, drafts: &[Draft]) -> Result<Vec<Result<Outcome, ApiError>>, ApiError> {
+pub async fn persist(
+    db: &PgPool,
+    drafts: &[Draft],
+) -> Result<Vec<Result<Outcome, ApiError>>, ApiError> {
     for _ in 0..ATTEMPTS {
         match try_persist(db, drafts).await? {
             Some(results) => return Ok(results),
