@@ -1,0 +1,160 @@
+//! `loadgen`: drives a running ChatSphere stack over loopback and prints a JSON report (stdout)
+//! and a markdown table row (appended to `--markdown FILE` when given).
+//!
+//! ```text
+//! loadgen idle    --gateway 127.0.0.1:8003 --gateway-pid PID --checkpoints 5000,15000
+//! loadgen fanout  --gateways 127.0.0.1:8003,127.0.0.1:8004 --gateway-pids P1,P2 --rooms 10 --members 100 --rate 500 --seconds 10
+//! loadgen ingest  --gateway 127.0.0.1:8003 --connections 50 --window 32 --seconds 10
+//! loadgen history --chat http://127.0.0.1:8002 --messages 1000000 --workers 4 --seconds 10
+//! loadgen login   --auth http://127.0.0.1:8001 --users 100 --workers 8 --seconds 10
+//! ```
+//!
+//! It needs `DATABASE_URL` (test data goes straight into Postgres) and `SECRET_KEY` (to mint
+//! access tokens, as any service does). Gateways must allow the send rate the scenario uses
+//! (`SEND_RATE_PER_SECOND`, `SEND_BURST`).
+
+mod scenarios;
+mod setup;
+mod stats;
+mod ws;
+
+use std::{collections::HashMap, io::Write, net::SocketAddr, process::ExitCode};
+
+use anyhow::Context;
+
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(rest: &[String]) -> anyhow::Result<Self> {
+        let mut map = HashMap::new();
+        let mut it = rest.iter();
+        while let Some(key) = it.next() {
+            let key = key
+                .strip_prefix("--")
+                .with_context(|| format!("expected --option, got {key:?}"))?;
+            let value = it
+                .next()
+                .with_context(|| format!("--{key} needs a value"))?;
+            map.insert(key.to_owned(), value.clone());
+        }
+        Ok(Self(map))
+    }
+
+    fn get<T: std::str::FromStr>(&self, key: &str, default: T) -> anyhow::Result<T> {
+        match self.0.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--{key}: cannot parse {v:?}")),
+        }
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.0
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn list<T: std::str::FromStr>(&self, key: &str, default: &str) -> anyhow::Result<Vec<T>> {
+        self.string(key, default)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--{key}: cannot parse {s:?}"))
+            })
+            .collect()
+    }
+}
+
+async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> {
+    let setup = setup::Setup::from_env().await?;
+    match scenario {
+        "idle" => {
+            let gateway: SocketAddr = args.get("gateway", "127.0.0.1:8003".parse()?)?;
+            let pid: u32 = args.get("gateway-pid", 0)?;
+            let checkpoints: Vec<usize> = args.list("checkpoints", "1000")?;
+            scenarios::idle(&setup, gateway, pid, &checkpoints).await
+        }
+        "fanout" => {
+            let gateways: Vec<SocketAddr> = args.list("gateways", "127.0.0.1:8003")?;
+            let pids: Vec<u32> = args.list("gateway-pids", "")?;
+            scenarios::fanout(
+                &setup,
+                &gateways,
+                &pids,
+                args.get("rooms", 10)?,
+                args.get("members", 100)?,
+                args.get("rate", 200)?,
+                args.get("seconds", 10)?,
+            )
+            .await
+        }
+        "ingest" => {
+            let gateway: SocketAddr = args.get("gateway", "127.0.0.1:8003".parse()?)?;
+            scenarios::ingest(
+                &setup,
+                gateway,
+                args.get("connections", 50)?,
+                args.get("window", 32)?,
+                args.get("seconds", 10)?,
+            )
+            .await
+        }
+        "history" => {
+            scenarios::history(
+                &setup,
+                &args.string("chat", "http://127.0.0.1:8002"),
+                args.get("messages", 1_000_000)?,
+                args.get("workers", 4)?,
+                args.get("seconds", 10)?,
+            )
+            .await
+        }
+        "login" => {
+            scenarios::login(
+                &setup,
+                &args.string("auth", "http://127.0.0.1:8001"),
+                args.get("users", 100)?,
+                args.get("workers", 8)?,
+                args.get("seconds", 10)?,
+            )
+            .await
+        }
+        other => {
+            anyhow::bail!("unknown scenario {other:?}: idle, fanout, ingest, history or login")
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = argv.first().cloned() else {
+        eprintln!("usage: loadgen idle|fanout|ingest|history|login [--option value ...] (see the source's header)");
+        return ExitCode::FAILURE;
+    };
+    let outcome = async {
+        let args = Args::parse(&argv[1..])?;
+        let outcome = run(&scenario, &args).await?;
+        println!("{}", serde_json::to_string_pretty(&outcome.json)?);
+        if let Some(path) = args.0.get("markdown") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            writeln!(f, "{}", outcome.row)?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

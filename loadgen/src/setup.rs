@@ -1,0 +1,119 @@
+//! Test data straight into Postgres (registering thousands of users through Argon2 would take
+//! minutes and measure the wrong thing), and access tokens minted with `SECRET_KEY`, as any
+//! service would.
+
+use anyhow::Context;
+use shared::{config::JwtConfig, jwt::JwtKeys};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub struct Setup {
+    pub db: PgPool,
+    jwt: JwtKeys,
+    /// Distinguishes this run's names from earlier runs'.
+    pub run: String,
+}
+
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl Setup {
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let url = std::env::var("DATABASE_URL").context("DATABASE_URL")?;
+        let secret = std::env::var("SECRET_KEY").context("SECRET_KEY")?;
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        Ok(Self {
+            db,
+            jwt: JwtKeys::new(&JwtConfig {
+                secret_key: secret,
+                access_token_expire_minutes: 120,
+            }),
+            run: Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        })
+    }
+
+    pub fn token(&self, user: Uuid) -> anyhow::Result<String> {
+        Ok(self
+            .jwt
+            .issue(user)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .token)
+    }
+
+    /// `n` users sharing `password_hash` (any string when they will not log in).
+    pub async fn users(&self, n: usize, password_hash: &str) -> anyhow::Result<Vec<User>> {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("lg{}u{i}", self.run)).collect();
+        for (ids, names) in ids.chunks(5000).zip(names.chunks(5000)) {
+            sqlx::query(
+                "INSERT INTO users (id, username, email, display_name, password_hash)
+                 SELECT id, name, name || '@bench.test', name, $3 FROM unnest($1::uuid[], $2::text[]) AS t(id, name)",
+            )
+            .bind(ids)
+            .bind(names)
+            .bind(password_hash)
+            .execute(&self.db)
+            .await?;
+        }
+        ids.into_iter()
+            .map(|id| {
+                Ok(User {
+                    id,
+                    token: self.token(id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A room with `members` (the first is its creator).
+    pub async fn room(&self, members: &[Uuid]) -> anyhow::Result<Uuid> {
+        let id = Uuid::now_v7();
+        let mut tx = self.db.begin().await?;
+        sqlx::query("INSERT INTO rooms (id, name, created_by) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(format!("lg-{}-{}", self.run, id.simple()))
+            .bind(members[0])
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO conversations (id, chat_type, room_id) VALUES ($1, 'ROOM', $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO conversation_members (conversation_id, user_id) SELECT $1, unnest($2::uuid[])")
+            .bind(id)
+            .bind(members)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Fills a room with `n` messages (seq 1..=n) in one statement.
+    pub async fn history(&self, room: Uuid, author: Uuid, n: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
+             SELECT gen_random_uuid(), $1, s, $2, $1, 'history message number ' || s, 'TEXT', 'ROOM', now()
+             FROM generate_series(1, $3::bigint) AS s",
+        )
+        .bind(room)
+        .bind(author)
+        .bind(n)
+        .execute(&self.db)
+        .await?;
+        sqlx::query(
+            "UPDATE conversations SET last_seq = $2, last_message_at = now() WHERE id = $1",
+        )
+        .bind(room)
+        .bind(n)
+        .execute(&self.db)
+        .await?;
+        sqlx::query("ANALYZE messages").execute(&self.db).await?;
+        Ok(())
+    }
+}
