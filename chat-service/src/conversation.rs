@@ -221,3 +221,59 @@ pub async fn for_marking_read(
         None => Err(ApiError::not_found("no messages with this user yet")),
     }
 }
+
+/// [`for_sending`] for many sends at once: every room and group target is checked in one query;
+/// private chats one by one (they may need creating). One result per target, in order.
+pub async fn for_sending_many(
+    db: &PgPool,
+    targets: &[(Uuid, ChatType, Uuid)],
+) -> Result<Vec<Result<Conversation, ApiError>>, ApiError> {
+    let shared: Vec<usize> = (0..targets.len())
+        .filter(|&i| targets[i].1 != ChatType::Private)
+        .collect();
+    let users: Vec<Uuid> = shared.iter().map(|&i| targets[i].0).collect();
+    let chats: Vec<Uuid> = shared.iter().map(|&i| targets[i].2).collect();
+    let rows = sqlx::query!(
+        r#"SELECT t.i AS "i!", c.chat_type AS "chat_type?", (m.user_id IS NOT NULL) AS "is_member!"
+           FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(user_id, chat_id, i)
+           LEFT JOIN conversations c ON c.id = t.chat_id
+           LEFT JOIN conversation_members m ON m.conversation_id = t.chat_id AND m.user_id = t.user_id"#,
+        &users,
+        &chats
+    )
+    .fetch_all(db)
+    .await?;
+    let mut results: Vec<Option<Result<Conversation, ApiError>>> =
+        targets.iter().map(|_| None).collect();
+    for r in rows {
+        let Some(&i) = usize::try_from(r.i - 1).ok().and_then(|k| shared.get(k)) else {
+            continue;
+        };
+        let (_, chat_type, chat_id) = targets[i];
+        results[i] = Some(match r.chat_type.as_deref() {
+            Some(t) if t == chat_type.as_db() && r.is_member => Ok(Conversation {
+                id: chat_id,
+                chat_type,
+                chat_id,
+                is_member: true,
+            }),
+            Some(t) if t == chat_type.as_db() => Err(ApiError::forbidden(match chat_type {
+                ChatType::Room => "join the room before sending to it",
+                _ => "you are not a member of this group",
+            })),
+            _ => Err(ApiError::not_found(match chat_type {
+                ChatType::Room => "no such room",
+                _ => "no such group",
+            })),
+        });
+    }
+    for (i, (user, chat_type, chat_id)) in targets.iter().enumerate() {
+        if results[i].is_none() {
+            results[i] = Some(for_sending(db, *user, *chat_type, *chat_id).await);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::internal("a target was left unresolved"))))
+        .collect())
+}

@@ -4,7 +4,7 @@
 //!
 //! Delivery guarantees:
 //! - An entry is acknowledged (`XACK`) only after its batch's transaction has committed and its
-//!   events are published. A process that dies mid-batch leaves its entries pending; any live
+//!   events are published, and then deleted (`XDEL`), so the stream holds only work in progress. A process that dies mid-batch leaves its entries pending; any live
 //!   process claims entries idle for longer than `SEND_CLAIM_IDLE_MS` (`XAUTOCLAIM`) and persists
 //!   them again.
 //! - Persisting again never stores twice: every command carries a `client_id` (the gateway
@@ -14,10 +14,7 @@
 //! - A transient failure (Postgres or Redis down) leaves the batch pending; the worker backs off
 //!   and retries its own pending entries before reading new ones.
 
-use std::{
-    collections::{hash_map::Entry, HashMap},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use fred::prelude::*;
 use shared::{
@@ -247,8 +244,15 @@ impl SendWorker {
         let count = ids.len() as u64;
         let _: i64 = self
             .reader
-            .xack(self.keys.send_stream(), self.keys.send_group(), ids)
+            .xack(self.keys.send_stream(), self.keys.send_group(), ids.clone())
             .await?;
+        // Done with for good (chat-service is the stream's only group): delete them so the
+        // stream stays as short as the work in progress. Best effort: a failure leaves entries
+        // that are acknowledged, harmless, and deleted by nobody.
+        let deleted: Result<i64, Error> = self.reader.xdel(self.keys.send_stream(), ids).await;
+        if let Err(e) = deleted {
+            tracing::debug!(error = %e, "could not delete processed send entries");
+        }
         metrics::counter!("chat_send_entries_processed_total").increment(count);
         metrics::histogram!("chat_send_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -259,9 +263,8 @@ impl SendWorker {
     /// batch is retried); refusals are verdicts.
     async fn judge(&self, commands: &[Option<SendCommand>]) -> Result<Vec<Verdict>, ApiError> {
         let mut verdicts: Vec<Option<Verdict>> = commands.iter().map(|_| None).collect();
-        let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
-        let mut drafts = Vec::new();
-        let mut draft_of = Vec::new();
+        // Validate, then resolve every distinct target of the batch at once.
+        let mut targets: Vec<(Uuid, ChatType, Uuid)> = Vec::new();
         for (i, command) in commands.iter().enumerate() {
             let Some(c) = command else {
                 verdicts[i] = Some(Verdict::Garbage);
@@ -276,19 +279,31 @@ impl SendWorker {
                 verdicts[i] = Some(refusal(&e));
                 continue;
             }
-            let key = (c.user_id, c.chat_type, c.chat_id);
-            if let Entry::Vacant(slot) = resolved.entry(key) {
-                let r = match conversation::for_sending(&self.db, c.user_id, c.chat_type, c.chat_id)
-                    .await
-                {
-                    Ok(conv) => Ok(conv),
-                    Err(e) if is_transient(&e) => return Err(e),
-                    Err(e) => Err((code_for(&e), e.detail)),
-                };
-                slot.insert(r);
+            targets.push((c.user_id, c.chat_type, c.chat_id));
+        }
+        targets.sort_unstable_by_key(|(u, t, c)| (*u, t.as_db(), *c));
+        targets.dedup();
+        let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
+        for (target, result) in targets
+            .iter()
+            .zip(conversation::for_sending_many(&self.db, &targets).await?)
+        {
+            let r = match result {
+                Ok(conv) => Ok(conv),
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => Err((code_for(&e), e.detail)),
+            };
+            resolved.insert(*target, r);
+        }
+        let mut drafts = Vec::new();
+        let mut draft_of = Vec::new();
+        for (i, command) in commands.iter().enumerate() {
+            let Some(c) = command else { continue };
+            if verdicts[i].is_some() {
+                continue;
             }
-            match &resolved[&key] {
-                Ok(conversation) => {
+            match resolved.get(&(c.user_id, c.chat_type, c.chat_id)) {
+                Some(Ok(conversation)) => {
                     draft_of.push(i);
                     drafts.push(Draft {
                         sender: c.user_id,
@@ -299,11 +314,17 @@ impl SendWorker {
                         reply_to_id: c.reply_to_id,
                     });
                 }
-                Err((code, detail)) => {
+                Some(Err((code, detail))) => {
                     verdicts[i] = Some(Verdict::Refused {
                         code,
                         detail: detail.clone(),
                     });
+                }
+                None => {
+                    verdicts[i] = Some(Verdict::Refused {
+                        code: "invalid_payload",
+                        detail: "unresolved target".into(),
+                    })
                 }
             }
         }

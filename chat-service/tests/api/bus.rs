@@ -127,6 +127,18 @@ async fn commands_are_persisted_and_acknowledged(db: PgPool) {
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     let pending = pending(&redis, &app).await;
     assert_eq!(pending, 0, "everything acknowledged");
+    let mut length: i64 = -1;
+    for _ in 0..50 {
+        length = redis.xlen(app.keys.send_stream()).await.unwrap();
+        if length == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        length, 0,
+        "processed entries are deleted, so the stream does not grow"
+    );
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
