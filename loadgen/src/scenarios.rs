@@ -162,7 +162,8 @@ pub async fn fanout(
                 tokio::select! {
                     _ = stop.changed() => break,
                     m = stream.next() => match m {
-                        Some(Ok(Message::Text(t))) => {
+                        // Only `message` frames (an `ack` carries the message too).
+                        Some(Ok(Message::Text(t))) if t.starts_with("{\"type\":\"message\"") => {
                             if let Some(at) = t.find("\"content\":\"t") {
                                 let digits: String = t[at + 12..].chars().take_while(char::is_ascii_digit).collect();
                                 if let Ok(sent) = digits.parse::<u64>() {
