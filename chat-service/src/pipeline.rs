@@ -4,8 +4,8 @@
 //! 1. sends whose `(sender, client_id)` is already stored resolve to the stored message
 //!    (idempotency), as do repeats within the batch;
 //! 2. `reply_to_id` must name a message of the same conversation;
-//! 3. the conversations are locked in id order (so concurrent batches cannot deadlock) and every
-//!    counter advanced by its number of new messages in one statement; the locks hold until commit;
+//! 3. each conversation's counter is advanced once by the number of new messages, locking its
+//!    row until commit (rows are locked in id order, so concurrent batches cannot deadlock);
 //! 4. one multi-row `INSERT … SELECT unnest(…)` writes every message;
 //! 5. senders' read positions move to their own newest message.
 //!
@@ -188,34 +188,19 @@ async fn try_persist(
                 .push(i);
         }
         let mut tx = db.begin().await?;
-        // 3. Sequence numbers: lock the conversations in id order (so concurrent batches cannot
-        // deadlock), then advance every counter in one statement.
+        // 3. Sequence numbers, conversation by conversation in id order (so concurrent batches
+        // cannot deadlock); each row stays locked until commit.
         let mut seqs: Vec<i64> = vec![0; drafts.len()];
-        let conversation_ids: Vec<Uuid> = per_conversation.keys().copied().collect();
-        let counts: Vec<i64> = per_conversation.values().map(|m| m.len() as i64).collect();
-        sqlx::query!(
-            "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &conversation_ids
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let advanced = sqlx::query!(
-            r#"UPDATE conversations c SET last_seq = c.last_seq + t.n, last_message_at = now()
-               FROM unnest($1::uuid[], $2::bigint[]) AS t(id, n)
-               WHERE c.id = t.id
-               RETURNING c.id, c.last_seq"#,
-            &conversation_ids,
-            &counts
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let last_of: HashMap<Uuid, i64> =
-            advanced.into_iter().map(|r| (r.id, r.last_seq)).collect();
         for (conversation_id, members) in &per_conversation {
-            let last = *last_of
-                .get(conversation_id)
-                .ok_or_else(|| ApiError::internal("a conversation vanished mid-send"))?;
-            let n = members.len() as i64;
+            let n = i64::try_from(members.len()).map_err(ApiError::internal)?;
+            let last = sqlx::query_scalar!(
+                r#"UPDATE conversations SET last_seq = last_seq + $2, last_message_at = now()
+                   WHERE id = $1 RETURNING last_seq"#,
+                conversation_id,
+                n
+            )
+            .fetch_one(&mut *tx)
+            .await?;
             for (k, &i) in members.iter().enumerate() {
                 seqs[i] = last - n + 1 + k as i64;
             }

@@ -53,6 +53,30 @@ impl Publisher {
         }
     }
 
+    /// Sends many events, in order (so a conversation's messages reach Redis in `seq` order).
+    /// Used by the send worker for a whole batch.
+    pub async fn publish_all(&self, events: &[(String, Vec<u8>)]) {
+        for (channel, bytes) in events {
+            let sent: Result<i64, Error> =
+                self.redis.publish(channel.as_str(), bytes.clone()).await;
+            match sent {
+                Ok(_) => metrics::counter!("chat_events_published_total").increment(1),
+                Err(e) => {
+                    metrics::counter!("chat_event_publish_failures_total").increment(1);
+                    tracing::warn!(error = %e, %channel, "could not publish an event");
+                }
+            }
+        }
+    }
+
+    /// Encodes an event for [`Publisher::publish_all`], once for all its channels.
+    pub fn queue(events: &mut Vec<(String, Vec<u8>)>, channels: Vec<String>, event: &Event) {
+        match encode(event) {
+            Ok(bytes) => events.extend(channels.into_iter().map(|c| (c, bytes.clone()))),
+            Err(e) => tracing::error!(error = %e, "could not encode an event"),
+        }
+    }
+
     /// The channels that carry a message of `conversation_id` to its members.
     pub fn message_channels(&self, message: &Message, conversation_id: Uuid) -> Vec<String> {
         match message.chat_type {

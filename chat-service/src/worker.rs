@@ -213,6 +213,8 @@ impl SendWorker {
             .collect();
 
         let verdicts = self.judge(&commands).await?;
+        // Every event of the batch goes out in one pipelined round trip, messages in seq order.
+        let mut events = Vec::with_capacity(commands.len() * 2);
         for (command, verdict) in commands.iter().zip(&verdicts) {
             let Some(command) = command else { continue };
             match verdict {
@@ -220,13 +222,26 @@ impl SendWorker {
                     let m = outcome.message();
                     // Sent again for redeliveries too: the first attempt may have died before
                     // publishing. Gateways drop a seq a connection already has.
-                    self.publisher.new_message(m, conversation.id).await;
+                    let message = Event::Message {
+                        conversation_id: conversation.id,
+                        message: m.clone(),
+                        published_at_us: shared::chat::now_us(),
+                    };
+                    Publisher::queue(
+                        &mut events,
+                        self.publisher.message_channels(m, conversation.id),
+                        &message,
+                    );
                     let ack = Event::Ack {
                         session_id: command.session_id.clone(),
                         client_id: command.client_id.clone(),
                         message: m.clone(),
                     };
-                    self.publisher.to_user(command.user_id, &ack).await;
+                    Publisher::queue(
+                        &mut events,
+                        vec![self.keys.user_channel(command.user_id)],
+                        &ack,
+                    );
                 }
                 Verdict::Refused { code, detail } => {
                     let failed = Event::SendFailed {
@@ -235,11 +250,16 @@ impl SendWorker {
                         code: (*code).to_owned(),
                         detail: detail.clone(),
                     };
-                    self.publisher.to_user(command.user_id, &failed).await;
+                    Publisher::queue(
+                        &mut events,
+                        vec![self.keys.user_channel(command.user_id)],
+                        &failed,
+                    );
                 }
                 Verdict::Garbage => {}
             }
         }
+        self.publisher.publish_all(&events).await;
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
         let count = ids.len() as u64;
         let _: i64 = self

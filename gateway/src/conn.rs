@@ -98,7 +98,7 @@ impl ConnShared {
         if self.is_overflowed() {
             return;
         }
-        if out.ephemeral && self.tx.capacity() < self.capacity / 2 {
+        if out.ephemeral && self.tx.capacity() <= self.capacity / 2 {
             metrics::counter!("gateway_ephemeral_dropped_total").increment(1);
             return;
         }
@@ -154,5 +154,67 @@ impl ConnShared {
         cursor.last = seq;
         // Queued under the lock, so a sync finishing concurrently cannot reorder frames.
         self.push(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ephemeral: bool) -> Outbound {
+        Outbound {
+            frame: WsMessage::Text("{}".into()),
+            ephemeral,
+            published_at_us: 0,
+            label: "test",
+        }
+    }
+
+    #[test]
+    fn ephemeral_frames_go_first_then_the_connection_overflows() {
+        let (conn, mut rx) = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 8);
+        for _ in 0..4 {
+            conn.push(frame(false));
+        }
+        // Half full: typing and presence are dropped, messages still queue.
+        conn.push(frame(true));
+        conn.push(frame(false));
+        assert!(!conn.is_overflowed());
+        let mut queued = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            queued.push(o.ephemeral);
+        }
+        assert_eq!(queued, vec![false; 5], "the ephemeral frame was dropped");
+        for _ in 0..8 {
+            conn.push(frame(false));
+        }
+        assert!(
+            !conn.is_overflowed(),
+            "exactly full is not yet too far behind"
+        );
+        conn.push(frame(false));
+        assert!(
+            conn.is_overflowed(),
+            "one more frame than the queue holds marks it"
+        );
+    }
+
+    #[test]
+    fn cursors_drop_duplicates_and_hold_during_sync() {
+        let (conn, mut rx) = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 64);
+        let conv = Uuid::new_v4();
+        conn.track(conv, 3);
+        for seq in [2, 3, 4, 4, 5] {
+            conn.deliver_message(conv, seq, frame(false));
+        }
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 2, "only 4 and 5 are new");
+        conn.cursors().entry(conv).or_default().held = Some(Vec::new());
+        conn.deliver_message(conv, 6, frame(false));
+        assert!(rx.try_recv().is_err(), "held while a sync runs");
+        assert_eq!(conn.cursors()[&conv].held.as_ref().map(Vec::len), Some(1));
     }
 }

@@ -195,6 +195,7 @@ impl TestApp {
     /// Subscribes to channels; events arrive on the returned receiver.
     pub async fn watch(&self, channels: Vec<String>) -> Watcher {
         let subscriber = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+            .with_performance_config(|c| c.broadcast_channel_capacity = 65_536)
             .build()
             .unwrap();
         subscriber.init().await.unwrap();

@@ -242,3 +242,13 @@ async fn non_websocket_requests_and_health(db: PgPool) {
         .unwrap();
     assert!(metrics.contains("http_requests_total"));
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_full_node_refuses_with_503(db: PgPool) {
+    let s = stack(db, 1, |c| c.max_connections = 1).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let _a = s.connect(0, &alice).await;
+    let r = Client::connect(s.gateways[0].port, &bob.token, None, None).await;
+    assert_eq!(http_status(r.err().unwrap()), 503);
+}

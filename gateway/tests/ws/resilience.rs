@@ -226,7 +226,26 @@ fn free_port() -> u16 {
 }
 
 async fn spawn_gateway_process(prefix: &str, chat_url: &str) -> (Process, u16) {
+    spawn_gateway_process_logging(prefix, chat_url, None).await
+}
+
+async fn spawn_gateway_process_logging(
+    prefix: &str,
+    chat_url: &str,
+    log: Option<&std::path::Path>,
+) -> (Process, u16) {
     let port = free_port();
+    let (out, err, level) = match log {
+        Some(path) => {
+            let file = std::fs::File::create(path).unwrap();
+            (
+                Stdio::from(file.try_clone().unwrap()),
+                Stdio::from(file),
+                "debug",
+            )
+        }
+        None => (Stdio::null(), Stdio::null(), "warn"),
+    };
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .env_clear()
         .env("REDIS_URL", redis_url())
@@ -236,9 +255,9 @@ async fn spawn_gateway_process(prefix: &str, chat_url: &str) -> (Process, u16) {
         .env("PORT", port.to_string())
         .env("CHAT_SERVICE_URL", chat_url)
         .env("PRESENCE_TTL_SECONDS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("RUST_LOG", level)
+        .stdout(out)
+        .stderr(err)
         .spawn()
         .unwrap();
     let process = Process(child);
@@ -349,4 +368,27 @@ async fn clients_of_a_killed_gateway_reconnect_elsewhere_sync_and_miss_nothing(d
         room,
     ));
     assert_eq!(seen, (1..=11).collect::<Vec<_>>());
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn tokens_never_reach_the_logs(db: PgPool) {
+    let s = stack(db, 0, |_| {}).await;
+    let alice = s.user("alice").await;
+    let log = std::env::temp_dir().join(format!("gateway-{}.log", Uuid::new_v4()));
+    let (process, port) = spawn_gateway_process_logging(&s.prefix, &s.chat[0], Some(&log)).await;
+    let mut c = Client::connect(port, &alice.token, None, None)
+        .await
+        .unwrap();
+    c.expect("ready").await;
+    let forged = "leaked-token-value-that-must-not-be-logged";
+    assert!(Client::connect(port, forged, None, None).await.is_err());
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(process);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("/ws"), "debug logs were written: {text}");
+    assert!(!text.contains(&alice.token), "a valid token was logged");
+    assert!(!text.contains(forged), "a refused token was logged");
+    assert!(!text.contains("token="), "a query string was logged");
 }
