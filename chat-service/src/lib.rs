@@ -70,13 +70,7 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres (waiting up to 30 s), applies pending migrations, and binds.
     pub async fn build(config: ChatConfig) -> anyhow::Result<Self> {
-        let db = shared::db::pool(&config.database).context("DATABASE_URL")?;
-        shared::db::wait_until_ready(&db, Duration::from_secs(30))
-            .await
-            .context("Postgres did not answer within 30 s")?;
-        shared::db::migrate(&db)
-            .await
-            .context("applying migrations")?;
+        let db = shared::startup::migrated_pool(&config.database).await?;
         Self::build_with_pool(config, db).await
     }
 

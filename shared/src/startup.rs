@@ -19,6 +19,14 @@ pub async fn migrate_only(database: &DatabaseConfig) -> anyhow::Result<()> {
             .context("creating the database named in DATABASE_URL")?;
         tracing::info!("database created");
     }
+    migrated_pool(database).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// A pool on `DATABASE_URL` once Postgres answers (waiting up to 30 s, so services may start
+/// before it) and every pending migration is applied.
+pub async fn migrated_pool(database: &DatabaseConfig) -> anyhow::Result<sqlx::PgPool> {
     let db = crate::db::pool(database).context("DATABASE_URL")?;
     crate::db::wait_until_ready(&db, Duration::from_secs(30))
         .await
@@ -26,8 +34,7 @@ pub async fn migrate_only(database: &DatabaseConfig) -> anyhow::Result<()> {
     crate::db::migrate(&db)
         .await
         .context("applying migrations")?;
-    tracing::info!("migrations applied");
-    Ok(())
+    Ok(db)
 }
 
 /// Logs a fatal error as one line and maps the outcome to the process exit code.
