@@ -109,10 +109,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
             },
         );
-        let listener = TcpListener::bind(config.server.address())
-            .await
-            .with_context(|| format!("binding {}", config.server.address()))?;
-        let port = listener.local_addr()?.port();
+        let (listener, port) = shared::http::bind(&config.server).await?;
         Ok(Self {
             listener,
             router,

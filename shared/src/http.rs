@@ -103,3 +103,15 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io
     .with_graceful_shutdown(crate::shutdown::signal())
     .await
 }
+
+/// Binds `HOST:PORT` and reports the port actually bound (`PORT=0` picks a free one).
+pub async fn bind(
+    server: &crate::config::ServerConfig,
+) -> anyhow::Result<(tokio::net::TcpListener, u16)> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(server.address())
+        .await
+        .with_context(|| format!("binding {}", server.address()))?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, port))
+}
