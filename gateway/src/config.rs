@@ -34,8 +34,10 @@ pub struct GatewayConfig {
     pub send_burst: u32,
     /// `TYPING_RATE_PER_SECOND`: `typing` frames per connection (default 4, bursts of 8).
     pub typing_rate_per_second: u32,
-    /// `WS_READ_BUFFER_BYTES`: tungstenite's read buffer per connection (default 4096; frames
-    /// larger than it still arrive, the buffer grows for them).
+    /// `WS_READ_BUFFER_BYTES`: tungstenite's read buffer per connection, allocated when the
+    /// connection opens, and the most read per `read()` (default 1024: a typical chat frame in
+    /// one read, and a quarter of the memory of 4096 on every idle connection; frames larger
+    /// than it still arrive, the buffer grows for them).
     pub ws_read_buffer_bytes: usize,
     /// `WS_WRITE_BUFFER_BYTES`: frames are gathered up to this size before a write (default
     /// 16384); queued frames are always flushed together.
@@ -73,7 +75,7 @@ impl GatewayConfig {
             send_rate_per_second: config::parsed("SEND_RATE_PER_SECOND", 20)?,
             send_burst: config::parsed("SEND_BURST", 40)?,
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
-            ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 4096)?,
+            ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 1024)?,
             ws_write_buffer_bytes: config::parsed("WS_WRITE_BUFFER_BYTES", 16 * 1024)?,
             max_frame_bytes: config::parsed("MAX_FRAME_BYTES", 64 * 1024)?,
             presence_ttl: Duration::from_secs(config::parsed(

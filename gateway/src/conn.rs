@@ -1,15 +1,19 @@
 //! What the dispatcher and a connection's task share about one connection: its bounded
 //! outbound queue and its per-conversation cursors (which `seq`s it has been sent).
+//!
+//! The queue is a `VecDeque` behind a mutex rather than a channel: an idle connection's queue
+//! holds no allocation at all (a bounded tokio channel allocates a block of 32 slots up front),
+//! and the connection's task gives the memory back once it has been idle for a heartbeat.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex, MutexGuard,
     },
 };
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
@@ -55,7 +59,9 @@ pub struct ConnShared {
     pub user: Uuid,
     pub session: String,
     pub encoding: Encoding,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<VecDeque<Outbound>>,
+    /// Wakes the connection's task when `queue` gets a frame (a permit is kept if it is busy).
+    queued: Notify,
     capacity: usize,
     overflowed: AtomicBool,
     /// Wakes the connection's task to close it with 4008.
@@ -70,22 +76,23 @@ impl ConnShared {
         session: String,
         encoding: Encoding,
         capacity: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (
-            Self {
-                id,
-                user,
-                session,
-                encoding,
-                tx,
-                capacity,
-                overflowed: AtomicBool::new(false),
-                overflow: Notify::new(),
-                cursors: Mutex::new(HashMap::new()),
-            },
-            rx,
-        )
+    ) -> Self {
+        Self {
+            id,
+            user,
+            session,
+            encoding,
+            queue: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
+            capacity: capacity.max(1),
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
+            cursors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_overflowed(&self) -> bool {
@@ -98,22 +105,45 @@ impl ConnShared {
         if self.is_overflowed() {
             return;
         }
-        if out.ephemeral && self.tx.capacity() <= self.capacity / 2 {
+        let mut queue = self.queue();
+        if out.ephemeral && queue.len() >= self.capacity / 2 {
             metrics::counter!("gateway_ephemeral_dropped_total").increment(1);
             return;
         }
-        match self.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(out)) if out.ephemeral => {
-                metrics::counter!("gateway_ephemeral_dropped_total").increment(1);
+        if queue.len() >= self.capacity {
+            drop(queue);
+            if !self.overflowed.swap(true, Ordering::Relaxed) {
+                metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
+                self.overflow.notify_one();
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.overflowed.swap(true, Ordering::Relaxed) {
-                    metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
-                    self.overflow.notify_one();
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            return;
+        }
+        queue.push_back(out);
+        drop(queue);
+        self.queued.notify_one();
+    }
+
+    /// Waits until at least one frame is queued. Cancel-safe: it takes nothing.
+    pub async fn wait_queued(&self) {
+        while self.queue().is_empty() {
+            self.queued.notified().await;
+        }
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// The oldest queued frame, if any.
+    pub fn pop(&self) -> Option<Outbound> {
+        self.queue().pop_front()
+    }
+
+    /// Gives back the queue's memory if it is empty (called when the connection is idle).
+    pub fn compact(&self) {
+        let mut queue = self.queue();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
         }
     }
 
@@ -172,7 +202,7 @@ mod tests {
 
     #[test]
     fn ephemeral_frames_go_first_then_the_connection_overflows() {
-        let (conn, mut rx) = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 8);
+        let conn = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 8);
         for _ in 0..4 {
             conn.push(frame(false));
         }
@@ -180,10 +210,9 @@ mod tests {
         conn.push(frame(true));
         conn.push(frame(false));
         assert!(!conn.is_overflowed());
-        let mut queued = Vec::new();
-        while let Ok(o) = rx.try_recv() {
-            queued.push(o.ephemeral);
-        }
+        let queued: Vec<bool> = std::iter::from_fn(|| conn.pop())
+            .map(|o| o.ephemeral)
+            .collect();
         assert_eq!(queued, vec![false; 5], "the ephemeral frame was dropped");
         for _ in 0..8 {
             conn.push(frame(false));
@@ -199,22 +228,57 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_waiting_task_is_woken_and_an_idle_queue_holds_no_memory() {
+        let conn = std::sync::Arc::new(ConnShared::new(
+            1,
+            Uuid::new_v4(),
+            "s".into(),
+            Encoding::Json,
+            64,
+        ));
+        let waiter = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                conn.wait_queued().await;
+                conn.pop().is_some()
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing queued yet");
+        assert_eq!(
+            conn.queue().capacity(),
+            0,
+            "an unused queue holds no memory"
+        );
+        conn.push(frame(false));
+        conn.push(frame(false));
+        assert!(waiter.await.unwrap(), "woken by the push");
+        assert!(conn.pop().is_some() && conn.pop().is_none());
+        conn.compact();
+        assert_eq!(
+            conn.queue().capacity(),
+            0,
+            "an empty queue gives its memory back"
+        );
+    }
+
     #[test]
     fn cursors_drop_duplicates_and_hold_during_sync() {
-        let (conn, mut rx) = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 64);
+        let conn = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 64);
         let conv = Uuid::new_v4();
         conn.track(conv, 3);
         for seq in [2, 3, 4, 4, 5] {
             conn.deliver_message(conv, seq, frame(false));
         }
-        let mut n = 0;
-        while rx.try_recv().is_ok() {
-            n += 1;
-        }
-        assert_eq!(n, 2, "only 4 and 5 are new");
+        assert_eq!(
+            std::iter::from_fn(|| conn.pop()).count(),
+            2,
+            "only 4 and 5 are new"
+        );
         conn.cursors().entry(conv).or_default().held = Some(Vec::new());
         conn.deliver_message(conv, 6, frame(false));
-        assert!(rx.try_recv().is_err(), "held while a sync runs");
+        assert!(conn.pop().is_none(), "held while a sync runs");
         assert_eq!(conn.cursors()[&conv].held.as_ref().map(Vec::len), Some(1));
     }
 }

@@ -14,7 +14,6 @@ use shared::{
     chat::{encode as encode_event, ChatType, Event, Message, SendCommand},
     internal::{ReadRequest, SyncRequest, UserConversations},
 };
-use tokio::sync::mpsc;
 use tokio_tungstenite::{
     tungstenite::{
         error::{CapacityError, Error as WsError},
@@ -123,6 +122,10 @@ fn reply_error(conn: &ConnShared, e: &FrameError) {
 }
 
 /// Serves one upgraded connection until it closes.
+///
+/// Its task lives as long as the connection, and an async fn's future is as large as its
+/// largest suspended state: opening and closing (Redis calls with large futures) are boxed, so
+/// what stays allocated per connection is the socket and the loop's own state.
 pub async fn run(
     gw: Arc<Gateway>,
     mut ws: Socket,
@@ -130,15 +133,46 @@ pub async fn run(
     encoding: Encoding,
     info: UserConversations,
 ) {
-    let session = crate::ws::session_id();
-    let (shared, mut rx) = ConnShared::new(
+    let Some(conn) = Box::pin(open(&gw, &mut ws, user, encoding, info)).await else {
+        return;
+    };
+    // Write `ready` (and whatever came meanwhile) now and give the queue's memory back: most
+    // connections then sit idle with nothing allocated for their queue.
+    let close = match write_queued(&mut ws, &conn).await {
+        Ok(()) => {
+            conn.compact();
+            serve(&gw, &mut ws, &conn).await
+        }
+        Err(_) => None,
+    };
+    Box::pin(finish(&gw, ws, &conn, close)).await;
+}
+
+/// Registers the connection, claims presence, queues `ready`; `None` if the node filled up.
+async fn open(
+    gw: &Arc<Gateway>,
+    ws: &mut Socket,
+    user: Uuid,
+    encoding: Encoding,
+    info: UserConversations,
+) -> Option<Arc<ConnShared>> {
+    let conn = Arc::new(ConnShared::new(
         gw.hub.next_id(),
         user,
-        session.clone(),
+        crate::ws::session_id(),
         encoding,
         gw.config.outbound_queue,
+    ));
+    // Queued before the hub knows the connection, so `ready` is the first frame it gets.
+    reply(
+        &conn,
+        "ready",
+        &Ready {
+            user_id: user,
+            session_id: &conn.session,
+            heartbeat_interval_ms: gw.config.heartbeat_interval.as_millis() as u64,
+        },
     );
-    let conn = Arc::new(shared);
     let first = match gw.hub.register(conn.clone(), info).await {
         Ok(first) => first,
         Err(refusal) => {
@@ -149,7 +183,7 @@ pub async fn run(
                     reason: "gateway full".into(),
                 }))
                 .await;
-            return;
+            return None;
         }
     };
     if first {
@@ -164,17 +198,16 @@ pub async fn run(
         }
     }
     metrics::counter!("gateway_connections_opened_total").increment(1);
-    reply(
-        &conn,
-        "ready",
-        &Ready {
-            user_id: user,
-            session_id: &session,
-            heartbeat_interval_ms: gw.config.heartbeat_interval.as_millis() as u64,
-        },
-    );
+    Some(conn)
+}
 
-    let close = serve(&gw, &mut ws, &conn, &mut rx).await;
+/// Sends the close frame, if any, unregisters the connection and withdraws presence.
+async fn finish(
+    gw: &Arc<Gateway>,
+    mut ws: Socket,
+    conn: &Arc<ConnShared>,
+    close: Option<(CloseCode, &'static str)>,
+) {
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,
@@ -182,10 +215,11 @@ pub async fn run(
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
     }
-
+    drop(ws);
+    let user = conn.user;
     // Read before unregistering: the node forgets the user with their last connection.
     let contacts = gw.hub.contacts_of(user);
-    if gw.hub.unregister(&conn).await {
+    if gw.hub.unregister(conn).await {
         match gw.presence.withdraw(user).await {
             Ok(true) => gw.presence.announce(user, false, &contacts).await,
             Ok(false) => {}
@@ -200,7 +234,6 @@ async fn serve(
     gw: &Arc<Gateway>,
     ws: &mut Socket,
     conn: &Arc<ConnShared>,
-    rx: &mut mpsc::Receiver<Outbound>,
 ) -> Option<(CloseCode, &'static str)> {
     let interval = gw.config.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -212,21 +245,20 @@ async fn serve(
     );
     let mut abuse = (0u32, Instant::now());
     let mut shutdown = gw.shutdown.clone();
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows with what is queued; given back when the connection is idle.
+    let mut wrote_since_tick = false;
     loop {
         tokio::select! {
             biased;
             _ = conn.overflow.notified() => return Some((CloseCode::Library(4008), "too far behind; reconnect and sync")),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    return drain_then_close(gw, ws, conn, rx).await;
+                    return Box::pin(drain_then_close(gw, ws, conn)).await;
                 }
             }
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    return None;
-                }
-                let write = write_batch(ws, &mut batch);
+            () = conn.wait_queued() => {
+                wrote_since_tick = true;
+                let write = write_queued(ws, conn);
                 tokio::select! {
                     r = write => if r.is_err() { return None },
                     _ = conn.overflow.notified() => return None,
@@ -266,7 +298,9 @@ async fn serve(
                 let outcome = match parsed {
                     Ok(frame) => {
                         metrics::counter!("gateway_frames_in_total", "type" => frame.label()).increment(1);
-                        handle(gw, conn, frame, &mut sends, &mut typing).await
+                        // Boxed: the Redis calls' futures are large, and an idle connection should
+                        // not carry their space in its task for its whole life.
+                        Box::pin(handle(gw, conn, frame, &mut sends, &mut typing)).await
                     }
                     Err(e) => Err(e),
                 };
@@ -290,15 +324,22 @@ async fn serve(
                 if ws.send(WsMessage::Ping(Default::default())).await.is_err() {
                     return None;
                 }
+                // Nothing written since the last tick: give back what busier moments grew.
+                if !wrote_since_tick {
+                    conn.compact();
+                }
+                wrote_since_tick = false;
             }
         }
     }
 }
 
-/// Writes every frame in `batch` and flushes once, so frames queued together leave in one write.
-async fn write_batch(ws: &mut Socket, batch: &mut Vec<Outbound>) -> Result<(), WsError> {
+/// Writes the queued frames (at most [`WRITE_BATCH`]) and flushes once, so frames queued
+/// together leave in one write.
+async fn write_queued(ws: &mut Socket, conn: &ConnShared) -> Result<(), WsError> {
     let mut latest_publish = 0;
-    for out in batch.drain(..) {
+    for _ in 0..WRITE_BATCH {
+        let Some(out) = conn.pop() else { break };
         metrics::counter!("gateway_frames_out_total", "type" => out.label).increment(1);
         latest_publish = latest_publish.max(out.published_at_us);
         ws.feed(out.frame).await?;
@@ -317,7 +358,6 @@ async fn drain_then_close(
     gw: &Arc<Gateway>,
     ws: &mut Socket,
     conn: &Arc<ConnShared>,
-    rx: &mut mpsc::Receiver<Outbound>,
 ) -> Option<(CloseCode, &'static str)> {
     let spread = gw.config.shutdown_spread.as_millis() as u64;
     let jitter = if spread == 0 {
@@ -326,23 +366,21 @@ async fn drain_then_close(
         (conn.id.wrapping_mul(2_654_435_761) ^ rand_seed()) % spread
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(jitter);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 || write_batch(ws, &mut batch).await.is_err() {
+            () = conn.wait_queued() => {
+                if write_queued(ws, conn).await.is_err() {
                     return None;
                 }
             }
             incoming = ws.next() => if !matches!(incoming, Some(Ok(_))) { return None },
         }
     }
-    while let Ok(out) = rx.try_recv() {
-        batch.push(out);
-    }
-    if write_batch(ws, &mut batch).await.is_err() {
-        return None;
+    while conn.queued_len() > 0 {
+        if write_queued(ws, conn).await.is_err() {
+            return None;
+        }
     }
     Some((CloseCode::Restart, "gateway restarting; reconnect"))
 }
