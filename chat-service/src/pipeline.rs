@@ -4,9 +4,8 @@
 //! 1. sends whose `(sender, client_id)` is already stored resolve to the stored message
 //!    (idempotency), as do repeats within the batch;
 //! 2. `reply_to_id` must name a message of the same conversation;
-//! 3. every conversation's counter is advanced by its number of new messages in one statement,
-//!    locking its row until commit (rows are locked in id order, so concurrent batches cannot
-//!    deadlock);
+//! 3. each conversation's counter is advanced once by the number of new messages, locking its
+//!    row until commit (rows are locked in id order, so concurrent batches cannot deadlock);
 //! 4. one multi-row `INSERT … SELECT unnest(…)` writes every message;
 //! 5. senders' read positions move to their own newest message.
 //!
@@ -25,7 +24,6 @@ use uuid::Uuid;
 use crate::{
     conversation::Conversation,
     model::{self, MessageRow},
-    publish::{PublishTurn, Publisher},
 };
 
 /// A send that passed validation and authorization.
@@ -90,21 +88,13 @@ pub fn check_client_id(client_id: &str) -> Result<(), String> {
 
 const ATTEMPTS: usize = 3;
 
-/// One result per draft, in order, and, when something was committed, the publisher's turn:
-/// publish the new messages' events before dropping it.
-pub struct Persisted {
-    pub results: Vec<Result<Outcome, ApiError>>,
-    pub turn: Option<PublishTurn>,
-}
-
-/// Persists `drafts` in one transaction; the commit waits for `publisher`'s turn.
+/// Persists `drafts` in one transaction; one result per draft, in order.
 pub async fn persist(
     db: &PgPool,
-    publisher: &Publisher,
     drafts: &[Draft],
-) -> Result<Persisted, ApiError> {
+) -> Result<Vec<Result<Outcome, ApiError>>, ApiError> {
     for _ in 0..ATTEMPTS {
-        match try_persist(db, publisher, drafts).await? {
+        match try_persist(db, drafts).await? {
             Some(results) => return Ok(results),
             None => metrics::counter!("chat_persist_retries_total").increment(1),
         }
@@ -115,9 +105,8 @@ pub async fn persist(
 /// `None` when a concurrent duplicate made the insert come back short (then nothing was written).
 async fn try_persist(
     db: &PgPool,
-    publisher: &Publisher,
     drafts: &[Draft],
-) -> Result<Option<Persisted>, ApiError> {
+) -> Result<Option<Vec<Result<Outcome, ApiError>>>, ApiError> {
     let mut results: Vec<Option<Result<Outcome, ApiError>>> =
         (0..drafts.len()).map(|_| None).collect();
 
@@ -144,6 +133,7 @@ async fn try_persist(
             }
         }
     }
+
     // 2. Replies must stay within their conversation.
     let reply_ids: Vec<Uuid> = drafts.iter().filter_map(|d| d.reply_to_id).collect();
     let reply_conversations: HashMap<Uuid, Uuid> = if reply_ids.is_empty() {
@@ -189,7 +179,6 @@ async fn try_persist(
         new.push(i);
     }
 
-    let mut turn = None;
     if !new.is_empty() {
         let mut per_conversation: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
         for &i in &new {
@@ -199,39 +188,24 @@ async fn try_persist(
                 .push(i);
         }
         let mut tx = db.begin().await?;
-        // 3. Sequence numbers: every conversation's counter advanced in one statement, its
-        // rows locked in id order first (so concurrent batches cannot deadlock); each row stays
-        // locked until commit.
+        // 3. Sequence numbers, conversation by conversation in id order (so concurrent batches
+        // cannot deadlock); each row stays locked until commit.
         let mut seqs: Vec<i64> = vec![0; drafts.len()];
-        let (counter_ids, counts): (Vec<Uuid>, Vec<i64>) = per_conversation
-            .iter()
-            .map(|(id, members)| (*id, members.len() as i64))
-            .unzip();
-        let advanced = sqlx::query!(
-            r#"WITH locked AS (
-                   SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
-               )
-               UPDATE conversations c SET last_seq = c.last_seq + t.n, last_message_at = now()
-               FROM unnest($1::uuid[], $2::bigint[]) AS t(id, n), locked
-               WHERE c.id = t.id AND locked.id = t.id
-               RETURNING c.id, c.last_seq"#,
-            &counter_ids,
-            &counts
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        if advanced.len() != counter_ids.len() {
-            return Err(ApiError::internal("a conversation vanished while sending"));
-        }
-        for row in advanced {
-            let Some(members) = per_conversation.get(&row.id) else {
-                continue;
-            };
-            let n = members.len() as i64;
+        for (conversation_id, members) in &per_conversation {
+            let n = i64::try_from(members.len()).map_err(ApiError::internal)?;
+            let last = sqlx::query_scalar!(
+                r#"UPDATE conversations SET last_seq = last_seq + $2, last_message_at = now()
+                   WHERE id = $1 RETURNING last_seq"#,
+                conversation_id,
+                n
+            )
+            .fetch_one(&mut *tx)
+            .await?;
             for (k, &i) in members.iter().enumerate() {
-                seqs[i] = row.last_seq - n + 1 + k as i64;
+                seqs[i] = last - n + 1 + k as i64;
             }
         }
+
         // 4. One insert for the whole batch.
         let mut ids = Vec::with_capacity(new.len());
         let mut conversation_ids = Vec::with_capacity(new.len());
@@ -288,6 +262,7 @@ async fn try_persist(
             tx.rollback().await?;
             return Ok(None);
         }
+
         // 5. A sender has read up to their own newest message.
         let mut newest: HashMap<(Uuid, Uuid), i64> = HashMap::new();
         for &i in &new {
@@ -307,9 +282,7 @@ async fn try_persist(
         )
         .execute(&mut *tx)
         .await?;
-        let my_turn = publisher.turn().await;
         tx.commit().await?;
-        turn = Some(my_turn);
 
         let by_id: HashMap<Uuid, MessageRow> = rows.into_iter().map(|r| (r.id, r)).collect();
         for (k, &i) in new.iter().enumerate() {
@@ -330,13 +303,12 @@ async fn try_persist(
         };
         results[i] = Some(repeated);
     }
-    Ok(Some(Persisted {
-        results: results
+    Ok(Some(
+        results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(ApiError::internal("a draft was left unprocessed"))))
             .collect(),
-        turn,
-    }))
+    ))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use crate::{
     api::messages::check_send,
     conversation::{self, Conversation},
     pipeline::{self, Draft, Outcome},
-    publish::{PublishTurn, Publisher},
+    publish::Publisher,
 };
 
 /// The field of a stream entry that holds the MessagePack-encoded [`SendCommand`].
@@ -45,9 +45,6 @@ pub struct WorkerConfig {
     pub claim_idle_ms: u64,
     /// The content limit in characters.
     pub max_content_chars: usize,
-    /// Worker loops per process (`SEND_WORKERS`), each with its own Redis connection and
-    /// consumer name: one persists a batch while another reads, publishes or waits on Postgres.
-    pub workers: usize,
 }
 
 pub struct SendWorker {
@@ -215,11 +212,9 @@ impl SendWorker {
             })
             .collect();
 
-        let (verdicts, turn) = self.judge(&commands).await?;
-        // The batch's events, grouped into one publish per channel (a conversation's messages
-        // in seq order), all sent pipelined.
-        let mut events: Vec<(String, Event)> = Vec::with_capacity(commands.len() * 2);
-        let published_at_us = shared::chat::now_us();
+        let verdicts = self.judge(&commands).await?;
+        // Every event of the batch goes out in one pipelined round trip, messages in seq order.
+        let mut events = Vec::with_capacity(commands.len() * 2);
         for (command, verdict) in commands.iter().zip(&verdicts) {
             let Some(command) = command else { continue };
             match verdict {
@@ -230,17 +225,23 @@ impl SendWorker {
                     let message = Event::Message {
                         conversation_id: conversation.id,
                         message: m.clone(),
-                        published_at_us,
+                        published_at_us: shared::chat::now_us(),
                     };
-                    for channel in self.publisher.message_channels(m, conversation.id) {
-                        events.push((channel, message.clone()));
-                    }
+                    Publisher::queue(
+                        &mut events,
+                        self.publisher.message_channels(m, conversation.id),
+                        &message,
+                    );
                     let ack = Event::Ack {
                         session_id: command.session_id.clone(),
                         client_id: command.client_id.clone(),
                         message: m.clone(),
                     };
-                    events.push((self.keys.user_channel(command.user_id), ack));
+                    Publisher::queue(
+                        &mut events,
+                        vec![self.keys.user_channel(command.user_id)],
+                        &ack,
+                    );
                 }
                 Verdict::Refused { code, detail } => {
                     let failed = Event::SendFailed {
@@ -249,17 +250,16 @@ impl SendWorker {
                         code: (*code).to_owned(),
                         detail: detail.clone(),
                     };
-                    events.push((self.keys.user_channel(command.user_id), failed));
+                    Publisher::queue(
+                        &mut events,
+                        vec![self.keys.user_channel(command.user_id)],
+                        &failed,
+                    );
                 }
                 Verdict::Garbage => {}
             }
         }
-        match shared::chat::batch_by_channel(events) {
-            Ok(payloads) => self.publisher.publish_all(&payloads).await,
-            // Not expected (every event encodes); gateways repair missing messages from history.
-            Err(e) => tracing::error!(error = %e, "could not encode a batch's events"),
-        }
-        drop(turn);
+        self.publisher.publish_all(&events).await;
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
         let count = ids.len() as u64;
         let _: i64 = self
@@ -281,10 +281,7 @@ impl SendWorker {
 
     /// Validates, authorizes and persists the commands. Transient failures are errors (the
     /// batch is retried); refusals are verdicts.
-    async fn judge(
-        &self,
-        commands: &[Option<SendCommand>],
-    ) -> Result<(Vec<Verdict>, Option<PublishTurn>), ApiError> {
+    async fn judge(&self, commands: &[Option<SendCommand>]) -> Result<Vec<Verdict>, ApiError> {
         let mut verdicts: Vec<Option<Verdict>> = commands.iter().map(|_| None).collect();
         // Validate, then resolve every distinct target of the batch at once.
         let mut targets: Vec<(Uuid, ChatType, Uuid)> = Vec::new();
@@ -351,11 +348,9 @@ impl SendWorker {
                 }
             }
         }
-        let mut turn = None;
         if !drafts.is_empty() {
-            let persisted = pipeline::persist(&self.db, &self.publisher, &drafts).await?;
-            turn = persisted.turn;
-            for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {
+            let results = pipeline::persist(&self.db, &drafts).await?;
+            for ((i, result), draft) in draft_of.into_iter().zip(results).zip(&drafts) {
                 verdicts[i] = Some(match result {
                     Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
                     Err(e) if is_transient(&e) => return Err(e),
@@ -363,11 +358,10 @@ impl SendWorker {
                 });
             }
         }
-        let verdicts = verdicts
+        Ok(verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Garbage))
-            .collect();
-        Ok((verdicts, turn))
+            .collect())
     }
 }
 

@@ -116,7 +116,6 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
             batch_size: 64,
             claim_idle_ms: 2000,
             max_content_chars: 4000,
-            workers: 2,
         },
     };
     config.server.port = 0;
