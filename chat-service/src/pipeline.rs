@@ -1,18 +1,20 @@
 //! The message pipeline: validated sends in, persisted messages out. REST sends and bus sends
-//! both come through [`persist`], which takes a whole batch in one transaction:
+//! both come through [`persist`], which writes a whole batch in one statement (one round trip,
+//! its own transaction):
 //!
 //! 1. sends whose `(sender, client_id)` is already stored resolve to the stored message
-//!    (idempotency), as do repeats within the batch;
+//!    (idempotency), as do repeats within the batch — looked up only after a first attempt met
+//!    a duplicate;
 //! 2. `reply_to_id` must name a message of the same conversation;
-//! 3. each conversation's counter is advanced once by the number of new messages, locking its
-//!    row until commit (rows are locked in id order, so concurrent batches cannot deadlock);
+//! 3. every conversation's counter is advanced by its number of new messages, locking its row
+//!    until commit (rows are locked in id order, so concurrent batches cannot deadlock);
 //! 4. one multi-row `INSERT … SELECT unnest(…)` writes every message;
 //! 5. senders' read positions move to their own newest message.
 //!
-//! Should a concurrent send with the same `client_id` win the race, the insert comes back short;
-//! the transaction is rolled back (so no seq is lost) and the batch retried, when step 1 finds it.
+//! A duplicate `client_id` (a redelivery, or a concurrent send that won the race) fails the
+//! statement whole, so no seq is used; the batch is retried, when step 1 finds it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use shared::{
     chat::{Message, MessageType},
@@ -24,6 +26,7 @@ use uuid::Uuid;
 use crate::{
     conversation::Conversation,
     model::{self, MessageRow},
+    publish::{PublishTurn, Publisher},
 };
 
 /// A send that passed validation and authorization.
@@ -88,35 +91,59 @@ pub fn check_client_id(client_id: &str) -> Result<(), String> {
 
 const ATTEMPTS: usize = 3;
 
-/// Persists `drafts` in one transaction; one result per draft, in order.
+/// One result per draft, in order, and, when something was written, the publisher's turn:
+/// publish the new messages' events before dropping it.
+pub struct Persisted {
+    pub results: Vec<Result<Outcome, ApiError>>,
+    pub turn: Option<PublishTurn>,
+}
+
+/// Persists `drafts` in one statement, run in `publisher`'s turn. The first attempt assumes
+/// no draft is stored yet (the common case: redeliveries are rare); a duplicate `client_id`
+/// makes the statement fail whole (nothing written, no seq used), and the next attempt first
+/// looks up what is stored.
 pub async fn persist(
     db: &PgPool,
+    publisher: &Publisher,
     drafts: &[Draft],
-) -> Result<Vec<Result<Outcome, ApiError>>, ApiError> {
+) -> Result<Persisted, ApiError> {
+    let mut check_stored = false;
     for _ in 0..ATTEMPTS {
-        match try_persist(db, drafts).await? {
-            Some(results) => return Ok(results),
-            None => metrics::counter!("chat_persist_retries_total").increment(1),
+        match try_persist(db, publisher, drafts, check_stored).await? {
+            Some(persisted) => return Ok(persisted),
+            None => {
+                metrics::counter!("chat_persist_retries_total").increment(1);
+                check_stored = true;
+            }
         }
     }
     Err(ApiError::internal("concurrent duplicate sends kept racing"))
 }
 
-/// `None` when a concurrent duplicate made the insert come back short (then nothing was written).
+/// Whether `e` is a duplicate `(from_user_id, client_id)`.
+fn is_duplicate_send(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        d.is_unique_violation() && d.constraint() == Some("messages_sender_client_id_key")
+    })
+}
+
+/// `None` when a draft turned out to be stored already (then nothing was written).
 async fn try_persist(
     db: &PgPool,
+    publisher: &Publisher,
     drafts: &[Draft],
-) -> Result<Option<Vec<Result<Outcome, ApiError>>>, ApiError> {
+    check_stored: bool,
+) -> Result<Option<Persisted>, ApiError> {
     let mut results: Vec<Option<Result<Outcome, ApiError>>> =
         (0..drafts.len()).map(|_| None).collect();
 
-    // 1. Idempotency: what is stored already.
+    // 1. Idempotency: what is stored already (after a first attempt met a duplicate).
     let keyed: Vec<(Uuid, String)> = drafts
         .iter()
         .filter_map(|d| d.client_id.clone().map(|c| (d.sender, c)))
         .collect();
     let mut stored: HashMap<(Uuid, String), Message> = HashMap::new();
-    if !keyed.is_empty() {
+    if check_stored && !keyed.is_empty() {
         let (senders, client_ids): (Vec<Uuid>, Vec<String>) = keyed.iter().cloned().unzip();
         let rows = sqlx::query_as!(
             MessageRow,
@@ -179,37 +206,14 @@ async fn try_persist(
         new.push(i);
     }
 
+    let mut turn = None;
     if !new.is_empty() {
-        let mut per_conversation: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
-        for &i in &new {
-            per_conversation
-                .entry(drafts[i].conversation.id)
-                .or_default()
-                .push(i);
-        }
-        let mut tx = db.begin().await?;
-        // 3. Sequence numbers, conversation by conversation in id order (so concurrent batches
-        // cannot deadlock); each row stays locked until commit.
-        let mut seqs: Vec<i64> = vec![0; drafts.len()];
-        for (conversation_id, members) in &per_conversation {
-            let n = i64::try_from(members.len()).map_err(ApiError::internal)?;
-            let last = sqlx::query_scalar!(
-                r#"UPDATE conversations SET last_seq = last_seq + $2, last_message_at = now()
-                   WHERE id = $1 RETURNING last_seq"#,
-                conversation_id,
-                n
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            for (k, &i) in members.iter().enumerate() {
-                seqs[i] = last - n + 1 + k as i64;
-            }
-        }
-
-        // 4. One insert for the whole batch.
+        // Each new message's place among the batch's new messages of its conversation (1, 2, …):
+        // its seq is the conversation's last_seq before the batch plus that.
+        let mut counts: HashMap<Uuid, i64> = HashMap::new();
         let mut ids = Vec::with_capacity(new.len());
         let mut conversation_ids = Vec::with_capacity(new.len());
-        let mut seq_col = Vec::with_capacity(new.len());
+        let mut places = Vec::with_capacity(new.len());
         let mut senders = Vec::with_capacity(new.len());
         let mut to_users: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
         let mut rooms: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
@@ -221,9 +225,11 @@ async fn try_persist(
         let mut client_ids: Vec<Option<String>> = Vec::with_capacity(new.len());
         for &i in &new {
             let d = &drafts[i];
+            let place = counts.entry(d.conversation.id).or_insert(0);
+            *place += 1;
             ids.push(Uuid::now_v7());
             conversation_ids.push(d.conversation.id);
-            seq_col.push(seqs[i]);
+            places.push(*place);
             senders.push(d.sender);
             to_users.push(d.conversation.peer());
             rooms.push(d.conversation.room_id());
@@ -234,18 +240,64 @@ async fn try_persist(
             replies.push(d.reply_to_id);
             client_ids.push(d.client_id.clone());
         }
-        let rows = sqlx::query_as!(
+
+        // 3–5 in one statement, so one round trip and its own transaction: lock the
+        // conversations in id order (concurrent batches cannot deadlock), advance each counter
+        // by its number of new messages, insert every message, move each sender's read
+        // position to their newest message. A duplicate client_id fails it whole.
+        // Run in the publisher's turn, so this process publishes in commit order.
+        let my_turn = publisher.turn().await;
+        let inserted = sqlx::query_as!(
             MessageRow,
-            r#"INSERT INTO messages (id, conversation_id, seq, from_user_id, to_user_id, room_id,
-                                     group_id, content, message_type, chat_type, reply_to_id, client_id)
-               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::uuid[],
-                                    $6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::text[],
-                                    $11::uuid[], $12::text[])
-               ON CONFLICT (from_user_id, client_id) WHERE client_id IS NOT NULL DO NOTHING
-               RETURNING *"#,
+            r#"WITH input AS (
+                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
+                                        $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
+                                        $10::text[], $11::uuid[], $12::text[])
+                       AS t(id, conversation_id, place, from_user_id, to_user_id, room_id,
+                            group_id, content, message_type, chat_type, reply_to_id, client_id)
+               ),
+               counts AS (
+                   SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
+               ),
+               locked AS (
+                   SELECT c.id FROM conversations c
+                   WHERE c.id IN (SELECT conversation_id FROM counts)
+                   ORDER BY c.id FOR NO KEY UPDATE
+               ),
+               bumped AS (
+                   UPDATE conversations c
+                   SET last_seq = c.last_seq + counts.n, last_message_at = now()
+                   FROM counts
+                   WHERE c.id = counts.conversation_id AND c.id IN (SELECT id FROM locked)
+                   RETURNING c.id, c.last_seq - counts.n AS base
+               ),
+               inserted AS (
+                   INSERT INTO messages (id, conversation_id, seq, from_user_id, to_user_id,
+                                         room_id, group_id, content, message_type, chat_type,
+                                         reply_to_id, client_id)
+                   SELECT i.id, i.conversation_id, b.base + i.place, i.from_user_id, i.to_user_id,
+                          i.room_id, i.group_id, i.content, i.message_type, i.chat_type,
+                          i.reply_to_id, i.client_id
+                   FROM input i JOIN bumped b ON b.id = i.conversation_id
+                   RETURNING *
+               ),
+               read_positions AS (
+                   UPDATE conversation_members m
+                   SET last_read_seq = GREATEST(m.last_read_seq, r.seq)
+                   FROM (SELECT conversation_id, from_user_id, max(seq) AS seq
+                         FROM inserted GROUP BY conversation_id, from_user_id) r
+                   WHERE m.conversation_id = r.conversation_id AND m.user_id = r.from_user_id
+               )
+               SELECT id AS "id!", conversation_id AS "conversation_id!", seq AS "seq!",
+                      from_user_id AS "from_user_id!", to_user_id, room_id, group_id,
+                      content AS "content!", message_type AS "message_type!",
+                      chat_type AS "chat_type!", reply_to_id, client_id,
+                      is_edited AS "is_edited!", edited_at, is_deleted AS "is_deleted!",
+                      deleted_at, created_at AS "created_at!"
+               FROM inserted"#,
             &ids,
             &conversation_ids,
-            &seq_col,
+            &places,
             &senders,
             &to_users as &[Option<Uuid>],
             &rooms as &[Option<Uuid>],
@@ -256,43 +308,25 @@ async fn try_persist(
             &replies as &[Option<Uuid>],
             &client_ids as &[Option<String>]
         )
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.len() != new.len() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-
-        // 5. A sender has read up to their own newest message.
-        let mut newest: HashMap<(Uuid, Uuid), i64> = HashMap::new();
-        for &i in &new {
-            let key = (drafts[i].conversation.id, drafts[i].sender);
-            let seq = newest.entry(key).or_insert(0);
-            *seq = (*seq).max(seqs[i]);
-        }
-        let (keys, read_seqs): (Vec<(Uuid, Uuid)>, Vec<i64>) = newest.into_iter().unzip();
-        let (read_conversations, read_users): (Vec<Uuid>, Vec<Uuid>) = keys.into_iter().unzip();
-        sqlx::query!(
-            r#"UPDATE conversation_members m SET last_read_seq = GREATEST(m.last_read_seq, t.seq)
-               FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t(conversation_id, user_id, seq)
-               WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id"#,
-            &read_conversations,
-            &read_users,
-            &read_seqs
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-
-        let by_id: HashMap<Uuid, MessageRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+        .fetch_all(db)
+        .await;
+        let rows = match inserted {
+            Ok(rows) => rows,
+            Err(e) if is_duplicate_send(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        turn = Some(my_turn);
+        // A draft without a row: its conversation was deleted meanwhile (the rest were
+        // written, with gap-free seqs).
+        let written = rows.len() as u64;
+        let mut by_id: HashMap<Uuid, MessageRow> = rows.into_iter().map(|r| (r.id, r)).collect();
         for (k, &i) in new.iter().enumerate() {
-            let row = by_id
-                .get(&ids[k])
-                .cloned()
-                .ok_or_else(|| ApiError::internal("an inserted message was not returned"))?;
-            results[i] = Some(Ok(Outcome::Created(Message::try_from(row)?)));
+            results[i] = Some(match by_id.remove(&ids[k]) {
+                Some(row) => Message::try_from(row).map(Outcome::Created),
+                None => Err(ApiError::not_found("the conversation no longer exists")),
+            });
         }
-        metrics::counter!("chat_messages_persisted_total").increment(new.len() as u64);
+        metrics::counter!("chat_messages_persisted_total").increment(written);
     }
 
     for (i, first) in repeats {
@@ -303,12 +337,13 @@ async fn try_persist(
         };
         results[i] = Some(repeated);
     }
-    Ok(Some(
-        results
+    Ok(Some(Persisted {
+        results: results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(ApiError::internal("a draft was left unprocessed"))))
             .collect(),
-    ))
+        turn,
+    }))
 }
 
 #[cfg(test)]

@@ -4,22 +4,41 @@
 //! undone: the data is committed, and gateways repair a missing `message` from history when the
 //! next seq of that conversation arrives.
 
+use std::sync::Arc;
+
 use fred::prelude::*;
 use shared::{
     chat::{encode, ChatType, Event, Message},
     keys::Keys,
 };
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct Publisher {
     redis: Client,
     keys: Keys,
+    order: Arc<Mutex<()>>,
 }
+
+/// Held from just before a send's statement runs until its events are published: within one
+/// process, REST sends and the send worker then publish a conversation's messages in `seq`
+/// order. Nothing waits for a row lock while holding it except the statement itself, whose
+/// locks no other holder of the turn in this process can be holding, so it cannot deadlock.
+pub type PublishTurn = OwnedMutexGuard<()>;
 
 impl Publisher {
     pub fn new(redis: Client, keys: Keys) -> Self {
-        Self { redis, keys }
+        Self {
+            redis,
+            keys,
+            order: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Waits for this process's turn to write and publish; see [`PublishTurn`].
+    pub async fn turn(&self) -> PublishTurn {
+        self.order.clone().lock_owned().await
     }
 
     pub fn keys(&self) -> &Keys {

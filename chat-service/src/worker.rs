@@ -30,7 +30,7 @@ use crate::{
     api::messages::check_send,
     conversation::{self, Conversation},
     pipeline::{self, Draft, Outcome},
-    publish::Publisher,
+    publish::{PublishTurn, Publisher},
 };
 
 /// The field of a stream entry that holds the MessagePack-encoded [`SendCommand`].
@@ -212,7 +212,7 @@ impl SendWorker {
             })
             .collect();
 
-        let verdicts = self.judge(&commands).await?;
+        let (verdicts, turn) = self.judge(&commands).await?;
         // Every event of the batch goes out in one pipelined round trip, messages in seq order.
         let mut events = Vec::with_capacity(commands.len() * 2);
         for (command, verdict) in commands.iter().zip(&verdicts) {
@@ -260,6 +260,7 @@ impl SendWorker {
             }
         }
         self.publisher.publish_all(&events).await;
+        drop(turn);
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
         let count = ids.len() as u64;
         let _: i64 = self
@@ -281,7 +282,10 @@ impl SendWorker {
 
     /// Validates, authorizes and persists the commands. Transient failures are errors (the
     /// batch is retried); refusals are verdicts.
-    async fn judge(&self, commands: &[Option<SendCommand>]) -> Result<Vec<Verdict>, ApiError> {
+    async fn judge(
+        &self,
+        commands: &[Option<SendCommand>],
+    ) -> Result<(Vec<Verdict>, Option<PublishTurn>), ApiError> {
         let mut verdicts: Vec<Option<Verdict>> = commands.iter().map(|_| None).collect();
         // Validate, then resolve every distinct target of the batch at once.
         let mut targets: Vec<(Uuid, ChatType, Uuid)> = Vec::new();
@@ -348,9 +352,11 @@ impl SendWorker {
                 }
             }
         }
+        let mut turn = None;
         if !drafts.is_empty() {
-            let results = pipeline::persist(&self.db, &drafts).await?;
-            for ((i, result), draft) in draft_of.into_iter().zip(results).zip(&drafts) {
+            let persisted = pipeline::persist(&self.db, &self.publisher, &drafts).await?;
+            turn = persisted.turn;
+            for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {
                 verdicts[i] = Some(match result {
                     Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
                     Err(e) if is_transient(&e) => return Err(e),
@@ -358,10 +364,11 @@ impl SendWorker {
                 });
             }
         }
-        Ok(verdicts
+        let verdicts = verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Garbage))
-            .collect())
+            .collect();
+        Ok((verdicts, turn))
     }
 }
 

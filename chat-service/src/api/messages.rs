@@ -218,13 +218,16 @@ pub async fn send(
         message_type: req.message_type,
         reply_to_id: req.reply_to_id,
     };
-    let outcome = pipeline::persist(&state.db, std::slice::from_ref(&draft))
-        .await?
+    let mut persisted =
+        pipeline::persist(&state.db, &state.publisher, std::slice::from_ref(&draft)).await?;
+    let outcome = persisted
+        .results
         .pop()
         .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
     if let Outcome::Created(m) = &outcome {
         state.publisher.new_message(m, conversation.id).await;
     }
+    drop(persisted.turn);
     Ok((StatusCode::CREATED, Json(outcome.message().clone())))
 }
 
