@@ -344,14 +344,20 @@ impl Client {
     pub async fn drain(&mut self, wait: Duration) -> Vec<Value> {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
-            match frame {
-                Message::Text(t) => out.push(serde_json::from_str(&t).unwrap()),
-                Message::Binary(b) => out.push(rmp_serde::from_slice(&b).unwrap()),
-                _ => {}
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => out.push(serde_json::from_str(&t).unwrap()),
+                Ok(Some(Ok(Message::Binary(b)))) => out.push(rmp_serde::from_slice(&b).unwrap()),
+                Ok(Some(Ok(_))) => {}
+                // Closed: wait out the deadline anyway, so a caller that drains in a loop does
+                // not spin (and starve the single-threaded test runtime).
+                Ok(Some(Err(_)) | None) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return out;
+                }
+                Err(_) => return out,
             }
         }
-        out
     }
 
     /// The close code the server sent, reading (and discarding) frames until it comes.

@@ -95,31 +95,35 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
     assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 2).await);
 
     // Bulk sends straight onto the bus: 2,000 messages of 3,500 characters, more than the
-    // kernel's socket buffers hold.
+    // kernel's socket buffers hold. Sent from another task, so the reading client reads while
+    // they go out (a reader that waited for the last send would itself be a slow consumer).
     let admin = redis().await;
     let keys = shared::keys::Keys::new(s.prefix.clone());
-    for i in 0..2000 {
-        let command = shared::chat::SendCommand {
-            user_id: alice.id,
-            session_id: "bulk".into(),
-            client_id: format!("bulk-{i}"),
-            chat_type: shared::chat::ChatType::Room,
-            chat_id: room,
-            content: "x".repeat(3500),
-            message_type: shared::chat::MessageType::Text,
-            reply_to_id: None,
-        };
-        let _: String = admin
-            .xadd(
-                keys.send_stream(),
-                false,
-                None,
-                "*",
-                vec![("c", shared::chat::encode(&command).unwrap())],
-            )
-            .await
-            .unwrap();
-    }
+    let sender_id = alice.id;
+    let bulk = tokio::spawn(async move {
+        for i in 0..2000 {
+            let command = shared::chat::SendCommand {
+                user_id: sender_id,
+                session_id: "bulk".into(),
+                client_id: format!("bulk-{i}"),
+                chat_type: shared::chat::ChatType::Room,
+                chat_id: room,
+                content: "x".repeat(3500),
+                message_type: shared::chat::MessageType::Text,
+                reply_to_id: None,
+            };
+            let _: String = admin
+                .xadd(
+                    keys.send_stream(),
+                    false,
+                    None,
+                    "*",
+                    vec![("c", shared::chat::encode(&command).unwrap())],
+                )
+                .await
+                .unwrap();
+        }
+    });
     let mut seqs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while seqs.len() < 2000 && tokio::time::Instant::now() < deadline {
@@ -133,6 +137,7 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
         (1..=2000).collect::<Vec<_>>(),
         "the reading client got everything"
     );
+    bulk.await.unwrap();
     assert!(
         eventually(Duration::from_secs(5), || hub.connection_count() == 1).await,
         "the slow client was closed"
