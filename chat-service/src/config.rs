@@ -28,7 +28,8 @@ pub struct ChatConfig {
     /// `AUTH_SERVICE_URL`: where auth-service's OpenAPI document is fetched for the combined one
     /// (default `http://127.0.0.1:8001`; empty turns it off).
     pub auth_service_url: Option<String>,
-    /// `SEND_BATCH_SIZE` (default 256) and `SEND_CLAIM_IDLE_MS` (default 30000).
+    /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000) and
+    /// `SEND_WORKERS` (default 2).
     pub worker: WorkerConfig,
 }
 
@@ -36,9 +37,11 @@ impl ChatConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let max_content_chars = config::parsed("MAX_CONTENT_CHARS", 4000usize)?;
         let batch_size = config::parsed("SEND_BATCH_SIZE", 256u64)?;
+        let workers = config::parsed("SEND_WORKERS", 2usize)?;
         for (name, value) in [
             ("MAX_CONTENT_CHARS", max_content_chars as u64),
             ("SEND_BATCH_SIZE", batch_size),
+            ("SEND_WORKERS", workers as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(name, "is invalid: must be at least 1"));
@@ -60,6 +63,7 @@ impl ChatConfig {
                 batch_size,
                 claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,
                 max_content_chars,
+                workers,
             },
         })
     }

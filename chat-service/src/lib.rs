@@ -64,7 +64,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
-    worker: Option<worker::SendWorker>,
+    workers: Vec<worker::SendWorker>,
 }
 
 impl Application {
@@ -82,15 +82,22 @@ impl Application {
         }
         let keys = Keys::new(config.redis.prefix.clone());
         let publisher = publish::Publisher::new(redis.clone(), keys.clone());
-        let worker = config.run_send_worker.then(|| {
-            worker::SendWorker::new(
-                db.clone(),
-                &redis,
-                publisher.clone(),
-                keys.clone(),
-                config.worker.clone(),
-            )
-        });
+        let loops = if config.run_send_worker {
+            config.worker.workers.max(1)
+        } else {
+            0
+        };
+        let workers = (0..loops)
+            .map(|_| {
+                worker::SendWorker::new(
+                    db.clone(),
+                    &redis,
+                    publisher.clone(),
+                    keys.clone(),
+                    config.worker.clone(),
+                )
+            })
+            .collect();
         let state = AppState {
             db: db.clone(),
             redis: redis.clone(),
@@ -123,7 +130,7 @@ impl Application {
             listener,
             router,
             port,
-            worker,
+            workers,
         })
     }
 
@@ -131,15 +138,19 @@ impl Application {
         self.port
     }
 
-    /// Serves (and runs the send worker) until SIGTERM or SIGINT; the worker finishes its
+    /// Serves (and runs the send workers) until SIGTERM or SIGINT; each worker finishes its
     /// batch before the process exits.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(port = self.port, "chat-service listening");
         let (stop, stopped) = watch::channel(false);
-        let worker = self.worker.map(|w| tokio::spawn(w.run(stopped)));
+        let workers: Vec<_> = self
+            .workers
+            .into_iter()
+            .map(|w| tokio::spawn(w.run(stopped.clone())))
+            .collect();
         let served = shared::http::serve(self.listener, self.router).await;
         let _ = stop.send(true);
-        if let Some(w) = worker {
+        for w in workers {
             let _ = w.await;
         }
         served

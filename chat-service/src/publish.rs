@@ -60,39 +60,32 @@ impl Publisher {
                 return;
             }
         };
-        for channel in channels {
-            let sent: Result<i64, Error> = self.redis.publish(channel, bytes.clone()).await;
-            match sent {
-                Ok(_) => metrics::counter!("chat_events_published_total").increment(1),
-                Err(e) => {
-                    metrics::counter!("chat_event_publish_failures_total").increment(1);
-                    tracing::warn!(error = %e, %channel, "could not publish an event");
-                }
-            }
-        }
+        let events: Vec<(String, Vec<u8>)> = channels
+            .iter()
+            .map(|c| (c.clone(), bytes.clone()))
+            .collect();
+        self.publish_all(&events).await;
     }
 
-    /// Sends many events, in order (so a conversation's messages reach Redis in `seq` order).
-    /// Used by the send worker for a whole batch.
+    /// Sends many payloads, in order (so a conversation's messages reach Redis in `seq` order),
+    /// without waiting for one answer before sending the next: every `PUBLISH` is handed to the
+    /// client's one connection before any answer is awaited, so they leave pipelined, in order.
     pub async fn publish_all(&self, events: &[(String, Vec<u8>)]) {
-        for (channel, bytes) in events {
-            let sent: Result<i64, Error> =
-                self.redis.publish(channel.as_str(), bytes.clone()).await;
-            match sent {
+        // `join_all` polls the futures in order on its first pass, and each one queues its
+        // command on its first poll: the order on the wire is the order of `events`.
+        let sent = futures_util::future::join_all(events.iter().map(|(channel, bytes)| {
+            self.redis
+                .publish::<i64, _, _>(channel.as_str(), bytes.clone())
+        }))
+        .await;
+        for ((channel, _), result) in events.iter().zip(sent) {
+            match result {
                 Ok(_) => metrics::counter!("chat_events_published_total").increment(1),
                 Err(e) => {
                     metrics::counter!("chat_event_publish_failures_total").increment(1);
                     tracing::warn!(error = %e, %channel, "could not publish an event");
                 }
             }
-        }
-    }
-
-    /// Encodes an event for [`Publisher::publish_all`], once for all its channels.
-    pub fn queue(events: &mut Vec<(String, Vec<u8>)>, channels: Vec<String>, event: &Event) {
-        match encode(event) {
-            Ok(bytes) => events.extend(channels.into_iter().map(|c| (c, bytes.clone()))),
-            Err(e) => tracing::error!(error = %e, "could not encode an event"),
         }
     }
 

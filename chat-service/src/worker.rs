@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     pub claim_idle_ms: u64,
     /// The content limit in characters.
     pub max_content_chars: usize,
+    /// Worker loops per process (`SEND_WORKERS`), each with its own Redis connection and
+    /// consumer name: one reads, resolves targets or acknowledges while another writes.
+    pub workers: usize,
 }
 
 pub struct SendWorker {
@@ -213,8 +216,10 @@ impl SendWorker {
             .collect();
 
         let (verdicts, turn) = self.judge(&commands).await?;
-        // Every event of the batch goes out in one pipelined round trip, messages in seq order.
-        let mut events = Vec::with_capacity(commands.len() * 2);
+        // The batch's events, grouped into one publish per channel (a conversation's messages
+        // in seq order), all sent pipelined.
+        let mut events: Vec<(String, Event)> = Vec::with_capacity(commands.len() * 2);
+        let published_at_us = shared::chat::now_us();
         for (command, verdict) in commands.iter().zip(&verdicts) {
             let Some(command) = command else { continue };
             match verdict {
@@ -225,23 +230,17 @@ impl SendWorker {
                     let message = Event::Message {
                         conversation_id: conversation.id,
                         message: m.clone(),
-                        published_at_us: shared::chat::now_us(),
+                        published_at_us,
                     };
-                    Publisher::queue(
-                        &mut events,
-                        self.publisher.message_channels(m, conversation.id),
-                        &message,
-                    );
+                    for channel in self.publisher.message_channels(m, conversation.id) {
+                        events.push((channel, message.clone()));
+                    }
                     let ack = Event::Ack {
                         session_id: command.session_id.clone(),
                         client_id: command.client_id.clone(),
                         message: m.clone(),
                     };
-                    Publisher::queue(
-                        &mut events,
-                        vec![self.keys.user_channel(command.user_id)],
-                        &ack,
-                    );
+                    events.push((self.keys.user_channel(command.user_id), ack));
                 }
                 Verdict::Refused { code, detail } => {
                     let failed = Event::SendFailed {
@@ -250,16 +249,16 @@ impl SendWorker {
                         code: (*code).to_owned(),
                         detail: detail.clone(),
                     };
-                    Publisher::queue(
-                        &mut events,
-                        vec![self.keys.user_channel(command.user_id)],
-                        &failed,
-                    );
+                    events.push((self.keys.user_channel(command.user_id), failed));
                 }
                 Verdict::Garbage => {}
             }
         }
-        self.publisher.publish_all(&events).await;
+        match shared::chat::batch_by_channel(events) {
+            Ok(payloads) => self.publisher.publish_all(&payloads).await,
+            // Not expected (every event encodes); gateways repair missing messages from history.
+            Err(e) => tracing::error!(error = %e, "could not encode a batch's events"),
+        }
         drop(turn);
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
         let count = ids.len() as u64;

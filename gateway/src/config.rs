@@ -26,9 +26,12 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// `MAX_CONNECTIONS_PER_USER`: connections one user may hold on this node (default 20).
     pub max_connections_per_user: usize,
-    /// `OUTBOUND_QUEUE`: frames queued per connection; when it fills the client is too slow and
-    /// is closed with 4008 (default 256). Ephemeral events are dropped from half full.
+    /// `OUTBOUND_QUEUE`: frames queued per connection (default 256). Ephemeral events are
+    /// dropped from half full. A burst may take the queue past it, up to four times it; a client
+    /// whose queue stays past it for longer than `SLOW_CONSUMER_GRACE_MS` (default 5000), or
+    /// reaches four times it, is too slow and is closed with 4008.
     pub outbound_queue: usize,
+    pub slow_consumer_grace: Duration,
     /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: `send_message` rate per connection (20, 40).
     pub send_rate_per_second: u32,
     pub send_burst: u32,
@@ -72,6 +75,10 @@ impl GatewayConfig {
             max_connections: config::parsed("MAX_CONNECTIONS", 18_000)?,
             max_connections_per_user: config::parsed("MAX_CONNECTIONS_PER_USER", 20)?,
             outbound_queue: config::parsed("OUTBOUND_QUEUE", 256)?,
+            slow_consumer_grace: Duration::from_millis(config::parsed(
+                "SLOW_CONSUMER_GRACE_MS",
+                5_000,
+            )?),
             send_rate_per_second: config::parsed("SEND_RATE_PER_SECOND", 20)?,
             send_burst: config::parsed("SEND_BURST", 40)?,
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,

@@ -8,9 +8,10 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex, MutexGuard, OnceLock,
     },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
@@ -54,6 +55,15 @@ pub struct Cursor {
     pub held: Option<Vec<(i64, Outbound)>>,
 }
 
+/// How far past its capacity a queue may grow while its connection is still catching up.
+pub const BURST_FACTOR: usize = 4;
+
+/// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 pub struct ConnShared {
     pub id: ConnId,
     pub user: Uuid,
@@ -63,6 +73,10 @@ pub struct ConnShared {
     /// Wakes the connection's task when `queue` gets a frame (a permit is kept if it is busy).
     queued: Notify,
     capacity: usize,
+    /// How long the queue may stay over `capacity` before the client counts as too slow.
+    grace: Duration,
+    /// When the queue last went over `capacity` ([`now_ms`]); 0 while it is not over.
+    over_since: AtomicU64,
     overflowed: AtomicBool,
     /// Wakes the connection's task to close it with 4008.
     pub overflow: Notify,
@@ -76,6 +90,7 @@ impl ConnShared {
         session: String,
         encoding: Encoding,
         capacity: usize,
+        grace: Duration,
     ) -> Self {
         Self {
             id,
@@ -85,6 +100,8 @@ impl ConnShared {
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             capacity: capacity.max(1),
+            grace,
+            over_since: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
             overflow: Notify::new(),
             cursors: Mutex::new(HashMap::new()),
@@ -100,7 +117,10 @@ impl ConnShared {
     }
 
     /// Queues a frame without waiting. Ephemeral frames are dropped once the queue is half
-    /// full; anything else that finds it full marks the client as too slow (closed with 4008).
+    /// full. A full queue may still grow, to [`BURST_FACTOR`] times its capacity, for as long
+    /// as the grace period: a burst (a batch of a busy room's messages arrives at once) is not
+    /// a slow client. A frame that finds the queue over capacity for longer than that, or at
+    /// the burst limit, marks the client as too slow (closed with 4008); nothing more queues.
     pub fn push(&self, out: Outbound) {
         if self.is_overflowed() {
             return;
@@ -111,12 +131,23 @@ impl ConnShared {
             return;
         }
         if queue.len() >= self.capacity {
-            drop(queue);
-            if !self.overflowed.swap(true, Ordering::Relaxed) {
-                metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
-                self.overflow.notify_one();
+            let now = now_ms();
+            let since = match self.over_since.load(Ordering::Relaxed) {
+                0 => {
+                    self.over_since.store(now, Ordering::Relaxed);
+                    now
+                }
+                since => since,
+            };
+            let too_long = now.saturating_sub(since) > self.grace.as_millis() as u64;
+            if too_long || queue.len() >= self.capacity.saturating_mul(BURST_FACTOR) {
+                drop(queue);
+                if !self.overflowed.swap(true, Ordering::Relaxed) {
+                    metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
+                    self.overflow.notify_one();
+                }
+                return;
             }
-            return;
         }
         queue.push_back(out);
         drop(queue);
@@ -136,7 +167,13 @@ impl ConnShared {
 
     /// The oldest queued frame, if any.
     pub fn pop(&self) -> Option<Outbound> {
-        self.queue().pop_front()
+        let mut queue = self.queue();
+        let out = queue.pop_front();
+        if queue.len() < self.capacity {
+            // Caught up (again): the grace period starts over the next time it fills.
+            self.over_since.store(0, Ordering::Relaxed);
+        }
+        out
     }
 
     /// Gives back the queue's memory if it is empty (called when the connection is idle).
@@ -200,9 +237,20 @@ mod tests {
         }
     }
 
+    fn conn(capacity: usize, grace: Duration) -> ConnShared {
+        ConnShared::new(
+            1,
+            Uuid::new_v4(),
+            "s".into(),
+            Encoding::Json,
+            capacity,
+            grace,
+        )
+    }
+
     #[test]
-    fn ephemeral_frames_go_first_then_the_connection_overflows() {
-        let conn = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 8);
+    fn ephemeral_frames_go_first_and_a_burst_may_pass_the_capacity() {
+        let conn = conn(8, Duration::from_secs(60));
         for _ in 0..4 {
             conn.push(frame(false));
         }
@@ -214,29 +262,49 @@ mod tests {
             .map(|o| o.ephemeral)
             .collect();
         assert_eq!(queued, vec![false; 5], "the ephemeral frame was dropped");
-        for _ in 0..8 {
+        for _ in 0..8 * BURST_FACTOR {
             conn.push(frame(false));
         }
         assert!(
             !conn.is_overflowed(),
-            "exactly full is not yet too far behind"
+            "a burst up to the burst limit, within the grace period, is not too far behind"
         );
         conn.push(frame(false));
         assert!(
             conn.is_overflowed(),
-            "one more frame than the queue holds marks it"
+            "one more frame than the burst limit marks it"
+        );
+        let before = conn.queued_len();
+        conn.push(frame(false));
+        assert_eq!(conn.queued_len(), before, "nothing queues after that");
+    }
+
+    #[test]
+    fn a_queue_over_capacity_for_longer_than_the_grace_period_overflows() {
+        let conn = conn(2, Duration::from_millis(30));
+        for _ in 0..3 {
+            conn.push(frame(false));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        // Catching up (below capacity) starts the grace period over.
+        conn.pop();
+        conn.pop();
+        conn.push(frame(false));
+        conn.push(frame(false));
+        conn.push(frame(false));
+        assert!(!conn.is_overflowed(), "it caught up in between");
+        assert_eq!(conn.queued_len(), 4);
+        std::thread::sleep(Duration::from_millis(50));
+        conn.push(frame(false));
+        assert!(
+            conn.is_overflowed(),
+            "over capacity for longer than the grace period"
         );
     }
 
     #[tokio::test]
     async fn a_waiting_task_is_woken_and_an_idle_queue_holds_no_memory() {
-        let conn = std::sync::Arc::new(ConnShared::new(
-            1,
-            Uuid::new_v4(),
-            "s".into(),
-            Encoding::Json,
-            64,
-        ));
+        let conn = std::sync::Arc::new(conn(64, Duration::from_secs(5)));
         let waiter = {
             let conn = conn.clone();
             tokio::spawn(async move {
@@ -265,7 +333,7 @@ mod tests {
 
     #[test]
     fn cursors_drop_duplicates_and_hold_during_sync() {
-        let conn = ConnShared::new(1, Uuid::new_v4(), "s".into(), Encoding::Json, 64);
+        let conn = conn(64, Duration::from_secs(5));
         let conv = Uuid::new_v4();
         conn.track(conv, 3);
         for seq in [2, 3, 4, 4, 5] {

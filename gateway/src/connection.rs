@@ -162,6 +162,7 @@ async fn open(
         crate::ws::session_id(),
         encoding,
         gw.config.outbound_queue,
+        gw.config.slow_consumer_grace,
     ));
     // Queued before the hub knows the connection, so `ready` is the first frame it gets.
     reply(

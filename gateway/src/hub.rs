@@ -448,7 +448,7 @@ impl Hub {
         None
     }
 
-    /// Handles one published event.
+    /// Handles one published payload: an event, or a batch of them in order.
     pub async fn dispatch(&self, channel: &str, bytes: &[u8]) {
         let event: Event = match decode(bytes) {
             Ok(e) => e,
@@ -458,6 +458,18 @@ impl Hub {
             }
         };
         match event {
+            Event::Batch(events) => {
+                for event in events {
+                    self.handle_event(channel, event).await;
+                }
+            }
+            event => self.handle_event(channel, event).await,
+        }
+    }
+
+    async fn handle_event(&self, channel: &str, event: Event) {
+        match event {
+            Event::Batch(_) => tracing::warn!(%channel, "nested event batch dropped"),
             Event::Message {
                 conversation_id,
                 message,

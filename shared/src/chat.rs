@@ -193,6 +193,39 @@ pub enum Event {
         code: String,
         detail: String,
     },
+    /// Several events for one channel, in order, in one publish: the send worker publishes a
+    /// batch's events this way (one `PUBLISH` per channel per batch, not one per event).
+    /// Batches are not nested.
+    Batch(Vec<Event>),
+}
+
+/// Groups `(channel, event)` pairs into one payload per channel: the channel's events in their
+/// order, as a [`Event::Batch`] when there are several. Channels come in order of first use.
+pub fn batch_by_channel(
+    events: Vec<(String, Event)>,
+) -> Result<Vec<(String, Vec<u8>)>, rmp_serde::encode::Error> {
+    let mut order: Vec<String> = Vec::new();
+    let mut grouped: std::collections::HashMap<String, Vec<Event>> =
+        std::collections::HashMap::new();
+    for (channel, event) in events {
+        let list = grouped.entry(channel.clone()).or_default();
+        if list.is_empty() {
+            order.push(channel);
+        }
+        list.push(event);
+    }
+    order
+        .into_iter()
+        .filter_map(|channel| {
+            let mut list = grouped.remove(&channel)?;
+            let encoded = if list.len() == 1 {
+                encode(&list.pop()?)
+            } else {
+                encode(&Event::Batch(list))
+            };
+            Some(encoded.map(|bytes| (channel, bytes)))
+        })
+        .collect()
 }
 
 /// Now, in Unix microseconds.
@@ -248,6 +281,38 @@ mod tests {
             created_at: Utc::now(),
             edited_at: None,
         }
+    }
+
+    #[test]
+    fn events_are_batched_per_channel_in_order() {
+        let m = message();
+        let ack = |c: &str| Event::Ack {
+            session_id: "s".into(),
+            client_id: c.into(),
+            message: m.clone(),
+        };
+        let presence = Event::Presence {
+            user_id: m.from_user_id,
+            online: true,
+        };
+        let out = batch_by_channel(vec![
+            ("a".into(), ack("1")),
+            ("b".into(), presence.clone()),
+            ("a".into(), ack("2")),
+        ])
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].0, "a");
+        assert_eq!(
+            decode::<Event>(&out[0].1).unwrap(),
+            Event::Batch(vec![ack("1"), ack("2")])
+        );
+        assert_eq!(out[1].0, "b");
+        assert_eq!(
+            decode::<Event>(&out[1].1).unwrap(),
+            presence,
+            "one event is sent alone"
+        );
     }
 
     #[test]

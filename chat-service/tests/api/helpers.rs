@@ -50,6 +50,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
             batch_size: 64,
             claim_idle_ms: 1000,
             max_content_chars: 4000,
+            workers: 2,
         },
     }
 }
@@ -204,9 +205,15 @@ impl TestApp {
         tokio::spawn(async move {
             while let Ok(m) = messages.recv().await {
                 let bytes: Vec<u8> = m.value.convert().unwrap();
-                let event: Event = decode(&bytes).unwrap();
-                if tx.send((m.channel.to_string(), event)).is_err() {
-                    break;
+                // A batch is its events in order, as a gateway handles it.
+                let events = match decode(&bytes).unwrap() {
+                    Event::Batch(events) => events,
+                    event => vec![event],
+                };
+                for event in events {
+                    if tx.send((m.channel.to_string(), event)).is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -76,6 +76,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         max_connections: 1000,
         max_connections_per_user: 5,
         outbound_queue: 256,
+        slow_consumer_grace: Duration::from_secs(5),
         send_rate_per_second: 20,
         send_burst: 40,
         typing_rate_per_second: 4,
@@ -116,6 +117,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
             batch_size: 64,
             claim_idle_ms: 2000,
             max_content_chars: 4000,
+            workers: 2,
         },
     };
     config.server.port = 0;

@@ -75,7 +75,9 @@ async fn a_redis_reconnect_loses_nothing(db: PgPool) {
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
-    let s = stack(db, 1, |c| c.outbound_queue = 16).await;
+    // A small queue, so the silent client is found out soon; bursts of a whole send batch (64
+    // here) still fit in what a connection catching up may hold.
+    let s = stack(db, 1, |c| c.outbound_queue = 32).await;
     let alice = s.user("alice").await;
     let slow = s.user("slow").await;
     let room = s.room(&alice, "r", &[&slow]).await;
