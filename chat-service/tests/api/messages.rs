@@ -328,3 +328,49 @@ async fn content_and_reply_rules(db: PgPool) {
         .unwrap();
     assert_error(r, StatusCode::BAD_REQUEST, "invalid_json").await;
 }
+
+/// Messages follow their conversation out (a trigger since the foreign key was dropped from the
+/// send path): deleting a room deletes its conversation and its messages, replies included,
+/// and nothing of any other conversation.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn deleting_a_room_deletes_its_messages_and_no_others(db: PgPool) {
+    let app = spawn_app(db.clone()).await;
+    let alice = app.user("alice").await;
+    let gone = app.room(&alice, "gone", &[]).await;
+    let kept = app.room(&alice, "kept", &[]).await;
+    let first = app.send(&alice, &format!("room/{gone}"), "one").await;
+    let reply = app
+        .post(
+            &alice,
+            &format!("/chat/messages/room/{gone}"),
+            json!({"content": "two", "reply_to_id": first["id"]}),
+        )
+        .await;
+    assert!(reply.status().is_success(), "{}", reply.status());
+    app.send(&alice, &format!("room/{kept}"), "stays").await;
+    let count = |room: Uuid| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages WHERE room_id = $1")
+                .bind(room)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(gone).await, 2);
+    sqlx::query("DELETE FROM rooms WHERE id = $1")
+        .bind(gone)
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(count(gone).await, 0);
+    assert_eq!(count(kept).await, 1);
+    let conversations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM conversations WHERE room_id = $1")
+            .bind(gone)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(conversations, 0);
+}
