@@ -246,7 +246,10 @@ async fn try_persist(
         // by its number of new messages, insert every message, move each sender's read
         // position to their newest message. A duplicate client_id fails it whole.
         // Run in the publisher's turn, so this process publishes in commit order.
+        let waiting = std::time::Instant::now();
         let my_turn = publisher.turn().await;
+        metrics::histogram!("chat_send_stage_seconds", "stage" => "turn")
+            .record(waiting.elapsed().as_secs_f64());
         let inserted = sqlx::query_as!(
             MessageRow,
             r#"WITH input AS (

@@ -33,8 +33,11 @@ use crate::{
     publish::{PublishTurn, Publisher},
 };
 
-/// The field of a stream entry that holds the MessagePack-encoded [`SendCommand`].
-pub const COMMAND_FIELD: &str = "c";
+/// The field of a stream entry that holds several (gateways gather the sends that arrive while
+/// their previous `XADD` is under way).
+pub use shared::chat::SEND_BATCH_FIELD as BATCH_FIELD;
+/// The field of a stream entry that holds one MessagePack-encoded [`SendCommand`].
+pub use shared::chat::SEND_FIELD as COMMAND_FIELD;
 
 /// Settings of the send worker.
 #[derive(Debug, Clone)]
@@ -113,6 +116,9 @@ impl SendWorker {
         let mut backoff = Duration::from_millis(200);
         let mut own_pending_first = true;
         let mut last_claim = tokio::time::Instant::now();
+        // Entries to read at once: `SEND_BATCH_SIZE` commands' worth, as far as the last read
+        // tells how many commands an entry holds.
+        let mut count = self.config.batch_size.max(1);
         while !*shutdown.borrow() {
             let step = async {
                 self.ensure_group().await.map_err(ApiError::from)?;
@@ -125,18 +131,24 @@ impl SendWorker {
                 }
                 // After a failure, this consumer's own pending entries ("0") come before new ones (">").
                 let from = if own_pending_first { "0" } else { ">" };
-                let entries = self.read(from).await?;
+                let entries = self.read(from, count).await?;
                 if from == "0" && entries.is_empty() {
                     own_pending_first = false;
                 }
-                self.process(entries).await
+                let read = entries.len();
+                let commands = self.process(entries).await?;
+                Ok::<_, ApiError>((read, commands))
             };
             let outcome = tokio::select! {
                 r = step => r,
                 _ = shutdown.changed() => break,
             };
             match outcome {
-                Ok(()) => backoff = Duration::from_millis(200),
+                Ok((read, commands)) => {
+                    backoff = Duration::from_millis(200);
+                    count =
+                        entries_per_read(self.config.batch_size, read, commands).unwrap_or(count);
+                }
                 Err(e) => {
                     own_pending_first = true;
                     tracing::warn!(error = %e, "send worker: batch failed, will retry");
@@ -151,14 +163,14 @@ impl SendWorker {
         tracing::info!("send worker stopped");
     }
 
-    async fn read(&self, from: &str) -> Result<Vec<StreamEntry>, ApiError> {
+    async fn read(&self, from: &str, count: u64) -> Result<Vec<StreamEntry>, ApiError> {
         let block = if from == ">" { Some(1000) } else { None };
         let response: Value = self
             .reader
             .xreadgroup(
                 self.keys.send_group(),
                 &self.consumer,
-                Some(self.config.batch_size),
+                Some(count),
                 block,
                 false,
                 self.keys.send_stream(),
@@ -194,27 +206,17 @@ impl SendWorker {
         Ok(())
     }
 
-    /// Persists a batch, publishes its events, then acknowledges it. An error leaves the whole
-    /// batch pending.
-    pub async fn process(&self, entries: Vec<StreamEntry>) -> Result<(), ApiError> {
+    /// Persists a batch, publishes its events, then acknowledges it; returns how many commands
+    /// the entries held. An error leaves the whole batch pending.
+    pub async fn process(&self, entries: Vec<StreamEntry>) -> Result<usize, ApiError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let started = std::time::Instant::now();
         let commands: Vec<Option<SendCommand>> = entries
             .iter()
-            .map(|(id, fields)| {
-                let decoded = fields.get(COMMAND_FIELD).map(|b| decode::<SendCommand>(b));
-                match decoded {
-                    Some(Ok(c)) => Some(c),
-                    _ => {
-                        tracing::warn!(entry = %id, "undecodable send entry dropped");
-                        None
-                    }
-                }
-            })
+            .flat_map(|(id, fields)| decode_entry(id, fields))
             .collect();
-
         let (verdicts, turn) = self.judge(&commands).await?;
         // The batch's events, grouped into one publish per channel (a conversation's messages
         // in seq order), all sent pipelined.
@@ -254,29 +256,37 @@ impl SendWorker {
                 Verdict::Garbage => {}
             }
         }
+        let publishing = std::time::Instant::now();
         match shared::chat::batch_by_channel(events) {
             Ok(payloads) => self.publisher.publish_all(&payloads).await,
             // Not expected (every event encodes); gateways repair missing messages from history.
             Err(e) => tracing::error!(error = %e, "could not encode a batch's events"),
         }
         drop(turn);
+        stage("publish", publishing);
+        let acking = std::time::Instant::now();
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
         let count = ids.len() as u64;
-        let _: i64 = self
-            .reader
-            .xack(self.keys.send_stream(), self.keys.send_group(), ids.clone())
-            .await?;
-        // Done with for good (chat-service is the stream's only group): delete them so the
-        // stream stays as short as the work in progress. Best effort: a failure leaves entries
-        // that are acknowledged, harmless, and deleted by nobody.
-        let deleted: Result<i64, Error> = self.reader.xdel(self.keys.send_stream(), ids).await;
+        // Done with for good (chat-service is the stream's only group): acknowledge and delete
+        // them, both commands sent before either answer is awaited (one round trip; Redis runs
+        // them in order), so the stream stays as short as the work in progress. The delete is
+        // best effort: a failure leaves entries that are acknowledged, harmless, and deleted by
+        // nobody.
+        let stream = self.keys.send_stream();
+        let (acked, deleted) = tokio::join!(
+            self.reader
+                .xack::<i64, _, _, _>(&stream, self.keys.send_group(), ids.clone()),
+            self.reader.xdel::<i64, _, _>(&stream, ids),
+        );
+        acked?;
         if let Err(e) = deleted {
             tracing::debug!(error = %e, "could not delete processed send entries");
         }
+        stage("ack", acking);
         metrics::counter!("chat_send_entries_processed_total").increment(count);
         metrics::histogram!("chat_send_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(commands.len())
     }
 
     /// Validates, authorizes and persists the commands. Transient failures are errors (the
@@ -307,10 +317,10 @@ impl SendWorker {
         targets.sort_unstable_by_key(|(u, t, c)| (*u, t.as_db(), *c));
         targets.dedup();
         let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
-        for (target, result) in targets
-            .iter()
-            .zip(conversation::for_sending_many(&self.db, &targets).await?)
-        {
+        let resolving = std::time::Instant::now();
+        let resolutions = conversation::for_sending_many(&self.db, &targets).await?;
+        stage("resolve", resolving);
+        for (target, result) in targets.iter().zip(resolutions) {
             let r = match result {
                 Ok(conv) => Ok(conv),
                 Err(e) if is_transient(&e) => return Err(e),
@@ -353,7 +363,9 @@ impl SendWorker {
         }
         let mut turn = None;
         if !drafts.is_empty() {
+            let writing = std::time::Instant::now();
             let persisted = pipeline::persist(&self.db, &self.publisher, &drafts).await?;
+            stage("write", writing);
             turn = persisted.turn;
             for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {
                 verdicts[i] = Some(match result {
@@ -369,6 +381,32 @@ impl SendWorker {
             .collect();
         Ok((verdicts, turn))
     }
+}
+
+/// How many entries to read next so that a read holds about `batch_size` commands, given that
+/// the last `read` entries held `commands`; `None` when the last read tells nothing.
+fn entries_per_read(batch_size: u64, read: usize, commands: usize) -> Option<u64> {
+    if read == 0 || commands == 0 {
+        return None;
+    }
+    let per_entry = (commands as f64 / read as f64).max(1.0);
+    Some(((batch_size as f64 / per_entry).round() as u64).clamp(1, batch_size.max(1)))
+}
+
+/// The commands of one stream entry: one (`c`), or the several a gateway gathered (`b`); an
+/// entry that cannot be decoded counts as one command nobody can be told about.
+fn decode_entry(id: &str, fields: &HashMap<String, Vec<u8>>) -> Vec<Option<SendCommand>> {
+    let decoded = if let Some(bytes) = fields.get(COMMAND_FIELD) {
+        decode::<SendCommand>(bytes).map(|c| vec![Some(c)])
+    } else if let Some(bytes) = fields.get(BATCH_FIELD) {
+        decode::<Vec<SendCommand>>(bytes).map(|list| list.into_iter().map(Some).collect())
+    } else {
+        Ok(vec![None])
+    };
+    decoded.unwrap_or_else(|e| {
+        tracing::warn!(entry = %id, error = %e, "undecodable send entry dropped");
+        vec![None]
+    })
 }
 
 /// Entries of an `XREADGROUP` answer (`[[stream, entries]]`, a map in RESP3, or nil).
@@ -418,6 +456,12 @@ fn parse_entries(entries: Value) -> Vec<StreamEntry> {
         .collect()
 }
 
+/// Records how long one stage of a send batch took (`chat_send_stage_seconds`).
+fn stage(name: &'static str, since: std::time::Instant) {
+    metrics::histogram!("chat_send_stage_seconds", "stage" => name)
+        .record(since.elapsed().as_secs_f64());
+}
+
 fn is_transient(e: &ApiError) -> bool {
     e.status.is_server_error()
 }
@@ -443,5 +487,42 @@ fn refusal(e: &ApiError) -> Verdict {
     Verdict::Refused {
         code: code_for(e),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::chat::{encode, MessageType};
+
+    #[test]
+    fn reads_aim_at_batch_size_commands() {
+        assert_eq!(entries_per_read(512, 512, 512), Some(512));
+        assert_eq!(entries_per_read(512, 10, 640), Some(8));
+        assert_eq!(entries_per_read(512, 1, 5000), Some(1));
+        assert_eq!(entries_per_read(512, 0, 0), None);
+        assert_eq!(entries_per_read(512, 3, 0), None);
+    }
+
+    #[test]
+    fn entries_hold_one_command_or_several() {
+        let command = SendCommand {
+            user_id: Uuid::nil(),
+            session_id: "s".into(),
+            client_id: "c".into(),
+            chat_type: ChatType::Room,
+            chat_id: Uuid::nil(),
+            content: "hi".into(),
+            message_type: MessageType::Text,
+            reply_to_id: None,
+        };
+        let one = HashMap::from([(COMMAND_FIELD.to_owned(), encode(&command).unwrap())]);
+        assert_eq!(decode_entry("1-0", &one), vec![Some(command.clone())]);
+        let list = vec![command.clone(), command.clone(), command.clone()];
+        let many = HashMap::from([(BATCH_FIELD.to_owned(), encode(&list).unwrap())]);
+        assert_eq!(decode_entry("2-0", &many).len(), 3);
+        let garbage = HashMap::from([(BATCH_FIELD.to_owned(), b"nope".to_vec())]);
+        assert_eq!(decode_entry("3-0", &garbage), vec![None]);
+        assert_eq!(decode_entry("4-0", &HashMap::new()), vec![None]);
     }
 }

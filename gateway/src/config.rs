@@ -32,6 +32,10 @@ pub struct GatewayConfig {
     /// reaches four times it, is too slow and is closed with 4008.
     pub outbound_queue: usize,
     pub slow_consumer_grace: Duration,
+    /// `SEND_ENTRY_MAX_COMMANDS`: the most `send_message` commands one send-stream entry
+    /// gathers (default 64). 1 writes one command per entry, which every chat-service version
+    /// reads: use it while chat-service replicas older than gathered entries still run.
+    pub send_entry_max_commands: usize,
     /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: `send_message` rate per connection (20, 40).
     pub send_rate_per_second: u32,
     pub send_burst: u32,
@@ -79,6 +83,8 @@ impl GatewayConfig {
                 "SLOW_CONSUMER_GRACE_MS",
                 5_000,
             )?),
+            send_entry_max_commands: config::parsed::<usize>("SEND_ENTRY_MAX_COMMANDS", 64)?
+                .clamp(1, 1024),
             send_rate_per_second: config::parsed("SEND_RATE_PER_SECOND", 20)?,
             send_burst: config::parsed("SEND_BURST", 40)?,
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,

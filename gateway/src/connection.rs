@@ -109,7 +109,7 @@ fn reply<D: Serialize>(conn: &ConnShared, kind: &'static str, data: &D) {
     }
 }
 
-fn reply_error(conn: &ConnShared, e: &FrameError) {
+pub(crate) fn reply_error(conn: &ConnShared, e: &FrameError) {
     reply(
         conn,
         "error",
@@ -439,7 +439,7 @@ async fn handle(
                 message_type: m.message_type,
                 reply_to_id: m.reply_to_id,
             };
-            gw.bus.send(&command).await.map_err(|_| {
+            gw.bus.sends.send(conn, command).await.map_err(|_| {
                 refuse(
                     "unavailable",
                     "messages cannot be accepted right now; retry",

@@ -9,6 +9,7 @@
 //! - [`presence`] — online/offline across gateways.
 //! - [`protocol`] — the contract's envelopes, JSON or MessagePack.
 //! - [`chat_client`] — chat-service's internal API.
+//! - [`sends`] — the node's writer to the send stream (sends gathered into one `XADD`).
 
 pub mod chat_client;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod hub;
 pub mod presence;
 pub mod protocol;
+pub mod sends;
 pub mod ws;
 
 use std::{sync::Arc, time::Duration};
@@ -24,7 +26,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{routing::get, Router};
 use fred::prelude::*;
-use shared::{chat::SendCommand, health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys};
+use shared::{health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -33,27 +35,11 @@ pub use config::GatewayConfig;
 /// The send bus and event publishing, through the node's command connection.
 pub struct Bus {
     redis: Client,
-    keys: Keys,
+    /// `send_message` commands on their way to the send stream.
+    pub sends: sends::Sends,
 }
 
 impl Bus {
-    /// Hands a `send_message` to chat-service through the send stream.
-    pub async fn send(&self, command: &SendCommand) -> Result<(), Error> {
-        let bytes = shared::chat::encode(command)
-            .map_err(|e| Error::new(ErrorKind::Parse, e.to_string()))?;
-        let _: String = self
-            .redis
-            .xadd(
-                self.keys.send_stream(),
-                false,
-                None,
-                "*",
-                vec![("c", bytes)],
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Publishes an ephemeral event (typing).
     pub async fn publish(&self, channel: String, bytes: Vec<u8>) {
         let sent: Result<i64, Error> = self.redis.publish(channel, bytes).await;
@@ -98,6 +84,7 @@ pub struct Application {
     port: u16,
     gateway: Arc<Gateway>,
     subscriber: Client,
+    writer: sends::Writer,
     stop: watch::Sender<bool>,
 }
 
@@ -125,6 +112,8 @@ impl Application {
         let chat = chat_client::ChatClient::new(&config.chat_service_url, jwt.clone())
             .context("CHAT_SERVICE_URL")?;
         let node = format!("gw-{}", uuid::Uuid::new_v4().simple());
+        let (sends, writer) =
+            sends::channel(redis.clone(), keys.clone(), config.send_entry_max_commands);
         let (stop, shutdown) = watch::channel(false);
         let gateway = Arc::new(Gateway {
             hub: hub::Hub::new(
@@ -136,7 +125,7 @@ impl Application {
             ),
             bus: Bus {
                 redis: redis.clone(),
-                keys: keys.clone(),
+                sends,
             },
             presence: presence::Presence::new(redis.clone(), keys, node, config.presence_ttl),
             jwt,
@@ -167,6 +156,7 @@ impl Application {
             port,
             gateway,
             subscriber,
+            writer,
             stop,
         })
     }
@@ -205,6 +195,7 @@ impl Application {
             tokio::spawn(dispatch(gw.clone(), self.subscriber.clone())),
             tokio::spawn(watch_reconnects(gw.clone(), self.subscriber.clone())),
             tokio::spawn(refresh_presence(gw.clone())),
+            tokio::spawn(self.writer.run()),
         ];
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let served = axum::serve(
@@ -224,7 +215,9 @@ impl Application {
         );
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + gw.config.shutdown_grace;
-        while gw.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        while (gw.hub.connection_count() > 0 || gw.bus.sends.unfinished() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for t in tasks {

@@ -233,6 +233,12 @@ pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
 }
 
+/// The field of a send-stream entry that holds one MessagePack-encoded [`SendCommand`].
+pub const SEND_FIELD: &str = "c";
+/// The field of a send-stream entry that holds a MessagePack array of [`SendCommand`]s: the
+/// sends a gateway gathered while its previous `XADD` was under way, in the order they came.
+pub const SEND_BATCH_FIELD: &str = "b";
+
 /// A `send_message` a gateway hands to chat-service through the send stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendCommand {

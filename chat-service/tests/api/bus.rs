@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_service::worker::COMMAND_FIELD;
+use chat_service::worker::{BATCH_FIELD, COMMAND_FIELD};
 use fred::prelude::*;
 use shared::chat::{encode, ChatType, Event, MessageType, SendCommand};
 use sqlx::PgPool;
@@ -192,6 +192,89 @@ async fn refused_commands_get_send_failed_and_garbage_is_dropped(db: PgPool) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pending = pending(&redis, &app).await;
     assert_eq!(pending, 0, "garbage is acknowledged, not retried for ever");
+}
+
+/// Gateways gather the sends that arrive while their previous `XADD` is under way into one
+/// entry: its commands are judged one by one (one refused, the rest stored in order), and an
+/// entry that cannot be decoded is acknowledged and dropped without holding up the others.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn an_entry_of_several_commands_is_judged_command_by_command(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let bobs = app.room(&bob, "bobs", &[]).await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = redis().await;
+    let xadd = |field: &'static str, bytes: Vec<u8>| {
+        let redis = redis.clone();
+        let stream = app.keys.send_stream();
+        async move {
+            let _: String = redis
+                .xadd(stream, false, None, "*", vec![(field, bytes)])
+                .await
+                .unwrap();
+        }
+    };
+    let first: Vec<SendCommand> = (0..5)
+        .map(|i| command(alice.id, ChatType::Room, room, &format!("a{i}"), "hi"))
+        .chain([command(alice.id, ChatType::Room, bobs, "refused", "no")])
+        .collect();
+    xadd(BATCH_FIELD, encode(&first).unwrap()).await;
+    xadd(BATCH_FIELD, b"not msgpack".to_vec()).await;
+    push(
+        &redis,
+        &app,
+        &[command(alice.id, ChatType::Room, room, "single", "hi")],
+    )
+    .await;
+    let second: Vec<SendCommand> = (5..8)
+        .map(|i| command(alice.id, ChatType::Room, room, &format!("a{i}"), "hi"))
+        .collect();
+    xadd(BATCH_FIELD, encode(&second).unwrap()).await;
+
+    let mut outcomes = std::collections::BTreeMap::new();
+    while outcomes.len() < 10 {
+        match watcher.next().await.1 {
+            Event::SendFailed {
+                client_id, code, ..
+            } => {
+                outcomes.insert(client_id, code);
+            }
+            Event::Ack {
+                client_id, message, ..
+            } => {
+                outcomes.insert(client_id, message.seq.to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(outcomes["refused"], "forbidden");
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT client_id, seq FROM messages ORDER BY seq")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let mut order: Vec<&str> = stored.iter().map(|(c, _)| c.as_str()).collect();
+    // An entry's commands are stored in its order; separate entries may be taken by different
+    // worker loops, so only their sets are compared.
+    let within = |ids: &[&str]| {
+        order.iter().filter(|c| ids.contains(c)).count() == ids.len()
+            && order.iter().filter(|c| ids.contains(c)).eq(ids.iter())
+    };
+    assert!(within(&["a0", "a1", "a2", "a3", "a4"]), "{order:?}");
+    assert!(within(&["a5", "a6", "a7"]), "{order:?}");
+    order.sort_unstable();
+    assert_eq!(
+        order,
+        ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "single"],
+        "each stored once"
+    );
+    for (client_id, seq) in &stored {
+        assert_eq!(outcomes[client_id], seq.to_string(), "{client_id}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pending(&redis, &app).await, 0, "every entry acknowledged");
 }
 
 /// The real binary is SIGKILLed while it works through a backlog, then started again: every

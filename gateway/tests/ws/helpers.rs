@@ -77,6 +77,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         max_connections_per_user: 5,
         outbound_queue: 256,
         slow_consumer_grace: Duration::from_secs(5),
+        send_entry_max_commands: 64,
         send_rate_per_second: 20,
         send_burst: 40,
         typing_rate_per_second: 4,

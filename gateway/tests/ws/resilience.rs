@@ -399,3 +399,89 @@ async fn tokens_never_reach_the_logs(db: PgPool) {
     assert!(!text.contains(forged), "a refused token was logged");
     assert!(!text.contains("token="), "a query string was logged");
 }
+
+/// A send the stream will not take (here: the stream key holds a string, so `XADD` fails with
+/// WRONGTYPE) is answered at once with `unavailable` and its `client_id`; the connection stays
+/// open, and the same send goes through once the stream is back.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_send_the_stream_refuses_is_answered_unavailable(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut a = s.connect(0, &alice).await;
+    let admin = redis().await;
+    let stream = shared::keys::Keys::new(s.prefix.clone()).send_stream();
+    let _: i64 = admin.del(&stream).await.unwrap();
+    let _: () = admin
+        .set(&stream, "not a stream", None, None, false)
+        .await
+        .unwrap();
+    let send = json!({"content": "hi", "chat_type": "room", "chat_id": room, "client_id": "one"});
+    a.send("send_message", send.clone()).await;
+    let refused = a.expect("error").await;
+    assert_eq!(refused["data"]["code"], "unavailable");
+    assert_eq!(refused["data"]["client_id"], "one");
+
+    let _: i64 = admin.del(&stream).await.unwrap();
+    a.send("send_message", send).await;
+    let ack = a.expect("ack").await;
+    assert_eq!(ack["data"]["client_id"], "one");
+    assert_eq!(ack["data"]["message"]["seq"], 1);
+}
+
+/// Sends that reach the node's stream writer together leave in one entry, in the order they
+/// were handed over; a lone send is an entry of its own.
+#[tokio::test]
+async fn sends_handed_over_together_share_one_entry_in_order() {
+    use gateway::{conn::ConnShared, protocol::Encoding, sends};
+    use shared::chat::{decode, ChatType, MessageType, SendCommand, SEND_BATCH_FIELD, SEND_FIELD};
+
+    let admin = redis().await;
+    let keys = shared::keys::Keys::new(format!("test:{}:", Uuid::new_v4().simple()));
+    let (handle, writer) = sends::channel(admin.clone(), keys.clone(), 64);
+    let conn = std::sync::Arc::new(ConnShared::new(
+        1,
+        Uuid::new_v4(),
+        "s".into(),
+        Encoding::Json,
+        16,
+        Duration::from_secs(5),
+    ));
+    let command = |i: usize| SendCommand {
+        user_id: conn.user,
+        session_id: "s".into(),
+        client_id: format!("c{i}"),
+        chat_type: ChatType::Room,
+        chat_id: Uuid::nil(),
+        content: format!("m{i}"),
+        message_type: MessageType::Text,
+        reply_to_id: None,
+    };
+    // Handed over before the writer runs: they are all waiting when it first looks.
+    for i in 0..10 {
+        handle.send(&conn, command(i)).await.unwrap();
+    }
+    assert_eq!(handle.unfinished(), 10);
+    let writer = tokio::spawn(writer.run());
+    assert!(eventually(Duration::from_secs(5), || handle.unfinished() == 0).await);
+    handle.send(&conn, command(10)).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || handle.unfinished() == 0).await);
+
+    type Fields = Vec<(String, Vec<u8>)>;
+    let entries: Vec<(String, Fields)> = admin
+        .xrange(keys.send_stream(), "-", "+", None)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 2, "one entry for the ten, one for the last");
+    let (field, bytes) = &entries[0].1[0];
+    assert_eq!(field, SEND_BATCH_FIELD);
+    let gathered: Vec<SendCommand> = decode(bytes).unwrap();
+    let ids: Vec<&str> = gathered.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(ids, (0..10).map(|i| format!("c{i}")).collect::<Vec<_>>());
+    let (field, bytes) = &entries[1].1[0];
+    assert_eq!(field, SEND_FIELD);
+    assert_eq!(decode::<SendCommand>(bytes).unwrap(), command(10));
+    assert_eq!(conn.queued_len(), 0, "nobody was told of a failure");
+    writer.abort();
+    let _: i64 = admin.del(keys.send_stream()).await.unwrap();
+}
