@@ -4,7 +4,7 @@
 //! undone: the data is committed, and gateways repair a missing `message` from history when the
 //! next seq of that conversation arrives.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use fred::prelude::*;
 use shared::{
@@ -21,7 +21,8 @@ pub struct Publisher {
     order: Arc<Mutex<()>>,
 }
 
-/// Held from just before a send's statement runs until its events are published: within one
+/// Held from just before a send's statement runs until its events are queued for publishing
+/// (on the one Redis connection, which keeps their order): within one
 /// process, REST sends and the send worker then publish a conversation's messages in `seq`
 /// order. Nothing waits for a row lock while holding it except the statement itself, whose
 /// locks no other holder of the turn in this process can be holding, so it cannot deadlock.
@@ -71,13 +72,39 @@ impl Publisher {
     /// without waiting for one answer before sending the next: every `PUBLISH` is handed to the
     /// client's one connection before any answer is awaited, so they leave pipelined, in order.
     pub async fn publish_all(&self, events: &[(String, Vec<u8>)]) {
+        self.publish_all_then_release(events, None).await;
+    }
+
+    /// As [`Publisher::publish_all`], giving up `turn` as soon as every `PUBLISH` is queued on
+    /// the connection, before the answers come back: the next holder's publishes queue behind
+    /// these on the same connection, so the order on the wire (and so at Redis) is still the
+    /// turn's order, and the next statement need not wait for this batch's round trip.
+    pub async fn publish_all_then_release(
+        &self,
+        events: &[(String, Vec<u8>)],
+        turn: Option<PublishTurn>,
+    ) {
         // `join_all` polls the futures in order on its first pass, and each one queues its
         // command on its first poll: the order on the wire is the order of `events`.
-        let sent = futures_util::future::join_all(events.iter().map(|(channel, bytes)| {
-            self.redis
-                .publish::<i64, _, _>(channel.as_str(), bytes.clone())
-        }))
+        let mut sending = std::pin::pin!(futures_util::future::join_all(events.iter().map(
+            |(channel, bytes)| {
+                self.redis
+                    .publish::<i64, _, _>(channel.as_str(), bytes.clone())
+            }
+        )));
+        let mut early = None;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(done) = sending.as_mut().poll(cx) {
+                early = Some(done);
+            }
+            std::task::Poll::Ready(())
+        })
         .await;
+        drop(turn);
+        let sent = match early {
+            Some(done) => done,
+            None => sending.await,
+        };
         for ((channel, _), result) in events.iter().zip(sent) {
             match result {
                 Ok(_) => metrics::counter!("chat_events_published_total").increment(1),

@@ -258,11 +258,17 @@ impl SendWorker {
         }
         let publishing = std::time::Instant::now();
         match shared::chat::batch_by_channel(events) {
-            Ok(payloads) => self.publisher.publish_all(&payloads).await,
+            Ok(payloads) => {
+                self.publisher
+                    .publish_all_then_release(&payloads, turn)
+                    .await
+            }
             // Not expected (every event encodes); gateways repair missing messages from history.
-            Err(e) => tracing::error!(error = %e, "could not encode a batch's events"),
+            Err(e) => {
+                drop(turn);
+                tracing::error!(error = %e, "could not encode a batch's events");
+            }
         }
-        drop(turn);
         stage("publish", publishing);
         let acking = std::time::Instant::now();
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
