@@ -250,8 +250,7 @@ async fn try_persist(
         let my_turn = publisher.turn().await;
         metrics::histogram!("chat_send_stage_seconds", "stage" => "turn")
             .record(waiting.elapsed().as_secs_f64());
-        let inserted = sqlx::query_as!(
-            MessageRow,
+        let inserted = sqlx::query!(
             r#"WITH input AS (
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
                                         $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
@@ -282,7 +281,7 @@ async fn try_persist(
                           i.room_id, i.group_id, i.content, i.message_type, i.chat_type,
                           i.reply_to_id, i.client_id
                    FROM input i JOIN bumped b ON b.id = i.conversation_id
-                   RETURNING *
+                   RETURNING id, conversation_id, from_user_id, seq, created_at
                ),
                read_positions AS (
                    UPDATE conversation_members m
@@ -291,12 +290,7 @@ async fn try_persist(
                          FROM inserted GROUP BY conversation_id, from_user_id) r
                    WHERE m.conversation_id = r.conversation_id AND m.user_id = r.from_user_id
                )
-               SELECT id AS "id!", conversation_id AS "conversation_id!", seq AS "seq!",
-                      from_user_id AS "from_user_id!", to_user_id, room_id, group_id,
-                      content AS "content!", message_type AS "message_type!",
-                      chat_type AS "chat_type!", reply_to_id, client_id,
-                      is_edited AS "is_edited!", edited_at, is_deleted AS "is_deleted!",
-                      deleted_at, created_at AS "created_at!"
+               SELECT id AS "id!", seq AS "seq!", created_at AS "created_at!"
                FROM inserted"#,
             &ids,
             &conversation_ids,
@@ -320,12 +314,33 @@ async fn try_persist(
         };
         turn = Some(my_turn);
         // A draft without a row: its conversation was deleted meanwhile (the rest were
-        // written, with gap-free seqs).
+        // written, with gap-free seqs). Only what the database chose comes back (seq, the
+        // commit-time created_at); the rest of each message is the draft as written.
         let written = rows.len() as u64;
-        let mut by_id: HashMap<Uuid, MessageRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+        let mut by_id: HashMap<Uuid, (i64, chrono::DateTime<chrono::Utc>)> = rows
+            .into_iter()
+            .map(|r| (r.id, (r.seq, r.created_at)))
+            .collect();
         for (k, &i) in new.iter().enumerate() {
+            let d = &drafts[i];
             results[i] = Some(match by_id.remove(&ids[k]) {
-                Some(row) => Message::try_from(row).map(Outcome::Created),
+                Some((seq, created_at)) => Ok(Outcome::Created(Message {
+                    id: ids[k],
+                    seq,
+                    chat_type: d.conversation.chat_type,
+                    from_user_id: d.sender,
+                    to_user_id: d.conversation.peer(),
+                    room_id: d.conversation.room_id(),
+                    group_id: d.conversation.group_id(),
+                    content: d.content.clone(),
+                    message_type: d.message_type,
+                    reply_to_id: d.reply_to_id,
+                    client_id: d.client_id.clone(),
+                    is_edited: false,
+                    is_deleted: false,
+                    created_at,
+                    edited_at: None,
+                })),
                 None => Err(ApiError::not_found("the conversation no longer exists")),
             });
         }
