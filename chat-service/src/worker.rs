@@ -42,7 +42,8 @@ pub use shared::chat::SEND_FIELD as COMMAND_FIELD;
 /// Settings of the send worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Entries read at once (`SEND_BATCH_SIZE`).
+    /// Commands per batch, about (`SEND_BATCH_SIZE`): entries are read whole, and how many to
+    /// read is set from the commands per entry of the previous read.
     pub batch_size: u64,
     /// Entries pending this long on another consumer are taken over (`SEND_CLAIM_IDLE_MS`).
     pub claim_idle_ms: u64,
