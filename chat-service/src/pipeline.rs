@@ -241,15 +241,15 @@ async fn try_persist(
             client_ids.push(d.client_id.clone());
         }
 
-        // 3–5 in one statement, so one round trip and its own transaction: lock the
-        // conversations in id order (concurrent batches cannot deadlock), advance each counter
-        // by its number of new messages, insert every message, move each sender's read
-        // position to their newest message. A duplicate client_id fails it whole.
-        // Run in the publisher's turn, so this process publishes in commit order.
-        let waiting = std::time::Instant::now();
-        let my_turn = publisher.turn().await;
-        metrics::histogram!("chat_send_stage_seconds", "stage" => "turn")
-            .record(waiting.elapsed().as_secs_f64());
+        // 3–5 in one statement: lock the conversations in id order (concurrent batches cannot
+        // deadlock), advance each counter by its number of new messages, insert every message,
+        // move each sender's read position to their newest message. A duplicate client_id
+        // fails it whole. It runs in a transaction of its own, outside the publisher's turn, so
+        // statements of this process overlap; the turn is taken for the COMMIT and held until
+        // the events are queued, so this process still publishes in commit order. The holder
+        // of the turn never waits for a row lock (it only commits and queues), so a batch that
+        // holds row locks while it waits for the turn cannot deadlock with it.
+        let mut tx = db.begin().await?;
         let inserted = sqlx::query!(
             r#"WITH input AS (
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
@@ -305,13 +305,18 @@ async fn try_persist(
             &replies as &[Option<Uuid>],
             &client_ids as &[Option<String>]
         )
-        .fetch_all(db)
+        .fetch_all(&mut *tx)
         .await;
         let rows = match inserted {
             Ok(rows) => rows,
             Err(e) if is_duplicate_send(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let waiting = std::time::Instant::now();
+        let my_turn = publisher.turn().await;
+        metrics::histogram!("chat_send_stage_seconds", "stage" => "turn")
+            .record(waiting.elapsed().as_secs_f64());
+        tx.commit().await?;
         turn = Some(my_turn);
         // A draft without a row: its conversation was deleted meanwhile (the rest were
         // written, with gap-free seqs). Only what the database chose comes back (seq, the

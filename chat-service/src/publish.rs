@@ -21,11 +21,12 @@ pub struct Publisher {
     order: Arc<Mutex<()>>,
 }
 
-/// Held from just before a send's statement runs until its events are queued for publishing
-/// (on the one Redis connection, which keeps their order): within one
-/// process, REST sends and the send worker then publish a conversation's messages in `seq`
-/// order. Nothing waits for a row lock while holding it except the statement itself, whose
-/// locks no other holder of the turn in this process can be holding, so it cannot deadlock.
+/// Held from just before a send's COMMIT until its events are queued for publishing (on the
+/// one Redis connection, which keeps their order): within one process, REST sends and the send
+/// workers then publish a conversation's messages in `seq` order (a later batch of the same
+/// conversation waits on the row lock until this one commits, so it reaches the turn after).
+/// Its holder only commits and queues, never waits for a row lock, so batches that hold row
+/// locks while they wait for it cannot deadlock with it.
 pub type PublishTurn = OwnedMutexGuard<()>;
 
 impl Publisher {
