@@ -131,6 +131,9 @@ pub async fn fanout(
     }
     let deliveries = Arc::new(AtomicU64::new(0));
     let samples: Arc<std::sync::Mutex<Vec<u64>>> = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Every 16th delivery is split at the frame's `timestamp` (when the gateway encoded it, on
+    // receiving the event): send → gateway, and gateway → client.
+    let splits: Arc<std::sync::Mutex<(Vec<u64>, Vec<u64>)>> = Arc::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::with_capacity(rooms);
     let mut readers = Vec::new();
@@ -155,9 +158,11 @@ pub async fn fanout(
         }
         let deliveries = deliveries.clone();
         let samples = samples.clone();
+        let splits = splits.clone();
         let mut stop = stop_rx.clone();
         readers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
+            let (mut to_gateway, mut from_gateway) = (Vec::new(), Vec::new());
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
@@ -167,8 +172,15 @@ pub async fn fanout(
                             if let Some(at) = t.find("\"content\":\"t") {
                                 let digits: String = t[at + 12..].chars().take_while(char::is_ascii_digit).collect();
                                 if let Ok(sent) = digits.parse::<u64>() {
-                                    mine.push(now_us().saturating_sub(sent));
+                                    let now = now_us();
+                                    mine.push(now.saturating_sub(sent));
                                     deliveries.fetch_add(1, Ordering::Relaxed);
+                                    if mine.len() % 16 == 0 {
+                                        if let Some(at) = frame_timestamp_us(&t) {
+                                            to_gateway.push(at.saturating_sub(sent));
+                                            from_gateway.push(now.saturating_sub(at));
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -179,6 +191,10 @@ pub async fn fanout(
             }
             if let Ok(mut all) = samples.lock() {
                 all.extend(mine);
+            }
+            if let Ok(mut all) = splits.lock() {
+                all.0.extend(to_gateway);
+                all.1.extend(from_gateway);
             }
         }));
     }
@@ -229,6 +245,8 @@ pub async fn fanout(
     };
     let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let l = latency(samples);
+    let (to_gateway, from_gateway) =
+        std::mem::take(&mut *splits.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let rate_achieved = delivered as f64 / window;
     Ok(Outcome {
         json: json!({
@@ -237,12 +255,23 @@ pub async fn fanout(
             "missing": expected.saturating_sub(delivered), "window_seconds": window,
             "deliveries_per_second": rate_achieved, "gateway_cpu_seconds": cpu,
             "gateway_cpu_seconds_per_million_deliveries": per_million, "latency": l,
+            "latency_send_to_gateway": latency(to_gateway),
+            "latency_gateway_to_client": latency(from_gateway),
         }),
         row: format!(
             "| fanout | {rooms} rooms × {members} members, {} gateway(s), {rate} msg/s for {seconds} s | {rate_achieved:.0} deliveries/s; e2e p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms; {per_million:.2} gateway CPU-s per million deliveries; {} of {expected} delivered | p99 ≤ 50 ms at 200k/s; ≤ 4 CPU-s per million |",
             gateways.len(), l.p50_ms, l.p99_ms, l.p999_ms, delivered
         ),
     })
+}
+
+/// When the gateway encoded a frame: its `timestamp` (RFC 3339), in µs since the epoch.
+fn frame_timestamp_us(frame: &str) -> Option<u64> {
+    const KEY: &str = "\"timestamp\":\"";
+    let start = frame.rfind(KEY)? + KEY.len();
+    let end = start + frame[start..].find('"')?;
+    let at = chrono::DateTime::parse_from_rfc3339(&frame[start..end]).ok()?;
+    u64::try_from(at.timestamp_micros()).ok()
 }
 
 /// The WebSocket send path at full speed: `connections` senders, each to its own room, with up
@@ -486,12 +515,19 @@ pub async fn login(
 
 #[cfg(test)]
 mod tests {
-    use super::client_id_of;
+    use super::{client_id_of, frame_timestamp_us};
 
     #[test]
     fn an_acks_client_id_is_found_without_parsing_the_frame() {
         let frame = r#"{"type":"ack","data":{"client_id":"i3-17","message":{"client_id":"i3-17","seq":4}},"timestamp":"2026-11-26T05:00:00Z"}"#;
         assert_eq!(client_id_of(frame), Some("i3-17"));
         assert_eq!(client_id_of(r#"{"type":"ack","data":{}}"#), None);
+    }
+
+    #[test]
+    fn a_frames_timestamp_is_read_in_microseconds() {
+        let frame = r#"{"type":"message","data":{"content":"t1"},"timestamp":"2026-11-26T05:00:00.000123Z"}"#;
+        assert_eq!(frame_timestamp_us(frame), Some(1_795_669_200_000_123));
+        assert_eq!(frame_timestamp_us(r#"{"type":"message","data":{}}"#), None);
     }
 }

@@ -62,8 +62,12 @@ stack_start() {
   }
   start_one auth-service 8001
   start_one chat-service 8002
-  start_one gateway 8003
-  start_one gateway 8004
+  # GATEWAY_WORKER_THREADS, when set, is each gateway's number of runtime threads (tokio's own
+  # TOKIO_WORKER_THREADS): with two gateways on one small machine, one each.
+  local gateway_env=()
+  [ -n "${GATEWAY_WORKER_THREADS:-}" ] && gateway_env=(TOKIO_WORKER_THREADS="$GATEWAY_WORKER_THREADS")
+  start_one gateway 8003 "${gateway_env[@]}"
+  start_one gateway 8004 "${gateway_env[@]}"
   for p in 8001 8002 8003 8004; do
     wait_healthy "http://127.0.0.1:$p/health" || die "the service on port $p did not become healthy; see .run/logs/"
   done
