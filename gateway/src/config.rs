@@ -46,8 +46,9 @@ pub struct GatewayConfig {
     /// one read, and a quarter of the memory of 4096 on every idle connection; frames larger
     /// than it still arrive, the buffer grows for them).
     pub ws_read_buffer_bytes: usize,
-    /// `WS_WRITE_BUFFER_BYTES`: frames are gathered up to this size before a write (default
-    /// 16384); queued frames are always flushed together.
+    /// `WS_WRITE_BUFFER_BYTES`: tungstenite's write buffer, which now carries only its control
+    /// frames (pings, pongs, close; default 16384). Data frames bypass it: the queued frames go
+    /// to the socket in one write.
     pub ws_write_buffer_bytes: usize,
     /// `MAX_FRAME_BYTES`: a larger incoming frame closes the connection with 1009 (default 65536).
     pub max_frame_bytes: usize,

@@ -15,10 +15,9 @@ use std::{
 };
 
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
-use crate::protocol::Encoding;
+use crate::protocol::{Encoding, WireFrame};
 
 /// Node-local connection id.
 pub type ConnId = u64;
@@ -26,7 +25,7 @@ pub type ConnId = u64;
 /// A frame waiting to be written.
 #[derive(Debug)]
 pub struct Outbound {
-    pub frame: WsMessage,
+    pub frame: WireFrame,
     /// Typing and presence: dropped first under pressure.
     pub ephemeral: bool,
     /// When chat-service published the event (Unix µs), for the fan-out latency histogram; 0 if none.
@@ -36,7 +35,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn reply(frame: WsMessage, label: &'static str) -> Self {
+    pub fn reply(frame: WireFrame, label: &'static str) -> Self {
         Self {
             frame,
             ephemeral: false,
@@ -230,7 +229,11 @@ mod tests {
 
     fn frame(ephemeral: bool) -> Outbound {
         Outbound {
-            frame: WsMessage::Text("{}".into()),
+            frame: WireFrame::new(
+                tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+                b"{}".to_vec(),
+            )
+            .unwrap(),
             ephemeral,
             published_at_us: 0,
             label: "test",

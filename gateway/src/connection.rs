@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -335,17 +336,41 @@ async fn serve(
     }
 }
 
-/// Writes the queued frames (at most [`WRITE_BATCH`]) and flushes once, so frames queued
-/// together leave in one write.
+/// Writes the queued frames (at most [`WRITE_BATCH`]) in one write to the socket.
+///
+/// Frames are framed once when encoded ([`protocol::WireFrame`]), so they go to the socket as
+/// they are, not through tungstenite's per-connection buffer: one frame is written from the
+/// shared bytes, several are joined first. What tungstenite itself holds (a ping, the pong to a
+/// client's ping) is flushed first, whole, so no frame lands inside another.
 async fn write_queued(ws: &mut Socket, conn: &ConnShared) -> Result<(), WsError> {
+    use tokio::io::AsyncWriteExt;
+
+    ws.flush().await?;
     let mut latest_publish = 0;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
     for _ in 0..WRITE_BATCH {
         let Some(out) = conn.pop() else { break };
         metrics::counter!("gateway_frames_out_total", "type" => out.label).increment(1);
         latest_publish = latest_publish.max(out.published_at_us);
-        ws.feed(out.frame).await?;
+        let bytes = out.frame.bytes();
+        match &first {
+            None => first = Some(bytes.clone()),
+            Some(one) => {
+                if joined.is_empty() {
+                    joined.extend_from_slice(one);
+                }
+                joined.extend_from_slice(bytes);
+            }
+        }
     }
-    ws.flush().await?;
+    let socket = ws.get_mut();
+    match first {
+        None => return Ok(()),
+        Some(one) if joined.is_empty() => socket.write_all(&one).await?,
+        Some(_) => socket.write_all(&joined).await?,
+    }
+    socket.flush().await?;
     if latest_publish > 0 {
         let micros = shared::chat::now_us() - latest_publish;
         metrics::histogram!("gateway_fanout_latency_seconds").record(micros.max(0) as f64 / 1e6);

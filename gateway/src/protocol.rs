@@ -10,7 +10,10 @@ use shared::{
     chat::{ChatType, MessageType},
     internal::SyncPosition,
 };
-use tokio_tungstenite::tungstenite::{protocol::frame::Utf8Bytes, Message as WsMessage};
+use tokio_tungstenite::tungstenite::protocol::frame::{
+    coding::{Data, OpCode},
+    Frame,
+};
 use uuid::Uuid;
 
 /// The subprotocol that switches a connection to MessagePack.
@@ -172,24 +175,59 @@ struct ServerEnvelope<'a, D: Serialize> {
     timestamp: chrono::DateTime<Utc>,
 }
 
+/// A server frame as it goes on the wire: the WebSocket frame (header and payload, unmasked as
+/// server frames are), framed once and shared, when cloned, by every connection that sends it.
+/// Connections write these bytes straight to their socket.
+#[derive(Debug, Clone)]
+pub struct WireFrame {
+    bytes: Bytes,
+    header_len: usize,
+}
+
+impl WireFrame {
+    /// A final text (`Data::Text`) or binary (`Data::Binary`) frame carrying `payload`.
+    pub fn new(kind: Data, payload: Vec<u8>) -> Result<Self, String> {
+        let payload_len = payload.len();
+        let mut bytes = Vec::with_capacity(payload_len + 10);
+        Frame::message(payload, OpCode::Data(kind), true)
+            .format(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            header_len: bytes.len() - payload_len,
+            bytes: Bytes::from(bytes),
+        })
+    }
+
+    /// The frame's bytes, header included.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The payload alone (the envelope).
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.header_len..]
+    }
+}
+
 /// Encodes a server frame.
-pub fn encode<D: Serialize>(encoding: Encoding, kind: &str, data: &D) -> Result<WsMessage, String> {
+pub fn encode<D: Serialize>(encoding: Encoding, kind: &str, data: &D) -> Result<WireFrame, String> {
     let envelope = ServerEnvelope {
         kind,
         data,
         timestamp: Utc::now(),
     };
     match encoding {
-        Encoding::Json => serde_json::to_string(&envelope)
-            .map(|s| WsMessage::Text(Utf8Bytes::from(s)))
-            .map_err(|e| e.to_string()),
+        Encoding::Json => {
+            let json = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+            WireFrame::new(Data::Text, json)
+        }
         Encoding::MsgPack => {
             let mut buf = Vec::with_capacity(256);
             let mut ser = rmp_serde::Serializer::new(&mut buf)
                 .with_struct_map()
                 .with_human_readable();
             envelope.serialize(&mut ser).map_err(|e| e.to_string())?;
-            Ok(WsMessage::Binary(Bytes::from(buf)))
+            WireFrame::new(Data::Binary, buf)
         }
     }
 }
@@ -198,8 +236,8 @@ pub fn encode<D: Serialize>(encoding: Encoding, kind: &str, data: &D) -> Result<
 pub struct SharedFrame<'a, D: Serialize> {
     kind: &'a str,
     data: &'a D,
-    json: Option<WsMessage>,
-    msgpack: Option<WsMessage>,
+    json: Option<WireFrame>,
+    msgpack: Option<WireFrame>,
 }
 
 impl<'a, D: Serialize> SharedFrame<'a, D> {
@@ -213,7 +251,7 @@ impl<'a, D: Serialize> SharedFrame<'a, D> {
     }
 
     /// The frame for `encoding`; cloning it shares the bytes.
-    pub fn get(&mut self, encoding: Encoding) -> Option<WsMessage> {
+    pub fn get(&mut self, encoding: Encoding) -> Option<WireFrame> {
         let slot = match encoding {
             Encoding::Json => &mut self.json,
             Encoding::MsgPack => &mut self.msgpack,
@@ -276,13 +314,24 @@ mod tests {
     }
 
     #[test]
+    fn frames_are_framed_once_as_the_wire_wants_them() {
+        let short = WireFrame::new(Data::Text, b"hi".to_vec()).unwrap();
+        assert_eq!(&short.bytes()[..], &[0x81, 2, b'h', b'i']);
+        assert_eq!(short.payload(), b"hi");
+        let long = WireFrame::new(Data::Text, vec![b'x'; 300]).unwrap();
+        assert_eq!(&long.bytes()[..4], &[0x81, 126, 1, 44], "16-bit length 300");
+        assert_eq!(long.payload().len(), 300);
+        let json = encode(Encoding::Json, "pong", &serde_json::json!({})).unwrap();
+        let value: Value = serde_json::from_slice(json.payload()).unwrap();
+        assert_eq!(value["type"], "pong");
+    }
+
+    #[test]
     fn msgpack_round_trip() {
         let id = Uuid::new_v4();
         let frame = encode(Encoding::MsgPack, "pong", &serde_json::json!({"id": id})).unwrap();
-        let WsMessage::Binary(bytes) = frame else {
-            panic!("binary expected")
-        };
-        let value = decode_value(Encoding::MsgPack, &bytes).unwrap();
+        assert_eq!(frame.bytes()[0], 0x82, "a final binary frame");
+        let value = decode_value(Encoding::MsgPack, frame.payload()).unwrap();
         assert_eq!(value["type"], "pong");
         assert_eq!(
             value["data"]["id"],

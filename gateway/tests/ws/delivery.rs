@@ -342,3 +342,58 @@ async fn sync_fills_in_exactly_once_while_messages_flow(db: PgPool) {
     ascending.sort_unstable();
     assert_eq!(after_sync, ascending, "ascending after the batch: {seen:?}");
 }
+
+/// Data frames go to the socket directly while tungstenite writes its own control frames:
+/// pongs answering a stream of client pings, interleaved with a stream of messages and acks,
+/// must all arrive whole (a frame written inside another would break the client's parser).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn pongs_and_data_frames_arrive_whole(db: PgPool) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = stack(db, 1, |c| {
+        c.send_rate_per_second = 10_000;
+        c.send_burst = 10_000;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "lobby", &[]).await;
+    let mut a = s.connect(0, &alice).await;
+    const N: usize = 200;
+    for i in 0..N {
+        a.send(
+            "send_message",
+            json!({"content": format!("m{i}"), "chat_type": "room", "chat_id": room, "client_id": format!("c{i}")}),
+        )
+        .await;
+        a.send_raw(Message::Ping(vec![i as u8; 100].into())).await;
+    }
+    let (mut pongs, mut acks, mut seqs) = (0, 0, Vec::new());
+    while pongs < N || acks < N || seqs.len() < N {
+        let frame = tokio::time::timeout(Duration::from_secs(10), a.ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection stays open")
+            .expect("a well-formed frame");
+        match frame {
+            Message::Pong(payload) => {
+                assert_eq!(payload.len(), 100, "a whole pong");
+                pongs += 1;
+            }
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).expect("a whole JSON frame");
+                match v["type"].as_str() {
+                    Some("ack") => acks += 1,
+                    Some("message") => seqs.push(v["data"]["seq"].as_i64().unwrap()),
+                    other => panic!("unexpected frame {other:?}"),
+                }
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=N as i64).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+}
