@@ -9,10 +9,14 @@
 //! loadgen login   --auth http://127.0.0.1:8001 --users 100 --workers 8 --seconds 10
 //! ```
 //!
+//! `fanout` exits with an error when any delivery is missing at the end (lost, or later than ten
+//! seconds after the last send), after printing its report.
+//!
 //! It needs `DATABASE_URL` (test data goes straight into Postgres) and `SECRET_KEY` (to mint
 //! access tokens, as any service does). Gateways must allow the send rate the scenario uses
 //! (`SEND_RATE_PER_SECOND`, `SEND_BURST`).
 
+mod raw;
 mod scenarios;
 mod setup;
 mod stats;
@@ -146,6 +150,11 @@ async fn main() -> ExitCode {
                 .append(true)
                 .open(path)?;
             writeln!(f, "{}", outcome.row)?;
+        }
+        // A lost (or hopelessly late) delivery is a failure, whatever the figures.
+        let missing = outcome.json["missing"].as_u64().unwrap_or(0);
+        if missing > 0 {
+            anyhow::bail!("{missing} deliveries never arrived");
         }
         anyhow::Ok(())
     }
