@@ -11,10 +11,11 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard, OnceLock,
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use uuid::Uuid;
 
 use crate::protocol::{Encoding, WireFrame};
@@ -54,6 +55,15 @@ pub struct Cursor {
     pub held: Option<Vec<(i64, Outbound)>>,
 }
 
+/// What a connection's task is woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Too far behind: close with 4008.
+    Close,
+    /// Frames are queued.
+    Write,
+}
+
 /// How far past its capacity a queue may grow while its connection is still catching up.
 pub const BURST_FACTOR: usize = 4;
 
@@ -69,16 +79,16 @@ pub struct ConnShared {
     pub session: String,
     pub encoding: Encoding,
     queue: Mutex<VecDeque<Outbound>>,
-    /// Wakes the connection's task when `queue` gets a frame (a permit is kept if it is busy).
-    queued: Notify,
+    /// The connection's task, woken when `queue` gets a frame or the connection overflows. One
+    /// slot, no registration list: the task registers on each poll and a wake takes it out, so
+    /// the frames queued for a busy connection cost no wake each.
+    waker: AtomicWaker,
     capacity: usize,
     /// How long the queue may stay over `capacity` before the client counts as too slow.
     grace: Duration,
     /// When the queue last went over `capacity` ([`now_ms`]); 0 while it is not over.
     over_since: AtomicU64,
     overflowed: AtomicBool,
-    /// Wakes the connection's task to close it with 4008.
-    pub overflow: Notify,
     cursors: Mutex<HashMap<Uuid, Cursor>>,
 }
 
@@ -97,12 +107,11 @@ impl ConnShared {
             session,
             encoding,
             queue: Mutex::new(VecDeque::new()),
-            queued: Notify::new(),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
             grace,
             over_since: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
-            overflow: Notify::new(),
             cursors: Mutex::new(HashMap::new()),
         }
     }
@@ -143,21 +152,65 @@ impl ConnShared {
                 drop(queue);
                 if !self.overflowed.swap(true, Ordering::Relaxed) {
                     metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
-                    self.overflow.notify_one();
+                    self.waker.wake();
                 }
                 return;
             }
         }
         queue.push_back(out);
         drop(queue);
-        self.queued.notify_one();
+        self.waker.wake();
+    }
+
+    /// What the connection's task has to do: close (overflowed) or write (frames queued).
+    /// Registers the task to be woken when that changes. Only the connection's own task may
+    /// poll it (one waker slot).
+    pub fn poll_work(&self, cx: &mut Context<'_>) -> Poll<Work> {
+        if let Some(work) = self.work() {
+            return Poll::Ready(work);
+        }
+        self.waker.register(cx.waker());
+        // Checked again after registering: a push in between has woken nobody.
+        self.work().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// Ready once the connection has overflowed; see [`ConnShared::poll_work`].
+    pub fn poll_overflowed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_overflowed() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_overflowed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn work(&self) -> Option<Work> {
+        if self.is_overflowed() {
+            Some(Work::Close)
+        } else if !self.queue().is_empty() {
+            Some(Work::Write)
+        } else {
+            None
+        }
     }
 
     /// Waits until at least one frame is queued. Cancel-safe: it takes nothing.
     pub async fn wait_queued(&self) {
-        while self.queue().is_empty() {
-            self.queued.notified().await;
-        }
+        std::future::poll_fn(|cx| {
+            if !self.queue().is_empty() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.queue().is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 
     pub fn queued_len(&self) -> usize {
@@ -173,6 +226,20 @@ impl ConnShared {
             self.over_since.store(0, Ordering::Relaxed);
         }
         out
+    }
+
+    /// Takes up to `max` queued frames, oldest first, handing each to `take` under one lock;
+    /// returns how many it took.
+    pub fn take_queued(&self, max: usize, mut take: impl FnMut(Outbound)) -> usize {
+        let mut queue = self.queue();
+        let n = queue.len().min(max);
+        for out in queue.drain(..n) {
+            take(out);
+        }
+        if queue.len() < self.capacity {
+            self.over_since.store(0, Ordering::Relaxed);
+        }
+        n
     }
 
     /// Gives back the queue's memory if it is empty (called when the connection is idle).

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::{
     chat_client::CallError,
-    conn::{ConnShared, Outbound},
+    conn::{ConnShared, Outbound, Work},
     protocol::{self, ClientFrame, Encoding, FrameError},
     Gateway,
 };
@@ -231,6 +231,12 @@ async fn finish(
     metrics::counter!("gateway_connections_closed_total").increment(1);
 }
 
+/// The close for a client too far behind.
+const TOO_SLOW: (CloseCode, &str) = (
+    CloseCode::Library(4008),
+    "too far behind; reconnect and sync",
+);
+
 /// The connection's loop; returns the close frame to send, if any.
 async fn serve(
     gw: &Arc<Gateway>,
@@ -252,18 +258,21 @@ async fn serve(
     loop {
         tokio::select! {
             biased;
-            _ = conn.overflow.notified() => return Some((CloseCode::Library(4008), "too far behind; reconnect and sync")),
+            () = std::future::poll_fn(|cx| conn.poll_overflowed(cx)) => return Some(TOO_SLOW),
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     return Box::pin(drain_then_close(gw, ws, conn)).await;
                 }
             }
-            () = conn.wait_queued() => {
+            work = std::future::poll_fn(|cx| conn.poll_work(cx)) => {
+                if work == Work::Close {
+                    return Some(TOO_SLOW);
+                }
                 wrote_since_tick = true;
                 let write = write_queued(ws, conn);
                 tokio::select! {
                     r = write => if r.is_err() { return None },
-                    _ = conn.overflow.notified() => return None,
+                    () = std::future::poll_fn(|cx| conn.poll_overflowed(cx)) => return None,
                 }
             }
             incoming = ws.next() => {
@@ -348,10 +357,17 @@ async fn write_queued(ws: &mut Socket, conn: &ConnShared) -> Result<(), WsError>
     ws.flush().await?;
     let mut latest_publish = 0;
     let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    for _ in 0..WRITE_BATCH {
-        let Some(out) = conn.pop() else { break };
-        metrics::counter!("gateway_frames_out_total", "type" => out.label).increment(1);
+    // Several frames are joined in the thread's scratch buffer, not in a new allocation.
+    let mut joined = SCRATCH.take();
+    joined.clear();
+    // Frames are counted per run of one type: one counter update per write, not per frame.
+    let mut run: (&'static str, u64) = ("", 0);
+    conn.take_queued(WRITE_BATCH, |out| {
+        if out.label != run.0 {
+            count_frames_out(run);
+            run = (out.label, 0);
+        }
+        run.1 += 1;
         latest_publish = latest_publish.max(out.published_at_us);
         let bytes = out.frame.bytes();
         match &first {
@@ -363,12 +379,16 @@ async fn write_queued(ws: &mut Socket, conn: &ConnShared) -> Result<(), WsError>
                 joined.extend_from_slice(bytes);
             }
         }
-    }
+    });
+    count_frames_out(run);
     let socket = ws.get_mut();
     match first {
         None => return Ok(()),
         Some(one) if joined.is_empty() => socket.write_all(&one).await?,
         Some(_) => socket.write_all(&joined).await?,
+    }
+    if joined.capacity() <= SCRATCH_KEPT {
+        SCRATCH.set(joined);
     }
     socket.flush().await?;
     if latest_publish > 0 {
@@ -376,6 +396,21 @@ async fn write_queued(ws: &mut Socket, conn: &ConnShared) -> Result<(), WsError>
         metrics::histogram!("gateway_fanout_latency_seconds").record(micros.max(0) as f64 / 1e6);
     }
     Ok(())
+}
+
+thread_local! {
+    /// Where a connection joins the frames of one write; taken for the write and put back
+    /// after (a connection that waits on a full socket keeps it, and the next takes a new one).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer kept for the next write.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+fn count_frames_out((label, frames): (&'static str, u64)) {
+    if frames > 0 {
+        metrics::counter!("gateway_frames_out_total", "type" => label).increment(frames);
+    }
 }
 
 /// On shutdown: wait a random share of the spread window (so clients do not all reconnect at

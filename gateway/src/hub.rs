@@ -39,10 +39,48 @@ use crate::{
 struct Channel {
     /// Local connections that receive its events.
     conns: HashSet<ConnId>,
+    /// The same connections as one shared list, built on the first message after a change:
+    /// a message is handed to its receivers without a list (and a reference) per message.
+    snapshot: Option<Arc<[Arc<ConnShared>]>>,
     /// Whose channel it is, for user channels.
     user: Option<Uuid>,
     /// Last seq forwarded per conversation; absent until known.
     streams: HashMap<Uuid, i64>,
+}
+
+impl Channel {
+    fn new(conn: ConnId, user: Option<Uuid>) -> Self {
+        Self {
+            conns: HashSet::from([conn]),
+            snapshot: None,
+            user,
+            streams: HashMap::new(),
+        }
+    }
+
+    fn insert(&mut self, conn: ConnId) {
+        if self.conns.insert(conn) {
+            self.snapshot = None;
+        }
+    }
+
+    fn remove(&mut self, conn: ConnId) {
+        if self.conns.remove(&conn) {
+            self.snapshot = None;
+        }
+    }
+
+    /// Its receiving connections, from the snapshot.
+    fn receivers(&mut self, conns: &HashMap<ConnId, Arc<ConnShared>>) -> Arc<[Arc<ConnShared>]> {
+        self.snapshot
+            .get_or_insert_with(|| {
+                self.conns
+                    .iter()
+                    .filter_map(|id| conns.get(id).cloned())
+                    .collect()
+            })
+            .clone()
+    }
 }
 
 /// What the node knows about one of its users.
@@ -286,18 +324,11 @@ impl Hub {
         new: &mut Vec<String>,
     ) {
         match state.channels.get_mut(channel) {
-            Some(ch) => {
-                ch.conns.insert(conn);
-            }
+            Some(ch) => ch.insert(conn),
             None => {
-                state.channels.insert(
-                    channel.to_owned(),
-                    Channel {
-                        conns: HashSet::from([conn]),
-                        user,
-                        streams: HashMap::new(),
-                    },
-                );
+                state
+                    .channels
+                    .insert(channel.to_owned(), Channel::new(conn, user));
                 new.push(channel.to_owned());
             }
         }
@@ -319,7 +350,7 @@ impl Hub {
             }
             let mut dropped = Vec::new();
             state.channels.retain(|name, ch| {
-                ch.conns.remove(&conn.id);
+                ch.remove(conn.id);
                 if ch.conns.is_empty() {
                     dropped.push(name.clone());
                     false
@@ -410,7 +441,7 @@ impl Hub {
         published_at_us: i64,
         repaired: bool,
     ) -> Option<i64> {
-        let receivers: Vec<Arc<ConnShared>> = {
+        let receivers = {
             let mut guard = self.state();
             let State {
                 channels, conns, ..
@@ -422,16 +453,13 @@ impl Hub {
                 _ => {}
             }
             ch.streams.insert(conv, message.seq);
-            ch.conns
-                .iter()
-                .filter_map(|id| conns.get(id).cloned())
-                .collect()
+            ch.receivers(conns)
         };
         if repaired {
             metrics::counter!("gateway_gap_messages_repaired_total").increment(1);
         }
         let mut frame = SharedFrame::new("message", message);
-        for conn in receivers {
+        for conn in receivers.iter() {
             if let Some(f) = frame.get(conn.encoding) {
                 conn.deliver_message(
                     conv,
@@ -756,7 +784,7 @@ impl Hub {
                     let mut emptied = false;
                     if let Some(ch) = state.channels.get_mut(&conv_channel) {
                         for id in &conns {
-                            ch.conns.remove(id);
+                            ch.remove(*id);
                         }
                         emptied = ch.conns.is_empty();
                     }
