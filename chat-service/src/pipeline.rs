@@ -20,7 +20,7 @@ use shared::{
     chat::{Message, MessageType},
     ApiError,
 };
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
@@ -107,9 +107,20 @@ pub async fn persist(
     publisher: &Publisher,
     drafts: &[Draft],
 ) -> Result<Persisted, ApiError> {
+    persist_in(db, publisher, drafts, None).await
+}
+
+/// As [`persist`], the first attempt in `begun` when given: a transaction begun (and nothing
+/// else done in it) while the caller did something else.
+pub async fn persist_in(
+    db: &PgPool,
+    publisher: &Publisher,
+    drafts: &[Draft],
+    mut begun: Option<Transaction<'static, Postgres>>,
+) -> Result<Persisted, ApiError> {
     let mut check_stored = false;
     for _ in 0..ATTEMPTS {
-        match try_persist(db, publisher, drafts, check_stored).await? {
+        match try_persist(db, publisher, drafts, check_stored, begun.take()).await? {
             Some(persisted) => return Ok(persisted),
             None => {
                 metrics::counter!("chat_persist_retries_total").increment(1);
@@ -133,6 +144,7 @@ async fn try_persist(
     publisher: &Publisher,
     drafts: &[Draft],
     check_stored: bool,
+    begun: Option<Transaction<'static, Postgres>>,
 ) -> Result<Option<Persisted>, ApiError> {
     let mut results: Vec<Option<Result<Outcome, ApiError>>> =
         (0..drafts.len()).map(|_| None).collect();
@@ -249,7 +261,10 @@ async fn try_persist(
         // the events are queued, so this process still publishes in commit order. The holder
         // of the turn never waits for a row lock (it only commits and queues), so a batch that
         // holds row locks while it waits for the turn cannot deadlock with it.
-        let mut tx = db.begin().await?;
+        let mut tx = match begun {
+            Some(tx) => tx,
+            None => db.begin().await?,
+        };
         let inserted = sqlx::query!(
             r#"WITH input AS (
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],

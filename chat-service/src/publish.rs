@@ -47,6 +47,11 @@ impl Publisher {
         &self.keys
     }
 
+    /// The publishing connection: commands sent on it after a batch's publishes run after them.
+    pub fn client(&self) -> &Client {
+        &self.redis
+    }
+
     /// Whether Redis is connected right now; writes that must publish check it first, so an
     /// outage is a clean 503 with nothing written.
     pub fn is_connected(&self) -> bool {

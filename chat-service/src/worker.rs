@@ -116,13 +116,18 @@ impl SendWorker {
         tracing::info!(consumer = %self.consumer, "send worker started");
         let mut backoff = Duration::from_millis(200);
         let mut own_pending_first = true;
+        // The group is created once, and again after any failure (Redis may have lost it).
+        let mut group_ready = false;
         let mut last_claim = tokio::time::Instant::now();
         // Entries to read at once: `SEND_BATCH_SIZE` commands' worth, as far as the last read
         // tells how many commands an entry holds.
         let mut count = self.config.batch_size.max(1);
         while !*shutdown.borrow() {
             let step = async {
-                self.ensure_group().await.map_err(ApiError::from)?;
+                if !group_ready {
+                    self.ensure_group().await.map_err(ApiError::from)?;
+                    group_ready = true;
+                }
                 if last_claim.elapsed()
                     >= Duration::from_millis(self.config.claim_idle_ms / 2)
                         .max(Duration::from_millis(500))
@@ -152,6 +157,7 @@ impl SendWorker {
                 }
                 Err(e) => {
                     own_pending_first = true;
+                    group_ready = false;
                     tracing::warn!(error = %e, "send worker: batch failed, will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -258,38 +264,39 @@ impl SendWorker {
             }
         }
         let publishing = std::time::Instant::now();
-        match shared::chat::batch_by_channel(events) {
-            Ok(payloads) => {
-                self.publisher
-                    .publish_all_then_release(&payloads, turn)
-                    .await
-            }
+        let payloads = match shared::chat::batch_by_channel(events) {
+            Ok(payloads) => payloads,
             // Not expected (every event encodes); gateways repair missing messages from history.
             Err(e) => {
-                drop(turn);
                 tracing::error!(error = %e, "could not encode a batch's events");
+                Vec::new()
             }
-        }
-        stage("publish", publishing);
-        let acking = std::time::Instant::now();
+        };
         let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
         let count = ids.len() as u64;
         // Done with for good (chat-service is the stream's only group): acknowledge and delete
-        // them, both commands sent before either answer is awaited (one round trip; Redis runs
-        // them in order), so the stream stays as short as the work in progress. The delete is
-        // best effort: a failure leaves entries that are acknowledged, harmless, and deleted by
-        // nobody.
+        // the entries on the publishing connection, queued right behind the batch's `PUBLISH`es:
+        // Redis runs one connection's commands in order, so the entries are acknowledged only
+        // after the events are published, and no round trip is spent waiting in between. The
+        // stream stays as short as the work in progress. The delete is best effort: a failure
+        // leaves entries that are acknowledged, harmless, and deleted by nobody.
+        let redis = self.publisher.client();
         let stream = self.keys.send_stream();
-        let (acked, deleted) = tokio::join!(
-            self.reader
-                .xack::<i64, _, _, _>(&stream, self.keys.send_group(), ids.clone()),
-            self.reader.xdel::<i64, _, _>(&stream, ids),
+        let acking = futures_util::future::join(
+            redis.xack::<i64, _, _, _>(&stream, self.keys.send_group(), ids.clone()),
+            redis.xdel::<i64, _, _>(&stream, ids),
         );
+        // `join` polls the publishing first: its first poll queues every `PUBLISH`.
+        let ((), (acked, deleted)) = futures_util::future::join(
+            self.publisher.publish_all_then_release(&payloads, turn),
+            acking,
+        )
+        .await;
+        stage("publish", publishing);
         acked?;
         if let Err(e) = deleted {
             tracing::debug!(error = %e, "could not delete processed send entries");
         }
-        stage("ack", acking);
         metrics::counter!("chat_send_entries_processed_total").increment(count);
         metrics::histogram!("chat_send_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -325,7 +332,14 @@ impl SendWorker {
         targets.dedup();
         let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
         let resolving = std::time::Instant::now();
-        let resolutions = conversation::for_sending_many(&self.db, &targets).await?;
+        // The write's transaction is begun while the targets are resolved (on another of the
+        // pool's connections): one round trip less before the statement.
+        let (resolutions, tx) = tokio::join!(
+            conversation::for_sending_many(&self.db, &targets),
+            self.db.begin()
+        );
+        let resolutions = resolutions?;
+        let mut tx = Some(tx?);
         stage("resolve", resolving);
         for (target, result) in targets.iter().zip(resolutions) {
             let r = match result {
@@ -371,7 +385,8 @@ impl SendWorker {
         let mut turn = None;
         if !drafts.is_empty() {
             let writing = std::time::Instant::now();
-            let persisted = pipeline::persist(&self.db, &self.publisher, &drafts).await?;
+            let persisted =
+                pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take()).await?;
             stage("write", writing);
             turn = persisted.turn;
             for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {

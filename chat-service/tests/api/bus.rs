@@ -370,3 +370,59 @@ async fn a_killed_worker_loses_nothing_and_stores_nothing_twice(db: PgPool) {
         .unwrap();
     assert_eq!(seqs, (1..=TOTAL).collect::<Vec<_>>());
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_lost_stream_and_group_are_created_again(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = redis().await;
+    push(
+        &redis,
+        &app,
+        &[command(alice.id, ChatType::Room, room, "before", "1")],
+    )
+    .await;
+    loop {
+        if let Event::Ack { client_id, .. } = watcher.next().await.1 {
+            assert_eq!(client_id, "before");
+            break;
+        }
+    }
+    // What a Redis restart without persistence does: the stream, and its group, are gone.
+    let _: i64 = redis.del(app.keys.send_stream()).await.unwrap();
+    let mut after = None;
+    for i in 0..100 {
+        // Entries appended while no group exists are read once the group is made again
+        // (from the stream's start); keep appending until one is answered.
+        push(
+            &redis,
+            &app,
+            &[command(
+                alice.id,
+                ChatType::Room,
+                room,
+                &format!("after{i}"),
+                "2",
+            )],
+        )
+        .await;
+        let answered = tokio::time::timeout(Duration::from_millis(100), async {
+            loop {
+                if let Event::Ack { client_id, .. } = watcher.next().await.1 {
+                    return client_id;
+                }
+            }
+        })
+        .await;
+        if let Ok(client_id) = answered {
+            after = Some(client_id);
+            break;
+        }
+    }
+    assert!(
+        after.is_some_and(|c| c.starts_with("after")),
+        "the workers made the group again and went on"
+    );
+}
