@@ -102,7 +102,14 @@ impl Application {
                     c.broadcast_channel_capacity = 65_536;
                     c.default_command_timeout = Duration::from_secs(5);
                 })
-                .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    // (Un)subscribes go out at once, not behind an unacknowledged one.
+                    c.tcp = TcpConfig {
+                        nodelay: Some(true),
+                        ..Default::default()
+                    };
+                })
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
                 .build()
                 .context("REDIS_URL")?;
@@ -199,7 +206,7 @@ impl Application {
         ];
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let served = axum::serve(
-            self.listener,
+            shared::http::without_delay(self.listener),
             self.router
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
