@@ -28,8 +28,8 @@ pub struct ChatConfig {
     /// `AUTH_SERVICE_URL`: where auth-service's OpenAPI document is fetched for the combined one
     /// (default `http://127.0.0.1:8001`; empty turns it off).
     pub auth_service_url: Option<String>,
-    /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000) and
-    /// `SEND_WORKERS` (default 2).
+    /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000),
+    /// `SEND_WORKERS` (default 2) and `SEND_BATCH_INTERVAL_MS` (default 10).
     pub worker: WorkerConfig,
 }
 
@@ -64,6 +64,10 @@ impl ChatConfig {
                 claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,
                 max_content_chars,
                 workers,
+                batch_interval: std::time::Duration::from_millis(config::parsed(
+                    "SEND_BATCH_INTERVAL_MS",
+                    10u64,
+                )?),
             },
         })
     }

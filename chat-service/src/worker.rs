@@ -52,6 +52,9 @@ pub struct WorkerConfig {
     /// Worker loops per process (`SEND_WORKERS`), each with its own Redis connection and
     /// consumer name: one reads, resolves targets or acknowledges while another writes.
     pub workers: usize,
+    /// The shortest time from the start of one of a worker loop's batches to the start of its
+    /// next (`SEND_BATCH_INTERVAL_MS`); zero reads again as soon as a batch is done.
+    pub batch_interval: Duration,
 }
 
 pub struct SendWorker {
@@ -122,7 +125,18 @@ impl SendWorker {
         // Entries to read at once: `SEND_BATCH_SIZE` commands' worth, as far as the last read
         // tells how many commands an entry holds.
         let mut count = self.config.batch_size.max(1);
+        // When the last batch that had work began: the next one starts `batch_interval` after it.
+        let mut last_batch: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
+            if let Some(at) = last_batch.take() {
+                let next = at + self.config.batch_interval;
+                if next > tokio::time::Instant::now() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
             let step = async {
                 if !group_ready {
                     self.ensure_group().await.map_err(ApiError::from)?;
@@ -141,17 +155,21 @@ impl SendWorker {
                 if from == "0" && entries.is_empty() {
                     own_pending_first = false;
                 }
+                let started = tokio::time::Instant::now();
                 let read = entries.len();
                 let commands = self.process(entries).await?;
-                Ok::<_, ApiError>((read, commands))
+                Ok::<_, ApiError>((read, commands, started))
             };
             let outcome = tokio::select! {
                 r = step => r,
                 _ = shutdown.changed() => break,
             };
             match outcome {
-                Ok((read, commands)) => {
+                Ok((read, commands, started)) => {
                     backoff = Duration::from_millis(200);
+                    if read > 0 && !self.config.batch_interval.is_zero() {
+                        last_batch = Some(started);
+                    }
                     count =
                         entries_per_read(self.config.batch_size, read, commands).unwrap_or(count);
                 }

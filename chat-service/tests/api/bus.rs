@@ -426,3 +426,70 @@ async fn a_lost_stream_and_group_are_created_again(db: PgPool) {
         "the workers made the group again and went on"
     );
 }
+
+/// Waits for the `ack` of `client_id` on `watcher`, skipping other events.
+async fn ack_of(watcher: &mut crate::helpers::Watcher, client_id: &str) -> i64 {
+    loop {
+        if let (
+            _,
+            Event::Ack {
+                client_id: c,
+                message,
+                ..
+            },
+        ) = watcher.next().await
+        {
+            if c == client_id {
+                return message.seq;
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn batches_start_no_sooner_than_the_interval_and_a_lone_send_waits_for_none(db: PgPool) {
+    const INTERVAL: Duration = Duration::from_millis(1000);
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let app = spawn_app_with(db, &prefix, |c| {
+        c.worker.workers = 1;
+        c.worker.batch_interval = INTERVAL;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = redis().await;
+    let send = |id: &str| command(alice.id, ChatType::Room, room, id, id);
+
+    // The first batch starts at once; the next two sends wait for the interval and go together.
+    let first_pushed = std::time::Instant::now();
+    push(&redis, &app, &[send("a")]).await;
+    assert_eq!(ack_of(&mut watcher, "a").await, 1);
+    push(&redis, &app, &[send("b")]).await;
+    push(&redis, &app, &[send("c")]).await;
+    assert_eq!(ack_of(&mut watcher, "b").await, 2);
+    assert!(
+        first_pushed.elapsed() >= INTERVAL,
+        "the second batch began {:?} after the first",
+        first_pushed.elapsed()
+    );
+    assert_eq!(ack_of(&mut watcher, "c").await, 3);
+    // `created_at` is the transaction's start: one value per batch.
+    let batches: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM messages GROUP BY created_at ORDER BY min(seq)")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(batches, vec![1, 2], "b and c were persisted in one batch");
+
+    // After a quiet interval, a send is taken at once.
+    tokio::time::sleep(INTERVAL + Duration::from_millis(200)).await;
+    let lone = std::time::Instant::now();
+    push(&redis, &app, &[send("d")]).await;
+    assert_eq!(ack_of(&mut watcher, "d").await, 4);
+    assert!(
+        lone.elapsed() < INTERVAL,
+        "a send after a quiet spell waited {:?}",
+        lone.elapsed()
+    );
+}

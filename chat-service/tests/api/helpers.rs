@@ -51,6 +51,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
             claim_idle_ms: 1000,
             max_content_chars: 4000,
             workers: 2,
+            batch_interval: std::time::Duration::ZERO,
         },
     }
 }

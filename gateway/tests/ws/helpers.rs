@@ -119,6 +119,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
             claim_idle_ms: 2000,
             max_content_chars: 4000,
             workers: 2,
+            batch_interval: std::time::Duration::ZERO,
         },
     };
     config.server.port = 0;
