@@ -153,6 +153,8 @@ pub async fn fanout(
         // The lean client (`raw`): at 200k frames a second the generator's own reading is a
         // large share of the two cores it shares with the stack.
         let (mut reader, writer) = c.await??;
+        // Each room's first member sends; with an even member count they are all on the first
+        // gateway. Spreading them over the gateways was measured: worse (docs/BENCHMARKS.md).
         if i % members == 0 {
             senders.push(writer.clone());
         }
