@@ -64,11 +64,41 @@ impl ChatConfig {
                 claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,
                 max_content_chars,
                 workers,
-                batch_interval: std::time::Duration::from_millis(config::parsed(
-                    "SEND_BATCH_INTERVAL_MS",
-                    10u64,
-                )?),
+                batch_interval: batch_interval(config::parsed("SEND_BATCH_INTERVAL_MS", 10u64)?)?,
             },
         })
+    }
+}
+
+/// The longest `SEND_BATCH_INTERVAL_MS`: beyond a second a loop would hold sends back for longer
+/// than any client waits for an ack.
+const MAX_BATCH_INTERVAL_MS: u64 = 1000;
+
+fn batch_interval(ms: u64) -> Result<std::time::Duration, ConfigError> {
+    if ms > MAX_BATCH_INTERVAL_MS {
+        return Err(ConfigError::new(
+            "SEND_BATCH_INTERVAL_MS",
+            format!("is invalid ({ms}): must be at most {MAX_BATCH_INTERVAL_MS}"),
+        ));
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_interval_is_bounded() {
+        assert_eq!(batch_interval(0).ok(), Some(std::time::Duration::ZERO));
+        assert_eq!(
+            batch_interval(1000).ok(),
+            Some(std::time::Duration::from_secs(1))
+        );
+        let e = batch_interval(1001).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("configuration error: SEND_BATCH_INTERVAL_MS is invalid (1001): must be at most 1000")
+        );
     }
 }

@@ -128,8 +128,10 @@ impl SendWorker {
         // When the last batch that had work began: the next one starts `batch_interval` after it.
         let mut last_batch: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
-            if let Some(at) = last_batch.take() {
-                let next = at + self.config.batch_interval;
+            if let Some(next) = last_batch
+                .take()
+                .and_then(|at| at.checked_add(self.config.batch_interval))
+            {
                 if next > tokio::time::Instant::now() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next) => {}
