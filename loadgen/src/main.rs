@@ -9,6 +9,11 @@
 //! loadgen login   --auth http://127.0.0.1:8001 --users 100 --workers 8 --seconds 10
 //! ```
 //!
+//! `fanout` and `ingest` also report how busy the whole machine was over their window
+//! (`machine_cpu`: busy and stolen cores, and the generator's own share, from /proc), and
+//! `ingest` what a persisted message cost the machine in CPU: the stack and the generator share
+//! the cores, so these say what a rate or a latency was measured against.
+//!
 //! `fanout` exits with an error when any delivery is missing at the end (lost, or later than ten
 //! seconds after the last send), after printing its report.
 //!

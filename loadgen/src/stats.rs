@@ -53,6 +53,98 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU time of the whole machine (all cores together, the first line of /proc/stat) and of this
+/// process, at one moment, in clock ticks (assumed 100 a second, as in [`cpu_seconds`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    busy: u64,
+    steal: u64,
+    total: u64,
+    own_seconds: f64,
+    at: std::time::Instant,
+}
+
+/// How busy the machine was between two [`CpuSnapshot`]s, in cores: every figure here that is
+/// bound by CPU depends on it, as the load generator shares the machine with the stack.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct MachineCpu {
+    /// Cores the machine has.
+    pub cores: usize,
+    /// Cores' worth of time spent on anything but idling or waiting for I/O.
+    pub busy_cores: f64,
+    /// Cores' worth of time the hypervisor ran something else on this machine's CPUs.
+    pub steal_cores: f64,
+    /// Cores' worth of time this load generator used (part of `busy_cores`).
+    pub generator_cores: f64,
+}
+
+/// Busy, steal and total ticks from the aggregate `cpu` line of /proc/stat: `user nice system
+/// idle iowait irq softirq steal …` (guest time is already counted in user).
+fn parse_proc_stat(stat: &str) -> Option<(u64, u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+        return None;
+    };
+    let total = user + nice + system + idle + iowait + irq + softirq + steal;
+    Some((total - idle - iowait - steal, steal, total))
+}
+
+impl CpuSnapshot {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let (busy, steal, total) = parse_proc_stat(&stat)?;
+        Some(Self {
+            busy,
+            steal,
+            total,
+            own_seconds: cpu_seconds(std::process::id())?,
+            at: std::time::Instant::now(),
+        })
+    }
+
+    /// The machine's use of its cores from `self` to `later`.
+    pub fn until(&self, later: &Self) -> Option<MachineCpu> {
+        let cores = std::thread::available_parallelism().ok()?.get();
+        let total = later.total.checked_sub(self.total)?;
+        if total == 0 {
+            return None;
+        }
+        let share = |ticks: u64| ticks as f64 / total as f64 * cores as f64;
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        Some(MachineCpu {
+            cores,
+            busy_cores: share(later.busy.checked_sub(self.busy)?),
+            steal_cores: share(later.steal.checked_sub(self.steal)?),
+            generator_cores: if wall > 0.0 {
+                (later.own_seconds - self.own_seconds) / wall
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+impl MachineCpu {
+    /// For a report row: "machine 1.85 of 2 cores busy (generator 0.55)".
+    pub fn describe(&self) -> String {
+        format!(
+            "machine {:.2} of {} cores busy (generator {:.2})",
+            self.busy_cores, self.cores, self.generator_cores
+        )
+    }
+}
+
+/// The machine's use of its cores since `before`, if both readings could be taken.
+pub fn machine_cpu_since(before: Option<CpuSnapshot>) -> Option<MachineCpu> {
+    before?.until(&CpuSnapshot::now()?)
+}
+
 pub fn now_us() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
 }
@@ -77,5 +169,37 @@ mod tests {
         let me = std::process::id();
         assert!(rss_kib(me).is_some_and(|k| k > 0));
         assert!(cpu_seconds(me).is_some());
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_iowait_and_steal() {
+        let stat = "cpu  100 5 50 1000 20 3 7 15 0 0\ncpu0 50 2 25 500 10 1 3 7 0 0\nintr 1 2\n";
+        assert_eq!(parse_proc_stat(stat), Some((165, 15, 1200)));
+        assert_eq!(parse_proc_stat("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_proc_stat("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
+
+    #[test]
+    fn a_busy_loop_shows_in_the_machine_and_the_generator_figures() {
+        let me = std::process::id();
+        let before = CpuSnapshot::now();
+        let spun_from = cpu_seconds(me).unwrap_or(0.0);
+        // Spin until this process has used 0.2 s of CPU (ticks are 10 ms), however long a
+        // shared machine takes to give it that; give up after 20 s.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds(me).unwrap_or(0.0) - spun_from < 0.2
+            && started.elapsed() < std::time::Duration::from_secs(20)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+            }
+        }
+        let cpu = machine_cpu_since(before).expect("/proc/stat and /proc/self/stat are readable");
+        assert!(cpu.cores >= 1);
+        assert!(cpu.generator_cores > 0.0, "{cpu:?}");
+        assert!(cpu.busy_cores > 0.0, "{cpu:?}");
+        assert!(cpu.busy_cores <= cpu.cores as f64 + 0.01, "{cpu:?}");
+        assert!(cpu.describe().starts_with("machine "));
     }
 }
