@@ -17,6 +17,12 @@
 //! `fanout` exits with an error when any delivery is missing at the end (lost, or later than ten
 //! seconds after the last send), after printing its report.
 //!
+//! `--threads N` sets the generator's runtime threads. `fanout` defaults to 1: its clients then
+//! share one thread and wake no other, which measured a tenth of a core less of the generator's
+//! CPU at 200k deliveries/s on two cores (docs/BENCHMARKS.md). On one thread a late reader can
+//! only make the latency it reports larger, never smaller. The other scenarios default to one
+//! thread per core.
+//!
 //! It needs `DATABASE_URL` (test data goes straight into Postgres) and `SECRET_KEY` (to mint
 //! access tokens, as any service does). Gateways must allow the send rate the scenario uses
 //! (`SEND_RATE_PER_SECOND`, `SEND_BURST`).
@@ -138,15 +144,49 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The runtime's threads when `--threads` is not given: one for `fanout` (see the header),
+/// one per core for the rest.
+fn default_threads(scenario: &str) -> usize {
+    match scenario {
+        "fanout" => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// A runtime of `threads` threads: one is a current-thread runtime, where every task runs on
+/// the thread that drives it and no wake crosses to another.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(scenario) = argv.first().cloned() else {
         eprintln!("usage: loadgen idle|fanout|ingest|history|login [--option value ...] (see the source's header)");
         return ExitCode::FAILURE;
     };
-    let outcome = async {
-        let args = Args::parse(&argv[1..])?;
+    let prepared = Args::parse(&argv[1..]).and_then(|args| {
+        let threads = args.get("threads", default_threads(&scenario))?;
+        anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+        Ok((args, runtime(threads)?))
+    });
+    let (args, runtime) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
         let outcome = run(&scenario, &args).await?;
         println!("{}", serde_json::to_string_pretty(&outcome.json)?);
         if let Some(path) = args.0.get("markdown") {
@@ -162,13 +202,29 @@ async fn main() -> ExitCode {
             anyhow::bail!("{missing} deliveries never arrived");
         }
         anyhow::Ok(())
-    }
-    .await;
+    });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadgen: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn fanout_runs_on_one_thread_unless_told_otherwise() {
+        assert_eq!(default_threads("fanout"), 1);
+        assert!(default_threads("ingest") >= 1);
+        let one = runtime(1).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let two = runtime(2).unwrap();
+        assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(two.metrics().num_workers(), 2);
     }
 }
