@@ -29,7 +29,7 @@ pub struct ChatConfig {
     /// (default `http://127.0.0.1:8001`; empty turns it off).
     pub auth_service_url: Option<String>,
     /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000),
-    /// `SEND_WORKERS` (default 2) and `SEND_BATCH_INTERVAL_MS` (default 10).
+    /// `SEND_WORKERS` (default 2) and `SEND_BATCH_INTERVAL_MS` (default 10, shared by the loops).
     pub worker: WorkerConfig,
 }
 

@@ -87,6 +87,7 @@ impl Application {
         } else {
             0
         };
+        let pacer = Arc::new(worker::Pacer::new(config.worker.batch_interval));
         let workers = (0..loops)
             .map(|_| {
                 worker::SendWorker::new(
@@ -95,6 +96,7 @@ impl Application {
                     publisher.clone(),
                     keys.clone(),
                     config.worker.clone(),
+                    pacer.clone(),
                 )
             })
             .collect();

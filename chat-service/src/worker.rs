@@ -52,9 +52,71 @@ pub struct WorkerConfig {
     /// Worker loops per process (`SEND_WORKERS`), each with its own Redis connection and
     /// consumer name: one reads, resolves targets or acknowledges while another writes.
     pub workers: usize,
-    /// The shortest time from the start of one of a worker loop's batches to the start of its
-    /// next (`SEND_BATCH_INTERVAL_MS`); zero reads again as soon as a batch is done.
+    /// The shortest time between the starts of two of a process's batches under load
+    /// (`SEND_BATCH_INTERVAL_MS`), whichever of its loops runs them; see [`Pacer`]. Zero reads
+    /// again as soon as a batch is done.
     pub batch_interval: Duration,
+}
+
+/// Spaces the batches of one process's worker loops. A loop that has just finished a batch in
+/// less than `batch_interval` takes the next free slot, `batch_interval` after the latest
+/// batch any of the loops began, and waits for it: under steady, light load the process runs
+/// one batch per interval, however many loops it has, rather than one per loop. A loop whose
+/// batch outlasted the interval reads again at once, as its own interval has passed: under
+/// heavy load the loops' batches overlap, one writing while another reads or publishes. A
+/// loop that was idle (blocked reading the stream) takes a send at once; its batch counts as
+/// the latest start.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    /// The latest batch start, begun or claimed.
+    latest: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pacer {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            latest: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn latest(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        // A poisoned lock only means another loop panicked mid-update; the instant is still usable.
+        self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When a loop whose last batch began at `began` reads again.
+    pub fn next_read(&self, began: tokio::time::Instant) -> tokio::time::Instant {
+        self.next_read_at(began, tokio::time::Instant::now())
+    }
+
+    fn next_read_at(
+        &self,
+        began: tokio::time::Instant,
+        now: tokio::time::Instant,
+    ) -> tokio::time::Instant {
+        match began.checked_add(self.interval) {
+            Some(own) if own > now => self.claim_at(now),
+            _ => now,
+        }
+    }
+
+    /// Claims the next slot: `interval` after the latest start, or now if that has passed.
+    fn claim_at(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let mut latest = self.latest();
+        let slot = latest
+            .and_then(|at| at.checked_add(self.interval))
+            .map_or(now, |next| next.max(now));
+        *latest = Some(slot);
+        slot
+    }
+
+    /// A batch began at `at`, whether in a claimed slot or not.
+    pub fn began(&self, at: tokio::time::Instant) {
+        let mut latest = self.latest();
+        *latest = Some(latest.map_or(at, |l| l.max(at)));
+    }
 }
 
 pub struct SendWorker {
@@ -64,6 +126,8 @@ pub struct SendWorker {
     keys: Keys,
     consumer: String,
     config: WorkerConfig,
+    /// Shared by the process's loops.
+    pacer: std::sync::Arc<Pacer>,
 }
 
 /// A stream entry: its id and fields.
@@ -90,6 +154,7 @@ impl SendWorker {
         publisher: Publisher,
         keys: Keys,
         config: WorkerConfig,
+        pacer: std::sync::Arc<Pacer>,
     ) -> Self {
         let reader = redis.clone_new();
         reader.connect();
@@ -100,6 +165,7 @@ impl SendWorker {
             keys,
             consumer: format!("chat-{}", Uuid::new_v4().simple()),
             config,
+            pacer,
         }
     }
 
@@ -125,16 +191,15 @@ impl SendWorker {
         // Entries to read at once: `SEND_BATCH_SIZE` commands' worth, as far as the last read
         // tells how many commands an entry holds.
         let mut count = self.config.batch_size.max(1);
-        // When the last batch that had work began: the next one starts `batch_interval` after it.
+        // When this loop's last batch began, if it had work: then the loop may wait for a
+        // slot (see `Pacer`) before reading again; otherwise it reads (blocking) at once.
         let mut last_batch: Option<tokio::time::Instant> = None;
         while !*shutdown.borrow() {
-            if let Some(next) = last_batch
-                .take()
-                .and_then(|at| at.checked_add(self.config.batch_interval))
-            {
-                if next > tokio::time::Instant::now() {
+            if let Some(began) = last_batch.take() {
+                let slot = self.pacer.next_read(began);
+                if slot > tokio::time::Instant::now() {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(next) => {}
+                        _ = tokio::time::sleep_until(slot) => {}
                         _ = shutdown.changed() => break,
                     }
                 }
@@ -170,6 +235,7 @@ impl SendWorker {
                 Ok((read, commands, started)) => {
                     backoff = Duration::from_millis(200);
                     if read > 0 && !self.config.batch_interval.is_zero() {
+                        self.pacer.began(started);
                         last_batch = Some(started);
                     }
                     count =
@@ -536,6 +602,44 @@ fn refusal(e: &ApiError) -> Verdict {
 mod tests {
     use super::*;
     use shared::chat::{encode, MessageType};
+
+    #[test]
+    fn short_batches_take_turns_and_long_ones_overlap() {
+        let ms = Duration::from_millis;
+        let pacer = Pacer::new(ms(10));
+        let t0 = tokio::time::Instant::now();
+        // Loop A's batch began at 0 and took 4 ms; loop B's began at 2 and took 4 ms.
+        pacer.began(t0);
+        pacer.began(t0 + ms(2));
+        assert_eq!(pacer.next_read_at(t0, t0 + ms(4)), t0 + ms(12));
+        assert_eq!(pacer.next_read_at(t0 + ms(2), t0 + ms(6)), t0 + ms(22));
+        // A batch that began at 12 and took 15 ms: that loop reads again at once, not at 32.
+        pacer.began(t0 + ms(12));
+        assert_eq!(pacer.next_read_at(t0 + ms(12), t0 + ms(27)), t0 + ms(27));
+    }
+
+    #[test]
+    fn a_process_starts_one_batch_per_interval_whichever_loop_runs_it() {
+        let ms = Duration::from_millis;
+        let pacer = Pacer::new(ms(10));
+        let t0 = tokio::time::Instant::now();
+        // Nothing ran yet: the first slot is now.
+        assert_eq!(pacer.claim_at(t0), t0);
+        // Two loops finishing batches at once get successive slots, not the same one.
+        assert_eq!(pacer.claim_at(t0 + ms(1)), t0 + ms(10));
+        assert_eq!(pacer.claim_at(t0 + ms(1)), t0 + ms(20));
+        // A batch an idle loop began at once moves the next slot only forward.
+        pacer.began(t0 + ms(5));
+        assert_eq!(pacer.claim_at(t0 + ms(6)), t0 + ms(30));
+        pacer.began(t0 + ms(35));
+        assert_eq!(pacer.claim_at(t0 + ms(36)), t0 + ms(45));
+        // Once the latest start is more than an interval ago, a claim is now.
+        assert_eq!(pacer.claim_at(t0 + ms(100)), t0 + ms(100));
+        // With no interval, every claim is now.
+        let unpaced = Pacer::new(Duration::ZERO);
+        unpaced.began(t0 + ms(50));
+        assert_eq!(unpaced.claim_at(t0 + ms(60)), t0 + ms(60));
+    }
 
     #[test]
     fn reads_aim_at_batch_size_commands() {
