@@ -62,10 +62,11 @@ pub struct WorkerConfig {
 /// less than `batch_interval` takes the next free slot, `batch_interval` after the latest
 /// batch any of the loops began, and waits for it: under steady, light load the process runs
 /// one batch per interval, however many loops it has, rather than one per loop. A loop whose
-/// batch outlasted the interval reads again at once, as its own interval has passed: under
-/// heavy load the loops' batches overlap, one writing while another reads or publishes. A
-/// loop that was idle (blocked reading the stream) takes a send at once; its batch counts as
-/// the latest start.
+/// batch outlasted the interval reads again at once, as its own interval has passed, and so
+/// does one whose read came back full (as many entries as it asked for: more are waiting, and
+/// waiting longer would only cap the rate at a batch per interval): under heavy load the
+/// loops' batches overlap, one writing while another reads or publishes. A loop that was idle
+/// (blocked reading the stream) takes a send at once; its batch counts as the latest start.
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
@@ -86,18 +87,20 @@ impl Pacer {
         self.latest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// When a loop whose last batch began at `began` reads again.
-    pub fn next_read(&self, began: tokio::time::Instant) -> tokio::time::Instant {
-        self.next_read_at(began, tokio::time::Instant::now())
+    /// When a loop whose last batch began at `began` reads again; `full` when that batch's read
+    /// came back with as many entries as it asked for.
+    pub fn next_read(&self, began: tokio::time::Instant, full: bool) -> tokio::time::Instant {
+        self.next_read_at(began, full, tokio::time::Instant::now())
     }
 
     fn next_read_at(
         &self,
         began: tokio::time::Instant,
+        full: bool,
         now: tokio::time::Instant,
     ) -> tokio::time::Instant {
         match began.checked_add(self.interval) {
-            Some(own) if own > now => self.claim_at(now),
+            Some(own) if own > now && !full => self.claim_at(now),
             _ => now,
         }
     }
@@ -191,12 +194,13 @@ impl SendWorker {
         // Entries to read at once: `SEND_BATCH_SIZE` commands' worth, as far as the last read
         // tells how many commands an entry holds.
         let mut count = self.config.batch_size.max(1);
-        // When this loop's last batch began, if it had work: then the loop may wait for a
-        // slot (see `Pacer`) before reading again; otherwise it reads (blocking) at once.
-        let mut last_batch: Option<tokio::time::Instant> = None;
+        // When this loop's last batch began, if it had work, and whether its read came back
+        // full: then the loop may wait for a slot (see `Pacer`) before reading again; otherwise
+        // it reads (blocking) at once.
+        let mut last_batch: Option<(tokio::time::Instant, bool)> = None;
         while !*shutdown.borrow() {
-            if let Some(began) = last_batch.take() {
-                let slot = self.pacer.next_read(began);
+            if let Some((began, full)) = last_batch.take() {
+                let slot = self.pacer.next_read(began, full);
                 if slot > tokio::time::Instant::now() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(slot) => {}
@@ -236,7 +240,7 @@ impl SendWorker {
                     backoff = Duration::from_millis(200);
                     if read > 0 && !self.config.batch_interval.is_zero() {
                         self.pacer.began(started);
-                        last_batch = Some(started);
+                        last_batch = Some((started, read as u64 >= count));
                     }
                     count =
                         entries_per_read(self.config.batch_size, read, commands).unwrap_or(count);
@@ -611,11 +615,27 @@ mod tests {
         // Loop A's batch began at 0 and took 4 ms; loop B's began at 2 and took 4 ms.
         pacer.began(t0);
         pacer.began(t0 + ms(2));
-        assert_eq!(pacer.next_read_at(t0, t0 + ms(4)), t0 + ms(12));
-        assert_eq!(pacer.next_read_at(t0 + ms(2), t0 + ms(6)), t0 + ms(22));
+        assert_eq!(pacer.next_read_at(t0, false, t0 + ms(4)), t0 + ms(12));
+        assert_eq!(
+            pacer.next_read_at(t0 + ms(2), false, t0 + ms(6)),
+            t0 + ms(22)
+        );
         // A batch that began at 12 and took 15 ms: that loop reads again at once, not at 32.
         pacer.began(t0 + ms(12));
-        assert_eq!(pacer.next_read_at(t0 + ms(12), t0 + ms(27)), t0 + ms(27));
+        assert_eq!(
+            pacer.next_read_at(t0 + ms(12), false, t0 + ms(27)),
+            t0 + ms(27)
+        );
+        // A short batch whose read came back full: more is waiting, so it reads at once too.
+        pacer.began(t0 + ms(30));
+        assert_eq!(
+            pacer.next_read_at(t0 + ms(30), true, t0 + ms(33)),
+            t0 + ms(33)
+        );
+        assert_eq!(
+            pacer.next_read_at(t0 + ms(30), false, t0 + ms(33)),
+            t0 + ms(40)
+        );
     }
 
     #[test]
