@@ -63,9 +63,12 @@ pub struct RegisterRequest {
         (status = 201, description = "Registered", body = UserBody),
         (status = 409, description = "Username or email taken", body = ErrorBody),
         (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address (REGISTRATIONS_PER_HOUR); see Retry-After", body = ErrorBody),
     ))]
 async fn register(
     State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<UserBody>)> {
     let username = req.username.trim();
@@ -86,6 +89,17 @@ async fn register(
     let (username_taken, email_taken) = users::taken(&state.db, username, email).await?;
     if username_taken || email_taken {
         return Err(conflict(username_taken, email_taken));
+    }
+    if let Some(address) = client_address(state.config.trust_proxy_headers, &headers, peer) {
+        let keys = shared::keys::Keys::new(state.config.redis.prefix.clone());
+        shared::limits::quota(
+            &state.redis,
+            keys.quota("register", &address.to_string()),
+            state.config.registrations_per_hour,
+            3600,
+            "too many registrations from this address; try again later",
+        )
+        .await?;
     }
 
     let password_hash = state.passwords.hash(req.password).await?;
@@ -154,10 +168,15 @@ impl<S: Send + Sync> FromRequest<S> for LoginRequest {
         }
         let body = read_body(req, state).await?;
         if form {
-            serde_urlencoded::from_bytes(&body).map_err(|e| {
+            let login: LoginRequest = serde_urlencoded::from_bytes(&body).map_err(|e| {
                 let message = e.to_string();
                 ApiError::invalid_field(field_name("", &message, "body"), message)
-            })
+            })?;
+            // JSON bodies are checked by `parse_json`; the form's fields here.
+            let mut problems = Problems::default();
+            problems.check("username", shared::text::check(&login.username));
+            problems.check("password", shared::text::check(&login.password));
+            problems.finish().map(|()| login)
         } else {
             parse_json(&body)
         }

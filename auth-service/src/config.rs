@@ -35,6 +35,9 @@ pub struct AuthConfig {
     /// `TRUST_PROXY_HEADERS`: take the client address from `X-Real-IP` / `X-Forwarded-For`
     /// (set it only behind a proxy that writes them, like the bundled nginx; default false).
     pub trust_proxy_headers: bool,
+    /// `REGISTRATIONS_PER_HOUR`: accounts one client address may register per hour (default
+    /// 20), so nobody fills the database with accounts.
+    pub registrations_per_hour: u32,
 }
 
 impl AuthConfig {
@@ -56,6 +59,7 @@ impl AuthConfig {
             login_max_failures_per_address: config::parsed("LOGIN_MAX_FAILURES_PER_ADDRESS", 30)?,
             login_failure_window_seconds: config::parsed("LOGIN_FAILURE_WINDOW_SECONDS", 900)?,
             trust_proxy_headers: config::flag("TRUST_PROXY_HEADERS", false)?,
+            registrations_per_hour: config::parsed("REGISTRATIONS_PER_HOUR", 20)?,
         };
         for (name, value) in [
             ("MAX_BODY_BYTES", config.max_body_bytes as u64),

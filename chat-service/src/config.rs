@@ -29,8 +29,30 @@ pub struct ChatConfig {
     /// (default `http://127.0.0.1:8001`; empty turns it off).
     pub auth_service_url: Option<String>,
     /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000),
-    /// `SEND_WORKERS` (default 2) and `SEND_BATCH_INTERVAL_MS` (default 10, shared by the loops).
+    /// `SEND_WORKERS` (default 2), `SEND_BATCH_INTERVAL_MS` (default 10, shared by the loops)
+    /// and `SEND_MAX_DELIVERIES` (default 10, at least 2).
     pub worker: WorkerConfig,
+    /// `SEND_RATE_PER_SECOND`, `SEND_BURST`: each user's send rate, the bucket gateways share.
+    pub send_rate: shared::limits::Rate,
+    /// Creation quotas per user.
+    pub quotas: Quotas,
+}
+
+/// How much one user may create (`ROOMS_PER_HOUR`, default 10; `GROUPS_PER_HOUR`, default 30),
+/// so nobody can fill the database or other users' group lists.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub rooms_per_hour: u32,
+    pub groups_per_hour: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            rooms_per_hour: 10,
+            groups_per_hour: 30,
+        }
+    }
 }
 
 impl ChatConfig {
@@ -65,6 +87,15 @@ impl ChatConfig {
                 max_content_chars,
                 workers,
                 batch_interval: batch_interval(config::parsed("SEND_BATCH_INTERVAL_MS", 10u64)?)?,
+                max_deliveries: config::parsed::<u64>("SEND_MAX_DELIVERIES", 10)?.max(2),
+            },
+            send_rate: config::send_rate()?,
+            quotas: Quotas {
+                rooms_per_hour: config::parsed("ROOMS_PER_HOUR", Quotas::default().rooms_per_hour)?,
+                groups_per_hour: config::parsed(
+                    "GROUPS_PER_HOUR",
+                    Quotas::default().groups_per_hour,
+                )?,
             },
         })
     }

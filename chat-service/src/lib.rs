@@ -40,6 +40,34 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Counts one creation of `kind` (`rooms`, `groups`) by `user` against `per_hour`: 429
+    /// with `Retry-After` past it.
+    pub async fn creation_quota(
+        &self,
+        kind: &str,
+        user: uuid::Uuid,
+        per_hour: u32,
+    ) -> Result<(), ApiError> {
+        shared::limits::quota(
+            &self.redis,
+            self.publisher.keys().quota(kind, &user.to_string()),
+            per_hour,
+            3600,
+            &format!("too many {kind} created in the last hour; try again later"),
+        )
+        .await
+    }
+
+    /// Takes one token from `user`'s send bucket (shared with their sockets): 429 past it.
+    pub async fn send_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        shared::limits::take_one(
+            &self.redis,
+            self.config.send_rate,
+            self.publisher.keys().send_rate(user),
+        )
+        .await
+    }
+
     /// Writes that publish events refuse up front, with nothing written, while Redis is away.
     pub fn require_events(&self) -> Result<(), ApiError> {
         if self.publisher.is_connected() {

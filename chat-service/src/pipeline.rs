@@ -67,6 +67,7 @@ pub fn check_content(
     if content.trim().is_empty() || chars > max_chars {
         return Err(format!("must be 1 to {max_chars} characters"));
     }
+    shared::text::check(content)?;
     if message_type == MessageType::Image {
         let rest = content
             .strip_prefix("https://")
@@ -83,9 +84,30 @@ pub fn check_content(
 /// A `client_id` is 1–128 characters.
 pub fn check_client_id(client_id: &str) -> Result<(), String> {
     if (1..=128).contains(&client_id.chars().count()) {
-        Ok(())
+        shared::text::check(client_id)
     } else {
         Err("must be 1 to 128 characters".into())
+    }
+}
+
+/// Validates the fields of a send, naming each bad one.
+pub fn check_send(
+    content: &str,
+    message_type: MessageType,
+    client_id: Option<&str>,
+    max_chars: usize,
+) -> Result<(), ApiError> {
+    let mut problems = std::collections::BTreeMap::new();
+    if let Err(p) = check_content(content, message_type, max_chars) {
+        problems.insert("content".to_owned(), p);
+    }
+    if let Some(Err(p)) = client_id.map(check_client_id) {
+        problems.insert("client_id".to_owned(), p);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(problems))
     }
 }
 
@@ -220,112 +242,56 @@ async fn try_persist(
 
     let mut turn = None;
     if !new.is_empty() {
-        // Each new message's place among the batch's new messages of its conversation (1, 2, …):
-        // its seq is the conversation's last_seq before the batch plus that.
-        let mut counts: HashMap<Uuid, i64> = HashMap::new();
-        let mut ids = Vec::with_capacity(new.len());
-        let mut conversation_ids = Vec::with_capacity(new.len());
-        let mut places = Vec::with_capacity(new.len());
-        let mut senders = Vec::with_capacity(new.len());
-        let mut to_users: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
-        let mut rooms: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
-        let mut groups: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
-        let mut contents = Vec::with_capacity(new.len());
-        let mut message_types = Vec::with_capacity(new.len());
-        let mut chat_types = Vec::with_capacity(new.len());
-        let mut replies: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
-        let mut client_ids: Vec<Option<String>> = Vec::with_capacity(new.len());
-        for &i in &new {
-            let d = &drafts[i];
-            let place = counts.entry(d.conversation.id).or_insert(0);
-            *place += 1;
-            ids.push(Uuid::now_v7());
-            conversation_ids.push(d.conversation.id);
-            places.push(*place);
-            senders.push(d.sender);
-            to_users.push(d.conversation.peer());
-            rooms.push(d.conversation.room_id());
-            groups.push(d.conversation.group_id());
-            contents.push(d.content.clone());
-            message_types.push(d.message_type.as_db().to_owned());
-            chat_types.push(d.conversation.chat_type.as_db().to_owned());
-            replies.push(d.reply_to_id);
-            client_ids.push(d.client_id.clone());
-        }
-
-        // 3–5 in one statement: lock the conversations in id order (concurrent batches cannot
-        // deadlock), advance each counter by its number of new messages, insert every message,
-        // move each sender's read position to their newest message. A duplicate client_id
-        // fails it whole. It runs in a transaction of its own, outside the publisher's turn, so
-        // statements of this process overlap; the turn is taken for the COMMIT and held until
-        // the events are queued, so this process still publishes in commit order. The holder
-        // of the turn never waits for a row lock (it only commits and queues), so a batch that
-        // holds row locks while it waits for the turn cannot deadlock with it.
+        let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
+        // 3–5 in one statement (see `insert`). It runs in a transaction of its own, outside
+        // the publisher's turn, so statements of this process overlap; the turn is taken for
+        // the COMMIT and held until the events are queued, so this process still publishes in
+        // commit order. The holder of the turn never waits for a row lock (it only commits and
+        // queues), so a batch that holds row locks while it waits for the turn cannot deadlock
+        // with it.
         let mut tx = match begun {
             Some(tx) => tx,
             None => db.begin().await?,
         };
-        let inserted = sqlx::query!(
-            r#"WITH input AS (
-                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
-                                        $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
-                                        $10::text[], $11::uuid[], $12::text[])
-                       AS t(id, conversation_id, place, from_user_id, to_user_id, room_id,
-                            group_id, content, message_type, chat_type, reply_to_id, client_id)
-               ),
-               counts AS (
-                   SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
-               ),
-               locked AS (
-                   SELECT c.id FROM conversations c
-                   WHERE c.id IN (SELECT conversation_id FROM counts)
-                   ORDER BY c.id FOR NO KEY UPDATE
-               ),
-               bumped AS (
-                   UPDATE conversations c
-                   SET last_seq = c.last_seq + counts.n, last_message_at = now()
-                   FROM counts
-                   WHERE c.id = counts.conversation_id AND c.id IN (SELECT id FROM locked)
-                   RETURNING c.id, c.last_seq - counts.n AS base
-               ),
-               inserted AS (
-                   INSERT INTO messages (id, conversation_id, seq, from_user_id, to_user_id,
-                                         room_id, group_id, content, message_type, chat_type,
-                                         reply_to_id, client_id)
-                   SELECT i.id, i.conversation_id, b.base + i.place, i.from_user_id, i.to_user_id,
-                          i.room_id, i.group_id, i.content, i.message_type, i.chat_type,
-                          i.reply_to_id, i.client_id
-                   FROM input i JOIN bumped b ON b.id = i.conversation_id
-                   RETURNING id, conversation_id, from_user_id, seq, created_at
-               ),
-               read_positions AS (
-                   UPDATE conversation_members m
-                   SET last_read_seq = GREATEST(m.last_read_seq, r.seq)
-                   FROM (SELECT conversation_id, from_user_id, max(seq) AS seq
-                         FROM inserted GROUP BY conversation_id, from_user_id) r
-                   WHERE m.conversation_id = r.conversation_id AND m.user_id = r.from_user_id
-               )
-               SELECT id AS "id!", seq AS "seq!", created_at AS "created_at!"
-               FROM inserted"#,
-            &ids,
-            &conversation_ids,
-            &places,
-            &senders,
-            &to_users as &[Option<Uuid>],
-            &rooms as &[Option<Uuid>],
-            &groups as &[Option<Uuid>],
-            &contents,
-            &message_types,
-            &chat_types,
-            &replies as &[Option<Uuid>],
-            &client_ids as &[Option<String>]
-        )
-        .fetch_all(&mut *tx)
-        .await;
-        let rows = match inserted {
+        let all: Vec<(&Draft, Uuid)> = new
+            .iter()
+            .zip(&ids)
+            .map(|(&i, &id)| (&drafts[i], id))
+            .collect();
+        let rows = match insert(&mut tx, &all).await {
             Ok(rows) => rows,
             Err(e) if is_duplicate_send(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) if shared::error::is_transient(&e) => return Err(e.into()),
+            Err(e) => {
+                // Something in the batch the database refuses for good. It must not take the
+                // others down: store them one by one, each behind a savepoint, in one
+                // transaction (and so one turn), and refuse the ones that fail.
+                tracing::warn!(error = %e, drafts = all.len(), "a send batch was refused; storing its sends one by one");
+                metrics::counter!("chat_send_batches_isolated_total").increment(1);
+                drop(tx);
+                tx = db.begin().await?;
+                let mut rows = Vec::with_capacity(all.len());
+                for (k, one) in all.iter().enumerate() {
+                    sqlx::query("SAVEPOINT one_send").execute(&mut *tx).await?;
+                    match insert(&mut tx, std::slice::from_ref(one)).await {
+                        Ok(mut row) => rows.append(&mut row),
+                        Err(e) if is_duplicate_send(&e) => return Ok(None),
+                        Err(e) if shared::error::is_transient(&e) => return Err(e.into()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, sender = %one.0.sender, "a send was refused by the database");
+                            metrics::counter!("chat_sends_refused_total", "reason" => "database")
+                                .increment(1);
+                            sqlx::query("ROLLBACK TO SAVEPOINT one_send")
+                                .execute(&mut *tx)
+                                .await?;
+                            results[new[k]] = Some(Err(ApiError::send_failed(
+                                "the message could not be stored",
+                            )));
+                        }
+                    }
+                }
+                rows
+            }
         };
         let waiting = std::time::Instant::now();
         let my_turn = publisher.turn().await;
@@ -342,6 +308,9 @@ async fn try_persist(
             .map(|r| (r.id, (r.seq, r.created_at)))
             .collect();
         for (k, &i) in new.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
             let d = &drafts[i];
             results[i] = Some(match by_id.remove(&ids[k]) {
                 Some((seq, created_at)) => Ok(Outcome::Created(Message {
@@ -384,6 +353,120 @@ async fn try_persist(
     }))
 }
 
+/// A row the database chose for a new message.
+struct Written {
+    id: Uuid,
+    seq: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Steps 3–5 for `new` (each draft with its message id) in one statement: lock the
+/// conversations in id order (concurrent batches cannot deadlock), advance each counter by its
+/// number of new messages, insert every message, move each sender's read position to their
+/// newest message. A duplicate `client_id` fails it whole. A draft whose conversation was
+/// deleted meanwhile gets no row.
+async fn insert(
+    tx: &mut Transaction<'static, Postgres>,
+    new: &[(&Draft, Uuid)],
+) -> sqlx::Result<Vec<Written>> {
+    // Each new message's place among the batch's new messages of its conversation (1, 2, …):
+    // its seq is the conversation's last_seq before the batch plus that.
+    let mut counts: HashMap<Uuid, i64> = HashMap::new();
+    let mut ids = Vec::with_capacity(new.len());
+    let mut conversation_ids = Vec::with_capacity(new.len());
+    let mut places = Vec::with_capacity(new.len());
+    let mut senders = Vec::with_capacity(new.len());
+    let mut to_users: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
+    let mut rooms: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
+    let mut groups: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
+    let mut contents = Vec::with_capacity(new.len());
+    let mut message_types = Vec::with_capacity(new.len());
+    let mut chat_types = Vec::with_capacity(new.len());
+    let mut replies: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
+    let mut client_ids: Vec<Option<String>> = Vec::with_capacity(new.len());
+    for &(d, id) in new {
+        let place = counts.entry(d.conversation.id).or_insert(0);
+        *place += 1;
+        ids.push(id);
+        conversation_ids.push(d.conversation.id);
+        places.push(*place);
+        senders.push(d.sender);
+        to_users.push(d.conversation.peer());
+        rooms.push(d.conversation.room_id());
+        groups.push(d.conversation.group_id());
+        contents.push(d.content.clone());
+        message_types.push(d.message_type.as_db().to_owned());
+        chat_types.push(d.conversation.chat_type.as_db().to_owned());
+        replies.push(d.reply_to_id);
+        client_ids.push(d.client_id.clone());
+    }
+    let rows = sqlx::query!(
+        r#"WITH input AS (
+                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
+                                        $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
+                                        $10::text[], $11::uuid[], $12::text[])
+                       AS t(id, conversation_id, place, from_user_id, to_user_id, room_id,
+                            group_id, content, message_type, chat_type, reply_to_id, client_id)
+               ),
+               counts AS (
+                   SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
+               ),
+               locked AS (
+                   SELECT c.id FROM conversations c
+                   WHERE c.id IN (SELECT conversation_id FROM counts)
+                   ORDER BY c.id FOR NO KEY UPDATE
+               ),
+               bumped AS (
+                   UPDATE conversations c
+                   SET last_seq = c.last_seq + counts.n, last_message_at = now()
+                   FROM counts
+                   WHERE c.id = counts.conversation_id AND c.id IN (SELECT id FROM locked)
+                   RETURNING c.id, c.last_seq - counts.n AS base
+               ),
+               inserted AS (
+                   INSERT INTO messages (id, conversation_id, seq, from_user_id, to_user_id,
+                                         room_id, group_id, content, message_type, chat_type,
+                                         reply_to_id, client_id)
+                   SELECT i.id, i.conversation_id, b.base + i.place, i.from_user_id, i.to_user_id,
+                          i.room_id, i.group_id, i.content, i.message_type, i.chat_type,
+                          i.reply_to_id, i.client_id
+                   FROM input i JOIN bumped b ON b.id = i.conversation_id
+                   RETURNING id, conversation_id, from_user_id, seq, created_at
+               ),
+               read_positions AS (
+                   UPDATE conversation_members m
+                   SET last_read_seq = GREATEST(m.last_read_seq, r.seq)
+                   FROM (SELECT conversation_id, from_user_id, max(seq) AS seq
+                         FROM inserted GROUP BY conversation_id, from_user_id) r
+                   WHERE m.conversation_id = r.conversation_id AND m.user_id = r.from_user_id
+               )
+               SELECT id AS "id!", seq AS "seq!", created_at AS "created_at!"
+               FROM inserted"#,
+        &ids,
+        &conversation_ids,
+        &places,
+        &senders,
+        &to_users as &[Option<Uuid>],
+        &rooms as &[Option<Uuid>],
+        &groups as &[Option<Uuid>],
+        &contents,
+        &message_types,
+        &chat_types,
+        &replies as &[Option<Uuid>],
+        &client_ids as &[Option<String>]
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Written {
+            id: r.id,
+            seq: r.seq,
+            created_at: r.created_at,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,5 +481,8 @@ mod tests {
         assert!(check_content("https://cdn.example.com/cat.png", MessageType::Image, 4000).is_ok());
         assert!(check_content("cat.png", MessageType::Image, 4000).is_err());
         assert!(check_content("javascript:alert(1)", MessageType::Image, 4000).is_err());
+        assert!(check_content("a\u{0}b", MessageType::Text, 4000).is_err());
+        assert!(check_content("line\nnext\ttab", MessageType::Text, 4000).is_ok());
+        assert!(check_client_id("c\u{1b}").is_err());
     }
 }

@@ -11,8 +11,16 @@
 //!   makes one up when the client sent none), and `(from_user_id, client_id)` is unique, so a
 //!   redelivered command resolves to the stored message, whose `message` event and `ack` are sent
 //!   again (gateways drop a `seq` a connection has already had).
-//! - A transient failure (Postgres or Redis down) leaves the batch pending; the worker backs off
-//!   and retries its own pending entries before reading new ones.
+//! - A refusal (not a member, invalid content, a value the database will not store) is final:
+//!   the sender gets `error {code}` and the entry is acknowledged. One refused command never
+//!   holds up the others of its batch.
+//! - Only a transient failure (Postgres or Redis unavailable, a serialization failure or
+//!   deadlock) leaves the batch pending; the worker backs off, waits until Postgres answers,
+//!   and retries its own pending entries before reading new ones, one entry at a time, so one
+//!   that keeps failing holds up only itself.
+//! - An entry delivered `SEND_MAX_DELIVERIES` times without being processed is moved to the
+//!   dead-letter stream ([`shared::keys::Keys::send_dead_letters`]) with a log line and
+//!   `chat_send_dead_letters_total`, and never retried inline again.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -27,9 +35,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    api::messages::check_send,
     conversation::{self, Conversation},
-    pipeline::{self, Draft, Outcome},
+    pipeline::{self, check_send, Draft, Outcome},
     publish::{PublishTurn, Publisher},
 };
 
@@ -56,6 +63,8 @@ pub struct WorkerConfig {
     /// (`SEND_BATCH_INTERVAL_MS`), whichever of its loops runs them; see [`Pacer`]. Zero reads
     /// again as soon as a batch is done.
     pub batch_interval: Duration,
+    /// Deliveries after which an entry goes to the dead-letter stream (`SEND_MAX_DELIVERIES`).
+    pub max_deliveries: u64,
 }
 
 /// Spaces the batches of one process's worker loops. A loop that has just finished a batch in
@@ -188,6 +197,9 @@ impl SendWorker {
         tracing::info!(consumer = %self.consumer, "send worker started");
         let mut backoff = Duration::from_millis(200);
         let mut own_pending_first = true;
+        // Whether this loop's pending entries failed (rather than were claimed): then they
+        // are retried one entry at a time.
+        let mut failed = false;
         // The group is created once, and again after any failure (Redis may have lost it).
         let mut group_ready = false;
         let mut last_claim = tokio::time::Instant::now();
@@ -218,14 +230,22 @@ impl SendWorker {
                         .max(Duration::from_millis(500))
                 {
                     last_claim = tokio::time::Instant::now();
-                    self.claim_abandoned().await?;
+                    if self.claim_abandoned().await? > 0 {
+                        own_pending_first = true;
+                    }
                 }
-                // After a failure, this consumer's own pending entries ("0") come before new ones (">").
-                let from = if own_pending_first { "0" } else { ">" };
-                let entries = self.read(from, count).await?;
-                if from == "0" && entries.is_empty() {
-                    own_pending_first = false;
+                // After a failure or a claim, this consumer's own pending entries ("0") come
+                // before new ones (">").
+                if own_pending_first {
+                    let started = tokio::time::Instant::now();
+                    let (read, commands) = self.retry_pending(count, failed).await?;
+                    if read == 0 {
+                        own_pending_first = false;
+                        failed = false;
+                    }
+                    return Ok::<_, ApiError>((read, commands, started));
                 }
+                let entries = self.read(">", count).await?;
                 let started = tokio::time::Instant::now();
                 let read = entries.len();
                 let commands = self.process(entries).await?;
@@ -247,6 +267,7 @@ impl SendWorker {
                 }
                 Err(e) => {
                     own_pending_first = true;
+                    failed = true;
                     group_ready = false;
                     tracing::warn!(error = %e, "send worker: batch failed, will retry");
                     tokio::select! {
@@ -254,6 +275,16 @@ impl SendWorker {
                         _ = shutdown.changed() => break,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Every read of a pending entry counts as a delivery towards the dead
+                    // letter: while Postgres does not answer at all, the entries are not read.
+                    while sqlx::query("SELECT 1").execute(&self.db).await.is_err() {
+                        tracing::warn!("send worker: waiting for Postgres");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => break,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
         }
@@ -277,8 +308,9 @@ impl SendWorker {
         Ok(parse_read(response))
     }
 
-    /// Takes over entries another consumer left pending too long (it probably died).
-    async fn claim_abandoned(&self) -> Result<(), ApiError> {
+    /// Takes over entries another consumer left pending too long (it probably died); they are
+    /// this consumer's pending entries now, which it processes next. Returns how many.
+    async fn claim_abandoned(&self) -> Result<usize, ApiError> {
         let response: Value = self
             .reader
             .xautoclaim(
@@ -288,18 +320,107 @@ impl SendWorker {
                 self.config.claim_idle_ms,
                 "0-0",
                 Some(self.config.batch_size),
-                false,
+                true,
             )
             .await?;
-        let entries = match response {
-            Value::Array(mut parts) if parts.len() >= 2 => parse_entries(parts.swap_remove(1)),
-            _ => Vec::new(),
+        let claimed = match response {
+            Value::Array(parts) => match parts.into_iter().nth(1) {
+                Some(Value::Array(ids)) => ids.len(),
+                _ => 0,
+            },
+            _ => 0,
         };
-        if !entries.is_empty() {
-            metrics::counter!("chat_send_entries_claimed_total").increment(entries.len() as u64);
-            tracing::info!(count = entries.len(), "claimed abandoned send entries");
-            self.process(entries).await?;
+        if claimed > 0 {
+            metrics::counter!("chat_send_entries_claimed_total").increment(claimed as u64);
+            tracing::info!(count = claimed, "claimed abandoned send entries");
         }
+        Ok(claimed)
+    }
+
+    /// This consumer's pending entries, at most `count`, with how often each was delivered.
+    async fn own_pending(&self, count: u64) -> Result<Vec<(String, u64)>, ApiError> {
+        let rows: Vec<(String, String, u64, u64)> = self
+            .reader
+            .xpending(
+                self.keys.send_stream(),
+                self.keys.send_group(),
+                ("-", "+", count, self.consumer.as_str()),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, _, _, deliveries)| (id, deliveries))
+            .collect())
+    }
+
+    /// Processes this consumer's pending entries again (after a failure or a claim): those
+    /// delivered `max_deliveries` times go to the dead letters; the rest are read again and
+    /// processed, as a batch when they were claimed, one entry at a time after a failure, so
+    /// an entry that keeps failing holds up only itself. Returns the entries read and the
+    /// commands they held; zero entries when nothing is pending.
+    async fn retry_pending(&self, count: u64, isolate: bool) -> Result<(usize, usize), ApiError> {
+        let pending = self.own_pending(count).await?;
+        if pending.is_empty() {
+            return Ok((0, 0));
+        }
+        let (exhausted, retry): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|(_, deliveries)| *deliveries >= self.config.max_deliveries);
+        for (id, deliveries) in &exhausted {
+            self.dead_letter(id, *deliveries).await?;
+        }
+        if retry.is_empty() {
+            return Ok((exhausted.len(), 0));
+        }
+        let entries = self.read("0", count).await?;
+        let read = entries.len().max(exhausted.len());
+        if !isolate {
+            return Ok((read, self.process(entries).await?));
+        }
+        let mut commands = 0;
+        let mut failed = None;
+        for entry in entries {
+            match self.process(vec![entry]).await {
+                Ok(n) => commands += n,
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((read, commands)),
+        }
+    }
+
+    /// Moves one entry to the dead-letter stream: its fields as they were, plus `entry` (its
+    /// id), `deliveries` and `consumer`; then acknowledges and deletes it.
+    async fn dead_letter(&self, id: &str, deliveries: u64) -> Result<(), ApiError> {
+        let stream = self.keys.send_stream();
+        let found: Vec<(String, HashMap<String, Vec<u8>>)> =
+            self.reader.xrange(&stream, id, id, Some(1)).await?;
+        let mut fields: Vec<(String, Vec<u8>)> = found
+            .into_iter()
+            .next()
+            .map(|(_, f)| f.into_iter().collect())
+            .unwrap_or_default();
+        fields.push(("entry".into(), id.as_bytes().to_vec()));
+        fields.push(("deliveries".into(), deliveries.to_string().into_bytes()));
+        fields.push(("consumer".into(), self.consumer.clone().into_bytes()));
+        let _: String = self
+            .reader
+            .xadd(self.keys.send_dead_letters(), false, None, "*", fields)
+            .await?;
+        let _: i64 = self
+            .reader
+            .xack(&stream, self.keys.send_group(), id)
+            .await?;
+        let _: i64 = self.reader.xdel(&stream, id).await?;
+        metrics::counter!("chat_send_dead_letters_total").increment(1);
+        tracing::error!(
+            entry = %id,
+            deliveries,
+            dead_letters = %self.keys.send_dead_letters(),
+            "a send entry kept failing and was moved to the dead letters"
+        );
         Ok(())
     }
 
@@ -428,14 +549,22 @@ impl SendWorker {
             conversation::for_sending_many(&self.db, &targets),
             self.db.begin()
         );
-        let resolutions = resolutions?;
+        let resolutions = match resolutions {
+            Ok(r) => r,
+            Err(e) if e.is_transient() => return Err(e),
+            // Refused for good (not expected: a failure of the lookup itself): every target.
+            Err(e) => targets
+                .iter()
+                .map(|_| Err(ApiError::new(e.status, e.code, e.detail.clone())))
+                .collect(),
+        };
         let mut tx = Some(tx?);
         stage("resolve", resolving);
         for (target, result) in targets.iter().zip(resolutions) {
             let r = match result {
                 Ok(conv) => Ok(conv),
-                Err(e) if is_transient(&e) => return Err(e),
-                Err(e) => Err((code_for(&e), e.detail)),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => Err((e.ws_code(), e.detail)),
             };
             resolved.insert(*target, r);
         }
@@ -476,13 +605,24 @@ impl SendWorker {
         if !drafts.is_empty() {
             let writing = std::time::Instant::now();
             let persisted =
-                pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take()).await?;
+                match pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take()).await {
+                    Ok(p) => p,
+                    Err(e) if e.is_transient() => return Err(e),
+                    // Not expected (refusals come per draft): refuse the batch, never retry it.
+                    Err(e) => pipeline::Persisted {
+                        results: drafts
+                            .iter()
+                            .map(|_| Err(ApiError::new(e.status, e.code, e.detail.clone())))
+                            .collect(),
+                        turn: None,
+                    },
+                };
             stage("write", writing);
             turn = persisted.turn;
             for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {
                 verdicts[i] = Some(match result {
                     Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
-                    Err(e) if is_transient(&e) => return Err(e),
+                    Err(e) if e.is_transient() => return Err(e),
                     Err(e) => refusal(&e),
                 });
             }
@@ -574,19 +714,6 @@ fn stage(name: &'static str, since: std::time::Instant) {
         .record(since.elapsed().as_secs_f64());
 }
 
-fn is_transient(e: &ApiError) -> bool {
-    e.status.is_server_error()
-}
-
-/// The WebSocket error code for a refused send.
-fn code_for(e: &ApiError) -> &'static str {
-    match e.status.as_u16() {
-        403 => "forbidden",
-        404 => "not_found",
-        _ => "invalid_payload",
-    }
-}
-
 fn refusal(e: &ApiError) -> Verdict {
     let detail = match &e.fields {
         Some(fields) => fields
@@ -597,7 +724,7 @@ fn refusal(e: &ApiError) -> Verdict {
         None => e.detail.clone(),
     };
     Verdict::Refused {
-        code: code_for(e),
+        code: e.ws_code(),
         detail,
     }
 }

@@ -36,9 +36,13 @@ pub struct GatewayConfig {
     /// gathers (default 64). 1 writes one command per entry, which every chat-service version
     /// reads: use it while chat-service replicas older than gathered entries still run.
     pub send_entry_max_commands: usize,
-    /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: `send_message` rate per connection (20, 40).
-    pub send_rate_per_second: u32,
-    pub send_burst: u32,
+    /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: the send rate per user, across their sockets
+    /// on every gateway and REST sends (20, 40).
+    pub send_rate: shared::limits::Rate,
+    /// `SEND_STREAM_MAX_ENTRIES`: while the send stream holds more entries than this (its
+    /// consumers are behind: Postgres down, say), sends are refused with `unavailable`
+    /// (default 20000).
+    pub send_stream_max_entries: u64,
     /// `TYPING_RATE_PER_SECOND`: `typing` frames per connection (default 4, bursts of 8).
     pub typing_rate_per_second: u32,
     /// `WS_READ_BUFFER_BYTES`: tungstenite's read buffer per connection, allocated when the
@@ -86,8 +90,8 @@ impl GatewayConfig {
             )?),
             send_entry_max_commands: config::parsed::<usize>("SEND_ENTRY_MAX_COMMANDS", 64)?
                 .clamp(1, 1024),
-            send_rate_per_second: config::parsed("SEND_RATE_PER_SECOND", 20)?,
-            send_burst: config::parsed("SEND_BURST", 40)?,
+            send_rate: config::send_rate()?,
+            send_stream_max_entries: config::parsed("SEND_STREAM_MAX_ENTRIES", 20_000)?,
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
             ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 1024)?,
             ws_write_buffer_bytes: config::parsed("WS_WRITE_BUFFER_BYTES", 16 * 1024)?,
@@ -118,8 +122,7 @@ impl GatewayConfig {
                 c.max_connections_per_user as u64,
             ),
             ("OUTBOUND_QUEUE", c.outbound_queue as u64),
-            ("SEND_RATE_PER_SECOND", u64::from(c.send_rate_per_second)),
-            ("SEND_BURST", u64::from(c.send_burst)),
+            ("SEND_STREAM_MAX_ENTRIES", c.send_stream_max_entries),
             (
                 "TYPING_RATE_PER_SECOND",
                 u64::from(c.typing_rate_per_second),

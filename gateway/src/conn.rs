@@ -89,6 +89,8 @@ pub struct ConnShared {
     /// When the queue last went over `capacity` ([`now_ms`]); 0 while it is not over.
     over_since: AtomicU64,
     overflowed: AtomicBool,
+    /// A `sync` is under way (one at a time per connection).
+    pub syncing: AtomicBool,
     cursors: Mutex<HashMap<Uuid, Cursor>>,
 }
 
@@ -112,6 +114,7 @@ impl ConnShared {
             grace,
             over_since: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
+            syncing: AtomicBool::new(false),
             cursors: Mutex::new(HashMap::new()),
         }
     }

@@ -36,10 +36,19 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
-/// Bad or refused frames tolerated per minute before the connection is closed with 1008.
+/// Bad or refused frames tolerated per minute before the connection is closed with 1008
+/// (`rate_limited` and `unavailable` answers do not count: they are not the client's fault).
 const ABUSE_LIMIT: u32 = 60;
-/// The most positions one `sync` may name.
-const MAX_SYNC_POSITIONS: usize = 200;
+/// The most positions one `sync` may name (after duplicates are merged).
+const MAX_SYNC_POSITIONS: usize = 100;
+/// The most messages per position of a `sync`.
+const SYNC_PER_POSITION: i64 = 500;
+/// The most messages one `synced` frame carries.
+const SYNC_PER_FRAME: usize = 5000;
+/// `mark_read` frames per second per connection (bursts as large).
+const MARK_READ_RATE: u32 = 10;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A token bucket.
 struct Bucket {
@@ -131,10 +140,13 @@ pub async fn run(
     gw: Arc<Gateway>,
     mut ws: Socket,
     user: Uuid,
+    session: String,
     encoding: Encoding,
     info: UserConversations,
 ) {
-    let Some(conn) = Box::pin(open(&gw, &mut ws, user, encoding, info)).await else {
+    let Some(conn) = Box::pin(open(&gw, &mut ws, user, session.clone(), encoding, info)).await
+    else {
+        gw.presence.release_socket(user, &session).await;
         return;
     };
     // Write `ready` (and whatever came meanwhile) now and give the queue's memory back: most
@@ -154,13 +166,14 @@ async fn open(
     gw: &Arc<Gateway>,
     ws: &mut Socket,
     user: Uuid,
+    session: String,
     encoding: Encoding,
     info: UserConversations,
 ) -> Option<Arc<ConnShared>> {
     let conn = Arc::new(ConnShared::new(
         gw.hub.next_id(),
         user,
-        crate::ws::session_id(),
+        session,
         encoding,
         gw.config.outbound_queue,
         gw.config.slow_consumer_grace,
@@ -179,12 +192,7 @@ async fn open(
         Ok(first) => first,
         Err(refusal) => {
             tracing::info!(?refusal, "connection refused after upgrade");
-            let _ = ws
-                .close(Some(CloseFrame {
-                    code: CloseCode::Again,
-                    reason: "gateway full".into(),
-                }))
-                .await;
+            close_gracefully(ws, CloseCode::Again, "gateway full").await;
             return None;
         }
     };
@@ -211,14 +219,11 @@ async fn finish(
     close: Option<(CloseCode, &'static str)>,
 ) {
     if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+        close_gracefully(&mut ws, code, reason).await;
     }
     drop(ws);
     let user = conn.user;
+    gw.presence.release_socket(user, &conn.session).await;
     // Read before unregistering: the node forgets the user with their last connection.
     let contacts = gw.hub.contacts_of(user);
     if gw.hub.unregister(conn).await {
@@ -229,6 +234,37 @@ async fn finish(
         }
     }
     metrics::counter!("gateway_connections_closed_total").increment(1);
+}
+
+/// Sends a close frame with `code`, then reads (and drops) what the client still sends until
+/// its own close frame arrives or [`CLOSE_WAIT`] passes. Closing the socket with unread data in
+/// it would make the kernel reset the connection, and a reset can destroy the close frame
+/// before the client reads it; this way the client always learns the code.
+async fn close_gracefully(ws: &mut Socket, code: CloseCode, reason: &'static str) {
+    metrics::counter!("gateway_closes_total", "code" => close_label(code)).increment(1);
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+fn close_label(code: CloseCode) -> &'static str {
+    match u16::from(code) {
+        1008 => "1008",
+        1009 => "1009",
+        1012 => "1012",
+        1013 => "1013",
+        4001 => "4001",
+        4008 => "4008",
+        _ => "other",
+    }
 }
 
 /// The close for a client too far behind.
@@ -246,11 +282,14 @@ async fn serve(
     let interval = gw.config.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
-    let mut sends = Bucket::new(gw.config.send_rate_per_second, gw.config.send_burst);
+    // A first line before the user's shared bucket in Redis: one socket never gets more than
+    // the whole user's budget, so a flood from one socket costs no Redis work.
+    let mut sends = Bucket::new(gw.config.send_rate.per_second, gw.config.send_rate.burst);
     let mut typing = Bucket::new(
         gw.config.typing_rate_per_second,
         gw.config.typing_rate_per_second * 2,
     );
+    let mut reads = Bucket::new(MARK_READ_RATE, MARK_READ_RATE);
     let mut abuse = (0u32, Instant::now());
     let mut shutdown = gw.shutdown.clone();
     // Grows with what is queued; given back when the connection is idle.
@@ -311,13 +350,16 @@ async fn serve(
                         metrics::counter!("gateway_frames_in_total", "type" => frame.label()).increment(1);
                         // Boxed: the Redis calls' futures are large, and an idle connection should
                         // not carry their space in its task for its whole life.
-                        Box::pin(handle(gw, conn, frame, &mut sends, &mut typing)).await
+                        Box::pin(handle(gw, conn, frame, &mut sends, &mut typing, &mut reads)).await
                     }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = outcome {
                     metrics::counter!("gateway_frame_errors_total", "code" => e.code).increment(1);
                     reply_error(conn, &e);
+                    if matches!(e.code, "rate_limited" | "unavailable") {
+                        continue;
+                    }
                     if abuse.1.elapsed() > Duration::from_secs(60) {
                         abuse = (0, Instant::now());
                     }
@@ -458,6 +500,7 @@ async fn handle(
     frame: ClientFrame,
     sends: &mut Bucket,
     typing: &mut Bucket,
+    reads: &mut Bucket,
 ) -> Result<(), FrameError> {
     match frame {
         ClientFrame::Ping => {
@@ -537,6 +580,19 @@ async fn handle(
             Ok(())
         }
         ClientFrame::MarkRead(r) => {
+            if !reads.take() {
+                return Err(FrameError::new("rate_limited", "mark_read too often"));
+            }
+            if gw
+                .hub
+                .conversation_of(conn.user, r.chat_type, r.chat_id)
+                .is_none()
+            {
+                return Err(FrameError::new(
+                    "forbidden",
+                    "you are not in that conversation",
+                ));
+            }
             let gw = gw.clone();
             let conn = conn.clone();
             tokio::spawn(async move {
@@ -553,16 +609,47 @@ async fn handle(
             Ok(())
         }
         ClientFrame::Sync(s) => {
-            if s.positions.len() > MAX_SYNC_POSITIONS {
+            let positions = merge_positions(s.positions);
+            if positions.len() > MAX_SYNC_POSITIONS {
                 return Err(FrameError::new(
                     "invalid_payload",
                     format!("at most {MAX_SYNC_POSITIONS} positions"),
                 ));
             }
-            tokio::spawn(sync(gw.clone(), conn.clone(), s.positions));
+            if conn.syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return Err(FrameError::new(
+                    "rate_limited",
+                    "a sync is already under way on this connection",
+                ));
+            }
+            let (gw, conn) = (gw.clone(), conn.clone());
+            tokio::spawn(async move {
+                sync(gw, conn.clone(), positions).await;
+                conn.syncing
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
             Ok(())
         }
     }
+}
+
+/// One position per conversation, the lowest `seq` of those named, in first-named order.
+fn merge_positions(
+    positions: Vec<shared::internal::SyncPosition>,
+) -> Vec<shared::internal::SyncPosition> {
+    let mut merged: Vec<shared::internal::SyncPosition> = Vec::with_capacity(positions.len());
+    let mut index: std::collections::HashMap<(ChatType, Uuid), usize> =
+        std::collections::HashMap::with_capacity(positions.len());
+    for p in positions {
+        match index.get(&(p.chat_type, p.chat_id)) {
+            Some(&i) => merged[i].seq = merged[i].seq.min(p.seq),
+            None => {
+                index.insert((p.chat_type, p.chat_id), merged.len());
+                merged.push(p);
+            }
+        }
+    }
+    merged
 }
 
 fn call_error(e: CallError) -> FrameError {
@@ -571,14 +658,7 @@ fn call_error(e: CallError) -> FrameError {
             code,
             detail,
             status,
-        } => FrameError::new(
-            match (status, code.as_str()) {
-                (403, _) => "forbidden",
-                (404, _) => "not_found",
-                _ => "invalid_payload",
-            },
-            detail,
-        ),
+        } => FrameError::new(shared::error::ws_code(status, &code), detail),
         CallError::Unavailable(_) => {
             FrameError::new("unavailable", "chat-service is unavailable; retry")
         }
@@ -613,7 +693,7 @@ async fn sync(
     let request = SyncRequest {
         user_id: conn.user,
         positions: positions.clone(),
-        limit: 500,
+        limit: SYNC_PER_POSITION,
     };
     let answer = gw.hub.chat().sync(&request).await;
     let mut cursors = conn.cursors();
@@ -628,22 +708,30 @@ async fn sync(
     };
     let mut synced = Vec::with_capacity(results.len());
     let mut batch_max: Vec<(Uuid, i64, bool, i64)> = Vec::new();
+    // What is left of the frame's SYNC_PER_FRAME messages.
+    let mut room = SYNC_PER_FRAME;
     for (r, position) in results.into_iter().zip(&positions) {
         let mut messages = r.messages;
+        let mut has_more = r.has_more;
         if let Some(conv) = r.conversation_id {
             if let Some(c) = cursors.get(&conv) {
                 if c.first > 0 {
                     messages.retain(|m| m.seq < c.first || m.seq > c.last);
                 }
             }
+            if messages.len() > room {
+                messages.truncate(room);
+                has_more = true;
+            }
+            room -= messages.len();
             let top = messages.last().map_or(position.seq, |m| m.seq);
-            batch_max.push((conv, top, r.has_more, position.seq));
+            batch_max.push((conv, top, has_more, position.seq));
         }
         synced.push(SyncedResult {
             chat_type: r.chat_type,
             chat_id: r.chat_id,
             messages,
-            has_more: r.has_more,
+            has_more,
             error: r.error,
         });
     }

@@ -91,6 +91,25 @@ struct UserEntry {
     contacts: Vec<Uuid>,
 }
 
+impl UserEntry {
+    /// Adds the private chat `conv` that `message` belongs to, seen from `user`, and its other
+    /// user as a contact (they get each other's presence from now on).
+    fn learn_private(&mut self, conv: Uuid, message: &Message, user: Uuid) {
+        let Some(peer) = message.chat_id_for(user) else {
+            return;
+        };
+        self.conversations.entry(conv).or_insert(Membership {
+            conversation_id: conv,
+            chat_type: ChatType::Private,
+            chat_id: peer,
+            last_seq: 0,
+        });
+        if !self.contacts.contains(&peer) {
+            self.contacts.push(peer);
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     conns: HashMap<ConnId, Arc<ConnShared>>,
@@ -444,13 +463,23 @@ impl Hub {
         let receivers = {
             let mut guard = self.state();
             let State {
-                channels, conns, ..
+                channels,
+                conns,
+                users,
             } = &mut *guard;
             let ch = channels.get_mut(channel)?;
             match ch.streams.get(&conv).copied() {
                 Some(last) if message.seq <= last => return None,
                 Some(last) if message.seq > last + 1 => return Some(last),
-                _ => {}
+                Some(_) => {}
+                // A private chat that began while its user is connected: it is theirs now.
+                None => {
+                    if let (ChatType::Private, Some(user)) = (message.chat_type, ch.user) {
+                        if let Some(entry) = users.get_mut(&user) {
+                            entry.learn_private(conv, message, user);
+                        }
+                    }
+                }
             }
             ch.streams.insert(conv, message.seq);
             ch.receivers(conns)

@@ -119,8 +119,15 @@ impl Application {
         let chat = chat_client::ChatClient::new(&config.chat_service_url, jwt.clone())
             .context("CHAT_SERVICE_URL")?;
         let node = format!("gw-{}", uuid::Uuid::new_v4().simple());
-        let (sends, writer) =
-            sends::channel(redis.clone(), keys.clone(), config.send_entry_max_commands);
+        let (sends, writer) = sends::channel(
+            redis.clone(),
+            keys.clone(),
+            sends::Settings {
+                max_per_entry: config.send_entry_max_commands,
+                rate: config.send_rate,
+                max_backlog: config.send_stream_max_entries,
+            },
+        );
         let (stop, shutdown) = watch::channel(false);
         let gateway = Arc::new(Gateway {
             hub: hub::Hub::new(
@@ -202,6 +209,7 @@ impl Application {
             tokio::spawn(dispatch(gw.clone(), self.subscriber.clone())),
             tokio::spawn(watch_reconnects(gw.clone(), self.subscriber.clone())),
             tokio::spawn(refresh_presence(gw.clone())),
+            tokio::spawn(self.writer.watch_backlog()),
             tokio::spawn(self.writer.run()),
         ];
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -270,6 +278,12 @@ async fn refresh_presence(gw: Arc<Gateway>) {
     let mut every = tokio::time::interval(gw.presence.refresh_every());
     loop {
         every.tick().await;
-        gw.presence.refresh(&gw.hub.local_users()).await;
+        let sockets: Vec<(uuid::Uuid, String)> = gw
+            .hub
+            .all_connections()
+            .iter()
+            .map(|c| (c.user, c.session.clone()))
+            .collect();
+        gw.presence.refresh(&gw.hub.local_users(), &sockets).await;
     }
 }

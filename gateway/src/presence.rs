@@ -39,6 +39,16 @@ end
 return others
 "#;
 
+/// Reserves a socket for `ARGV[1]` (session id) in the user's set `KEYS[1]` if fewer than
+/// `ARGV[4]` unexpired sockets are there; returns 1 when reserved, 0 when full.
+const RESERVE_SOCKET: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"#;
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -98,13 +108,72 @@ impl Presence {
         Ok(others == 0)
     }
 
-    /// Renews this node's claims on `users`.
-    pub async fn refresh(&self, users: &[Uuid]) {
+    /// Renews this node's claims on `users`, and its sockets' places in their users' socket
+    /// sets (`sockets`: user and session id of every local connection).
+    pub async fn refresh(&self, users: &[Uuid], sockets: &[(Uuid, String)]) {
         for user in users {
             if let Err(e) = self.claim(*user).await {
                 tracing::warn!(error = %e, "presence refresh failed");
                 return;
             }
+        }
+        let expires = (now_ms() + self.ttl_ms) as f64;
+        let mut by_user: std::collections::HashMap<Uuid, Vec<(f64, String)>> =
+            std::collections::HashMap::new();
+        for (user, session) in sockets {
+            by_user
+                .entry(*user)
+                .or_default()
+                .push((expires, session.clone()));
+        }
+        for (user, members) in by_user {
+            let key = self.keys.user_sockets(user);
+            let renewed: Result<(), Error> = self
+                .redis
+                .zadd(&key, None, None, false, false, members)
+                .await;
+            let expired: Result<(), Error> = self.redis.pexpire(&key, self.ttl_ms, None).await;
+            if let Err(e) = renewed.and(expired) {
+                tracing::warn!(error = %e, "socket refresh failed");
+                return;
+            }
+        }
+    }
+
+    /// Reserves one of `user`'s `max` sockets across every gateway for `session`; false when
+    /// the user already has `max` open. While Redis is away the socket is let through (the
+    /// node's own per-user cap still holds).
+    pub async fn reserve_socket(&self, user: Uuid, session: &str, max: usize) -> bool {
+        let now = now_ms();
+        let reserved: Result<i64, Error> = self
+            .redis
+            .eval(
+                RESERVE_SOCKET,
+                vec![self.keys.user_sockets(user)],
+                vec![
+                    session.to_owned(),
+                    (now + self.ttl_ms).to_string(),
+                    now.to_string(),
+                    max.to_string(),
+                    self.ttl_ms.to_string(),
+                ],
+            )
+            .await;
+        match reserved {
+            Ok(n) => n == 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "socket reservation unavailable; letting the socket through");
+                true
+            }
+        }
+    }
+
+    /// Gives `session`'s place in `user`'s socket set back.
+    pub async fn release_socket(&self, user: Uuid, session: &str) {
+        let released: Result<i64, Error> =
+            self.redis.zrem(self.keys.user_sockets(user), session).await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "socket release failed");
         }
     }
 

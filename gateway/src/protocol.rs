@@ -19,6 +19,9 @@ use uuid::Uuid;
 /// The subprotocol that switches a connection to MessagePack.
 pub const MSGPACK_PROTOCOL: &str = "chatsphere.msgpack";
 
+/// The deepest nesting a MessagePack frame may have.
+pub const MAX_MSGPACK_DEPTH: usize = 16;
+
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -116,6 +119,9 @@ pub fn decode_value(encoding: Encoding, bytes: &[u8]) -> Result<Value, FrameErro
             .map_err(|e| FrameError::new("invalid_json", format!("malformed JSON: {e}"))),
         Encoding::MsgPack => {
             let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
+            // No envelope nests deeper than a few levels; a bound keeps a hostile frame from
+            // costing deep recursion (JSON has serde_json's own limit of 128).
+            de.set_max_depth(MAX_MSGPACK_DEPTH);
             Value::deserialize(&mut de)
                 .map_err(|e| FrameError::new("invalid_json", format!("malformed MessagePack: {e}")))
         }
@@ -135,13 +141,35 @@ fn data<T: serde::de::DeserializeOwned>(kind: &str, data: Value) -> Result<T, Fr
     })
 }
 
+/// The largest `seq` a client may send, exclusive: 2^53, the integers every JSON parser keeps exact.
+pub const SEQ_LIMIT: i64 = 1 << 53;
+
+fn check_seq(field: &str, seq: i64) -> Result<(), FrameError> {
+    if (0..SEQ_LIMIT).contains(&seq) {
+        Ok(())
+    } else {
+        Err(FrameError::new(
+            "invalid_payload",
+            format!("{field}: must be an integer from 0 to 2^53 - 1"),
+        ))
+    }
+}
+
 /// Parses an envelope into a client frame.
 pub fn parse(value: Value) -> Result<ClientFrame, FrameError> {
     let client_id = value
         .get("data")
         .and_then(|d| d.get("client_id"))
         .and_then(Value::as_str)
+        .filter(|c| shared::text::check(c).is_ok())
         .map(str::to_owned);
+    if let Some((field, problem)) = shared::text::find_in_json(&value, "frame") {
+        let mut e = FrameError::new("invalid_payload", format!("{field}: {problem}"));
+        if value.get("type").and_then(Value::as_str) == Some("send_message") {
+            e.client_id = client_id;
+        }
+        return Err(e);
+    }
     let envelope: Envelope = serde_json::from_value(value).map_err(|_| {
         FrameError::new(
             "invalid_payload",
@@ -151,8 +179,14 @@ pub fn parse(value: Value) -> Result<ClientFrame, FrameError> {
     let parsed = match envelope.kind.as_str() {
         "send_message" => data(&envelope.kind, envelope.data).map(ClientFrame::SendMessage),
         "typing" => data(&envelope.kind, envelope.data).map(ClientFrame::Typing),
-        "mark_read" => data(&envelope.kind, envelope.data).map(ClientFrame::MarkRead),
-        "sync" => data(&envelope.kind, envelope.data).map(ClientFrame::Sync),
+        "mark_read" => data::<MarkRead>(&envelope.kind, envelope.data)
+            .and_then(|r| check_seq("seq", r.seq).map(|()| ClientFrame::MarkRead(r))),
+        "sync" => data::<Sync>(&envelope.kind, envelope.data).and_then(|s| {
+            for (i, p) in s.positions.iter().enumerate() {
+                check_seq(&format!("positions[{i}].seq"), p.seq)?;
+            }
+            Ok(ClientFrame::Sync(s))
+        }),
         "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::new(
             "unknown_type",
@@ -324,6 +358,60 @@ mod tests {
         let json = encode(Encoding::Json, "pong", &serde_json::json!({})).unwrap();
         let value: Value = serde_json::from_slice(json.payload()).unwrap();
         assert_eq!(value["type"], "pong");
+    }
+
+    #[test]
+    fn control_characters_and_wild_seqs_are_invalid_payload() {
+        let e = parse_json(
+            r#"{"type":"send_message","data":{"content":"a\u0000b","chat_type":"room","chat_id":"00000000-0000-0000-0000-000000000000","client_id":"c1"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "invalid_payload");
+        assert_eq!(e.client_id.as_deref(), Some("c1"));
+        assert!(e.detail.contains("data.content"), "{}", e.detail);
+        // A bad client_id is not echoed back.
+        let e = parse_json(
+            r#"{"type":"send_message","data":{"content":"hi","chat_type":"room","chat_id":"00000000-0000-0000-0000-000000000000","client_id":"c\u001b"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.client_id), ("invalid_payload", None));
+        let id = "00000000-0000-0000-0000-000000000000";
+        for seq in ["-1", "9007199254740992", "1.5", "1e300", "\"3\""] {
+            let frame = format!(
+                r#"{{"type":"mark_read","data":{{"chat_type":"room","chat_id":"{id}","seq":{seq}}}}}"#
+            );
+            assert_eq!(
+                parse_json(&frame).unwrap_err().code,
+                "invalid_payload",
+                "{seq}"
+            );
+            let frame = format!(
+                r#"{{"type":"sync","data":{{"positions":[{{"chat_type":"room","chat_id":"{id}","seq":{seq}}}]}}}}"#
+            );
+            assert_eq!(
+                parse_json(&frame).unwrap_err().code,
+                "invalid_payload",
+                "{seq}"
+            );
+        }
+        let frame = format!(
+            r#"{{"type":"mark_read","data":{{"chat_type":"room","chat_id":"{id}","seq":9007199254740991}}}}"#
+        );
+        assert!(parse_json(&frame).is_ok());
+    }
+
+    #[test]
+    fn deep_messagepack_is_refused() {
+        // 1000 nested one-element arrays, then nil.
+        let mut bytes = vec![0x91; 1000];
+        bytes.push(0xc0);
+        assert_eq!(
+            decode_value(Encoding::MsgPack, &bytes).unwrap_err().code,
+            "invalid_json"
+        );
+        let mut shallow = vec![0x91; 4];
+        shallow.push(0xc0);
+        assert!(decode_value(Encoding::MsgPack, &shallow).is_ok());
     }
 
     #[test]

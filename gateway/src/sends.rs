@@ -9,18 +9,35 @@
 //! to the writer is bounded, so a node whose Redis is slow stops reading client frames instead
 //! of buffering without limit. When an `XADD` fails, every sender of that entry gets an
 //! `error` frame with code `unavailable` and its `client_id`, and may send again.
+//!
+//! Before appending, the writer takes one token per command from each sender's bucket in Redis
+//! ([`shared::limits`], one script call per gathering): the send rate is per user, across all
+//! of a user's sockets on every gateway and REST sends. Commands past a user's budget are
+//! answered `rate_limited` and never appended.
+//!
+//! The stream holds only work in progress (chat-service deletes an entry once it is
+//! acknowledged), so its length is the consumers' backlog. A watcher reads it a few times a
+//! second (`gateway_send_stream_entries`); while it is over `SEND_STREAM_MAX_ENTRIES` (say,
+//! Postgres is down and nothing is persisted), sends are refused at once with `unavailable`
+//! instead of growing the stream without bound.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use fred::prelude::*;
 use shared::{
     chat::{encode, SendCommand, SEND_BATCH_FIELD, SEND_FIELD},
     keys::Keys,
+    limits::{self, Rate},
 };
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use crate::{conn::ConnShared, connection::reply_error, protocol::FrameError};
 
@@ -33,49 +50,81 @@ pub struct Pending {
     conn: Arc<ConnShared>,
 }
 
+/// How often the stream's length is read.
+const BACKLOG_EVERY: Duration = Duration::from_millis(200);
+
 /// The connections' side of the writer.
 pub struct Sends {
     queue: mpsc::Sender<Pending>,
     /// Handed over and not yet appended (or refused): shutdown waits for this to reach zero.
     unfinished: Arc<AtomicUsize>,
+    /// The stream's length as last read, and the most it may be for sends to be taken.
+    backlog: Arc<AtomicU64>,
+    max_backlog: u64,
 }
 
-/// The writer's side: run it with [`Writer::run`].
+/// The writer's side: run it with [`Writer::run`], and its watcher with [`Writer::watch_backlog`].
 pub struct Writer {
     queue: mpsc::Receiver<Pending>,
     unfinished: Arc<AtomicUsize>,
+    backlog: Arc<AtomicU64>,
     redis: Client,
     keys: Keys,
-    max_per_entry: usize,
+    settings: Settings,
 }
 
-/// The writer is gone (the node is stopping).
-#[derive(Debug)]
-pub struct Closed;
+/// How the writer appends.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Commands per entry at most (`SEND_ENTRY_MAX_COMMANDS`).
+    pub max_per_entry: usize,
+    /// Each user's send rate (`SEND_RATE_PER_SECOND`, `SEND_BURST`).
+    pub rate: Rate,
+    /// Stream entries past which sends are refused (`SEND_STREAM_MAX_ENTRIES`).
+    pub max_backlog: u64,
+}
 
-/// A connected pair: [`Sends`] for connections, [`Writer`] for the task that appends entries
-/// of at most `max_per_entry` commands.
-pub fn channel(redis: Client, keys: Keys, max_per_entry: usize) -> (Sends, Writer) {
+/// The send cannot be taken now: the node is stopping, or the stream's backlog is over its bound.
+#[derive(Debug)]
+pub struct Unavailable;
+
+/// A connected pair: [`Sends`] for connections, [`Writer`] for the task that appends.
+pub fn channel(redis: Client, keys: Keys, settings: Settings) -> (Sends, Writer) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let unfinished = Arc::new(AtomicUsize::new(0));
+    let backlog = Arc::new(AtomicU64::new(0));
     (
         Sends {
             queue: tx,
             unfinished: unfinished.clone(),
+            backlog: backlog.clone(),
+            max_backlog: settings.max_backlog,
         },
         Writer {
             queue: rx,
             unfinished,
+            backlog,
             redis,
             keys,
-            max_per_entry: max_per_entry.max(1),
+            settings: Settings {
+                max_per_entry: settings.max_per_entry.max(1),
+                ..settings
+            },
         },
     )
 }
 
 impl Sends {
     /// Hands `command` to the writer; waits only while the node-wide queue is full.
-    pub async fn send(&self, conn: &Arc<ConnShared>, command: SendCommand) -> Result<(), Closed> {
+    pub async fn send(
+        &self,
+        conn: &Arc<ConnShared>,
+        command: SendCommand,
+    ) -> Result<(), Unavailable> {
+        if self.backlog.load(Ordering::Relaxed) > self.max_backlog {
+            metrics::counter!("gateway_sends_refused_total", "reason" => "backlog").increment(1);
+            return Err(Unavailable);
+        }
         self.unfinished.fetch_add(1, Ordering::AcqRel);
         let handed = self
             .queue
@@ -86,7 +135,7 @@ impl Sends {
             .await;
         if handed.is_err() {
             self.unfinished.fetch_sub(1, Ordering::AcqRel);
-            return Err(Closed);
+            return Err(Unavailable);
         }
         Ok(())
     }
@@ -98,16 +147,39 @@ impl Sends {
 }
 
 impl Writer {
+    /// A task that reads the stream's length every [`BACKLOG_EVERY`], for [`Sends::send`] and
+    /// `gateway_send_stream_entries`; run it beside [`Writer::run`]. A failed read keeps the
+    /// last value (while Redis is away, appends fail anyway).
+    pub fn watch_backlog(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (redis, stream, backlog) = (
+            self.redis.clone(),
+            self.keys.send_stream(),
+            self.backlog.clone(),
+        );
+        async move {
+            let mut every = tokio::time::interval(BACKLOG_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Ok(len) = redis.xlen::<u64, _>(&stream).await {
+                    backlog.store(len, Ordering::Relaxed);
+                    metrics::gauge!("gateway_send_stream_entries").set(len as f64);
+                }
+            }
+        }
+    }
+
     /// Appends until every [`Sends`] is dropped.
     pub async fn run(mut self) {
-        let mut gathered: Vec<Pending> = Vec::with_capacity(self.max_per_entry);
-        while self
-            .queue
-            .recv_many(&mut gathered, self.max_per_entry)
-            .await
-            > 0
-        {
-            let appended = self.append(&gathered).await;
+        let max = self.settings.max_per_entry;
+        let mut gathered: Vec<Pending> = Vec::with_capacity(max);
+        while self.queue.recv_many(&mut gathered, max).await > 0 {
+            let taken = gathered.len();
+            let appended = match self.within_rate(&mut gathered).await {
+                Ok(()) if gathered.is_empty() => Ok(()),
+                Ok(()) => self.append(&gathered).await,
+                Err(e) => Err(e),
+            };
             metrics::histogram!("gateway_send_entry_commands").record(gathered.len() as f64);
             if let Err(e) = appended {
                 metrics::counter!("gateway_send_append_failures_total").increment(1);
@@ -123,9 +195,50 @@ impl Writer {
                     );
                 }
             }
-            self.unfinished.fetch_sub(gathered.len(), Ordering::AcqRel);
+            self.unfinished.fetch_sub(taken, Ordering::AcqRel);
             gathered.clear();
         }
+    }
+
+    /// Takes each sender's tokens for their commands (one script call); answers the commands
+    /// past a user's budget `rate_limited` and leaves the rest in `gathered`, in order.
+    async fn within_rate(&self, gathered: &mut Vec<Pending>) -> Result<(), Error> {
+        let mut wants: Vec<(Uuid, u32)> = Vec::new();
+        for p in gathered.iter() {
+            match wants.iter_mut().find(|(u, _)| *u == p.command.user_id) {
+                Some((_, n)) => *n += 1,
+                None => wants.push((p.command.user_id, 1)),
+            }
+        }
+        let keyed: Vec<(String, u32)> = wants
+            .iter()
+            .map(|(u, n)| (self.keys.send_rate(*u), *n))
+            .collect();
+        let granted = limits::take(&self.redis, self.settings.rate, &keyed).await?;
+        let mut left: HashMap<Uuid, u32> = wants
+            .iter()
+            .zip(granted)
+            .map(|((u, _), g)| (*u, g))
+            .collect();
+        gathered.retain(|p| match left.get_mut(&p.command.user_id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => {
+                metrics::counter!("gateway_sends_refused_total", "reason" => "rate").increment(1);
+                reply_error(
+                    &p.conn,
+                    &FrameError {
+                        code: "rate_limited",
+                        detail: "too many messages; slow down".into(),
+                        client_id: Some(p.command.client_id.clone()),
+                    },
+                );
+                false
+            }
+        });
+        Ok(())
     }
 
     /// One `XADD`: a lone command as itself, several as one array.

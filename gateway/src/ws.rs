@@ -121,6 +121,16 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::internal("the connection cannot be upgraded").into_response();
     };
+    // The per-user cap counts the user's sockets on every gateway.
+    let session = session_id();
+    if !gw
+        .presence
+        .reserve_socket(user, &session, gw.config.max_connections_per_user)
+        .await
+    {
+        return ApiError::too_many_requests("too many connections for this user", 5)
+            .into_response();
+    }
     let ws_config = gw.ws_config();
     let gateway = gw.clone();
     tokio::spawn(async move {
@@ -132,9 +142,12 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
                     Some(ws_config),
                 )
                 .await;
-                connection::run(gateway, socket, user, encoding, info).await;
+                connection::run(gateway, socket, user, session, encoding, info).await;
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                gateway.presence.release_socket(user, &session).await;
+            }
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();

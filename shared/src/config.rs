@@ -83,6 +83,19 @@ pub fn string(name: &'static str, default: &str) -> Result<String, ConfigError> 
     Ok(raw(name)?.unwrap_or_else(|| default.to_owned()))
 }
 
+/// `SEND_RATE_PER_SECOND` (default 20) and `SEND_BURST` (default 40): each user's send rate,
+/// read by every process that takes sends (gateways, chat-service's REST sends).
+pub fn send_rate() -> Result<crate::limits::Rate, ConfigError> {
+    let per_second: u32 = parsed("SEND_RATE_PER_SECOND", 20)?;
+    let burst: u32 = parsed("SEND_BURST", 40)?;
+    for (name, v) in [("SEND_RATE_PER_SECOND", per_second), ("SEND_BURST", burst)] {
+        if v == 0 {
+            return Err(ConfigError::new(name, "is invalid: must be at least 1"));
+        }
+    }
+    Ok(crate::limits::Rate { per_second, burst })
+}
+
 /// Where a service listens: `HOST` and `PORT`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -159,21 +159,70 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether a database error may go away on retry: the pool or the connection failed, the
+/// server is starting or stopping or out of resources, or the transaction lost a race
+/// (serialization failure, deadlock). Anything else — a refused value, a violated constraint,
+/// a bug in a statement — fails the same way every time.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 40: transaction rollback (40001 serialization,
+            // 40P01 deadlock); 53: insufficient resources; 57P0x: shutting down, cannot connect now.
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57P0")
+        }),
+        _ => false,
+    }
+}
+
+/// The contract's WebSocket error code for an error answered over REST with `status` and
+/// `code`: the one mapping the gateway and chat-service share.
+pub fn ws_code(status: u16, code: &str) -> &'static str {
+    match (status, code) {
+        (_, "send_failed") => "send_failed",
+        (403, _) => "forbidden",
+        (404, _) => "not_found",
+        (429, _) => "rate_limited",
+        (503, _) => "unavailable",
+        (500..=599, _) => "send_failed",
+        _ => "invalid_payload",
+    }
+}
+
+impl ApiError {
+    /// A send that cannot be stored for a reason that will not change on retry (422).
+    pub fn send_failed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "send_failed", detail)
+    }
+
+    /// Whether retrying may succeed: a dependency is unavailable (503).
+    pub fn is_transient(&self) -> bool {
+        self.status == StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    /// This error's WebSocket code ([`ws_code`]).
+    pub fn ws_code(&self) -> &'static str {
+        ws_code(self.status.as_u16(), self.code)
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::unavailable(
-                    "database_unavailable",
-                    "the database is unavailable, retry shortly",
-                )
-            }
-            _ => Self::internal(format_args!("database: {e}")),
+        if is_transient(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::unavailable(
+                "database_unavailable",
+                "the database is unavailable, retry shortly",
+            )
+        } else {
+            Self::internal(format_args!("database: {e}"))
         }
     }
 }

@@ -74,6 +74,9 @@ where
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+    if let Some((field, problem)) = crate::text::find_in_json(&value, "body") {
+        return Err(ApiError::invalid_field(field, problem));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
@@ -106,6 +109,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        check_query_text(parts)?;
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
@@ -118,6 +122,20 @@ where
                 ApiError::invalid_field(field_name("", &message, "query"), message)
             })
     }
+}
+
+/// Refuses a query string any of whose values (or names) holds a control character, naming it.
+fn check_query_text(parts: &Parts) -> Result<(), ApiError> {
+    let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) else {
+        // Not decodable as pairs at all: the typed decode answers with its own 422.
+        return Ok(());
+    };
+    for (name, value) in &pairs {
+        if let Err(problem) = crate::text::check(name).and_then(|()| crate::text::check(value)) {
+            return Err(ApiError::invalid_field(name.clone(), problem));
+        }
+    }
+    Ok(())
 }
 
 /// Path parameters decoded into `T`; a malformed one (say, not a UUID) is 422 naming it.
@@ -179,5 +197,12 @@ mod tests {
 
         let e = parse_json::<Login>(b"[]").unwrap_err();
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn control_characters_are_422_naming_the_field() {
+        let e = parse_json::<Login>(br#"{"username": "a", "password": "p\u0000ss"}"#).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.fields.unwrap().contains_key("password"));
     }
 }

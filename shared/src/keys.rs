@@ -38,6 +38,13 @@ impl Keys {
         format!("{}sends", self.prefix)
     }
 
+    /// Send-stream entries that kept failing (`SEND_MAX_DELIVERIES`), moved out of the way with
+    /// their fields as they were plus `entry`, `deliveries` and `consumer`. Nothing reads them
+    /// automatically: an operator inspects them (`XRANGE`) and replays or deletes them.
+    pub fn send_dead_letters(&self) -> String {
+        format!("{}sends:dead", self.prefix)
+    }
+
     /// The consumer group of chat-service workers on [`Keys::send_stream`].
     pub fn send_group(&self) -> &'static str {
         "chat-service"
@@ -55,6 +62,24 @@ impl Keys {
     /// expires (Unix ms). A user is online while any claim is unexpired.
     pub fn presence_user(&self, user_id: Uuid) -> String {
         format!("{}presence:{}", self.prefix, user_id)
+    }
+
+    /// The send token bucket of one user, shared by all of their sockets and REST sends.
+    pub fn send_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:send:{}", self.prefix, user_id)
+    }
+
+    /// A fixed-window quota: `kind` (`rooms`, `groups`, `register`) for one subject (a user
+    /// id or a client address).
+    pub fn quota(&self, kind: &str, subject: &str) -> String {
+        format!("{}quota:{}:{}", self.prefix, kind, subject)
+    }
+
+    /// Sorted set of one user's open sockets on every gateway: member = session id, score =
+    /// when the entry expires (Unix ms), renewed by its gateway with presence, so the sockets
+    /// of a gateway that died stop counting within `PRESENCE_TTL_SECONDS`.
+    pub fn user_sockets(&self, user_id: Uuid) -> String {
+        format!("{}sockets:{}", self.prefix, user_id)
     }
 
     /// Failed logins for one account (lower-cased username or email) in the current window.

@@ -20,11 +20,13 @@ pub mod http;
 pub mod internal;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod redis;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod text;
 
 pub use error::{ApiError, ApiResult};

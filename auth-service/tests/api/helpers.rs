@@ -40,6 +40,7 @@ pub fn test_config() -> AuthConfig {
         login_max_failures_per_address: 1000,
         login_failure_window_seconds: 900,
         trust_proxy_headers: false,
+        registrations_per_hour: 10_000,
     }
 }
 

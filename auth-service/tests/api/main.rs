@@ -4,6 +4,7 @@
 
 mod edges;
 mod helpers;
+mod hostile;
 mod login;
 mod me;
 mod register;

@@ -127,6 +127,7 @@ async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipA
     responses(
         (status = 201, description = "Created; the creator owns it and is a member", body = Group),
         (status = 422, description = "Invalid name or unknown users", body = ErrorBody),
+        (status = 429, description = "Too many groups created in the last hour (GROUPS_PER_HOUR); see Retry-After", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -144,6 +145,13 @@ pub async fn create(
     members.remove(&caller.user_id);
     check_users(&state, "member_ids", &members).await?;
     state.require_events()?;
+    state
+        .creation_quota(
+            "groups",
+            caller.user_id,
+            state.config.quotas.groups_per_hour,
+        )
+        .await?;
     members.insert(caller.user_id);
     let id = Uuid::now_v7();
     let list: Vec<Uuid> = members.iter().copied().collect();

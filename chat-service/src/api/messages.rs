@@ -159,27 +159,6 @@ pub struct SendRequest {
     pub client_id: Option<String>,
 }
 
-/// Validates the fields of a send, naming each bad one.
-pub fn check_send(
-    content: &str,
-    message_type: MessageType,
-    client_id: Option<&str>,
-    max_chars: usize,
-) -> ApiResult<()> {
-    let mut problems = std::collections::BTreeMap::new();
-    if let Err(p) = pipeline::check_content(content, message_type, max_chars) {
-        problems.insert("content".to_owned(), p);
-    }
-    if let Some(Err(p)) = client_id.map(pipeline::check_client_id) {
-        problems.insert("client_id".to_owned(), p);
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::validation(problems))
-    }
-}
-
 /// `POST /chat/messages/{chat_type}/{chat_id}`
 #[utoipa::path(post, path = "/chat/messages/{chat_type}/{chat_id}", tag = "messages", security(("bearer" = [])),
     params(
@@ -191,7 +170,8 @@ pub fn check_send(
         (status = 201, description = "Stored and published (or, for a repeated client_id, the message stored before)", body = Message),
         (status = 403, description = "Not a member", body = ErrorBody),
         (status = 404, description = "No such room, group or user", body = ErrorBody),
-        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 422, description = "Invalid fields, or `send_failed`: the message cannot be stored", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's send rate (shared with their sockets) is used up; see Retry-After", body = ErrorBody),
         (status = 503, description = "Postgres or Redis unavailable; nothing was stored", body = ErrorBody),
     ))]
 pub async fn send(
@@ -201,7 +181,7 @@ pub async fn send(
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
     let (chat_type, chat_id) = parse_chat(&chat_type, &chat_id)?;
-    check_send(
+    pipeline::check_send(
         &req.content,
         req.message_type,
         req.client_id.as_deref(),
@@ -210,6 +190,7 @@ pub async fn send(
     let conversation =
         conversation::for_sending(&state.db, caller.user_id, chat_type, chat_id).await?;
     state.require_events()?;
+    state.send_rate(caller.user_id).await?;
     let draft = Draft {
         sender: caller.user_id,
         conversation,
@@ -237,7 +218,7 @@ pub struct EditRequest {
     pub content: String,
 }
 
-/// The message and its conversation, for the author only.
+/// The message, for its author while they are still a member of its conversation.
 async fn own_message(state: &AppState, id: Uuid, caller: Uuid) -> ApiResult<MessageRow> {
     let row = sqlx::query_as!(MessageRow, "SELECT * FROM messages WHERE id = $1", id)
         .fetch_optional(&state.db)
@@ -245,6 +226,19 @@ async fn own_message(state: &AppState, id: Uuid, caller: Uuid) -> ApiResult<Mess
         .ok_or_else(|| ApiError::not_found("no such message"))?;
     if row.from_user_id != caller {
         return Err(ApiError::forbidden("only the author may change a message"));
+    }
+    let member = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM conversation_members
+                          WHERE conversation_id = $1 AND user_id = $2) AS "member!""#,
+        row.conversation_id,
+        caller
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if !member {
+        return Err(ApiError::forbidden(
+            "you are no longer a member of this conversation",
+        ));
     }
     Ok(row)
 }
@@ -254,7 +248,7 @@ async fn own_message(state: &AppState, id: Uuid, caller: Uuid) -> ApiResult<Mess
     params(("id" = Uuid, Path, description = "Message id")), request_body = EditRequest,
     responses(
         (status = 200, description = "The edited message", body = Message),
-        (status = 403, description = "Not the author", body = ErrorBody),
+        (status = 403, description = "Not the author, or no longer a member of the conversation", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 409, description = "The message was deleted", body = ErrorBody),
     ))]
@@ -272,7 +266,7 @@ pub async fn edit(
         ));
     }
     let message_type = MessageType::from_db(&current.message_type).unwrap_or_default();
-    check_send(
+    pipeline::check_send(
         &req.content,
         message_type,
         None,
@@ -310,7 +304,7 @@ pub async fn edit(
     params(("id" = Uuid, Path, description = "Message id")),
     responses(
         (status = 204, description = "Deleted: it stays in history, emptied, with is_deleted (deleting twice is harmless)"),
-        (status = 403, description = "Not the author", body = ErrorBody),
+        (status = 403, description = "Not the author, or no longer a member of the conversation", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
     ))]
 pub async fn delete(

@@ -76,6 +76,7 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
         (status = 201, description = "Created; the creator has joined", body = Room),
         (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 429, description = "Too many rooms created in the last hour (ROOMS_PER_HOUR); see Retry-After", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -102,6 +103,9 @@ pub async fn create(
         return Err(ApiError::validation(problems));
     }
     state.require_events()?;
+    state
+        .creation_quota("rooms", caller.user_id, state.config.quotas.rooms_per_hour)
+        .await?;
     let id = Uuid::now_v7();
     let mut tx = state.db.begin().await?;
     sqlx::query!(

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::{redis_url, spawn_app, spawn_app_with, TestApp, SECRET};
 
-async fn redis() -> Client {
+pub(crate) async fn redis() -> Client {
     let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
         .build()
         .unwrap();
@@ -39,7 +39,7 @@ fn command(
 }
 
 /// How many entries of the send stream are delivered but not yet acknowledged.
-async fn pending(redis: &Client, app: &TestApp) -> i64 {
+pub(crate) async fn pending(redis: &Client, app: &TestApp) -> i64 {
     type Summary = (
         i64,
         Option<String>,

@@ -52,7 +52,13 @@ pub fn test_config(prefix: &str) -> ChatConfig {
             max_content_chars: 4000,
             workers: 2,
             batch_interval: std::time::Duration::ZERO,
+            max_deliveries: 3,
         },
+        send_rate: shared::limits::Rate {
+            per_second: 20,
+            burst: 40,
+        },
+        quotas: chat_service::config::Quotas::default(),
     }
 }
 

@@ -352,8 +352,10 @@ async fn pongs_and_data_frames_arrive_whole(db: PgPool) {
     use tokio_tungstenite::tungstenite::Message;
 
     let s = stack(db, 1, |c| {
-        c.send_rate_per_second = 10_000;
-        c.send_burst = 10_000;
+        c.send_rate = shared::limits::Rate {
+            per_second: 10_000,
+            burst: 10_000,
+        };
     })
     .await;
     let alice = s.user("alice").await;

@@ -155,8 +155,10 @@ async fn frames_over_64_kib_close_with_1009(db: PgPool) {
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn sending_is_rate_limited_per_connection(db: PgPool) {
     let s = stack(db, 1, |c| {
-        c.send_rate_per_second = 1;
-        c.send_burst = 3;
+        c.send_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 3,
+        };
     })
     .await;
     let alice = s.user("alice").await;

@@ -78,8 +78,11 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         outbound_queue: 256,
         slow_consumer_grace: Duration::from_secs(5),
         send_entry_max_commands: 64,
-        send_rate_per_second: 20,
-        send_burst: 40,
+        send_rate: shared::limits::Rate {
+            per_second: 20,
+            burst: 40,
+        },
+        send_stream_max_entries: 20_000,
         typing_rate_per_second: 4,
         ws_read_buffer_bytes: 4096,
         ws_write_buffer_bytes: 16384,
@@ -94,6 +97,12 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
 pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConfig)) -> Stack {
     shared::telemetry::init(true);
     let prefix = format!("test:{}:", Uuid::new_v4());
+    // One deployment, one send rate: chat-service's REST sends take from the same buckets.
+    let send_rate = {
+        let mut probe = gateway_config(&prefix, "http://unused");
+        adjust(&mut probe);
+        probe.send_rate
+    };
     let mut config = chat_service::ChatConfig {
         server: ServerConfig::ephemeral(),
         database: DatabaseConfig {
@@ -120,7 +129,10 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
             max_content_chars: 4000,
             workers: 2,
             batch_interval: std::time::Duration::ZERO,
+            max_deliveries: 3,
         },
+        send_rate,
+        quotas: chat_service::config::Quotas::default(),
     };
     config.server.port = 0;
     let chat = chat_service::Application::build_with_pool(config.clone(), db.clone())

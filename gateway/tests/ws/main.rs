@@ -5,4 +5,5 @@
 mod delivery;
 mod edges;
 mod helpers;
+mod hostile;
 mod resilience;

@@ -37,7 +37,8 @@ async fn a_redis_reconnect_loses_nothing(db: PgPool) {
                     .await
                     .unwrap();
                 assert!(r.status().is_success());
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Within the user's send rate (20/s after a burst of 40).
+                tokio::time::sleep(Duration::from_millis(30)).await;
             }
         })
     };
@@ -433,30 +434,14 @@ async fn a_send_the_stream_refuses_is_answered_unavailable(db: PgPool) {
 /// were handed over; a lone send is an entry of its own.
 #[tokio::test]
 async fn sends_handed_over_together_share_one_entry_in_order() {
-    use gateway::{conn::ConnShared, protocol::Encoding, sends};
-    use shared::chat::{decode, ChatType, MessageType, SendCommand, SEND_BATCH_FIELD, SEND_FIELD};
+    use gateway::sends;
+    use shared::chat::{decode, SendCommand, SEND_BATCH_FIELD, SEND_FIELD};
 
     let admin = redis().await;
     let keys = shared::keys::Keys::new(format!("test:{}:", Uuid::new_v4().simple()));
-    let (handle, writer) = sends::channel(admin.clone(), keys.clone(), 64);
-    let conn = std::sync::Arc::new(ConnShared::new(
-        1,
-        Uuid::new_v4(),
-        "s".into(),
-        Encoding::Json,
-        16,
-        Duration::from_secs(5),
-    ));
-    let command = |i: usize| SendCommand {
-        user_id: conn.user,
-        session_id: "s".into(),
-        client_id: format!("c{i}"),
-        chat_type: ChatType::Room,
-        chat_id: Uuid::nil(),
-        content: format!("m{i}"),
-        message_type: MessageType::Text,
-        reply_to_id: None,
-    };
+    let (handle, writer) = sends::channel(admin.clone(), keys.clone(), settings(64, 10_000));
+    let conn = writer_conn();
+    let command = |i: usize| room_command(conn.user, i);
     // Handed over before the writer runs: they are all waiting when it first looks.
     for i in 0..10 {
         handle.send(&conn, command(i)).await.unwrap();
@@ -482,6 +467,90 @@ async fn sends_handed_over_together_share_one_entry_in_order() {
     assert_eq!(field, SEND_FIELD);
     assert_eq!(decode::<SendCommand>(bytes).unwrap(), command(10));
     assert_eq!(conn.queued_len(), 0, "nobody was told of a failure");
+    writer.abort();
+    let _: i64 = admin.del(keys.send_stream()).await.unwrap();
+}
+
+/// A connection for the stream writer to answer, with no socket behind it.
+fn writer_conn() -> std::sync::Arc<gateway::conn::ConnShared> {
+    std::sync::Arc::new(gateway::conn::ConnShared::new(
+        1,
+        Uuid::new_v4(),
+        "s".into(),
+        gateway::protocol::Encoding::Json,
+        16,
+        Duration::from_secs(5),
+    ))
+}
+
+/// The `i`th send of `user` to a room.
+fn room_command(user: Uuid, i: usize) -> shared::chat::SendCommand {
+    shared::chat::SendCommand {
+        user_id: user,
+        session_id: "s".into(),
+        client_id: format!("c{i}"),
+        chat_type: shared::chat::ChatType::Room,
+        chat_id: Uuid::nil(),
+        content: format!("m{i}"),
+        message_type: shared::chat::MessageType::Text,
+        reply_to_id: None,
+    }
+}
+
+fn settings(max_per_entry: usize, max_backlog: u64) -> gateway::sends::Settings {
+    gateway::sends::Settings {
+        max_per_entry,
+        rate: shared::limits::Rate {
+            per_second: 1000,
+            burst: 1000,
+        },
+        max_backlog,
+    }
+}
+
+/// While the send stream holds more than `SEND_STREAM_MAX_ENTRIES` (nothing persists them:
+/// Postgres is down, say), sends are refused at once instead of growing it; once the backlog
+/// is worked off they are taken again.
+#[tokio::test]
+async fn a_backlogged_stream_refuses_sends_until_it_drains() {
+    use gateway::sends;
+
+    let admin = redis().await;
+    let keys = shared::keys::Keys::new(format!("test:{}:", Uuid::new_v4().simple()));
+    let (handle, writer) = sends::channel(admin.clone(), keys.clone(), settings(64, 5));
+    let watcher = tokio::spawn(writer.watch_backlog());
+    let writer = tokio::spawn(writer.run());
+    let conn = writer_conn();
+    let command = |i: usize| room_command(conn.user, i);
+    // Six entries nobody consumes: one past the bound.
+    for i in 0..6 {
+        handle.send(&conn, command(i)).await.unwrap();
+        assert!(eventually(Duration::from_secs(5), || handle.unfinished() == 0).await);
+    }
+    let mut refused = false;
+    for _ in 0..50 {
+        if handle.send(&conn, command(99)).await.is_err() {
+            refused = true;
+            break;
+        }
+        assert!(eventually(Duration::from_secs(5), || handle.unfinished() == 0).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "a send past the bound is refused");
+    let len: u64 = admin.xlen(keys.send_stream()).await.unwrap();
+    assert!(len <= 8, "the stream stopped growing near the bound: {len}");
+    // The consumers catch up: sends are taken again.
+    let _: i64 = admin.del(keys.send_stream()).await.unwrap();
+    let mut taken = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if handle.send(&conn, command(100)).await.is_ok() {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "sends are taken again once the backlog is gone");
+    watcher.abort();
     writer.abort();
     let _: i64 = admin.del(keys.send_stream()).await.unwrap();
 }

@@ -1,0 +1,208 @@
+//! Client text and quotas at the REST edge: every text field refuses control characters with a
+//! 422 naming the field (never a 500), creation is limited per user per hour, and a member who
+//! left can no longer change what they wrote there.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
+
+async fn assert_names(r: reqwest::Response, field: &str) {
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(
+        body["fields"].get(field).is_some(),
+        "the 422 names {field}: {body}"
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn every_text_field_refuses_control_characters(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let nul = "a\u{0}b";
+    let esc = "x\u{1b}[2J";
+    let c1 = "y\u{85}";
+
+    for bad in [nul, esc, c1] {
+        assert_names(
+            app.post(&alice, "/chat/rooms", json!({"name": bad})).await,
+            "name",
+        )
+        .await;
+        assert_names(
+            app.post(
+                &alice,
+                "/chat/rooms",
+                json!({"name": "ok", "description": bad}),
+            )
+            .await,
+            "description",
+        )
+        .await;
+        assert_names(
+            app.post(
+                &alice,
+                "/chat/groups",
+                json!({"name": bad, "member_ids": [bob.id]}),
+            )
+            .await,
+            "name",
+        )
+        .await;
+        assert_names(
+            app.post(
+                &alice,
+                &format!("/chat/messages/room/{room}"),
+                json!({"content": bad}),
+            )
+            .await,
+            "content",
+        )
+        .await;
+        assert_names(
+            app.post(
+                &alice,
+                &format!("/chat/messages/room/{room}"),
+                json!({"content": "fine", "client_id": bad}),
+            )
+            .await,
+            "client_id",
+        )
+        .await;
+    }
+    let sent = app.send(&alice, &format!("room/{room}"), "original").await;
+    let id = sent["id"].as_str().unwrap();
+    assert_names(
+        app.patch(
+            &alice,
+            &format!("/chat/messages/{id}"),
+            json!({"content": nul}),
+        )
+        .await,
+        "content",
+    )
+    .await;
+    // A query string's values too.
+    let r = app
+        .get(
+            &alice,
+            "/chat/messages/room/00000000-0000-0000-0000-000000000000?limit=%00",
+        )
+        .await;
+    assert_names(r, "limit").await;
+    // Tab, line feed and carriage return are text.
+    let ok = app
+        .send(&alice, &format!("room/{room}"), "two\tcolumns\r\nand lines")
+        .await;
+    assert_eq!(ok["content"], "two\tcolumns\r\nand lines");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2, "nothing refused was stored");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_removed_member_can_no_longer_edit_or_delete(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [bob.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let group: Value = r.json().await.unwrap();
+    let group = group["id"].as_str().unwrap().to_owned();
+    let m = app.send(&bob, &format!("group/{group}"), "mine").await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let in_room = app.send(&bob, &format!("room/{room}"), "mine too").await;
+    let in_room = in_room["id"].as_str().unwrap().to_owned();
+    // While a member, bob may edit.
+    let r = app
+        .patch(
+            &bob,
+            &format!("/chat/messages/{id}"),
+            json!({"content": "edited"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let r = app
+        .delete(&alice, &format!("/chat/groups/{group}/members/{}", bob.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{room}/leave"), Value::Null)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for id in [&id, &in_room] {
+        let r = app
+            .patch(
+                &bob,
+                &format!("/chat/messages/{id}"),
+                json!({"content": "again"}),
+            )
+            .await;
+        assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+        let r = app.delete(&bob, &format!("/chat/messages/{id}")).await;
+        assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let content: String = sqlx::query_scalar("SELECT content FROM messages WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(content, "edited");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn rooms_and_groups_created_per_hour_are_limited(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.quotas.rooms_per_hour = 2;
+        c.quotas.groups_per_hour = 1;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    for name in ["one", "two"] {
+        let r = app.post(&alice, "/chat/rooms", json!({"name": name})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let r = app
+        .post(&alice, "/chat/rooms", json!({"name": "three"}))
+        .await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    // Another user's quota is their own.
+    let r = app.post(&bob, "/chat/rooms", json!({"name": "bobs"})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g1", "member_ids": [bob.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g2", "member_ids": [bob.id]}),
+        )
+        .await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM groups")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(groups, 1);
+}

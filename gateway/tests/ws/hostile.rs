@@ -1,0 +1,272 @@
+//! Hostile and careless clients: control characters, floods, limits that hold per user across
+//! gateways, clean closes, and membership that follows the user's live connections.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{stack, Client};
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn control_characters_are_invalid_payload_and_the_socket_stays(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut c = s.connect(0, &alice).await;
+    c.send(
+        "send_message",
+        json!({"content": "a\u{0}b", "chat_type": "room", "chat_id": room, "client_id": "nul"}),
+    )
+    .await;
+    let e = c.expect("error").await;
+    assert_eq!(e["data"]["code"], "invalid_payload");
+    assert_eq!(e["data"]["client_id"], "nul");
+    c.send(
+        "send_message",
+        json!({"content": "fine\twith tab\n", "chat_type": "room", "chat_id": room, "client_id": "ok"}),
+    )
+    .await;
+    let ack = c.expect("ack").await;
+    assert_eq!(ack["data"]["client_id"], "ok");
+    assert_eq!(ack["data"]["message"]["content"], "fine\twith tab\n");
+}
+
+/// The send bucket is the user's, whichever gateway or REST call the sends come through.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_send_rate_is_per_user_across_gateways_and_rest(db: PgPool) {
+    let s = stack(db, 2, |c| {
+        c.send_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 4,
+        };
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &alice).await;
+    for i in 0..3 {
+        a.send("send_message", json!({"content": "x", "chat_type": "room", "chat_id": room, "client_id": format!("a{i}")})).await;
+        b.send("send_message", json!({"content": "x", "chat_type": "room", "chat_id": room, "client_id": format!("b{i}")})).await;
+    }
+    let mut frames = a.drain(Duration::from_millis(1200)).await;
+    frames.extend(b.drain(Duration::from_millis(100)).await);
+    let acks = frames.iter().filter(|f| f["type"] == "ack").count();
+    let limited = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["data"]["code"] == "rate_limited")
+        .count();
+    // Four from the burst, perhaps one more refilled meanwhile: never six (two sockets' worth).
+    assert!((4..=5).contains(&acks), "{acks} acks: {frames:?}");
+    assert_eq!(acks + limited, 6);
+    // The same bucket answers REST.
+    let mut saw_429 = false;
+    for _ in 0..3 {
+        let r = s
+            .http
+            .post(format!("{}/chat/messages/room/{room}", s.chat[0]))
+            .bearer_auth(&alice.token)
+            .json(&json!({"content": "rest"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "rate_limited");
+            saw_429 = true;
+            break;
+        }
+    }
+    assert!(saw_429, "REST sends share the user's bucket");
+    // Being rate limited is not abuse: the socket is still open.
+    a.send("ping", json!({})).await;
+    a.expect("pong").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_connection_cap_counts_every_gateway(db: PgPool) {
+    let s = stack(db, 2, |c| c.max_connections_per_user = 2).await;
+    let alice = s.user("alice").await;
+    let _one = s.connect(0, &alice).await;
+    let mut two = s.connect(1, &alice).await;
+    let third = Client::connect(s.gateways[0].port, &alice.token, None, None).await;
+    match third {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    // A closed socket gives its place back.
+    two.ws.close(None).await.unwrap();
+    let mut reconnected = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(c) = Client::connect(s.gateways[1].port, &alice.token, None, None).await {
+            reconnected = Some(c);
+            break;
+        }
+    }
+    assert!(reconnected.is_some(), "the place is free again");
+}
+
+/// A flood of bad frames closes with 1008, and the client reads the close frame and its code
+/// (no reset), even though it had sent far more than the server read.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_flood_of_bad_frames_is_closed_with_1008_that_the_client_reads(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let mut c = s.connect(0, &alice).await;
+    for i in 0..400 {
+        c.ws.feed(Message::Text(format!("not json {i}").into()))
+            .await
+            .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    assert_eq!(c.close_code().await, Some(1008));
+}
+
+/// 200 sends at once: most are `rate_limited`, none of that counts as abuse, the connection
+/// stays open.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_burst_of_sends_is_rate_limited_not_closed(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut c = s.connect(0, &alice).await;
+    for i in 0..200 {
+        c.ws.feed(Message::Text(
+            json!({"type": "send_message", "data": {"content": "x", "chat_type": "room", "chat_id": room, "client_id": format!("c{i}")}}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    c.send("ping", json!({})).await;
+    let frames = c.drain(Duration::from_millis(1500)).await;
+    assert!(frames.iter().any(|f| f["type"] == "pong"), "still open");
+    let limited = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["data"]["code"] == "rate_limited")
+        .count();
+    assert!(limited >= 150, "{limited}");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn sync_is_bounded(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut c = s.connect(0, &alice).await;
+    let many: Vec<_> = (0..101)
+        .map(|_| json!({"chat_type": "room", "chat_id": uuid::Uuid::new_v4(), "seq": 0}))
+        .collect();
+    c.send("sync", json!({ "positions": many })).await;
+    assert_eq!(c.expect("error").await["data"]["code"], "invalid_payload");
+    // The same conversation named 150 times is one position.
+    let same: Vec<_> = (0..150)
+        .map(|i| json!({"chat_type": "room", "chat_id": room, "seq": i}))
+        .collect();
+    // Two at once (one write): the second is refused while the first is under way.
+    for positions in [json!(same), json!([])] {
+        c.ws.feed(Message::Text(
+            json!({"type": "sync", "data": {"positions": positions}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let frames = c.drain(Duration::from_millis(1500)).await;
+    let synced: Vec<_> = frames.iter().filter(|f| f["type"] == "synced").collect();
+    assert_eq!(synced.len(), 1, "{frames:?}");
+    assert_eq!(synced[0]["data"]["results"].as_array().unwrap().len(), 1);
+    assert!(frames
+        .iter()
+        .any(|f| f["type"] == "error" && f["data"]["code"] == "rate_limited"));
+    // Once it is done, another is taken.
+    c.send("sync", json!({ "positions": [] })).await;
+    c.expect("synced").await;
+}
+
+/// A private chat that begins while both users are connected is live on both sides at once:
+/// typing in it works either way.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn typing_works_in_a_private_chat_begun_while_connected(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    a.send(
+        "send_message",
+        json!({"content": "hi", "chat_type": "private", "chat_id": bob.id, "client_id": "first"}),
+    )
+    .await;
+    a.expect("ack").await;
+    b.expect("message").await;
+    b.send(
+        "typing",
+        json!({"chat_type": "private", "chat_id": alice.id}),
+    )
+    .await;
+    let t = a.expect("typing").await;
+    assert_eq!(t["data"]["user_id"], bob.id.to_string());
+    assert_eq!(t["data"]["chat_id"], bob.id.to_string());
+    a.send("typing", json!({"chat_type": "private", "chat_id": bob.id}))
+        .await;
+    let t = b.expect("typing").await;
+    assert_eq!(t["data"]["chat_id"], alice.id.to_string());
+    // And it counts as a conversation for mark_read.
+    b.send(
+        "mark_read",
+        json!({"chat_type": "private", "chat_id": alice.id, "seq": 1}),
+    )
+    .await;
+    let r = a.expect("read").await;
+    assert_eq!(r["data"]["user_id"], bob.id.to_string());
+}
+
+/// Removed from a group: nothing more of it arrives, and typing and sending are refused.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn removal_ends_delivery_typing_and_sending(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let group = s
+        .rest(
+            &alice,
+            reqwest::Method::POST,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [bob.id]}),
+        )
+        .await;
+    let group = group["id"].as_str().unwrap().to_owned();
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    s.rest(
+        &alice,
+        reqwest::Method::DELETE,
+        &format!("/chat/groups/{group}/members/{}", bob.id),
+        serde_json::Value::Null,
+    )
+    .await;
+    let m = b.expect("membership").await;
+    assert_eq!(m["data"]["action"], "removed");
+    b.send("typing", json!({"chat_type": "group", "chat_id": group}))
+        .await;
+    assert_eq!(b.expect("error").await["data"]["code"], "forbidden");
+    b.send("send_message", json!({"content": "still here?", "chat_type": "group", "chat_id": group, "client_id": "late"})).await;
+    let e = b.expect("error").await;
+    assert_eq!(e["data"]["code"], "forbidden");
+    assert_eq!(e["data"]["client_id"], "late");
+    a.send("send_message", json!({"content": "bob is gone", "chat_type": "group", "chat_id": group, "client_id": "g1"})).await;
+    a.expect("ack").await;
+    let after = b.drain(Duration::from_millis(500)).await;
+    assert!(
+        after.iter().all(|f| f["type"] != "message"),
+        "nothing of the group reaches bob: {after:?}"
+    );
+}

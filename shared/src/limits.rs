@@ -1,0 +1,112 @@
+//! Limits that hold across every process: token buckets per user (the send rate of the
+//! contract, shared by all of a user's sockets on every gateway and REST sends) and fixed-window
+//! quotas (rooms and groups created per hour, registrations per client address). Each check is
+//! one Lua script, so it is one round trip and atomic against every other process; time is
+//! Redis's own clock, so processes whose clocks disagree still share one bucket.
+
+use fred::prelude::*;
+
+use crate::error::ApiError;
+
+/// Takes up to `ARGV[2 + i]` tokens from the bucket at `KEYS[i]` (rate `ARGV[1]` per second,
+/// capacity `ARGV[2]`), for each key in order; returns how many each got.
+const TAKE: &str = r#"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = math.ceil(burst / rate * 1000) + 1000
+local out = {}
+for i, key in ipairs(KEYS) do
+  local want = tonumber(ARGV[2 + i])
+  local b = redis.call('HMGET', key, 't', 'at')
+  local tokens = tonumber(b[1]) or burst
+  local at = tonumber(b[2]) or now
+  if now > at then tokens = math.min(burst, tokens + (now - at) * rate / 1000) end
+  local granted = math.min(want, math.floor(tokens))
+  redis.call('HSET', key, 't', tostring(tokens - granted), 'at', tostring(math.max(now, at)))
+  redis.call('PEXPIRE', key, ttl)
+  out[i] = granted
+end
+return out
+"#;
+
+/// Counts one use of the window at `KEYS[1]` (`ARGV[1]` uses per `ARGV[2]` seconds); returns
+/// 0 when allowed, else the window's remaining seconds.
+const QUOTA: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 1 then ttl = 1 end
+  return ttl
+end
+return 0
+"#;
+
+/// A rate: `rate` per second, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// For each `(bucket key, tokens wanted)`, the tokens granted, in order. A key named twice
+/// is one bucket, taken from in order.
+pub async fn take(redis: &Client, rate: Rate, wants: &[(String, u32)]) -> Result<Vec<u32>, Error> {
+    if wants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = wants.iter().map(|(k, _)| k.clone()).collect();
+    let mut args: Vec<String> = vec![
+        rate.per_second.max(1).to_string(),
+        rate.burst.max(1).to_string(),
+    ];
+    args.extend(wants.iter().map(|(_, n)| n.to_string()));
+    let granted: Vec<i64> = redis.eval(TAKE, keys, args).await?;
+    Ok(granted
+        .into_iter()
+        .map(|g| u32::try_from(g).unwrap_or(0))
+        .collect())
+}
+
+/// One token from one bucket: `Ok` or 429 `rate_limited` with `Retry-After`.
+pub async fn take_one(redis: &Client, rate: Rate, key: String) -> Result<(), ApiError> {
+    let granted = take(redis, rate, &[(key, 1)]).await?;
+    if granted.first().copied().unwrap_or(0) >= 1 {
+        Ok(())
+    } else {
+        metrics::counter!("rate_limited_total", "limit" => "send").increment(1);
+        let mut e = ApiError::too_many_requests("too many messages; slow down", 1);
+        e.code = "rate_limited";
+        Err(e)
+    }
+}
+
+/// Counts one use against `limit` per `window_seconds` at `key`; past it, 429 with the
+/// window's remaining time in `Retry-After` and `detail` as the message.
+pub async fn quota(
+    redis: &Client,
+    key: String,
+    limit: u32,
+    window_seconds: u64,
+    detail: &str,
+) -> Result<(), ApiError> {
+    let wait: i64 = redis
+        .eval(
+            QUOTA,
+            vec![key],
+            vec![limit.to_string(), window_seconds.max(1).to_string()],
+        )
+        .await?;
+    if wait == 0 {
+        Ok(())
+    } else {
+        metrics::counter!("rate_limited_total", "limit" => "quota").increment(1);
+        Err(ApiError::too_many_requests(
+            detail,
+            u64::try_from(wait).unwrap_or(1),
+        ))
+    }
+}
