@@ -31,15 +31,16 @@ pub fn router() -> Router<AppState> {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
-        .route("/auth/me", get(me).patch(update_me))
+        .route("/auth/me", get(me).patch(update_me).delete(delete_me))
+        .route("/auth/ws-ticket", post(ws_ticket))
         .route("/auth/users", get(search_users))
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ChatSphere auth-service", description = "Users, login and tokens."),
-    paths(register, login, refresh, logout, me, update_me, search_users),
-    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, UserBody, ErrorBody)),
+    paths(register, login, refresh, logout, me, update_me, delete_me, ws_ticket, search_users),
+    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, WsTicket, UserBody, ErrorBody)),
     modifiers(&BearerAuth),
     tags((name = "auth", description = "Accounts and tokens"))
 )]
@@ -90,7 +91,7 @@ async fn register(
     if username_taken || email_taken {
         return Err(conflict(username_taken, email_taken));
     }
-    if let Some(address) = client_address(state.config.trust_proxy_headers, &headers, peer) {
+    if let Some(address) = client_address(&state.config.trusted_proxies, &headers, peer) {
         let keys = shared::keys::Keys::new(state.config.redis.prefix.clone());
         shared::limits::quota(
             &state.redis,
@@ -210,30 +211,49 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// The client's address: the peer, or behind a trusted proxy `X-Real-IP`, else the last
-/// `X-Forwarded-For` hop (the one our proxy appended).
-fn client_address(
-    trust_proxy: bool,
+/// The client's address. When the peer is one of `TRUSTED_PROXIES`, the address its proxy chain
+/// reports: `X-Forwarded-For` read from the right, skipping every hop that is itself a trusted
+/// proxy, else `X-Real-IP`. Otherwise the peer itself, whatever headers it sent.
+pub fn client_address(
+    trusted: &[ipnet::IpNet],
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Option<IpAddr> {
-    if trust_proxy {
-        let header_ip = |name: &str, last: bool| -> Option<IpAddr> {
-            let value = headers.get(name)?.to_str().ok()?;
-            let hop = if last {
-                value.rsplit(',').next()
-            } else {
-                Some(value)
-            };
-            hop?.trim().parse().ok()
-        };
-        if let Some(ip) =
-            header_ip("x-real-ip", false).or_else(|| header_ip("x-forwarded-for", true))
-        {
-            return Some(ip);
+    let peer = peer.map(|p| p.ip())?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(chain) = header("x-forwarded-for") {
+        let hops: Vec<IpAddr> = chain
+            .split(',')
+            .filter_map(|hop| hop.trim().parse().ok())
+            .collect();
+        if let Some(client) = hops.iter().rev().find(|ip| !is_trusted(ip)) {
+            return Some(*client);
         }
     }
-    peer.map(|p| p.ip())
+    header("x-real-ip")
+        .and_then(|v| v.trim().parse().ok())
+        .or(Some(peer))
+}
+
+/// Checks `password` against `hash` (a dummy when there is none, so timing tells nothing),
+/// with the attempt reserved against `account` and `address` first; a match clears them.
+async fn throttled_verify(
+    state: &AppState,
+    account: &str,
+    address: Option<IpAddr>,
+    password: String,
+    hash: Option<String>,
+) -> ApiResult<bool> {
+    state.throttle.reserve(account, address).await?;
+    let matched = state.passwords.verify(password, hash).await?;
+    if matched {
+        state.throttle.succeeded(account, address).await;
+    }
+    Ok(matched)
 }
 
 /// `POST /auth/login`
@@ -254,25 +274,25 @@ async fn login(
     credentials: LoginRequest,
 ) -> ApiResult<Json<TokenPair>> {
     let account = credentials.username.trim().to_lowercase();
-    let address = client_address(state.config.trust_proxy_headers, &headers, peer);
+    let address = client_address(&state.config.trusted_proxies, &headers, peer);
     let user = users::find_by_login(&state.db, &account).await?;
-    // Failures count against the account whichever of its names was typed; for unknown names,
-    // against the name itself.
+    // Attempts count against the account whichever of its names was typed; for unknown names,
+    // against the name itself. Reserved before the password is checked, so parallel guesses
+    // cannot all slip in before the first failure is counted.
     let throttle_key = user
         .as_ref()
         .map_or_else(|| account.clone(), |u| u.id.to_string());
-    state.throttle.check(&throttle_key, address).await?;
-    let matched = state
-        .passwords
-        .verify(
-            credentials.password,
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await?;
+    let matched = throttled_verify(
+        &state,
+        &throttle_key,
+        address,
+        credentials.password,
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await?;
     let user = match user {
         Some(user) if matched => user,
         _ => {
-            state.throttle.record_failure(&throttle_key, address).await;
             metrics::counter!("auth_logins_total", "result" => "failed").increment(1);
             return Err(ApiError::unauthorized(
                 "invalid_credentials",
@@ -286,10 +306,9 @@ async fn login(
             "the account is deactivated",
         ));
     }
-    state.throttle.clear_account(&throttle_key).await;
     users::touch_last_seen(&state.db, user.id).await?;
-    let access = state.jwt.issue(user.id)?;
-    let refresh_token = state.refresh_tokens.issue(user.id).await?;
+    let (login, refresh_token) = state.refresh_tokens.issue(user.id).await?;
+    let access = state.jwt.issue_session(user.id, login)?;
     metrics::counter!("auth_logins_total", "result" => "ok").increment(1);
     Ok(Json(TokenPair {
         access_token: access.token,
@@ -307,21 +326,37 @@ pub struct RefreshRequest {
 /// `POST /auth/refresh`
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses(
-        (status = 200, description = "A new pair; the presented refresh token stops working", body = TokenPair),
-        (status = 401, description = "Unknown, expired, revoked or reused refresh token", body = ErrorBody),
+        (status = 200, description = "A new pair; the presented refresh token stops working. Presented again within REFRESH_REUSE_GRACE_SECONDS of that (a retry after a lost answer, a second tab), the same pair comes back.", body = TokenPair),
+        (status = 401, description = "Unknown, expired, revoked or reused refresh token (a reuse past the grace window revokes the whole login and closes its sockets)", body = ErrorBody),
     ))]
 async fn refresh(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    let (user_id, refresh_token) = state
+    let rotation = match state
         .refresh_tokens
         .rotate(req.refresh_token.trim())
-        .await??;
-    let access = state.jwt.issue(user_id)?;
+        .await?
+    {
+        Ok(rotation) => rotation,
+        Err(refused) => {
+            if let crate::tokens::Refused::Reused { user, login } = refused {
+                crate::sessions::revoke(
+                    &state,
+                    shared::revocation::Revocation::Session { user, sid: login },
+                )
+                .await?;
+            }
+            return Err(refused.into());
+        }
+    };
+    // As of the rotation, so a pair handed out again within the grace window is the same.
+    let access = state
+        .jwt
+        .issue_at(rotation.user_id, rotation.login, rotation.rotated_at)?;
     Ok(Json(TokenPair {
         access_token: access.token,
-        refresh_token,
+        refresh_token: rotation.refresh_token,
         token_type: "bearer",
         expires_in: access.expires_in,
     }))
@@ -329,16 +364,105 @@ async fn refresh(
 
 /// `POST /auth/logout`
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
-    responses((status = 204, description = "Every refresh token of this login stops working")))]
+    responses(
+        (status = 204, description = "Every refresh token of this login stops working, its access tokens are refused from then on, and its sockets are closed (4001) within 5 seconds; the user's other logins keep theirs"),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+    ))]
 async fn logout(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
-    state
+    if let Some((user, login)) = state
         .refresh_tokens
         .revoke_family(req.refresh_token.trim())
+        .await?
+    {
+        crate::sessions::revoke(
+            &state,
+            shared::revocation::Revocation::Session { user, sid: login },
+        )
         .await?;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteMeRequest {
+    /// The account's password, to confirm.
+    pub password: String,
+}
+
+/// `DELETE /auth/me`
+#[utoipa::path(delete, path = "/auth/me", tag = "auth", security(("bearer" = [])), request_body = DeleteMeRequest,
+    responses(
+        (status = 204, description = "Deactivated: every login revoked, every socket closed (4001) within 5 seconds, and every later call with one of its access tokens answers 401 account_disabled. Its messages stay."),
+        (status = 401, description = "Missing or invalid token, or a wrong password (invalid_credentials)", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 429, description = "Too many wrong passwords; see Retry-After", body = ErrorBody),
+    ))]
+async fn delete_me(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<DeleteMeRequest>,
+) -> ApiResult<StatusCode> {
+    let user = active_user(&state, caller).await?;
+    // A stolen access token must not be enough: the password, throttled like a login.
+    let address = client_address(&state.config.trusted_proxies, &headers, peer);
+    let matched = throttled_verify(
+        &state,
+        &user.id.to_string(),
+        address,
+        req.password,
+        Some(user.password_hash.clone()),
+    )
+    .await?;
+    if !matched {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "incorrect password",
+        ));
+    }
+    users::deactivate(&state.db, user.id).await?;
+    state.refresh_tokens.revoke_user(user.id).await?;
+    crate::sessions::revoke(
+        &state,
+        shared::revocation::Revocation::Account { user: user.id },
+    )
+    .await?;
+    metrics::counter!("auth_accounts_deleted_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A single-use WebSocket ticket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WsTicket {
+    /// Opaque; pass it as `GET /ws?ticket=…` instead of a token.
+    pub ticket: String,
+    /// Seconds it stays valid (30), for one upgrade only.
+    pub expires_in: u64,
+}
+
+/// `POST /auth/ws-ticket`
+#[utoipa::path(post, path = "/auth/ws-ticket", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 201, description = "A ticket for one WebSocket upgrade within 30 seconds, so an access token never has to appear in a URL. The socket lives as long as the access token that asked for it.", body = WsTicket),
+        (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 503, description = "Redis unavailable", body = ErrorBody),
+    ))]
+async fn ws_ticket(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> ApiResult<(StatusCode, Json<WsTicket>)> {
+    let ticket = shared::ticket::issue(&state.redis, &state.keys(), &caller).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(WsTicket {
+            ticket,
+            expires_in: shared::ticket::TICKET_SECONDS,
+        }),
+    ))
 }
 
 /// The caller's user row, refusing deactivated or deleted users with 401.
@@ -484,19 +608,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_address_trusts_proxy_headers_only_when_told() {
-        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
-        assert_eq!(client_address(false, &headers, Some(peer)), Some(peer.ip()));
-        assert_eq!(
-            client_address(true, &headers, Some(peer)),
-            "2.2.2.2".parse().ok()
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7, 10.1.2.3".parse().unwrap(),
         );
-        headers.insert("x-real-ip", "3.3.3.3".parse().unwrap());
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        // Through the proxies: the first hop from the right that is not one of them.
         assert_eq!(
-            client_address(true, &headers, Some(peer)),
-            "3.3.3.3".parse().ok()
+            client_address(&trusted, &headers, Some(proxy)),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        // A peer that is no proxy of ours cannot claim another address.
+        assert_eq!(
+            client_address(&trusted, &headers, Some(stranger)),
+            Some(stranger.ip())
+        );
+        // No proxies trusted: the headers are ignored.
+        assert_eq!(client_address(&[], &headers, Some(proxy)), Some(proxy.ip()));
+        let mut real = HeaderMap::new();
+        real.insert("x-real-ip", "198.51.100.8".parse().unwrap());
+        assert_eq!(
+            client_address(&trusted, &real, Some(proxy)),
+            Some("198.51.100.8".parse().unwrap())
         );
     }
 }

@@ -26,15 +26,21 @@ pub struct AuthConfig {
     pub argon2_max_concurrency: usize,
     /// `ARGON2_QUEUE_TIMEOUT_MS`: how long a login waits for a hashing slot before 503 (default 5000).
     pub argon2_queue_timeout_ms: u64,
-    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT`: failed logins for one account within the window before 429 (default 5).
+    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT`: attempts for one account that go through freely
+    /// (default 5); after them each attempt waits a delay that doubles per failure, up to
+    /// `LOGIN_MAX_DELAY_SECONDS` (default 30). No lockout.
     pub login_max_failures_per_account: u32,
+    pub login_max_delay_seconds: u64,
     /// `LOGIN_MAX_FAILURES_PER_ADDRESS`: failed logins from one client address within the window before 429 (default 30).
     pub login_max_failures_per_address: u32,
     /// `LOGIN_FAILURE_WINDOW_SECONDS`: how long failures are counted (default 900).
     pub login_failure_window_seconds: u64,
-    /// `TRUST_PROXY_HEADERS`: take the client address from `X-Real-IP` / `X-Forwarded-For`
-    /// (set it only behind a proxy that writes them, like the bundled nginx; default false).
-    pub trust_proxy_headers: bool,
+    /// `TRUSTED_PROXIES`: the proxies (CIDRs, comma-separated) whose `X-Forwarded-For` /
+    /// `X-Real-IP` give the client address (default none: the peer is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `REFRESH_REUSE_GRACE_SECONDS`: a refresh token presented again this soon after its
+    /// rotation gets the same successor pair instead of revoking the login (default 10).
+    pub refresh_reuse_grace_seconds: u32,
     /// `REGISTRATIONS_PER_HOUR`: accounts one client address may register per hour (default
     /// 20), so nobody fills the database with accounts.
     pub registrations_per_hour: u32,
@@ -58,7 +64,9 @@ impl AuthConfig {
             login_max_failures_per_account: config::parsed("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?,
             login_max_failures_per_address: config::parsed("LOGIN_MAX_FAILURES_PER_ADDRESS", 30)?,
             login_failure_window_seconds: config::parsed("LOGIN_FAILURE_WINDOW_SECONDS", 900)?,
-            trust_proxy_headers: config::flag("TRUST_PROXY_HEADERS", false)?,
+            trusted_proxies: trusted_proxies()?,
+            refresh_reuse_grace_seconds: config::parsed("REFRESH_REUSE_GRACE_SECONDS", 10)?,
+            login_max_delay_seconds: config::parsed("LOGIN_MAX_DELAY_SECONDS", 30)?,
             registrations_per_hour: config::parsed("REGISTRATIONS_PER_HOUR", 20)?,
         };
         for (name, value) in [
@@ -89,5 +97,46 @@ impl AuthConfig {
             }
         }
         Ok(config)
+    }
+}
+
+/// `TRUSTED_PROXIES`: comma-separated CIDRs (a bare address is one host). The yes/no
+/// `TRUST_PROXY_HEADERS` it replaces is refused with a pointer to it, so nobody keeps trusting
+/// every peer's headers by accident.
+fn trusted_proxies() -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    if !config::string("TRUST_PROXY_HEADERS", "")?.trim().is_empty() {
+        return Err(ConfigError::new(
+            "TRUST_PROXY_HEADERS",
+            "is no longer read: name your proxies in TRUSTED_PROXIES (CIDRs, e.g. 127.0.0.1/32,10.0.0.0/8)",
+        ));
+    }
+    parse_cidrs(&config::string("TRUSTED_PROXIES", "")?)
+        .map_err(|e| ConfigError::new("TRUSTED_PROXIES", e))
+}
+
+fn parse_cidrs(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("is invalid: {s:?} is not a CIDR or an address"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_are_cidrs_or_addresses() {
+        let nets = parse_cidrs("127.0.0.1/32, 10.0.0.0/8,::1").unwrap();
+        assert_eq!(nets.len(), 3);
+        assert!(nets[1].contains(&"10.9.8.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(parse_cidrs("").unwrap().is_empty());
+        assert!(parse_cidrs("10.0.0.0/33").is_err());
+        assert!(parse_cidrs("proxy.local").is_err());
     }
 }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod password;
+pub mod sessions;
 pub mod throttle;
 pub mod tokens;
 pub mod users;
@@ -22,7 +23,9 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{extract::FromRef, Router};
 use fred::prelude::Client;
-use shared::{health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys};
+use shared::{
+    health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys, revocation::Revocations,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
@@ -38,12 +41,25 @@ pub struct AppState {
     pub passwords: Arc<password::Passwords>,
     pub refresh_tokens: tokens::RefreshTokens,
     pub throttle: Arc<throttle::LoginThrottle>,
+    pub revocations: Arc<Revocations>,
     pub config: Arc<AuthConfig>,
+}
+
+impl AppState {
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.config.redis.prefix.clone())
+    }
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
     fn from_ref(state: &AppState) -> Self {
         state.jwt.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Revocations> {
+    fn from_ref(state: &AppState) -> Self {
+        state.revocations.clone()
     }
 }
 
@@ -73,22 +89,36 @@ impl Application {
             Duration::from_millis(config.argon2_queue_timeout_ms),
         )
         .map_err(anyhow::Error::msg)?;
-        let refresh_tokens =
-            tokens::RefreshTokens::new(db.clone(), config.refresh_token_expire_days);
+        let refresh_tokens = tokens::RefreshTokens::new(
+            db.clone(),
+            config.refresh_token_expire_days,
+            config.refresh_reuse_grace_seconds,
+            &config.jwt.secret_key,
+        );
         let throttle = throttle::LoginThrottle::new(
             redis.clone(),
             Keys::new(config.redis.prefix.clone()),
             config.login_max_failures_per_account,
             config.login_max_failures_per_address,
+            config.login_max_delay_seconds,
             config.login_failure_window_seconds,
         );
+        let jwt = Arc::new(JwtKeys::new(&config.jwt));
+        let revocations = Revocations::start(
+            redis.clone(),
+            Keys::new(config.redis.prefix.clone()),
+            &jwt,
+            config.jwt.revocation_poll,
+        )
+        .await;
         let state = AppState {
             db: db.clone(),
             redis: redis.clone(),
-            jwt: Arc::new(JwtKeys::new(&config.jwt)),
+            jwt,
             passwords: Arc::new(passwords),
             refresh_tokens: refresh_tokens.clone(),
             throttle: Arc::new(throttle),
+            revocations,
             config: Arc::new(config.clone()),
         };
         let health = HealthState {

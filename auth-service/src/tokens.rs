@@ -1,7 +1,14 @@
-//! Rotating refresh tokens with reuse detection (see the `refresh_tokens` migration).
+//! Rotating refresh tokens with reuse detection (see the `refresh_tokens` migration). Each
+//! login is a family; its id is the `sid` of the login's access tokens.
+//!
+//! A token's successor is derived from it (HMAC-SHA256 under `SECRET_KEY`), not drawn at
+//! random: presenting a token again within `REFRESH_REUSE_GRACE_SECONDS` of its rotation (a
+//! retry after a lost answer, two tabs) gives back the same successor, without the database
+//! ever holding a token in the clear. Later reuse revokes the family.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chrono::{Duration, Utc};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use shared::ApiError;
 use sqlx::PgPool;
@@ -16,14 +23,30 @@ fn new_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// What a successful rotation hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub user_id: Uuid,
+    /// The login (family); the `sid` of its access tokens.
+    pub login: Uuid,
+    pub refresh_token: String,
+    /// When the presented token was rotated (seconds since the epoch): the new access token is
+    /// issued as of then, so a grace-window repeat gets the very same one.
+    pub rotated_at: i64,
+}
+
 /// Why a refresh was refused; every case is a 401.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     Unknown,
     Expired,
     Revoked,
-    /// An already-rotated token came back: the whole family is now revoked.
-    Reused,
+    /// An already-rotated token came back after its grace window: the whole family (login)
+    /// is now revoked.
+    Reused {
+        user: Uuid,
+        login: Uuid,
+    },
     UserInactive,
 }
 
@@ -33,7 +56,7 @@ impl From<Refused> for ApiError {
             Refused::Unknown => ("invalid_refresh_token", "the refresh token is not valid"),
             Refused::Expired => ("refresh_token_expired", "the refresh token has expired; log in again"),
             Refused::Revoked => ("refresh_token_revoked", "the refresh token was revoked; log in again"),
-            Refused::Reused => (
+            Refused::Reused { .. } => (
                 "refresh_token_reused",
                 "the refresh token was already used; every session of this login is revoked, log in again",
             ),
@@ -48,36 +71,54 @@ impl From<Refused> for ApiError {
 pub struct RefreshTokens {
     db: PgPool,
     lifetime: Duration,
+    grace: Duration,
+    /// Derives successors; keyed with `SECRET_KEY`.
+    successor_key: std::sync::Arc<[u8]>,
 }
 
 impl RefreshTokens {
-    pub fn new(db: PgPool, lifetime_days: u32) -> Self {
+    pub fn new(db: PgPool, lifetime_days: u32, grace_seconds: u32, secret_key: &str) -> Self {
         Self {
             db,
             lifetime: Duration::days(i64::from(lifetime_days)),
+            grace: Duration::seconds(i64::from(grace_seconds)),
+            successor_key: secret_key.as_bytes().into(),
         }
     }
 
-    /// Starts a new family (a login) and returns its first token.
-    pub async fn issue(&self, user_id: Uuid) -> Result<String, ApiError> {
+    /// The token that succeeds `token`: the same every time.
+    fn successor(&self, token: &str) -> String {
+        // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.successor_key) else {
+            return new_token();
+        };
+        mac.update(b"chatsphere refresh successor\0");
+        mac.update(token.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Starts a new family (a login); returns its id and its first token.
+    pub async fn issue(&self, user_id: Uuid) -> Result<(Uuid, String), ApiError> {
         let token = new_token();
+        let login = Uuid::now_v7();
         sqlx::query!(
             r#"INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at)
                VALUES ($1, $2, $3, $4, $5)"#,
             Uuid::now_v7(),
             user_id,
-            Uuid::now_v7(),
+            login,
             hash(&token),
             Utc::now() + self.lifetime
         )
         .execute(&self.db)
         .await?;
-        Ok(token)
+        Ok((login, token))
     }
 
     /// Exchanges `token` for its successor. The row is locked, so of two concurrent refreshes
-    /// with one token exactly one succeeds and the other is treated as reuse.
-    pub async fn rotate(&self, token: &str) -> Result<Result<(Uuid, String), Refused>, ApiError> {
+    /// with one token one rotates it and the other, within the grace window, gets the same
+    /// successor.
+    pub async fn rotate(&self, token: &str) -> Result<Result<Rotation, Refused>, ApiError> {
         let mut tx = self.db.begin().await?;
         let Some(row) = sqlx::query!(
             r#"SELECT t.id, t.user_id, t.family_id, t.expires_at, t.rotated_at, t.revoked_at,
@@ -95,7 +136,16 @@ impl RefreshTokens {
         if row.revoked_at.is_some() {
             return Ok(Err(Refused::Revoked));
         }
-        if row.rotated_at.is_some() {
+        if let Some(rotated_at) = row.rotated_at {
+            if rotated_at + self.grace > Utc::now() && row.is_active {
+                metrics::counter!("auth_refresh_grace_repeats_total").increment(1);
+                return Ok(Ok(Rotation {
+                    user_id: row.user_id,
+                    login: row.family_id,
+                    refresh_token: self.successor(token),
+                    rotated_at: rotated_at.timestamp(),
+                }));
+            }
             sqlx::query!(
                 "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
                 row.family_id
@@ -105,7 +155,10 @@ impl RefreshTokens {
             tx.commit().await?;
             metrics::counter!("auth_refresh_reuse_total").increment(1);
             tracing::warn!(user_id = %row.user_id, family_id = %row.family_id, "refresh token reused; family revoked");
-            return Ok(Err(Refused::Reused));
+            return Ok(Err(Refused::Reused {
+                user: row.user_id,
+                login: row.family_id,
+            }));
         }
         if row.expires_at <= Utc::now() {
             return Ok(Err(Refused::Expired));
@@ -113,12 +166,13 @@ impl RefreshTokens {
         if !row.is_active {
             return Ok(Err(Refused::UserInactive));
         }
-        let next = new_token();
-        sqlx::query!(
-            "UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1",
+        let next = self.successor(token);
+        let rotated_at = sqlx::query_scalar!(
+            r#"UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1
+               RETURNING rotated_at AS "rotated_at!""#,
             row.id
         )
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         sqlx::query!(
             r#"INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at)
@@ -132,17 +186,40 @@ impl RefreshTokens {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Ok((row.user_id, next)))
+        Ok(Ok(Rotation {
+            user_id: row.user_id,
+            login: row.family_id,
+            refresh_token: next,
+            rotated_at: rotated_at.timestamp(),
+        }))
     }
 
-    /// Revokes the family `token` belongs to. An unknown token is not an error: logging out
-    /// twice is fine.
-    pub async fn revoke_family(&self, token: &str) -> Result<(), ApiError> {
-        sqlx::query!(
-            r#"UPDATE refresh_tokens SET revoked_at = now()
-               WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)
-                 AND revoked_at IS NULL"#,
+    /// Revokes the family `token` belongs to; returns its user and login id, or `None` for an
+    /// unknown token (logging out twice is fine).
+    pub async fn revoke_family(&self, token: &str) -> Result<Option<(Uuid, Uuid)>, ApiError> {
+        let Some(row) = sqlx::query!(
+            "SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1",
             hash(token)
+        )
+        .fetch_optional(&self.db)
+        .await?
+        else {
+            return Ok(None);
+        };
+        sqlx::query!(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+            row.family_id
+        )
+        .execute(&self.db)
+        .await?;
+        Ok(Some((row.user_id, row.family_id)))
+    }
+
+    /// Revokes every login of `user_id`.
+    pub async fn revoke_user(&self, user_id: Uuid) -> Result<(), ApiError> {
+        sqlx::query!(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            user_id
         )
         .execute(&self.db)
         .await?;

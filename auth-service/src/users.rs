@@ -138,6 +138,15 @@ pub async fn touch_last_seen(db: &PgPool, id: Uuid) -> sqlx::Result<DateTime<Utc
     .await
 }
 
+/// Deactivates an account (`DELETE /auth/me`): it can no longer log in or refresh; its rows and
+/// messages stay.
+pub async fn deactivate(db: &PgPool, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!("UPDATE users SET is_active = FALSE WHERE id = $1", id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// What `PATCH /auth/me` changes: `None` leaves a field alone; `Some(None)` clears the avatar.
 pub struct Profile {
     pub display_name: Option<String>,

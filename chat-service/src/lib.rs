@@ -23,7 +23,10 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{extract::FromRef, Router};
 use fred::prelude::Client;
-use shared::{health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys, ApiError};
+use shared::{
+    health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys, revocation::Revocations,
+    ApiError,
+};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::watch};
 
@@ -36,6 +39,7 @@ pub struct AppState {
     pub redis: Client,
     pub publisher: publish::Publisher,
     pub jwt: Arc<JwtKeys>,
+    pub revocations: Arc<Revocations>,
     pub config: Arc<ChatConfig>,
 }
 
@@ -87,6 +91,12 @@ impl FromRef<AppState> for Arc<JwtKeys> {
     }
 }
 
+impl FromRef<AppState> for Arc<Revocations> {
+    fn from_ref(state: &AppState) -> Self {
+        state.revocations.clone()
+    }
+}
+
 /// A bound, ready-to-run chat-service.
 pub struct Application {
     listener: TcpListener,
@@ -115,6 +125,14 @@ impl Application {
         } else {
             0
         };
+        let jwt = Arc::new(JwtKeys::new(&config.jwt));
+        let revocations = Revocations::start(
+            redis.clone(),
+            keys.clone(),
+            &jwt,
+            config.jwt.revocation_poll,
+        )
+        .await;
         let pacer = Arc::new(worker::Pacer::new(config.worker.batch_interval));
         let workers = (0..loops)
             .map(|_| {
@@ -125,6 +143,7 @@ impl Application {
                     keys.clone(),
                     config.worker.clone(),
                     pacer.clone(),
+                    revocations.clone(),
                 )
             })
             .collect();
@@ -132,7 +151,8 @@ impl Application {
             db: db.clone(),
             redis: redis.clone(),
             publisher,
-            jwt: Arc::new(JwtKeys::new(&config.jwt)),
+            jwt,
+            revocations,
             config: Arc::new(config.clone()),
         };
         let health = HealthState {

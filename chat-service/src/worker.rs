@@ -140,6 +140,8 @@ pub struct SendWorker {
     config: WorkerConfig,
     /// Shared by the process's loops.
     pacer: std::sync::Arc<Pacer>,
+    /// Sends of deactivated accounts are refused.
+    revocations: std::sync::Arc<shared::revocation::Revocations>,
 }
 
 /// A stream entry: its id and fields.
@@ -167,6 +169,7 @@ impl SendWorker {
         keys: Keys,
         config: WorkerConfig,
         pacer: std::sync::Arc<Pacer>,
+        revocations: std::sync::Arc<shared::revocation::Revocations>,
     ) -> Self {
         let reader = redis.clone_new();
         reader.connect();
@@ -178,6 +181,7 @@ impl SendWorker {
             consumer: format!("chat-{}", Uuid::new_v4().simple()),
             config,
             pacer,
+            revocations,
         }
     }
 
@@ -528,6 +532,15 @@ impl SendWorker {
                 verdicts[i] = Some(Verdict::Garbage);
                 continue;
             };
+            if let Some(shared::revocation::Revocation::Account { .. }) =
+                self.revocations.check(c.user_id, uuid::Uuid::nil())
+            {
+                verdicts[i] = Some(Verdict::Refused {
+                    code: "forbidden",
+                    detail: "the account is deactivated".into(),
+                });
+                continue;
+            }
             if let Err(e) = check_send(
                 &c.content,
                 c.message_type,

@@ -6,7 +6,6 @@ use serde::{de::DeserializeOwned, Serialize};
 use shared::{
     internal::{
         ReadRequest, RepairRequest, RepairResponse, SyncRequest, SyncResponse, UserConversations,
-        SERVICE_SUBJECT,
     },
     jwt::JwtKeys,
 };
@@ -48,7 +47,7 @@ impl ChatClient {
 
     fn token(&self) -> Result<String, CallError> {
         self.jwt
-            .issue(SERVICE_SUBJECT)
+            .issue_internal()
             .map(|t| t.token)
             .map_err(|e| CallError::Unavailable(e.to_string()))
     }

@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     /// `PRESENCE_TTL_SECONDS`: a gateway's claim on its users lasts this long unless renewed
     /// (every third of it), so the users of a gateway that died drop out within it (default 45).
     pub presence_ttl: Duration,
+    /// `REAUTH_NOTICE_SECONDS`: `token_expiring` goes out this long before the connection's
+    /// token expires (default 60); at the expiry, without a `reauth`, it closes with 4001.
+    pub reauth_notice: Duration,
     /// `SHUTDOWN_GRACE_SECONDS`: how long a SIGTERM'd gateway drains before exiting (default 20).
     pub shutdown_grace: Duration,
     /// `SHUTDOWN_SPREAD_SECONDS`: closes (1012) are spread over this window so clients do not
@@ -100,6 +103,7 @@ impl GatewayConfig {
                 "PRESENCE_TTL_SECONDS",
                 shared::presence::TTL_SECONDS,
             )?),
+            reauth_notice: Duration::from_secs(config::parsed("REAUTH_NOTICE_SECONDS", 60)?),
             shutdown_grace: Duration::from_secs(grace),
             shutdown_spread: Duration::from_secs(spread.min(grace.saturating_sub(2))),
         };

@@ -60,6 +60,8 @@ pub struct Cursor {
 pub enum Work {
     /// Too far behind: close with 4008.
     Close,
+    /// Its login was revoked or its account deactivated: close with 4001.
+    Revoked,
     /// Frames are queued.
     Write,
 }
@@ -91,6 +93,9 @@ pub struct ConnShared {
     overflowed: AtomicBool,
     /// A `sync` is under way (one at a time per connection).
     pub syncing: AtomicBool,
+    /// The login (`sid`) of the token the connection lives on; a `reauth` may move it.
+    login: Mutex<Uuid>,
+    revoked: AtomicBool,
     cursors: Mutex<HashMap<Uuid, Cursor>>,
 }
 
@@ -115,8 +120,30 @@ impl ConnShared {
             over_since: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
             syncing: AtomicBool::new(false),
+            login: Mutex::new(Uuid::nil()),
+            revoked: AtomicBool::new(false),
             cursors: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The login the connection lives on.
+    pub fn login(&self) -> Uuid {
+        *self.login.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_login(&self, sid: Uuid) {
+        *self.login.lock().unwrap_or_else(|p| p.into_inner()) = sid;
+    }
+
+    /// Asks the connection's task to close with 4001 (its login was revoked).
+    pub fn revoke(&self) {
+        if !self.revoked.swap(true, Ordering::Relaxed) {
+            self.waker.wake();
+        }
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
     }
 
     fn queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
@@ -177,22 +204,29 @@ impl ConnShared {
         self.work().map_or(Poll::Pending, Poll::Ready)
     }
 
-    /// Ready once the connection has overflowed; see [`ConnShared::poll_work`].
-    pub fn poll_overflowed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_overflowed() {
-            return Poll::Ready(());
+    /// Ready once the connection has to close: overflowed ([`Work::Close`]) or revoked
+    /// ([`Work::Revoked`]); see [`ConnShared::poll_work`].
+    pub fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<Work> {
+        if let Some(why) = self.closing() {
+            return Poll::Ready(why);
         }
         self.waker.register(cx.waker());
+        self.closing().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    fn closing(&self) -> Option<Work> {
         if self.is_overflowed() {
-            Poll::Ready(())
+            Some(Work::Close)
+        } else if self.is_revoked() {
+            Some(Work::Revoked)
         } else {
-            Poll::Pending
+            None
         }
     }
 
     fn work(&self) -> Option<Work> {
-        if self.is_overflowed() {
-            Some(Work::Close)
+        if let Some(why) = self.closing() {
+            Some(why)
         } else if !self.queue().is_empty() {
             Some(Work::Write)
         } else {

@@ -139,22 +139,24 @@ pub(crate) fn reply_error(conn: &ConnShared, e: &FrameError) {
 pub async fn run(
     gw: Arc<Gateway>,
     mut ws: Socket,
-    user: Uuid,
+    admitted: crate::ws::Admitted,
     session: String,
     encoding: Encoding,
     info: UserConversations,
 ) {
+    let user = admitted.user;
     let Some(conn) = Box::pin(open(&gw, &mut ws, user, session.clone(), encoding, info)).await
     else {
         gw.presence.release_socket(user, &session).await;
         return;
     };
+    conn.set_login(admitted.sid);
     // Write `ready` (and whatever came meanwhile) now and give the queue's memory back: most
     // connections then sit idle with nothing allocated for their queue.
     let close = match write_queued(&mut ws, &conn).await {
         Ok(()) => {
             conn.compact();
-            serve(&gw, &mut ws, &conn).await
+            serve(&gw, &mut ws, &conn, admitted.exp).await
         }
         Err(_) => None,
     };
@@ -272,13 +274,75 @@ const TOO_SLOW: (CloseCode, &str) = (
     CloseCode::Library(4008),
     "too far behind; reconnect and sync",
 );
+/// The close for a connection whose login was revoked or account deactivated.
+const REVOKED: (CloseCode, &str) = (CloseCode::Library(4001), "session revoked");
+/// The close at the token's expiry without a `reauth`.
+const EXPIRED: (CloseCode, &str) = (
+    CloseCode::Library(4001),
+    "token expired; reconnect with a fresh token",
+);
+
+fn closing(why: Work) -> (CloseCode, &'static str) {
+    if why == Work::Revoked {
+        REVOKED
+    } else {
+        TOO_SLOW
+    }
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The instant `at` (Unix seconds) falls on.
+fn instant_at(at: i64) -> tokio::time::Instant {
+    let ahead = u64::try_from(at.saturating_sub(unix_now())).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_secs(ahead)
+}
+
+fn rfc3339(at: i64) -> String {
+    chrono::DateTime::from_timestamp(at, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[derive(Serialize)]
+struct ExpiresAt {
+    expires_at: String,
+}
+
+/// The connection's token: when it expires and whether `token_expiring` went out for that.
+struct TokenLife {
+    exp: i64,
+    noticed: bool,
+    notice: i64,
+}
+
+impl TokenLife {
+    /// When something is next due: the notice, then the expiry.
+    fn due(&self) -> tokio::time::Instant {
+        if self.noticed {
+            instant_at(self.exp)
+        } else {
+            instant_at(self.exp - self.notice)
+        }
+    }
+}
 
 /// The connection's loop; returns the close frame to send, if any.
 async fn serve(
     gw: &Arc<Gateway>,
     ws: &mut Socket,
     conn: &Arc<ConnShared>,
+    exp: i64,
 ) -> Option<(CloseCode, &'static str)> {
+    let mut life = TokenLife {
+        exp,
+        noticed: false,
+        notice: i64::try_from(gw.config.reauth_notice.as_secs()).unwrap_or(i64::MAX),
+    };
+    let token_timer = tokio::time::sleep_until(life.due());
+    tokio::pin!(token_timer);
     let interval = gw.config.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
@@ -297,21 +361,32 @@ async fn serve(
     loop {
         tokio::select! {
             biased;
-            () = std::future::poll_fn(|cx| conn.poll_overflowed(cx)) => return Some(TOO_SLOW),
+            why = std::future::poll_fn(|cx| conn.poll_closing(cx)) => return Some(closing(why)),
+            () = &mut token_timer => {
+                if unix_now() >= life.exp {
+                    metrics::counter!("gateway_token_expiry_closes_total").increment(1);
+                    return Some(EXPIRED);
+                }
+                if !life.noticed {
+                    life.noticed = true;
+                    reply(conn, "token_expiring", &ExpiresAt { expires_at: rfc3339(life.exp) });
+                }
+                token_timer.as_mut().reset(life.due());
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     return Box::pin(drain_then_close(gw, ws, conn)).await;
                 }
             }
             work = std::future::poll_fn(|cx| conn.poll_work(cx)) => {
-                if work == Work::Close {
-                    return Some(TOO_SLOW);
+                if work != Work::Write {
+                    return Some(closing(work));
                 }
                 wrote_since_tick = true;
                 let write = write_queued(ws, conn);
                 tokio::select! {
                     r = write => if r.is_err() { return None },
-                    () = std::future::poll_fn(|cx| conn.poll_overflowed(cx)) => return None,
+                    _ = std::future::poll_fn(|cx| conn.poll_closing(cx)) => return None,
                 }
             }
             incoming = ws.next() => {
@@ -346,6 +421,18 @@ async fn serve(
                 };
                 let parsed = protocol::decode_value(conn.encoding, bytes).and_then(protocol::parse);
                 let outcome = match parsed {
+                    Ok(ClientFrame::Reauth(r)) => {
+                        metrics::counter!("gateway_frames_in_total", "type" => "reauth").increment(1);
+                        match reauth(gw, conn, &r.token) {
+                            Ok(new_exp) => {
+                                life = TokenLife { exp: new_exp, noticed: false, ..life };
+                                token_timer.as_mut().reset(life.due());
+                                reply(conn, "reauthed", &ExpiresAt { expires_at: rfc3339(new_exp) });
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                     Ok(frame) => {
                         metrics::counter!("gateway_frames_in_total", "type" => frame.label()).increment(1);
                         // Boxed: the Redis calls' futures are large, and an idle connection should
@@ -494,6 +581,29 @@ fn rand_seed() -> u64 {
         .map_or(0, |d| u64::from(d.subsec_nanos()))
 }
 
+/// `reauth`: a valid, unrevoked access token of the connection's user moves the connection
+/// onto it (its expiry and its login); anything else is `invalid_token` and changes nothing.
+fn reauth(gw: &Gateway, conn: &ConnShared, token: &str) -> Result<i64, FrameError> {
+    let claims = gw
+        .jwt
+        .verify(token)
+        .map_err(|_| FrameError::new("invalid_token", "the token is invalid or expired"))?;
+    if claims.sub != conn.user {
+        return Err(FrameError::new(
+            "invalid_token",
+            "the token is another user's",
+        ));
+    }
+    if gw.revocations.check(claims.sub, claims.sid).is_some() {
+        return Err(FrameError::new(
+            "invalid_token",
+            "the token's login was revoked",
+        ));
+    }
+    conn.set_login(claims.sid);
+    Ok(claims.exp)
+}
+
 async fn handle(
     gw: &Arc<Gateway>,
     conn: &Arc<ConnShared>,
@@ -507,6 +617,8 @@ async fn handle(
             reply(conn, "pong", &serde_json::json!({}));
             Ok(())
         }
+        // Handled by the connection's loop, which owns the token's timer.
+        ClientFrame::Reauth(_) => Ok(()),
         ClientFrame::SendMessage(m) => {
             let client_id = m
                 .client_id

@@ -26,6 +26,7 @@ use shared::{
     chat::{decode, ChatType, Event, MembershipAction, Message},
     internal::{Membership, RepairRequest, UserConversations},
     keys::Keys,
+    revocation::{Revocation, Revocations},
 };
 use uuid::Uuid;
 
@@ -126,6 +127,7 @@ pub enum Refusal {
 
 pub struct Hub {
     state: Mutex<State>,
+    revocations: Arc<Revocations>,
     subscriber: Client,
     keys: Keys,
     chat: ChatClient,
@@ -194,9 +196,11 @@ impl Hub {
         chat: ChatClient,
         max_connections: usize,
         max_per_user: usize,
+        revocations: Arc<Revocations>,
     ) -> Self {
         Self {
             state: Mutex::new(State::default()),
+            revocations,
             subscriber,
             keys,
             chat,
@@ -667,6 +671,16 @@ impl Hub {
                     self.send(&conn, "ack", &data, false);
                 }
             }
+            Event::Revoked { user_id, sid } => {
+                if self.state().channels.get(channel).and_then(|c| c.user) == Some(user_id) {
+                    // Known to the node at once: its sockets close (see `close_revoked`) and
+                    // the login cannot open new ones, before the next poll.
+                    self.revocations.note(match sid {
+                        Some(sid) => Revocation::Session { user: user_id, sid },
+                        None => Revocation::Account { user: user_id },
+                    });
+                }
+            }
             Event::SendFailed {
                 session_id,
                 client_id,
@@ -828,6 +842,28 @@ impl Hub {
                         tracing::warn!(error = %e, "unsubscribe failed");
                     }
                 }
+            }
+        }
+    }
+
+    /// Closes (4001) the connections of `user` on this node whose login `covered` says is
+    /// revoked.
+    pub fn revoke(&self, covered: impl Fn(Uuid, Uuid) -> bool, user: Uuid) {
+        let conns: Vec<Arc<ConnShared>> = {
+            let state = self.state();
+            let Some(entry) = state.users.get(&user) else {
+                return;
+            };
+            entry
+                .conns
+                .iter()
+                .filter_map(|id| state.conns.get(id).cloned())
+                .collect()
+        };
+        for conn in conns {
+            if covered(conn.user, conn.login()) {
+                metrics::counter!("gateway_revoked_closes_total").increment(1);
+                conn.revoke();
             }
         }
     }

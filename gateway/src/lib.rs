@@ -34,7 +34,7 @@ pub use config::GatewayConfig;
 
 /// The send bus and event publishing, through the node's command connection.
 pub struct Bus {
-    redis: Client,
+    pub(crate) redis: Client,
     /// `send_message` commands on their way to the send stream.
     pub sends: sends::Sends,
 }
@@ -56,6 +56,8 @@ pub struct Gateway {
     pub hub: hub::Hub,
     pub bus: Bus,
     pub presence: presence::Presence,
+    /// Revoked logins and deactivated accounts (checked at the upgrade and at `reauth`).
+    pub revocations: Arc<shared::revocation::Revocations>,
     /// Turns true when the node is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -129,6 +131,13 @@ impl Application {
             },
         );
         let (stop, shutdown) = watch::channel(false);
+        let revocations = shared::revocation::Revocations::start(
+            redis.clone(),
+            keys.clone(),
+            &jwt,
+            config.jwt.revocation_poll,
+        )
+        .await;
         let gateway = Arc::new(Gateway {
             hub: hub::Hub::new(
                 subscriber.clone(),
@@ -136,12 +145,14 @@ impl Application {
                 chat,
                 config.max_connections,
                 config.max_connections_per_user,
+                revocations.clone(),
             ),
             bus: Bus {
                 redis: redis.clone(),
                 sends,
             },
             presence: presence::Presence::new(redis.clone(), keys, node, config.presence_ttl),
+            revocations,
             jwt,
             shutdown,
             config: config.clone(),
@@ -209,6 +220,7 @@ impl Application {
             tokio::spawn(dispatch(gw.clone(), self.subscriber.clone())),
             tokio::spawn(watch_reconnects(gw.clone(), self.subscriber.clone())),
             tokio::spawn(refresh_presence(gw.clone())),
+            tokio::spawn(close_revoked(gw.clone())),
             tokio::spawn(self.writer.watch_backlog()),
             tokio::spawn(self.writer.run()),
         ];
@@ -271,6 +283,29 @@ async fn watch_reconnects(gw: Arc<Gateway>, subscriber: Client) {
         metrics::counter!("gateway_redis_reconnects_total").increment(1);
         tracing::info!("Redis subscriber connected; subscribing again and checking for gaps");
         gw.hub.resubscribe_all().await;
+    }
+}
+
+/// Closes the local sockets of every revocation the node learns by polling: the fallback for a
+/// node that missed the live event (its subscriber was reconnecting, say).
+async fn close_revoked(gw: Arc<Gateway>) {
+    let mut news = gw.revocations.subscribe();
+    loop {
+        match news.recv().await {
+            Ok(revocation) => gw
+                .hub
+                .revoke(|user, sid| revocation.covers(user, sid), revocation.user()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some: check every local socket against what is known.
+                let all = gw.hub.all_connections();
+                for conn in all {
+                    if gw.revocations.check(conn.user, conn.login()).is_some() {
+                        conn.revoke();
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

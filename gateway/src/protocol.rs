@@ -62,6 +62,12 @@ pub struct Sync {
     pub positions: Vec<SyncPosition>,
 }
 
+/// `reauth`: a fresh access token of the same user, before the connection's expires.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reauth {
+    pub token: String,
+}
+
 /// A frame a client may send.
 #[derive(Debug, Clone)]
 pub enum ClientFrame {
@@ -69,6 +75,7 @@ pub enum ClientFrame {
     Typing(Typing),
     MarkRead(MarkRead),
     Sync(Sync),
+    Reauth(Reauth),
     Ping,
 }
 
@@ -80,6 +87,7 @@ impl ClientFrame {
             ClientFrame::Typing(_) => "typing",
             ClientFrame::MarkRead(_) => "mark_read",
             ClientFrame::Sync(_) => "sync",
+            ClientFrame::Reauth(_) => "reauth",
             ClientFrame::Ping => "ping",
         }
     }
@@ -187,6 +195,7 @@ pub fn parse(value: Value) -> Result<ClientFrame, FrameError> {
             }
             Ok(ClientFrame::Sync(s))
         }),
+        "reauth" => data(&envelope.kind, envelope.data).map(ClientFrame::Reauth),
         "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::new(
             "unknown_type",

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hyper_util::rt::TokioIo;
-use shared::{jwt::TokenError, ApiError};
+use shared::ApiError;
 use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role},
     WebSocketStream,
@@ -33,19 +33,83 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// The access token from `?token=` or `Authorization: Bearer`.
-fn token(req: &Request) -> Option<String> {
-    let from_query = Query::<HashMap<String, String>>::try_from_uri(req.uri())
+/// How the client proves who it is.
+enum Credential {
+    /// `?token=` or `Authorization: Bearer`.
+    Token(String),
+    /// `?ticket=` from `POST /auth/ws-ticket`.
+    Ticket(String),
+}
+
+fn credential(req: &Request) -> Option<Credential> {
+    let query = Query::<HashMap<String, String>>::try_from_uri(req.uri())
         .ok()
-        .and_then(|Query(q)| q.get("token").cloned())
-        .filter(|t| !t.is_empty());
-    from_query.or_else(|| {
-        let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned())
-    })
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let param = |name: &str| query.get(name).filter(|v| !v.is_empty()).cloned();
+    if let Some(ticket) = param("ticket") {
+        return Some(Credential::Ticket(ticket));
+    }
+    param("token")
+        .or_else(|| {
+            let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        })
+        .map(Credential::Token)
+}
+
+/// Who a connection belongs to and how long it may live.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub user: Uuid,
+    /// The login of the token (or of the token that asked for the ticket).
+    pub sid: Uuid,
+    /// When that token expires (seconds since the epoch).
+    pub exp: i64,
+}
+
+/// Checks the credential: a valid user token, or an unused ticket; never a revoked login.
+async fn admit(gw: &Gateway, credential: Credential) -> Result<Admitted, ApiError> {
+    let admitted = match credential {
+        Credential::Token(token) => {
+            let claims = gw
+                .jwt
+                .verify(&token)
+                .map_err(|e| shared::jwt::token_rejection(&e))?;
+            Admitted {
+                user: claims.sub,
+                sid: claims.sid,
+                exp: claims.exp,
+            }
+        }
+        Credential::Ticket(ticket) => {
+            let redeemed = shared::ticket::redeem(&gw.bus.redis, gw.hub.keys(), &ticket)
+                .await
+                .map_err(|_| {
+                    ApiError::unavailable("redis_unavailable", "tickets cannot be checked now")
+                })?;
+            match redeemed {
+                Some(t) if t.exp > chrono::Utc::now().timestamp() => Admitted {
+                    user: t.user,
+                    sid: t.sid,
+                    exp: t.exp,
+                },
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "invalid_ticket",
+                        "the ticket is unknown, used or expired",
+                    ))
+                }
+            }
+        }
+    };
+    if let Some(revoked) = gw.revocations.check(admitted.user, admitted.sid) {
+        return Err(revoked.rejection());
+    }
+    Ok(admitted)
 }
 
 pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
@@ -64,24 +128,19 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         return ApiError::bad_request("not_websocket", "expected a WebSocket upgrade (version 13)")
             .into_response();
     };
-    let Some(token) = token(&req) else {
+    let Some(credential) = credential(&req) else {
         return ApiError::unauthorized(
             "not_authenticated",
-            "pass ?token=ACCESS_TOKEN or Authorization: Bearer",
+            "pass ?ticket=TICKET, ?token=ACCESS_TOKEN or Authorization: Bearer",
         )
         .into_response();
     };
-    let user = match gw.jwt.verify(&token) {
-        Ok(claims) => claims.sub,
-        Err(TokenError::Expired) => {
-            return ApiError::unauthorized("token_expired", "the access token has expired")
-                .into_response()
-        }
-        Err(TokenError::Invalid) => {
-            return ApiError::unauthorized("invalid_token", "the access token is invalid")
-                .into_response()
-        }
+    let admitted = match admit(&gw, credential).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
     };
+    let user = admitted.user;
+    let headers = req.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = origin
             .to_str()
@@ -142,7 +201,7 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
                     Some(ws_config),
                 )
                 .await;
-                connection::run(gateway, socket, user, session, encoding, info).await;
+                connection::run(gateway, socket, admitted, session, encoding, info).await;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");

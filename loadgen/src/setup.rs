@@ -33,6 +33,7 @@ impl Setup {
             jwt: JwtKeys::new(&JwtConfig {
                 secret_key: secret,
                 access_token_expire_minutes: 120,
+                revocation_poll: std::time::Duration::from_millis(200),
             }),
             run: Uuid::new_v4().simple().to_string()[..8].to_owned(),
         })

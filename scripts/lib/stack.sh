@@ -57,7 +57,7 @@ stack_start() {
   "$bin/auth-service" migrate >.run/logs/migrate.log 2>&1 || { cat .run/logs/migrate.log >&2; die "migrations failed"; }
   start_one() { # NAME PORT [ENV=VALUE...]
     local name=$1 p=$2; shift 2
-    env PORT="$p" TRUST_PROXY_HEADERS=true "$@" "$bin/$name" >".run/logs/$name-$p.log" 2>&1 &
+    env PORT="$p" TRUSTED_PROXIES=127.0.0.1/32,::1/128 "$@" "$bin/$name" >".run/logs/$name-$p.log" 2>&1 &
     STACK_PIDS+=($!)
   }
   start_one auth-service 8001

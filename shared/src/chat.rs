@@ -193,6 +193,9 @@ pub enum Event {
         code: String,
         detail: String,
     },
+    /// A login (`sid`) or, without one, every login of `user_id` was revoked: their sockets
+    /// close with 4001. Published on the user's channel by auth-service.
+    Revoked { user_id: Uuid, sid: Option<Uuid> },
     /// Several events for one channel, in order, in one publish: the send worker publishes a
     /// batch's events this way (one `PUBLISH` per channel per batch, not one per event).
     /// Batches are not nested.

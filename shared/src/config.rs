@@ -191,6 +191,9 @@ pub struct JwtConfig {
     pub secret_key: String,
     /// `ACCESS_TOKEN_EXPIRE_MINUTES` (default 30).
     pub access_token_expire_minutes: u32,
+    /// `REVOCATION_POLL_MS`: how often a process reads new revocations (default 1000): the
+    /// longest a revoked login's or deactivated account's token still passes a REST check.
+    pub revocation_poll: std::time::Duration,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -201,6 +204,7 @@ impl std::fmt::Debug for JwtConfig {
                 "access_token_expire_minutes",
                 &self.access_token_expire_minutes,
             )
+            .field("revocation_poll", &self.revocation_poll)
             .finish()
     }
 }
@@ -208,14 +212,55 @@ impl std::fmt::Debug for JwtConfig {
 /// The shortest `SECRET_KEY` accepted: HS256 wants a key at least as long as its output.
 pub const MIN_SECRET_KEY_LEN: usize = 32;
 
+/// Placeholders that stand in examples and manifests (and words that mark one): a key that
+/// holds one is public.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-with",
+    "replace_me",
+    "placeholder",
+    "example",
+    "secret-key",
+    "your-secret",
+    "insecure",
+];
+
+/// Why `key` may not sign tokens, if it may not: too short, a known placeholder, or too little
+/// entropy (fewer than 10 distinct characters, or under 100 bits by its character frequencies —
+/// a random hex key of 32 characters has about 110, of 64 about 250).
+pub fn weak_secret_key(key: &str) -> Option<String> {
+    if key.len() < MIN_SECRET_KEY_LEN {
+        return Some(format!(
+            "is too short: use at least {MIN_SECRET_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    let lower = key.to_ascii_lowercase();
+    if let Some(p) = PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
+        return Some(format!(
+            "is a placeholder (it contains {p:?}): generate a real one with `openssl rand -hex 32`"
+        ));
+    }
+    let mut counts: std::collections::HashMap<char, f64> = std::collections::HashMap::new();
+    for c in key.chars() {
+        *counts.entry(c).or_insert(0.0) += 1.0;
+    }
+    let n = key.chars().count() as f64;
+    let bits: f64 = counts.values().map(|c| -c * (c / n).log2()).sum();
+    if counts.len() < 10 || bits < 100.0 {
+        return Some(format!(
+            "has too little entropy (about {bits:.0} bits): generate one with `openssl rand -hex 32`"
+        ));
+    }
+    None
+}
+
 impl JwtConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let secret_key = required("SECRET_KEY")?;
-        if secret_key.len() < MIN_SECRET_KEY_LEN {
-            return Err(ConfigError::new(
-                "SECRET_KEY",
-                format!("is too short: use at least {MIN_SECRET_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"),
-            ));
+        if let Some(problem) = weak_secret_key(&secret_key) {
+            return Err(ConfigError::new("SECRET_KEY", problem));
         }
         let access_token_expire_minutes = parsed("ACCESS_TOKEN_EXPIRE_MINUTES", 30u32)?;
         if access_token_expire_minutes == 0 {
@@ -224,9 +269,17 @@ impl JwtConfig {
                 "is invalid: must be at least 1",
             ));
         }
+        let poll: u64 = parsed("REVOCATION_POLL_MS", 1000)?;
+        if poll == 0 {
+            return Err(ConfigError::new(
+                "REVOCATION_POLL_MS",
+                "is invalid: must be at least 1",
+            ));
+        }
         Ok(Self {
             secret_key,
             access_token_expire_minutes,
+            revocation_poll: std::time::Duration::from_millis(poll),
         })
     }
 }
@@ -290,6 +343,27 @@ mod tests {
         assert!(parse_origins("http://a.test/path").is_err());
         assert!(parse_origins("a.test").is_err());
         assert!(parse_origins("[not json").is_err());
+    }
+
+    #[test]
+    fn placeholder_and_weak_keys_are_refused() {
+        for weak in [
+            "change-me-change-me-change-me-change-me",
+            "replace-with-openssl-rand-hex-32-replace-with-openssl",
+            "short",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "abababababababababababababababababababab",
+            "this-is-my-example-key-0123456789abcdef",
+        ] {
+            assert!(weak_secret_key(weak).is_some(), "{weak}");
+        }
+        // What `openssl rand -hex 32` and `-hex 16` give.
+        for strong in [
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "5d41402abc4b2a76b9719d911017c592",
+        ] {
+            assert_eq!(weak_secret_key(strong), None, "{strong}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The internal API chat-service offers gateways (never routed publicly: nginx and the ingress
-//! expose `/chat`, `/auth` and `/ws` only). Gateways authenticate with a service token: an access
-//! token for the nil user id, which only holders of `SECRET_KEY` can mint.
+//! expose `/chat`, `/auth` and `/ws` only). Gateways authenticate with a token of the internal
+//! service identity ([`crate::jwt::JwtKeys::issue_internal`]: its own audience, the nil subject,
+//! five minutes of life), which only holders of `SECRET_KEY` can mint; users' tokens are
+//! refused here, and internal tokens everywhere else.
 
 use std::sync::Arc;
 
@@ -33,7 +35,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let keys = Arc::<JwtKeys>::from_ref(state);
-        match bearer_token(parts).map(|t| keys.verify(t)) {
+        match bearer_token(parts).map(|t| keys.verify_internal(t)) {
             Some(Ok(claims)) if claims.sub == SERVICE_SUBJECT => Ok(ServiceCaller),
             _ => Err(ApiError::unauthorized(
                 "invalid_token",

@@ -82,6 +82,16 @@ impl Keys {
         format!("{}sockets:{}", self.prefix, user_id)
     }
 
+    /// Sorted set of revoked logins and accounts (see [`crate::revocation`]).
+    pub fn revocations(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+
+    /// A single-use WebSocket ticket (`POST /auth/ws-ticket`), by the SHA-256 of its text.
+    pub fn ws_ticket(&self, ticket_hash: &str) -> String {
+        format!("{}ticket:{}", self.prefix, ticket_hash)
+    }
+
     /// Failed logins for one account (lower-cased username or email) in the current window.
     pub fn login_failures_account(&self, account: &str) -> String {
         format!("{}auth:fail:acct:{}", self.prefix, account.to_lowercase())

@@ -24,9 +24,11 @@ pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod redis;
+pub mod revocation;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod text;
+pub mod ticket;
 
 pub use error::{ApiError, ApiResult};

@@ -231,3 +231,27 @@ fn a_missing_setting_stops_the_process_with_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_placeholder_or_weak_secret_key_stops_the_process() {
+    for weak in [
+        "change-me-change-me-change-me-change-me",
+        "replace-with-openssl-rand-hex-32-replace-with-openssl",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
+            .env("SECRET_KEY", weak)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("configuration error: SECRET_KEY "),
+            "{stderr}"
+        );
+    }
+}

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use shared::config::{DatabaseConfig, JwtConfig, RedisConfig, ServerConfig};
 use sqlx::PgPool;
 
-pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+/// A key as `openssl rand -hex 32` makes it (the binaries refuse placeholders and weak keys).
+pub const SECRET: &str = "3f1c9a7be2d84f60a5c1e9b7d3f2a8c64b0e7d9a1c5f3b8e2d6a4c0f9b7e1d35";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -29,6 +30,7 @@ pub fn test_config() -> AuthConfig {
         jwt: JwtConfig {
             secret_key: SECRET.into(),
             access_token_expire_minutes: 30,
+            revocation_poll: std::time::Duration::from_millis(200),
         },
         allowed_origins: vec!["http://localhost:5173".into()],
         debug: true,
@@ -39,7 +41,9 @@ pub fn test_config() -> AuthConfig {
         login_max_failures_per_account: 100,
         login_max_failures_per_address: 1000,
         login_failure_window_seconds: 900,
-        trust_proxy_headers: false,
+        trusted_proxies: vec![],
+        refresh_reuse_grace_seconds: 10,
+        login_max_delay_seconds: 30,
         registrations_per_hour: 10_000,
     }
 }

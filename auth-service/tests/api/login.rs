@@ -154,7 +154,7 @@ async fn a_success_clears_the_account_count(db: PgPool) {
 async fn failed_logins_are_throttled_per_client_address(db: PgPool) {
     let app = spawn_app_with(db, |c| {
         c.login_max_failures_per_address = 4;
-        c.trust_proxy_headers = true;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await;
     let alice = app.register("alice").await;

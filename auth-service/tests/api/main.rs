@@ -8,4 +8,5 @@ mod hostile;
 mod login;
 mod me;
 mod register;
+mod sessions;
 mod tokens;

@@ -41,13 +41,17 @@ async fn bad_tokens_are_401(db: PgPool) {
     let now = chrono::Utc::now().timestamp();
     let fresh = Claims {
         sub: id,
+        sid: Uuid::new_v4(),
         iat: now,
         exp: now + 600,
+        aud: shared::jwt::USER_AUDIENCE.into(),
     };
     let expired = Claims {
         sub: id,
+        sid: Uuid::new_v4(),
         iat: now - 7200,
         exp: now - 3600,
+        aud: shared::jwt::USER_AUDIENCE.into(),
     };
 
     let none = format!(
@@ -68,6 +72,32 @@ async fn bad_tokens_are_401(db: PgPool) {
         (sign(&fresh, Algorithm::HS512, SECRET), "invalid_token"),
         (none, "invalid_token"),
         ("garbage".to_owned(), "invalid_token"),
+        // The internal service identity is no user.
+        (
+            sign(
+                &Claims {
+                    sub: Uuid::nil(),
+                    sid: Uuid::nil(),
+                    aud: shared::jwt::INTERNAL_AUDIENCE.into(),
+                    ..fresh.clone()
+                },
+                Algorithm::HS256,
+                SECRET,
+            ),
+            "invalid_token",
+        ),
+        // Nor is a token for another audience.
+        (
+            sign(
+                &Claims {
+                    aud: "somebody-else".into(),
+                    ..fresh.clone()
+                },
+                Algorithm::HS256,
+                SECRET,
+            ),
+            "invalid_token",
+        ),
         (
             sign(
                 &Claims {

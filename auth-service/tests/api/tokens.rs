@@ -2,11 +2,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn refresh_rotates_and_reuse_revokes_the_whole_login(db: PgPool) {
-    let app = spawn_app(db).await;
+    // No grace window: any reuse revokes.
+    let app = spawn_app_with(db, |c| c.refresh_reuse_grace_seconds = 0).await;
     let alice = app.register("alice").await;
     let first = app.tokens(&alice).await;
     let other_login = app.tokens(&alice).await;
@@ -74,28 +75,54 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_login(db: PgPool) {
     assert_eq!(stored, 0);
 }
 
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn concurrent_refreshes_with_one_token_let_exactly_one_through(db: PgPool) {
-    let app = spawn_app(db).await;
-    let alice = app.register("alice").await;
-    let pair = app.tokens(&alice).await;
+async fn refresh_concurrently(
+    app: &crate::helpers::TestApp,
+    token: &Value,
+) -> Vec<(StatusCode, Value)> {
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let http = app.http.clone();
             let url = app.url("/auth/refresh");
-            let body = json!({"refresh_token": pair["refresh_token"]});
-            tokio::spawn(async move { http.post(url).json(&body).send().await.unwrap().status() })
+            let body = json!({ "refresh_token": token });
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await.unwrap();
+                (r.status(), r.json().await.unwrap_or(Value::Null))
+            })
         })
         .collect();
-    let mut ok = 0;
+    let mut out = Vec::new();
     for h in handles {
-        match h.await.unwrap() {
-            StatusCode::OK => ok += 1,
-            StatusCode::UNAUTHORIZED => {}
-            other => panic!("unexpected {other}"),
-        }
+        out.push(h.await.unwrap());
     }
+    out
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn concurrent_refreshes_with_one_token_let_exactly_one_through(db: PgPool) {
+    let app = spawn_app_with(db, |c| c.refresh_reuse_grace_seconds = 0).await;
+    let alice = app.register("alice").await;
+    let pair = app.tokens(&alice).await;
+    let answers = refresh_concurrently(&app, &pair["refresh_token"]).await;
+    let ok = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert!(answers
+        .iter()
+        .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED));
     assert_eq!(ok, 1);
+}
+
+/// Within the grace window (two tabs refreshing at once) every one of them gets the same pair.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn concurrent_refreshes_within_the_grace_window_share_one_successor(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let pair = app.tokens(&alice).await;
+    let answers = refresh_concurrently(&app, &pair["refresh_token"]).await;
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
+    let first = &answers[0].1["refresh_token"];
+    assert!(answers.iter().all(|(_, b)| &b["refresh_token"] == first));
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

@@ -19,7 +19,8 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+/// A key as `openssl rand -hex 32` makes it (the binaries refuse placeholders and weak keys).
+pub const SECRET: &str = "3f1c9a7be2d84f60a5c1e9b7d3f2a8c64b0e7d9a1c5f3b8e2d6a4c0f9b7e1d35";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -39,6 +40,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         jwt: JwtConfig {
             secret_key: SECRET.into(),
             access_token_expire_minutes: 30,
+            revocation_poll: std::time::Duration::from_millis(200),
         },
         allowed_origins: vec![],
         debug: true,

@@ -20,7 +20,8 @@ use tokio_tungstenite::{
 };
 use uuid::Uuid;
 
-pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+/// A key as `openssl rand -hex 32` makes it (the binaries refuse placeholders and weak keys).
+pub const SECRET: &str = "3f1c9a7be2d84f60a5c1e9b7d3f2a8c64b0e7d9a1c5f3b8e2d6a4c0f9b7e1d35";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -68,6 +69,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         jwt: JwtConfig {
             secret_key: SECRET.into(),
             access_token_expire_minutes: 30,
+            revocation_poll: std::time::Duration::from_millis(200),
         },
         allowed_origins: vec!["http://localhost:5173".into()],
         debug: true,
@@ -88,6 +90,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         ws_write_buffer_bytes: 16384,
         max_frame_bytes: 65536,
         presence_ttl: Duration::from_secs(45),
+        reauth_notice: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(5),
         shutdown_spread: Duration::from_millis(500),
     }
@@ -116,6 +119,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         jwt: JwtConfig {
             secret_key: SECRET.into(),
             access_token_expire_minutes: 30,
+            revocation_poll: std::time::Duration::from_millis(200),
         },
         allowed_origins: vec![],
         debug: true,
@@ -148,6 +152,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         jwt: JwtKeys::new(&JwtConfig {
             secret_key: SECRET.into(),
             access_token_expire_minutes: 30,
+            revocation_poll: std::time::Duration::from_millis(200),
         }),
         http: reqwest::Client::new(),
     };
@@ -177,6 +182,45 @@ impl Stack {
             task,
         });
         self.gateways.len() - 1
+    }
+
+    /// An auth-service of this deployment (same database and Redis prefix); its base URL.
+    pub async fn auth_service(&self) -> String {
+        let config = auth_service::AuthConfig {
+            server: ServerConfig::ephemeral(),
+            database: DatabaseConfig {
+                url: "postgres://unused".into(),
+                max_connections: 5,
+            },
+            redis: RedisConfig {
+                url: redis_url(),
+                prefix: self.prefix.clone(),
+            },
+            jwt: JwtConfig {
+                secret_key: SECRET.into(),
+                access_token_expire_minutes: 30,
+                revocation_poll: std::time::Duration::from_millis(200),
+            },
+            allowed_origins: vec![],
+            debug: true,
+            max_body_bytes: 65536,
+            refresh_token_expire_days: 30,
+            argon2_max_concurrency: 2,
+            argon2_queue_timeout_ms: 30_000,
+            login_max_failures_per_account: 100,
+            login_max_delay_seconds: 30,
+            login_max_failures_per_address: 1000,
+            login_failure_window_seconds: 900,
+            trusted_proxies: vec![],
+            refresh_reuse_grace_seconds: 10,
+            registrations_per_hour: 1000,
+        };
+        let app = auth_service::Application::build_with_pool(config, self.db.clone())
+            .await
+            .unwrap();
+        let url = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        url
     }
 
     pub async fn user(&self, name: &str) -> User {

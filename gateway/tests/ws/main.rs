@@ -7,3 +7,4 @@ mod edges;
 mod helpers;
 mod hostile;
 mod resilience;
+mod sessions;
