@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::{
     chat_client::ChatClient,
-    conn::{ConnId, ConnShared, Outbound},
+    connection::state::{ConnId, ConnShared, Outbound},
     protocol::SharedFrame,
 };
 

@@ -3,8 +3,9 @@
 //!
 //! - [`config`] — settings.
 //! - [`ws`] — `GET /ws`: authentication, origin, caps and the upgrade.
-//! - [`connection`] — one connection's loop: frames in, queued frames out, heartbeats.
-//! - [`conn`] — what a connection shares with the dispatcher: its bounded queue and cursors.
+//! - [`connection`] — one connection's loop: frames in, queued frames out, heartbeats, its
+//!   token's life; [`connection::state`] is what it shares with the dispatcher (its bounded
+//!   queue and cursors).
 //! - [`hub`] — the node's Redis subscriptions, fan-out, ordering and gap repair.
 //! - [`presence`] — online/offline across gateways.
 //! - [`protocol`] — the contract's envelopes, JSON or MessagePack.
@@ -13,7 +14,6 @@
 
 pub mod chat_client;
 pub mod config;
-pub mod conn;
 pub mod connection;
 pub mod hub;
 pub mod presence;

@@ -39,7 +39,7 @@ use shared::{
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::{conn::ConnShared, connection::reply_error, protocol::FrameError};
+use crate::{connection::reply_error, connection::state::ConnShared, protocol::FrameError};
 
 /// Commands waiting for the writer, node-wide, before connections wait to hand theirs over.
 const QUEUE: usize = 4096;

@@ -15,10 +15,9 @@ use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role},
     WebSocketStream,
 };
-use uuid::Uuid;
 
 use crate::{
-    connection,
+    connection::{self, session_id, Admitted},
     hub::Refusal,
     protocol::{Encoding, MSGPACK_PROTOCOL},
     Gateway,
@@ -59,16 +58,6 @@ fn credential(req: &Request) -> Option<Credential> {
                 .then(|| token.trim().to_owned())
         })
         .map(Credential::Token)
-}
-
-/// Who a connection belongs to and how long it may live.
-#[derive(Debug, Clone, Copy)]
-pub struct Admitted {
-    pub user: Uuid,
-    /// The login of the token (or of the token that asked for the ticket).
-    pub sid: Uuid,
-    /// When that token expires (seconds since the epoch).
-    pub exp: i64,
 }
 
 /// Checks the credential: a valid user token, or an unused ticket; never a revoked login.
@@ -223,9 +212,4 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         );
     }
     response
-}
-
-/// A fresh session id for a connection.
-pub fn session_id() -> String {
-    Uuid::new_v4().simple().to_string()
 }

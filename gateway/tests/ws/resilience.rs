@@ -472,8 +472,8 @@ async fn sends_handed_over_together_share_one_entry_in_order() {
 }
 
 /// A connection for the stream writer to answer, with no socket behind it.
-fn writer_conn() -> std::sync::Arc<gateway::conn::ConnShared> {
-    std::sync::Arc::new(gateway::conn::ConnShared::new(
+fn writer_conn() -> std::sync::Arc<gateway::connection::state::ConnShared> {
+    std::sync::Arc::new(gateway::connection::state::ConnShared::new(
         1,
         Uuid::new_v4(),
         "s".into(),

@@ -2,6 +2,8 @@
 //! queued frames (all that are waiting, in one flush), pings, and watches for overflow and
 //! shutdown. Every exit path unregisters the connection and withdraws its presence.
 
+pub mod state;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -25,14 +27,29 @@ use tokio_tungstenite::{
 };
 use uuid::Uuid;
 
+use self::state::{ConnShared, Outbound, Work};
 use crate::{
     chat_client::CallError,
-    conn::{ConnShared, Outbound, Work},
     protocol::{self, ClientFrame, Encoding, FrameError},
     Gateway,
 };
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Who a connection belongs to and how long it may live: what `GET /ws` admitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub user: Uuid,
+    /// The login of the token (or of the token that asked for the ticket).
+    pub sid: Uuid,
+    /// When that token expires (seconds since the epoch).
+    pub exp: i64,
+}
+
+/// A fresh session id for a connection.
+pub fn session_id() -> String {
+    Uuid::new_v4().simple().to_string()
+}
 
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
@@ -139,7 +156,7 @@ pub(crate) fn reply_error(conn: &ConnShared, e: &FrameError) {
 pub async fn run(
     gw: Arc<Gateway>,
     mut ws: Socket,
-    admitted: crate::ws::Admitted,
+    admitted: Admitted,
     session: String,
     encoding: Encoding,
     info: UserConversations,
@@ -862,7 +879,7 @@ async fn sync(
 /// Sends the frames held during a sync that come after what the client now has, in order.
 fn release_held(
     conn: &ConnShared,
-    cursors: &mut std::collections::HashMap<Uuid, crate::conn::Cursor>,
+    cursors: &mut std::collections::HashMap<Uuid, state::Cursor>,
     known: &[Option<Uuid>],
 ) {
     for conv in known.iter().flatten() {
