@@ -49,6 +49,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 "#;
 
+/// Renewals in flight at once.
+const REFRESH_IN_FLIGHT: usize = 128;
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -109,13 +112,18 @@ impl Presence {
     }
 
     /// Renews this node's claims on `users`, and its sockets' places in their users' socket
-    /// sets (`sockets`: user and session id of every local connection).
+    /// sets (`sockets`: user and session id of every local connection). The calls go out
+    /// [`REFRESH_IN_FLIGHT`] at a time on one connection, which pipelines them: a node of 15k
+    /// users renews in a few hundred round trips' time, not 15k.
     pub async fn refresh(&self, users: &[Uuid], sockets: &[(Uuid, String)]) {
-        for user in users {
-            if let Err(e) = self.claim(*user).await {
-                tracing::warn!(error = %e, "presence refresh failed");
-                return;
-            }
+        let mut failures = 0;
+        for chunk in users.chunks(REFRESH_IN_FLIGHT) {
+            let claimed =
+                futures_util::future::join_all(chunk.iter().map(|u| self.claim(*u))).await;
+            failures += claimed.iter().filter(|r| r.is_err()).count();
+        }
+        if failures > 0 {
+            tracing::warn!(failures, "presence refresh failed for some users");
         }
         let expires = (now_ms() + self.ttl_ms) as f64;
         let mut by_user: std::collections::HashMap<Uuid, Vec<(f64, String)>> =
@@ -126,18 +134,37 @@ impl Presence {
                 .or_default()
                 .push((expires, session.clone()));
         }
-        for (user, members) in by_user {
-            let key = self.keys.user_sockets(user);
-            let renewed: Result<(), Error> = self
-                .redis
-                .zadd(&key, None, None, false, false, members)
-                .await;
-            let expired: Result<(), Error> = self.redis.pexpire(&key, self.ttl_ms, None).await;
-            if let Err(e) = renewed.and(expired) {
-                tracing::warn!(error = %e, "socket refresh failed");
-                return;
-            }
+        let by_user: Vec<(Uuid, Vec<(f64, String)>)> = by_user.into_iter().collect();
+        let mut failures = 0;
+        for chunk in by_user.chunks(REFRESH_IN_FLIGHT) {
+            let renewed = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|(user, members)| self.renew_sockets(*user, members.clone())),
+            )
+            .await;
+            failures += renewed.iter().filter(|r| r.is_err()).count();
         }
+        if failures > 0 {
+            tracing::warn!(failures, "socket refresh failed for some users");
+        }
+    }
+
+    async fn renew_sockets(&self, user: Uuid, members: Vec<(f64, String)>) -> Result<(), Error> {
+        let key = self.keys.user_sockets(user);
+        // XX: a socket that closed since the snapshot is not put back.
+        let _: () = self
+            .redis
+            .zadd(
+                &key,
+                Some(fred::types::SetOptions::XX),
+                None,
+                false,
+                false,
+                members,
+            )
+            .await?;
+        self.redis.pexpire(&key, self.ttl_ms, None).await
     }
 
     /// Reserves one of `user`'s `max` sockets across every gateway for `session`; false when
