@@ -230,6 +230,11 @@ impl Hub {
         self.state().conns.len()
     }
 
+    /// Channels the node is subscribed to (for tests and metrics).
+    pub fn channel_count(&self) -> usize {
+        self.state().channels.len()
+    }
+
     /// Checks the node and per-user caps before an upgrade.
     pub fn admit(&self, user: Uuid) -> Result<(), Refusal> {
         let state = self.state();
@@ -301,11 +306,15 @@ impl Hub {
             });
             let first = entry.conns.is_empty();
             entry.conns.push(conn.id);
-            entry.conversations = info
-                .conversations
-                .iter()
-                .map(|m| (m.conversation_id, m.clone()))
-                .collect();
+            // Added to, never replaced: a conversation an earlier connection of the user joined
+            // (a membership event newer than this connection's list) stays known, so that
+            // `unregister` finds every channel the user's connections are in.
+            for m in &info.conversations {
+                entry
+                    .conversations
+                    .entry(m.conversation_id)
+                    .or_insert_with(|| m.clone());
+            }
             entry.contacts = info.contacts.clone();
             let mut new_channels = Vec::new();
             let user_channel = self.keys.user_channel(user);
@@ -364,23 +373,36 @@ impl Hub {
             let mut state = self.state();
             state.conns.remove(&conn.id);
             let mut last = false;
+            // The channels a connection can be in: its user's own and those of the user's rooms
+            // and groups (joins add the conversation to the user's entry first, and leaving
+            // takes the user's connections off the channel). Only those are looked at: a
+            // disconnect costs its own channels, not every channel of the node.
+            let mut candidates = vec![self.keys.user_channel(conn.user)];
             if let Some(entry) = state.users.get_mut(&conn.user) {
                 entry.conns.retain(|c| *c != conn.id);
                 last = entry.conns.is_empty();
+                candidates.extend(
+                    entry
+                        .conversations
+                        .values()
+                        .filter(|m| m.chat_type != ChatType::Private)
+                        .map(|m| self.keys.conversation_channel(m.conversation_id)),
+                );
             }
             if last {
                 state.users.remove(&conn.user);
             }
             let mut dropped = Vec::new();
-            state.channels.retain(|name, ch| {
-                ch.remove(conn.id);
-                if ch.conns.is_empty() {
-                    dropped.push(name.clone());
-                    false
-                } else {
-                    true
+            for name in candidates {
+                let emptied = state.channels.get_mut(&name).is_some_and(|ch| {
+                    ch.remove(conn.id);
+                    ch.conns.is_empty()
+                });
+                if emptied {
+                    state.channels.remove(&name);
+                    dropped.push(name);
                 }
-            });
+            }
             (last, dropped)
         };
         for channel in dropped {

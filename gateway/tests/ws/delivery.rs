@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{message_seqs, stack, Client};
+use crate::helpers::{eventually, message_seqs, stack, Client};
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn the_first_frame_is_ready(db: PgPool) {
@@ -397,5 +397,58 @@ async fn pongs_and_data_frames_arrive_whole(db: PgPool) {
         seqs,
         (1..=N as i64).collect::<Vec<_>>(),
         "every message once, in order"
+    );
+}
+
+/// A disconnect looks only at its user's channels: after rooms, a group, a private chat, a
+/// room joined live and a room left live, closing every connection leaves the node subscribed
+/// to nothing.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_node_forgets_every_channel_once_its_connections_close(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    s.room(&alice, "r", &[&bob]).await;
+    let left = s.room(&alice, "left", &[&bob]).await;
+    s.rest(
+        &alice,
+        reqwest::Method::POST,
+        "/chat/groups",
+        json!({"name": "g", "member_ids": [bob.id]}),
+    )
+    .await;
+    s.send_rest(&alice, &format!("private/{}", bob.id), "hi")
+        .await;
+    let mut a1 = s.connect(0, &alice).await;
+    let mut a2 = s.connect(0, &alice).await;
+    let mut b = s.connect(0, &bob).await;
+    let later = s.room(&bob, "later", &[]).await;
+    s.rest(
+        &alice,
+        reqwest::Method::POST,
+        &format!("/chat/rooms/{later}/join"),
+        serde_json::Value::Null,
+    )
+    .await;
+    a1.expect("membership").await;
+    s.rest(
+        &bob,
+        reqwest::Method::POST,
+        &format!("/chat/rooms/{left}/leave"),
+        serde_json::Value::Null,
+    )
+    .await;
+    b.expect("membership").await;
+    let hub = &s.gateways[0].gateway.hub;
+    assert!(hub.channel_count() >= 5, "{}", hub.channel_count());
+    for c in [&mut a1, &mut a2, &mut b] {
+        c.ws.close(None).await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || hub.connection_count() == 0
+            && hub.channel_count() == 0)
+        .await,
+        "{} channels left",
+        hub.channel_count()
     );
 }
