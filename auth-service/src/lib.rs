@@ -126,6 +126,7 @@ impl Application {
             version: env!("CARGO_PKG_VERSION"),
             db: Some(db),
             redis: Some(redis),
+            ready: shared::health::Readiness::new(config.server.ready_grace),
         };
         let router = Router::new()
             .merge(api::router())

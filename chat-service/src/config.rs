@@ -36,6 +36,9 @@ pub struct ChatConfig {
     pub send_rate: shared::limits::Rate,
     /// Creation quotas per user.
     pub quotas: Quotas,
+    /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
+    /// 503 at once (see [`shared::internal::InternalSlots`]).
+    pub internal_max_in_flight: usize,
 }
 
 /// How much one user may create (`ROOMS_PER_HOUR`, default 10; `GROUPS_PER_HOUR`, default 30),
@@ -90,6 +93,7 @@ impl ChatConfig {
                 max_deliveries: config::parsed::<u64>("SEND_MAX_DELIVERIES", 10)?.max(2),
             },
             send_rate: config::send_rate()?,
+            internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
             quotas: Quotas {
                 rooms_per_hour: config::parsed("ROOMS_PER_HOUR", Quotas::default().rooms_per_hour)?,
                 groups_per_hour: config::parsed(

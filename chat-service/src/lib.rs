@@ -40,6 +40,7 @@ pub struct AppState {
     pub publisher: publish::Publisher,
     pub jwt: Arc<JwtKeys>,
     pub revocations: Arc<Revocations>,
+    pub internal_slots: shared::internal::InternalSlots,
     pub config: Arc<ChatConfig>,
 }
 
@@ -88,6 +89,12 @@ impl AppState {
 impl FromRef<AppState> for Arc<JwtKeys> {
     fn from_ref(state: &AppState) -> Self {
         state.jwt.clone()
+    }
+}
+
+impl FromRef<AppState> for shared::internal::InternalSlots {
+    fn from_ref(state: &AppState) -> Self {
+        state.internal_slots.clone()
     }
 }
 
@@ -153,6 +160,7 @@ impl Application {
             publisher,
             jwt,
             revocations,
+            internal_slots: shared::internal::InternalSlots::new(config.internal_max_in_flight),
             config: Arc::new(config.clone()),
         };
         let health = HealthState {
@@ -160,6 +168,7 @@ impl Application {
             version: env!("CARGO_PKG_VERSION"),
             db: Some(db),
             redis: Some(redis),
+            ready: shared::health::Readiness::new(config.server.ready_grace),
         };
         let router = Router::new()
             .merge(api::router())

@@ -59,6 +59,10 @@ pub struct GatewayConfig {
     /// `PRESENCE_TTL_SECONDS`: a gateway's claim on its users lasts this long unless renewed
     /// (every third of it), so the users of a gateway that died drop out within it (default 45).
     pub presence_ttl: Duration,
+    /// `UPGRADES_IN_FLIGHT`: upgrades this node prepares at once (each asks chat-service for
+    /// the user's conversations; default 64). Past it the upgrade is refused with 503 and a
+    /// `Retry-After` of 1–5 s, jittered, so the clients of a gateway that died come back paced.
+    pub upgrades_in_flight: usize,
     /// `REAUTH_NOTICE_SECONDS`: `token_expiring` goes out this long before the connection's
     /// token expires (default 60); at the expiry, without a `reauth`, it closes with 4001.
     pub reauth_notice: Duration,
@@ -104,6 +108,7 @@ impl GatewayConfig {
                 shared::presence::TTL_SECONDS,
             )?),
             reauth_notice: Duration::from_secs(config::parsed("REAUTH_NOTICE_SECONDS", 60)?),
+            upgrades_in_flight: config::parsed("UPGRADES_IN_FLIGHT", 64)?,
             shutdown_grace: Duration::from_secs(grace),
             shutdown_spread: Duration::from_secs(spread.min(grace.saturating_sub(2))),
         };

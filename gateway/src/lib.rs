@@ -56,6 +56,8 @@ pub struct Gateway {
     pub hub: hub::Hub,
     pub bus: Bus,
     pub presence: presence::Presence,
+    /// Upgrades being prepared (`UPGRADES_IN_FLIGHT`).
+    pub upgrades: Arc<tokio::sync::Semaphore>,
     /// Revoked logins and deactivated accounts (checked at the upgrade and at `reauth`).
     pub revocations: Arc<shared::revocation::Revocations>,
     /// Turns true when the node is shutting down.
@@ -153,6 +155,7 @@ impl Application {
             },
             presence: presence::Presence::new(redis.clone(), keys, node, config.presence_ttl),
             revocations,
+            upgrades: Arc::new(tokio::sync::Semaphore::new(config.upgrades_in_flight)),
             jwt,
             shutdown,
             config: config.clone(),
@@ -162,6 +165,7 @@ impl Application {
             version: env!("CARGO_PKG_VERSION"),
             db: None,
             redis: Some(redis),
+            ready: shared::health::Readiness::new(config.server.ready_grace),
         };
         let router = Router::new()
             .route("/ws", get(ws::handler))

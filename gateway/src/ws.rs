@@ -23,6 +23,15 @@ use crate::{
     Gateway,
 };
 
+/// 1 to 5 seconds, differing from one refused client to the next, so a crowd refused together
+/// does not come back together.
+fn jittered_retry_after() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    1 + u64::from(nanos % 5)
+}
+
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
@@ -138,6 +147,16 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
             return ApiError::forbidden("this Origin may not open WebSockets").into_response();
         }
     }
+    // Paced: what follows asks chat-service for the user's conversations.
+    let Ok(_preparing) = gw.upgrades.clone().try_acquire_owned() else {
+        metrics::counter!("gateway_upgrades_shed_total").increment(1);
+        let mut busy = ApiError::unavailable(
+            "gateway_busy",
+            "too many connections opening at once; retry",
+        );
+        busy.retry_after = Some(jittered_retry_after());
+        return busy.into_response();
+    };
     match gw.hub.admit(user) {
         Err(Refusal::NodeFull) => {
             return ApiError::unavailable("gateway_full", "this gateway is full, try another")

@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub host: String,
     /// `PORT`; `0` picks a free port (tests do this).
     pub port: u16,
+    /// `READY_GRACE_SECONDS`: how long Postgres or Redis may fail before `/health/ready` says
+    /// so (default 30; see [`crate::health`]).
+    pub ready_grace: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -110,6 +113,7 @@ impl ServerConfig {
         Ok(Self {
             host: string("HOST", "0.0.0.0")?,
             port: parsed("PORT", default_port)?,
+            ready_grace: std::time::Duration::from_secs(parsed("READY_GRACE_SECONDS", 30)?),
         })
     }
 
@@ -118,6 +122,7 @@ impl ServerConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 0,
+            ready_grace: std::time::Duration::from_secs(30),
         }
     }
 

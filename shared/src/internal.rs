@@ -19,9 +19,24 @@ use crate::{
     jwt::{bearer_token, JwtKeys},
 };
 
-/// A gateway calling chat-service's internal routes.
-#[derive(Debug, Clone, Copy)]
-pub struct ServiceCaller;
+/// A gateway calling chat-service's internal routes, holding one of the process's
+/// [`InternalSlots`] for as long as the handler runs.
+#[derive(Debug)]
+pub struct ServiceCaller(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// How many internal calls a process serves at once (`INTERNAL_MAX_IN_FLIGHT`). Past it, a
+/// call is refused at once with 503 and `Retry-After` rather than queued: when a gateway dies
+/// and its thousands of clients reconnect elsewhere, each upgrade's conversation list and each
+/// `sync` is an internal call, and a bounded, fast refusal (the client retries with backoff)
+/// keeps the process answering instead of drowning.
+#[derive(Debug, Clone)]
+pub struct InternalSlots(pub Arc<tokio::sync::Semaphore>);
+
+impl InternalSlots {
+    pub fn new(max_in_flight: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(max_in_flight)))
+    }
+}
 
 /// The subject of service tokens.
 pub const SERVICE_SUBJECT: Uuid = Uuid::nil();
@@ -29,6 +44,7 @@ pub const SERVICE_SUBJECT: Uuid = Uuid::nil();
 impl<S> FromRequestParts<S> for ServiceCaller
 where
     Arc<JwtKeys>: FromRef<S>,
+    InternalSlots: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -36,12 +52,19 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let keys = Arc::<JwtKeys>::from_ref(state);
         match bearer_token(parts).map(|t| keys.verify_internal(t)) {
-            Some(Ok(claims)) if claims.sub == SERVICE_SUBJECT => Ok(ServiceCaller),
-            _ => Err(ApiError::unauthorized(
-                "invalid_token",
-                "internal routes need a service token",
-            )),
+            Some(Ok(claims)) if claims.sub == SERVICE_SUBJECT => {}
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "invalid_token",
+                    "internal routes need a service token",
+                ))
+            }
         }
+        let InternalSlots(slots) = InternalSlots::from_ref(state);
+        slots.try_acquire_owned().map(ServiceCaller).map_err(|_| {
+            metrics::counter!("chat_internal_calls_shed_total").increment(1);
+            ApiError::unavailable("busy", "too many internal calls at once; retry shortly")
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use crate::helpers::spawn_app;
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn health_metrics_and_docs(db: PgPool) {
     let app = spawn_app(db).await;
-    for path in ["/health", "/health/db", "/health/redis"] {
+    for path in ["/health", "/health/db", "/health/redis", "/health/ready"] {
         let r = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let body: Value = r.json().await.unwrap();
@@ -59,4 +59,27 @@ async fn health_metrics_and_docs(db: PgPool) {
     let r = app.get(&alice, "/chat/nothing").await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+}
+
+/// Internal calls past `INTERNAL_MAX_IN_FLIGHT` are refused at once (503, `Retry-After`), never
+/// queued behind the others.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn internal_calls_past_the_bound_are_shed(db: PgPool) {
+    let app = crate::helpers::spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.internal_max_in_flight = 0
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let token = app.internal_token();
+    let r = app
+        .http
+        .get(app.url(&format!("/internal/users/{}/conversations", alice.id)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "busy");
 }

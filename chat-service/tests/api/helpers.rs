@@ -61,6 +61,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
             burst: 40,
         },
         quotas: chat_service::config::Quotas::default(),
+        internal_max_in_flight: 64,
     }
 }
 
@@ -110,6 +111,11 @@ pub async fn spawn_app_with(
 }
 
 impl TestApp {
+    /// A token of the internal service identity (gateways use one).
+    pub fn internal_token(&self) -> String {
+        self.jwt.issue_internal().unwrap().token
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -91,6 +91,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         max_frame_bytes: 65536,
         presence_ttl: Duration::from_secs(45),
         reauth_notice: Duration::from_secs(60),
+        upgrades_in_flight: 64,
         shutdown_grace: Duration::from_secs(5),
         shutdown_spread: Duration::from_millis(500),
     }
@@ -137,6 +138,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         },
         send_rate,
         quotas: chat_service::config::Quotas::default(),
+        internal_max_in_flight: 64,
     };
     config.server.port = 0;
     let chat = chat_service::Application::build_with_pool(config.clone(), db.clone())

@@ -270,3 +270,24 @@ async fn removal_ends_delivery_typing_and_sending(db: PgPool) {
         "nothing of the group reaches bob: {after:?}"
     );
 }
+
+/// A reconnect storm is paced: past `UPGRADES_IN_FLIGHT` the upgrade is refused at once with
+/// 503 and a jittered `Retry-After` (chat-service's own bound on internal calls is tested in
+/// its health.rs).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn upgrades_and_internal_calls_are_bounded(db: PgPool) {
+    let s = stack(db, 1, |c| c.upgrades_in_flight = 0).await;
+    let alice = s.user("alice").await;
+    match Client::connect(s.gateways[0].port, &alice.token, None, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=5).contains(&wait), "{wait}");
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+}
