@@ -75,6 +75,27 @@ async fn shared_chat(
     }
 }
 
+/// Refuses (403 `blocked`) a send to the private chat of `peer` when `peer` blocked `sender`.
+async fn check_not_blocked(db: &PgPool, sender: Uuid, peer: Uuid) -> Result<(), ApiError> {
+    let blocked = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM user_blocks
+                          WHERE blocker_id = $1 AND blocked_id = $2) AS "blocked!""#,
+        peer,
+        sender
+    )
+    .fetch_one(db)
+    .await?;
+    if blocked {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "blocked",
+            "this user has blocked you",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks that the other user of a private chat exists and is not the viewer.
 async fn check_peer(db: &PgPool, viewer: Uuid, peer: Uuid) -> Result<(), ApiError> {
     if peer == viewer {
@@ -160,6 +181,7 @@ pub async fn for_sending(
         }
         ChatType::Private => {
             check_peer(db, sender, chat_id).await?;
+            check_not_blocked(db, sender, chat_id).await?;
             let id = match private_id(db, sender, chat_id).await? {
                 Some(id) => id,
                 None => create_private(db, sender, chat_id).await?,

@@ -89,6 +89,8 @@ struct UserEntry {
     conns: Vec<ConnId>,
     /// Conversations by id.
     conversations: HashMap<Uuid, Membership>,
+    /// Users this user blocked: their typing and presence are not passed on.
+    blocked: Vec<Uuid>,
     contacts: Vec<Uuid>,
 }
 
@@ -150,6 +152,16 @@ struct MembershipData {
     chat_id: Uuid,
     user_id: Uuid,
     action: MembershipAction,
+}
+
+#[derive(Serialize)]
+struct PinData {
+    message_id: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+    seq: i64,
+    pinned: bool,
+    by: Uuid,
 }
 
 #[derive(Serialize)]
@@ -303,6 +315,7 @@ impl Hub {
                 conns: Vec::new(),
                 conversations: HashMap::new(),
                 contacts: Vec::new(),
+                blocked: Vec::new(),
             });
             let first = entry.conns.is_empty();
             entry.conns.push(conn.id);
@@ -316,6 +329,7 @@ impl Hub {
                     .or_insert_with(|| m.clone());
             }
             entry.contacts = info.contacts.clone();
+            entry.blocked = info.blocked.clone();
             let mut new_channels = Vec::new();
             let user_channel = self.keys.user_channel(user);
             Self::join_channel(
@@ -656,7 +670,7 @@ impl Hub {
                     chat_id,
                 };
                 let mut frame = SharedFrame::new("typing", &data);
-                for conn in self.receivers(channel, Some(user_id)) {
+                for conn in self.receivers_not_blocking(channel, user_id) {
                     if let Some(f) = frame.get(conn.encoding) {
                         conn.push(Outbound {
                             frame: f,
@@ -672,7 +686,7 @@ impl Hub {
                     user_id,
                     status: if online { "online" } else { "offline" },
                 };
-                for conn in self.receivers(channel, None) {
+                for conn in self.receivers_not_blocking(channel, user_id) {
                     self.send(&conn, "presence", &data, true);
                 }
             }
@@ -691,6 +705,54 @@ impl Hub {
                         message: &message,
                     };
                     self.send(&conn, "ack", &data, false);
+                }
+            }
+            Event::Pin {
+                message_id,
+                chat_type,
+                conversation_id,
+                from_user_id,
+                to_user_id,
+                seq,
+                pinned,
+                by,
+            } => {
+                for conn in self.receivers(channel, None) {
+                    let chat_id = match chat_type {
+                        ChatType::Private if conn.user == from_user_id => {
+                            to_user_id.unwrap_or(from_user_id)
+                        }
+                        ChatType::Private => from_user_id,
+                        _ => conversation_id,
+                    };
+                    self.send(
+                        &conn,
+                        "pin",
+                        &PinData {
+                            message_id,
+                            chat_type,
+                            chat_id,
+                            seq,
+                            pinned,
+                            by,
+                        },
+                        false,
+                    );
+                }
+            }
+            Event::Block {
+                user_id,
+                blocked_id,
+                blocked,
+            } => {
+                let mut state = self.state();
+                if state.channels.get(channel).and_then(|c| c.user) == Some(user_id) {
+                    if let Some(entry) = state.users.get_mut(&user_id) {
+                        entry.blocked.retain(|u| *u != blocked_id);
+                        if blocked {
+                            entry.blocked.push(blocked_id);
+                        }
+                    }
                 }
             }
             Event::Revoked { user_id, sid } => {
@@ -735,6 +797,27 @@ impl Hub {
             }),
             Err(e) => tracing::error!(error = %e, "could not encode a frame"),
         }
+    }
+
+    /// The local connections on `channel` other than `from`'s, leaving out those whose user
+    /// blocked `from` (typing and presence never reach a blocker).
+    fn receivers_not_blocking(&self, channel: &str, from: Uuid) -> Vec<Arc<ConnShared>> {
+        let state = self.state();
+        let Some(ch) = state.channels.get(channel) else {
+            return Vec::new();
+        };
+        ch.conns
+            .iter()
+            .filter_map(|id| state.conns.get(id))
+            .filter(|c| c.user != from)
+            .filter(|c| {
+                !state
+                    .users
+                    .get(&c.user)
+                    .is_some_and(|u| u.blocked.contains(&from))
+            })
+            .cloned()
+            .collect()
     }
 
     /// The local connections on `channel`, leaving out those of `except`.

@@ -193,6 +193,26 @@ pub enum Event {
         code: String,
         detail: String,
     },
+    /// A message was pinned or unpinned. Rooms and groups: on the conversation channel;
+    /// private chats: on both users' channels (`from_user_id`, `to_user_id` give each side its
+    /// `chat_id`).
+    Pin {
+        message_id: Uuid,
+        chat_type: ChatType,
+        conversation_id: Uuid,
+        from_user_id: Uuid,
+        to_user_id: Option<Uuid>,
+        seq: i64,
+        pinned: bool,
+        by: Uuid,
+    },
+    /// `user_id` blocked (or unblocked) `blocked_id`: on the blocker's channel, so their
+    /// gateways stop (or resume) passing on the other's typing and presence.
+    Block {
+        user_id: Uuid,
+        blocked_id: Uuid,
+        blocked: bool,
+    },
     /// A login (`sid`) or, without one, every login of `user_id` was revoked: their sockets
     /// close with 4001. Published on the user's channel by auth-service.
     Revoked { user_id: Uuid, sid: Option<Uuid> },

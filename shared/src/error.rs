@@ -187,6 +187,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 pub fn ws_code(status: u16, code: &str) -> &'static str {
     match (status, code) {
         (_, "send_failed") => "send_failed",
+        (_, "blocked") => "blocked",
         (403, _) => "forbidden",
         (404, _) => "not_found",
         (429, _) => "rate_limited",

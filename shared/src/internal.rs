@@ -84,6 +84,9 @@ pub struct UserConversations {
     pub conversations: Vec<Membership>,
     /// Users who share a private chat or a group with this user (presence goes to them).
     pub contacts: Vec<Uuid>,
+    /// Users this user blocked: their typing and presence are not passed on to this user.
+    #[serde(default)]
+    pub blocked: Vec<Uuid>,
 }
 
 /// One position of a `sync`.

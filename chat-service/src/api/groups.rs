@@ -144,6 +144,8 @@ pub async fn create(
     let mut members: BTreeSet<Uuid> = req.member_ids.into_iter().collect();
     members.remove(&caller.user_id);
     check_users(&state, "member_ids", &members).await?;
+    let list: Vec<Uuid> = members.iter().copied().collect();
+    crate::api::pins_blocks::refuse_if_blocked_by(&state, caller.user_id, &list).await?;
     state.require_events()?;
     state
         .creation_quota(
@@ -237,6 +239,8 @@ pub async fn add_members(
         ));
     }
     check_users(&state, "user_ids", &users).await?;
+    let list: Vec<Uuid> = users.iter().copied().collect();
+    crate::api::pins_blocks::refuse_if_blocked_by(&state, caller.user_id, &list).await?;
     state.require_events()?;
     let list: Vec<Uuid> = users.iter().copied().collect();
     let added = sqlx::query_scalar!(

@@ -67,9 +67,16 @@ pub async fn user_conversations(
     )
     .fetch_all(&state.db)
     .await?;
+    let blocked = sqlx::query_scalar!(
+        "SELECT blocked_id FROM user_blocks WHERE blocker_id = $1",
+        user
+    )
+    .fetch_all(&state.db)
+    .await?;
     Ok(Json(UserConversations {
         conversations,
         contacts,
+        blocked,
     }))
 }
 

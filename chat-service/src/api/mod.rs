@@ -4,10 +4,11 @@ pub mod conversations;
 pub mod groups;
 pub mod internal;
 pub mod messages;
+pub mod pins_blocks;
 pub mod rooms;
 
 use axum::{
-    routing::{delete, get, patch, post},
+    routing::{delete, get, patch, post, put},
     Router,
 };
 use shared::docs::BearerAuth;
@@ -41,6 +42,16 @@ pub fn router() -> Router<AppState> {
             "/chat/read/{chat_type}/{chat_id}",
             post(messages::mark_read),
         )
+        .route(
+            "/chat/messages/{id}/pin",
+            put(pins_blocks::pin).delete(pins_blocks::unpin),
+        )
+        .route("/chat/pins/{chat_type}/{chat_id}", get(pins_blocks::pins))
+        .route("/chat/blocks", get(pins_blocks::blocks))
+        .route(
+            "/chat/blocks/{user_id}",
+            put(pins_blocks::block).delete(pins_blocks::unblock),
+        )
         .route("/chat/conversations", get(conversations::list))
         .route("/chat/online-users", get(conversations::online_users))
         .route(
@@ -60,6 +71,8 @@ pub fn router() -> Router<AppState> {
         groups::create, groups::list, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
         conversations::list, conversations::online_users,
+        pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
+        pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
     ),
     components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary)),
     modifiers(&BearerAuth),
@@ -68,6 +81,7 @@ pub fn router() -> Router<AppState> {
         (name = "groups", description = "Groups"),
         (name = "messages", description = "History, sending, edits, deletions, read positions"),
         (name = "conversations", description = "The caller's conversations and online users"),
+        (name = "blocks", description = "Users the caller blocked"),
     )
 )]
 pub struct ApiDoc;

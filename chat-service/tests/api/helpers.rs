@@ -169,6 +169,15 @@ impl TestApp {
             .unwrap()
     }
 
+    pub async fn put(&self, user: &User, path: &str) -> Response {
+        self.http
+            .put(self.url(path))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, user: &User, path: &str) -> Response {
         self.http
             .delete(self.url(path))

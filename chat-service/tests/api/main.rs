@@ -12,6 +12,7 @@ mod hostile;
 mod messages;
 mod ordering;
 mod outages;
+mod pins_blocks;
 mod poison;
 mod reads;
 mod rooms;

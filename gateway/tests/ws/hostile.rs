@@ -291,3 +291,69 @@ async fn upgrades_and_internal_calls_are_bounded(db: PgPool) {
         other => panic!("expected 503, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Blocking over live sockets: the blocked user's typing and presence no longer reach the
+/// blocker (from the moment of the block, on connections open already), their sends to the
+/// blocker's private chat are refused `blocked`; the blocker still sees everyone else.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_blocker_gets_no_typing_or_presence_from_the_blocked(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let hello = s
+        .send_rest(&bob, &format!("private/{}", alice.id), "hello")
+        .await;
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    b.send(
+        "typing",
+        json!({"chat_type": "private", "chat_id": alice.id}),
+    )
+    .await;
+    a.expect("typing").await;
+    s.rest(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("/chat/blocks/{}", bob.id),
+        serde_json::Value::Null,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send(
+        "typing",
+        json!({"chat_type": "private", "chat_id": alice.id}),
+    )
+    .await;
+    b.send("send_message", json!({"content": "hey", "chat_type": "private", "chat_id": alice.id, "client_id": "blocked-1"})).await;
+    let e = b.expect("error").await;
+    assert_eq!(e["data"]["code"], "blocked");
+    assert_eq!(e["data"]["client_id"], "blocked-1");
+    // Bob goes offline and comes back: no presence for alice either.
+    b.ws.close(None).await.unwrap();
+    let mut b2 = s.connect(1, &bob).await;
+    let frames = a.drain(Duration::from_millis(800)).await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] != "typing" && f["type"] != "presence"),
+        "{frames:?}"
+    );
+    // Alice still types to bob, and a pin reaches both sides with their own chat_id.
+    a.send("typing", json!({"chat_type": "private", "chat_id": bob.id}))
+        .await;
+    b2.expect("typing").await;
+    s.rest(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("/chat/messages/{}/pin", hello["id"].as_str().unwrap()),
+        serde_json::Value::Null,
+    )
+    .await;
+    let pa = a.expect("pin").await;
+    let pb = b2.expect("pin").await;
+    assert_eq!(pa["data"]["chat_id"], bob.id.to_string());
+    assert_eq!(pb["data"]["chat_id"], alice.id.to_string());
+    assert_eq!(pa["data"]["pinned"], true);
+    assert_eq!(pb["data"]["by"], alice.id.to_string());
+    assert_eq!(pb["data"]["seq"], 1);
+}

@@ -1,0 +1,173 @@
+//! Pins and blocking (contract, "Conversation features").
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shared::chat::Event;
+use sqlx::PgPool;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn owners_pin_members_see_pins_newest_first(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let one = app.send(&bob, &format!("room/{room}"), "one").await;
+    let two = app.send(&bob, &format!("room/{room}"), "two").await;
+    let (one, two) = (one["id"].as_str().unwrap(), two["id"].as_str().unwrap());
+    let mut watcher = app.watch(vec![app.keys.conversation_channel(room)]).await;
+
+    // A plain member may not pin in a room; the owner may.
+    let r = app.put(&bob, &format!("/chat/messages/{one}/pin")).await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    for id in [one, two, one] {
+        let r = app.put(&alice, &format!("/chat/messages/{id}/pin")).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    let events: Vec<Event> = watcher
+        .drain(std::time::Duration::from_millis(300))
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let pins: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Pin { pinned, by, .. } => Some((*pinned, *by)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pins,
+        vec![(true, alice.id), (true, alice.id)],
+        "pinning twice is one event"
+    );
+    let listed: Vec<Value> = app
+        .get(&carol, &format!("/chat/pins/room/{room}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![two, one],
+        "newest pin first; anyone may read a room's pins"
+    );
+    let r = app
+        .delete(&alice, &format!("/chat/messages/{two}/pin"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let listed: Vec<Value> = app
+        .get(&alice, &format!("/chat/pins/room/{room}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+
+    // Either user of a private chat pins; a stranger reads no group's pins.
+    let dm = app
+        .send(&bob, &format!("private/{}", carol.id), "psst")
+        .await;
+    let r = app
+        .put(
+            &carol,
+            &format!("/chat/messages/{}/pin", dm["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [bob.id]}),
+        )
+        .await;
+    let group: Value = r.json().await.unwrap();
+    let r = app
+        .get(
+            &carol,
+            &format!("/chat/pins/group/{}", group["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_blocked_user_cannot_message_the_blocker_or_add_them_to_a_group(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    app.send(&bob, &format!("private/{}", alice.id), "hello")
+        .await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let r = app.put(&alice, &format!("/chat/blocks/{}", bob.id)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    match watcher.next().await.1 {
+        Event::Block {
+            user_id,
+            blocked_id,
+            blocked,
+        } => assert_eq!((user_id, blocked_id, blocked), (alice.id, bob.id, true)),
+        other => panic!("{other:?}"),
+    }
+    let blocks: Vec<Value> = app.get(&alice, "/chat/blocks").await.json().await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0]["id"], bob.id.to_string());
+
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/messages/private/{}", alice.id),
+            json!({"content": "are you there?"}),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "blocked").await;
+    let r = app
+        .post(
+            &bob,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [alice.id, carol.id]}),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "blocked").await;
+    let r = app
+        .post(
+            &bob,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [carol.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let group: Value = r.json().await.unwrap();
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/groups/{}/members", group["id"].as_str().unwrap()),
+            json!({"user_ids": [alice.id]}),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "blocked").await;
+    // The blocker may still write; others may still write to the blocker.
+    app.send(&alice, &format!("private/{}", bob.id), "bye")
+        .await;
+    app.send(&carol, &format!("private/{}", alice.id), "hi alice")
+        .await;
+    // Unblocked: messages flow again.
+    let r = app
+        .delete(&alice, &format!("/chat/blocks/{}", bob.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    app.send(&bob, &format!("private/{}", alice.id), "again")
+        .await;
+    let r = app.put(&alice, &format!("/chat/blocks/{}", alice.id)).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .put(&alice, &format!("/chat/blocks/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
