@@ -82,6 +82,12 @@ impl Keys {
         format!("{}sockets:{}", self.prefix, user_id)
     }
 
+    /// Present for a second after a `read` event of `user` in `conversation` went out: the
+    /// next one waits (at most one per reader per conversation per second).
+    pub fn read_gate(&self, user: Uuid, conversation: Uuid) -> String {
+        format!("{}readgate:{}:{}", self.prefix, user, conversation)
+    }
+
     /// Sorted set of revoked logins and accounts (see [`crate::revocation`]).
     pub fn revocations(&self) -> String {
         format!("{}revoked", self.prefix)

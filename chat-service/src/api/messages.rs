@@ -375,43 +375,6 @@ pub async fn mark_read(
     let conversation =
         conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await?;
     state.require_events()?;
-    record_read(&state, caller.user_id, conversation, req.seq).await?;
+    crate::api::reads::record_read(&state, caller.user_id, conversation, req.seq).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Moves a read position forwards (never past the newest message) and tells the reader's
-/// other connections and, in a private chat, the peer.
-pub async fn record_read(
-    state: &AppState,
-    user: Uuid,
-    conversation: conversation::Conversation,
-    seq: i64,
-) -> ApiResult<()> {
-    let moved = sqlx::query_scalar!(
-        r#"UPDATE conversation_members m
-           SET last_read_seq = LEAST($3, c.last_seq)
-           FROM conversations c
-           WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.id = m.conversation_id
-             AND LEAST($3, c.last_seq) > m.last_read_seq
-           RETURNING m.last_read_seq"#,
-        conversation.id,
-        user,
-        seq
-    )
-    .fetch_optional(&state.db)
-    .await?;
-    if let Some(seq) = moved {
-        let event = Event::Read {
-            user_id: user,
-            chat_type: conversation.chat_type,
-            conversation_id: conversation.id,
-            peer_id: conversation.peer(),
-            seq,
-        };
-        state.publisher.to_user(user, &event).await;
-        if let Some(peer) = conversation.peer() {
-            state.publisher.to_user(peer, &event).await;
-        }
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod groups;
 pub mod internal;
 pub mod messages;
 pub mod pins_blocks;
+pub mod reads;
 pub mod rooms;
 
 use axum::{
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
             put(pins_blocks::pin).delete(pins_blocks::unpin),
         )
         .route("/chat/pins/{chat_type}/{chat_id}", get(pins_blocks::pins))
+        .route("/chat/reads/{chat_type}/{chat_id}", get(reads::reads))
         .route("/chat/blocks", get(pins_blocks::blocks))
         .route(
             "/chat/blocks/{user_id}",
@@ -73,8 +75,9 @@ pub fn router() -> Router<AppState> {
         conversations::list, conversations::online_users,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
+        reads::reads,
     ),
-    components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary)),
+    components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary, reads::ReadReceipt)),
     modifiers(&BearerAuth),
     tags(
         (name = "rooms", description = "Public rooms"),

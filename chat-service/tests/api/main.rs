@@ -5,6 +5,7 @@
 mod authorization;
 mod bus;
 mod events;
+mod features;
 mod groups;
 mod health;
 mod helpers;
@@ -12,7 +13,6 @@ mod hostile;
 mod messages;
 mod ordering;
 mod outages;
-mod pins_blocks;
 mod poison;
 mod reads;
 mod rooms;

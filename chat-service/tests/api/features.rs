@@ -1,4 +1,4 @@
-//! Pins and blocking (contract, "Conversation features").
+//! Pins, blocking and read receipts (contract, "Conversation features").
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -170,4 +170,81 @@ async fn a_blocked_user_cannot_message_the_blocker_or_add_them_to_a_group(db: Pg
         .put(&alice, &format!("/chat/blocks/{}", uuid::Uuid::new_v4()))
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// Read receipts: every group member's position, and `read` events to every member at most once
+/// a second per reader, the newest always arriving last.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn read_receipts_reach_every_group_member_at_most_once_a_second(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [bob.id]}),
+        )
+        .await;
+    let group: Value = r.json().await.unwrap();
+    let group = group["id"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        app.send(&alice, &format!("group/{group}"), &format!("m{i}"))
+            .await;
+    }
+    let mut watcher = app
+        .watch(vec![app.keys.conversation_channel(group.parse().unwrap())])
+        .await;
+    for seq in 1..=5 {
+        let r = app
+            .post(
+                &bob,
+                &format!("/chat/read/group/{group}"),
+                json!({ "seq": seq }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    let reads: Vec<i64> = watcher
+        .drain(std::time::Duration::from_millis(1600))
+        .await
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Read { user_id, seq, .. } if user_id == bob.id => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reads.first(),
+        Some(&1),
+        "the first goes out at once: {reads:?}"
+    );
+    assert_eq!(reads.last(), Some(&5), "the newest comes last: {reads:?}");
+    assert!(
+        reads.len() <= 2,
+        "at most one a second, plus the trailing one: {reads:?}"
+    );
+
+    let receipts: Vec<Value> = app
+        .get(&alice, &format!("/chat/reads/group/{group}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let of = |u: uuid::Uuid| {
+        receipts
+            .iter()
+            .find(|r| r["user_id"] == u.to_string())
+            .map(|r| r["last_read_seq"].as_i64().unwrap())
+    };
+    assert_eq!(of(bob.id), Some(5));
+    assert_eq!(of(alice.id), Some(5), "a sender has read its own messages");
+    assert_eq!(
+        receipts[0]["user_id"],
+        bob.id.to_string(),
+        "most recent reader first"
+    );
+    let r = app.get(&carol, &format!("/chat/reads/group/{group}")).await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
 }
