@@ -53,6 +53,7 @@ impl TryFrom<MessageRow> for Message {
             is_deleted: r.is_deleted,
             created_at: r.created_at,
             edited_at: r.edited_at,
+            reactions: Vec::new(),
         })
     }
 }

@@ -329,6 +329,7 @@ async fn try_persist(
                     is_deleted: false,
                     created_at,
                     edited_at: None,
+                    reactions: Vec::new(),
                 })),
                 None => Err(ApiError::not_found("the conversation no longer exists")),
             });

@@ -150,7 +150,9 @@ type StreamEntry = (String, HashMap<String, Vec<u8>>);
 /// A target resolved once per batch: the conversation, or the refusal's code and detail.
 type Resolution = Result<Conversation, (&'static str, String)>;
 
-/// What a command came to.
+/// What a command came to. Most are `Stored`, so the variants' sizes differing is the common
+/// case, not waste; boxing the message would cost an allocation per stored send.
+#[allow(clippy::large_enum_variant)]
 enum Verdict {
     /// Persisted (now or before).
     Stored(Outcome, Conversation),

@@ -155,6 +155,17 @@ struct MembershipData {
 }
 
 #[derive(Serialize)]
+struct ReactionData<'a> {
+    message_id: Uuid,
+    chat_type: ChatType,
+    chat_id: Uuid,
+    seq: i64,
+    user_id: Uuid,
+    emoji: &'a str,
+    action: &'static str,
+}
+
+#[derive(Serialize)]
 struct PinData {
     message_id: Uuid,
     chat_type: ChatType,
@@ -735,6 +746,41 @@ impl Hub {
                             seq,
                             pinned,
                             by,
+                        },
+                        false,
+                    );
+                }
+            }
+            Event::Reaction {
+                message_id,
+                chat_type,
+                conversation_id,
+                from_user_id,
+                to_user_id,
+                seq,
+                user_id,
+                emoji,
+                added,
+            } => {
+                for conn in self.receivers(channel, None) {
+                    let chat_id = match chat_type {
+                        ChatType::Private if conn.user == from_user_id => {
+                            to_user_id.unwrap_or(from_user_id)
+                        }
+                        ChatType::Private => from_user_id,
+                        _ => conversation_id,
+                    };
+                    self.send(
+                        &conn,
+                        "reaction",
+                        &ReactionData {
+                            message_id,
+                            chat_type,
+                            chat_id,
+                            seq,
+                            user_id,
+                            emoji: &emoji,
+                            action: if added { "added" } else { "removed" },
                         },
                         false,
                     );

@@ -95,6 +95,20 @@ pub struct Message {
     pub is_deleted: bool,
     pub created_at: DateTime<Utc>,
     pub edited_at: Option<DateTime<Utc>>,
+    /// Reactions, in the order they were first given. `me` is the reader's own: it is filled
+    /// in where the message is read (history, sync, pins); live events carry none (a new
+    /// message has none; changes arrive as `reaction` events).
+    #[serde(default)]
+    pub reactions: Vec<Reaction>,
+}
+
+/// One emoji's reactions on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: i64,
+    /// Whether the reader is among them.
+    pub me: bool,
 }
 
 impl Message {
@@ -206,6 +220,18 @@ pub enum Event {
         pinned: bool,
         by: Uuid,
     },
+    /// `user_id` added or removed the reaction `emoji` on a message. Routed like [`Event::Pin`].
+    Reaction {
+        message_id: Uuid,
+        chat_type: ChatType,
+        conversation_id: Uuid,
+        from_user_id: Uuid,
+        to_user_id: Option<Uuid>,
+        seq: i64,
+        user_id: Uuid,
+        emoji: String,
+        added: bool,
+    },
     /// `user_id` blocked (or unblocked) `blocked_id`: on the blocker's channel, so their
     /// gateways stop (or resume) passing on the other's typing and presence.
     Block {
@@ -309,6 +335,7 @@ mod tests {
             is_deleted: false,
             created_at: Utc::now(),
             edited_at: None,
+            reactions: Vec::new(),
         }
     }
 

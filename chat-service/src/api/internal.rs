@@ -99,7 +99,9 @@ pub async fn sync(
         };
         match conversation::for_reading(&state.db, req.user_id, p.chat_type, p.chat_id).await {
             Ok(Some(c)) => {
-                let page = messages::page(&state, c.id, limit, None, Some(p.seq.max(0))).await?;
+                let mut page =
+                    messages::page(&state, c.id, limit, None, Some(p.seq.max(0))).await?;
+                crate::api::reactions::attach(&state, req.user_id, &mut page.messages).await?;
                 result.conversation_id = Some(c.id);
                 result.messages = page.messages;
                 result.has_more = page.has_more;

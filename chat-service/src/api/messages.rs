@@ -89,9 +89,9 @@ pub async fn history(
             has_more: false,
         }));
     };
-    Ok(Json(
-        page(&state, conversation.id, limit, before, after).await?,
-    ))
+    let mut page = page(&state, conversation.id, limit, before, after).await?;
+    crate::api::reactions::attach(&state, caller.user_id, &mut page.messages).await?;
+    Ok(Json(page))
 }
 
 /// Reads one page: `after` walks forwards, otherwise backwards from `before` (or the end).

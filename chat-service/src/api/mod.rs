@@ -5,6 +5,7 @@ pub mod groups;
 pub mod internal;
 pub mod messages;
 pub mod pins_blocks;
+pub mod reactions;
 pub mod reads;
 pub mod rooms;
 
@@ -49,6 +50,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/chat/pins/{chat_type}/{chat_id}", get(pins_blocks::pins))
         .route("/chat/reads/{chat_type}/{chat_id}", get(reads::reads))
+        .route(
+            "/chat/messages/{id}/reactions/{emoji}",
+            put(reactions::add).delete(reactions::remove),
+        )
         .route("/chat/blocks", get(pins_blocks::blocks))
         .route(
             "/chat/blocks/{user_id}",
@@ -75,9 +80,9 @@ pub fn router() -> Router<AppState> {
         conversations::list, conversations::online_users,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
-        reads::reads,
+        reads::reads, reactions::add, reactions::remove,
     ),
-    components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary, reads::ReadReceipt)),
+    components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary, reads::ReadReceipt, shared::chat::Reaction)),
     modifiers(&BearerAuth),
     tags(
         (name = "rooms", description = "Public rooms"),

@@ -172,7 +172,9 @@ pub async fn pins(
     )
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(model::messages(rows)?))
+    let mut messages = model::messages(rows)?;
+    crate::api::reactions::attach(&state, caller.user_id, &mut messages).await?;
+    Ok(Json(messages))
 }
 
 async fn set_block(

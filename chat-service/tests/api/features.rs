@@ -248,3 +248,114 @@ async fn read_receipts_reach_every_group_member_at_most_once_a_second(db: PgPool
     let r = app.get(&carol, &format!("/chat/reads/group/{group}")).await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn reactions_count_per_emoji_with_the_readers_own(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let m = app
+        .send(&alice, &format!("room/{room}"), "react to me")
+        .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    let mut watcher = app.watch(vec![app.keys.conversation_channel(room)]).await;
+    let thumbs = "%F0%9F%91%8D"; // 👍, percent-encoded in the path
+    for who in [&alice, &bob, &bob] {
+        let r = app
+            .put(who, &format!("/chat/messages/{id}/reactions/{thumbs}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    let r = app
+        .put(&alice, &format!("/chat/messages/{id}/reactions/tada"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Carol has not joined: no reactions from her.
+    let r = app
+        .put(&carol, &format!("/chat/messages/{id}/reactions/{thumbs}"))
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let events: Vec<(uuid::Uuid, String, bool)> = watcher
+        .drain(std::time::Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::Reaction {
+                user_id,
+                emoji,
+                added,
+                ..
+            } => Some((user_id, emoji, added)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (alice.id, "👍".to_owned(), true),
+            (bob.id, "👍".to_owned(), true),
+            (alice.id, "tada".to_owned(), true)
+        ],
+        "one event per change; adding twice is harmless"
+    );
+    let path = format!("/chat/messages/room/{room}");
+    assert_eq!(
+        reactions_seen(&app, &bob, &path).await,
+        json!([{"emoji": "👍", "count": 2, "me": true}, {"emoji": "tada", "count": 1, "me": false}])
+    );
+    assert_eq!(
+        reactions_seen(&app, &carol, &path).await,
+        json!([{"emoji": "👍", "count": 2, "me": false}, {"emoji": "tada", "count": 1, "me": false}])
+    );
+    let r = app
+        .delete(&bob, &format!("/chat/messages/{id}/reactions/{thumbs}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        reactions_seen(&app, &bob, &path).await[0],
+        json!({"emoji": "👍", "count": 1, "me": false})
+    );
+    // At most 20 distinct emoji; bad ones are 422.
+    for i in 0..18 {
+        let r = app
+            .put(&alice, &format!("/chat/messages/{id}/reactions/e{i}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{i}");
+    }
+    let r = app
+        .put(
+            &alice,
+            &format!("/chat/messages/{id}/reactions/one-too-many"),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let r = app
+        .put(&bob, &format!("/chat/messages/{id}/reactions/{thumbs}"))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "an existing emoji is still fine"
+    );
+    let long = "x".repeat(33);
+    let r = app
+        .put(&alice, &format!("/chat/messages/{id}/reactions/{long}"))
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let r = app
+        .put(&alice, &format!("/chat/messages/{id}/reactions/a%00b"))
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+}
+
+/// The reactions of the first message of a history page, as `who` sees them.
+async fn reactions_seen(
+    app: &crate::helpers::TestApp,
+    who: &crate::helpers::User,
+    path: &str,
+) -> Value {
+    let page: Value = app.get(who, path).await.json().await.unwrap();
+    page["messages"][0]["reactions"].clone()
+}

@@ -452,3 +452,44 @@ async fn the_node_forgets_every_channel_once_its_connections_close(db: PgPool) {
         hub.channel_count()
     );
 }
+
+/// A reaction is a `reaction` event on every member's connection, each side of a private chat
+/// with its own `chat_id`; `sync` shows the reader's own reactions as `me`.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn reactions_arrive_live_and_in_sync(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let m = s
+        .send_rest(&alice, &format!("private/{}", bob.id), "hi")
+        .await;
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    s.rest(
+        &bob,
+        reqwest::Method::PUT,
+        &format!(
+            "/chat/messages/{}/reactions/%E2%9D%A4",
+            m["id"].as_str().unwrap()
+        ),
+        Value::Null,
+    )
+    .await;
+    let ra = a.expect("reaction").await;
+    let rb = b.expect("reaction").await;
+    assert_eq!(ra["data"]["chat_id"], bob.id.to_string());
+    assert_eq!(rb["data"]["chat_id"], alice.id.to_string());
+    assert_eq!(ra["data"]["emoji"], "❤");
+    assert_eq!(ra["data"]["action"], "added");
+    assert_eq!(ra["data"]["user_id"], bob.id.to_string());
+    b.send(
+        "sync",
+        json!({"positions": [{"chat_type": "private", "chat_id": alice.id, "seq": 0}]}),
+    )
+    .await;
+    let synced = b.expect("synced").await;
+    assert_eq!(
+        synced["data"]["results"][0]["messages"][0]["reactions"],
+        json!([{"emoji": "❤", "count": 1, "me": true}])
+    );
+}
