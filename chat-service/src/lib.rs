@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod conversation;
 pub mod docs;
+pub mod mentions;
 pub mod model;
 pub mod pipeline;
 pub mod publish;

@@ -29,6 +29,8 @@ pub struct MessageRow {
     pub is_deleted: bool,
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub mentions: Vec<Uuid>,
+    pub mentions_all: bool,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -54,6 +56,8 @@ impl TryFrom<MessageRow> for Message {
             created_at: r.created_at,
             edited_at: r.edited_at,
             reactions: Vec::new(),
+            mentions: r.mentions,
+            mentions_all: r.mentions_all,
         })
     }
 }

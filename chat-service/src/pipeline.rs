@@ -253,10 +253,25 @@ async fn try_persist(
             Some(tx) => tx,
             None => db.begin().await?,
         };
-        let all: Vec<(&Draft, Uuid)> = new
+        // Mentions are resolved before the transaction's statement (one query, and none when
+        // no content has an `@`).
+        let items: Vec<(Uuid, shared::chat::ChatType, &str)> = new
+            .iter()
+            .map(|&i| {
+                let d = &drafts[i];
+                (
+                    d.conversation.id,
+                    d.conversation.chat_type,
+                    d.content.as_str(),
+                )
+            })
+            .collect();
+        let mentions = crate::mentions::resolve(db, &items).await?;
+        let all: Vec<(&Draft, Uuid, &crate::mentions::Mentions)> = new
             .iter()
             .zip(&ids)
-            .map(|(&i, &id)| (&drafts[i], id))
+            .zip(&mentions)
+            .map(|((&i, &id), m)| (&drafts[i], id, m))
             .collect();
         let rows = match insert(&mut tx, &all).await {
             Ok(rows) => rows,
@@ -330,6 +345,8 @@ async fn try_persist(
                     created_at,
                     edited_at: None,
                     reactions: Vec::new(),
+                    mentions: mentions[k].users.clone(),
+                    mentions_all: mentions[k].everyone,
                 })),
                 None => Err(ApiError::not_found("the conversation no longer exists")),
             });
@@ -368,7 +385,7 @@ struct Written {
 /// deleted meanwhile gets no row.
 async fn insert(
     tx: &mut Transaction<'static, Postgres>,
-    new: &[(&Draft, Uuid)],
+    new: &[(&Draft, Uuid, &crate::mentions::Mentions)],
 ) -> sqlx::Result<Vec<Written>> {
     // Each new message's place among the batch's new messages of its conversation (1, 2, …):
     // its seq is the conversation's last_seq before the batch plus that.
@@ -385,7 +402,11 @@ async fn insert(
     let mut chat_types = Vec::with_capacity(new.len());
     let mut replies: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
     let mut client_ids: Vec<Option<String>> = Vec::with_capacity(new.len());
-    for &(d, id) in new {
+    // Arrays of arrays must be rectangular in Postgres: each message's mentions travel as one
+    // comma-separated text, split back in the statement.
+    let mut mentioned: Vec<String> = Vec::with_capacity(new.len());
+    let mut everyone: Vec<bool> = Vec::with_capacity(new.len());
+    for &(d, id, m) in new {
         let place = counts.entry(d.conversation.id).or_insert(0);
         *place += 1;
         ids.push(id);
@@ -400,14 +421,24 @@ async fn insert(
         chat_types.push(d.conversation.chat_type.as_db().to_owned());
         replies.push(d.reply_to_id);
         client_ids.push(d.client_id.clone());
+        mentioned.push(
+            m.users
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        everyone.push(m.everyone);
     }
     let rows = sqlx::query!(
         r#"WITH input AS (
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
                                         $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
-                                        $10::text[], $11::uuid[], $12::text[])
+                                        $10::text[], $11::uuid[], $12::text[], $13::text[],
+                                        $14::bool[])
                        AS t(id, conversation_id, place, from_user_id, to_user_id, room_id,
-                            group_id, content, message_type, chat_type, reply_to_id, client_id)
+                            group_id, content, message_type, chat_type, reply_to_id, client_id,
+                            mentions, mentions_all)
                ),
                counts AS (
                    SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
@@ -427,10 +458,11 @@ async fn insert(
                inserted AS (
                    INSERT INTO messages (id, conversation_id, seq, from_user_id, to_user_id,
                                          room_id, group_id, content, message_type, chat_type,
-                                         reply_to_id, client_id)
+                                         reply_to_id, client_id, mentions, mentions_all)
                    SELECT i.id, i.conversation_id, b.base + i.place, i.from_user_id, i.to_user_id,
                           i.room_id, i.group_id, i.content, i.message_type, i.chat_type,
-                          i.reply_to_id, i.client_id
+                          i.reply_to_id, i.client_id,
+                          string_to_array(i.mentions, ',')::uuid[], i.mentions_all
                    FROM input i JOIN bumped b ON b.id = i.conversation_id
                    RETURNING id, conversation_id, from_user_id, seq, created_at
                ),
@@ -454,7 +486,9 @@ async fn insert(
         &message_types,
         &chat_types,
         &replies as &[Option<Uuid>],
-        &client_ids as &[Option<String>]
+        &client_ids as &[Option<String>],
+        &mentioned,
+        &everyone
     )
     .fetch_all(&mut **tx)
     .await?;

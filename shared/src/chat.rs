@@ -100,6 +100,12 @@ pub struct Message {
     /// message has none; changes arrive as `reaction` events).
     #[serde(default)]
     pub reactions: Vec<Reaction>,
+    /// Members named `@username` in the content, resolved when it was stored (or edited).
+    #[serde(default)]
+    pub mentions: Vec<Uuid>,
+    /// Whether `@room` (in a room) or `@group` (in a group) named every member.
+    #[serde(default)]
+    pub mentions_all: bool,
 }
 
 /// One emoji's reactions on a message.
@@ -336,6 +342,8 @@ mod tests {
             created_at: Utc::now(),
             edited_at: None,
             reactions: Vec::new(),
+            mentions: Vec::new(),
+            mentions_all: false,
         }
     }
 

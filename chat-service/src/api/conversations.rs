@@ -27,6 +27,8 @@ pub struct ConversationSummary {
     pub last_message: Option<Message>,
     /// Messages after the caller's read position (the caller's own sends move it).
     pub unread_count: i64,
+    /// Unread messages that mention the caller (`@username`, or `@room` / `@group`).
+    pub mention_count: i64,
     pub last_read_seq: i64,
     /// The last message's time, or when the caller joined.
     pub updated_at: DateTime<Utc>,
@@ -43,7 +45,11 @@ pub async fn list(
         r#"SELECT c.id, c.chat_type, c.room_id, c.group_id, c.user_low, c.user_high,
                   c.last_seq, m.last_read_seq,
                   COALESCE(c.last_message_at, m.joined_at) AS "updated_at!",
-                  COALESCE(r.name, g.name, p.display_name) AS "name?"
+                  COALESCE(r.name, g.name, p.display_name) AS "name?",
+                  (SELECT count(*) FROM messages x
+                   WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq
+                     AND NOT x.is_deleted AND x.from_user_id <> $1
+                     AND (x.mentions_all OR $1 = ANY (x.mentions))) AS "mention_count!"
            FROM conversation_members m
            JOIN conversations c ON c.id = m.conversation_id
            LEFT JOIN rooms r ON r.id = c.room_id
@@ -102,6 +108,7 @@ pub async fn list(
                 .map(Message::try_from)
                 .transpose()?,
             unread_count: (r.last_seq - r.last_read_seq).max(0),
+            mention_count: r.mention_count,
             last_read_seq: r.last_read_seq,
             updated_at: r.updated_at,
         });

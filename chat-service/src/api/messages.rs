@@ -273,12 +273,24 @@ pub async fn edit(
         state.config.max_content_chars,
     )?;
     state.require_events()?;
+    let chat_type = shared::chat::ChatType::from_db(&current.chat_type)
+        .ok_or_else(|| ApiError::internal("a message without a chat type"))?;
+    let mentions = crate::mentions::resolve(
+        &state.db,
+        &[(current.conversation_id, chat_type, req.content.as_str())],
+    )
+    .await?
+    .pop()
+    .unwrap_or_default();
     let row = sqlx::query_as!(
         MessageRow,
-        r#"UPDATE messages SET content = $2, is_edited = TRUE, edited_at = now()
+        r#"UPDATE messages SET content = $2, is_edited = TRUE, edited_at = now(),
+                               mentions = $3, mentions_all = $4
            WHERE id = $1 AND NOT is_deleted RETURNING *"#,
         id,
-        req.content
+        req.content,
+        &mentions.users,
+        mentions.everyone
     )
     .fetch_optional(&state.db)
     .await?

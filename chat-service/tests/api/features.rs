@@ -359,3 +359,78 @@ async fn reactions_seen(
     let page: Value = app.get(who, path).await.json().await.unwrap();
     page["messages"][0]["reactions"].clone()
 }
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn mentions_are_resolved_when_stored_and_counted_until_read(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    // Carol is no member: naming her mentions nobody.
+    let m = app
+        .send(
+            &alice,
+            &format!("room/{room}"),
+            "hey @Bob, @carol and @nobody-here",
+        )
+        .await;
+    assert_eq!(m["mentions"], json!([bob.id]));
+    assert_eq!(m["mentions_all"], false);
+    app.send(&alice, &format!("room/{room}"), "no mention")
+        .await;
+    let all = app
+        .send(&alice, &format!("room/{room}"), "@room lunch?")
+        .await;
+    assert_eq!(all["mentions_all"], true);
+    assert_eq!(mention_count(&app, &bob, room).await, Some(2));
+    assert_eq!(
+        mention_count(&app, &alice, room).await,
+        Some(0),
+        "own messages never count"
+    );
+    // Reading up to the first leaves the @room one.
+    let r = app
+        .post(&bob, &format!("/chat/read/room/{room}"), json!({"seq": 2}))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(mention_count(&app, &bob, room).await, Some(1));
+    // An edit resolves them again.
+    let id = m["id"].as_str().unwrap();
+    let edited: Value = app
+        .patch(
+            &alice,
+            &format!("/chat/messages/{id}"),
+            json!({"content": "nobody now"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(edited["mentions"], json!([]));
+    let r = app
+        .get(&carol, &format!("/chat/messages/room/{room}"))
+        .await;
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(
+        page["messages"][2]["mentions_all"], true,
+        "history carries them"
+    );
+}
+
+/// The `mention_count` of the conversation `chat_id` in `who`'s list.
+async fn mention_count(
+    app: &crate::helpers::TestApp,
+    who: &crate::helpers::User,
+    chat_id: uuid::Uuid,
+) -> Option<i64> {
+    let list: Vec<Value> = app
+        .get(who, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    list.iter()
+        .find(|c| c["chat_id"] == chat_id.to_string())
+        .map(|c| c["mention_count"].as_i64().unwrap())
+}

@@ -1,0 +1,151 @@
+//! `@username`, `@room` and `@group` in message content, resolved when a message is stored:
+//! the named users who are members of the conversation, and whether everyone was named.
+//! A word counts as a mention when `@` starts it (start of text or after a character that
+//! cannot be part of a username) and a username's characters (`A-Z a-z 0-9 _ . -`, 3–32) follow;
+//! a trailing `.` or `-` (the end of a sentence) is not part of it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shared::chat::ChatType;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn username_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// What `content` names: lower-cased usernames, and whether it names everyone (`@room` in a
+/// room, `@group` in a group).
+pub fn parse(content: &str, chat_type: ChatType) -> (BTreeSet<String>, bool) {
+    let mut names = BTreeSet::new();
+    let mut everyone = false;
+    let chars: Vec<char> = content.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts =
+            chars[i] == '@' && (i == 0 || !username_char(chars[i - 1]) && chars[i - 1] != '@');
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut end = i + 1;
+        while end < chars.len() && username_char(chars[end]) {
+            end += 1;
+        }
+        let mut word: String = chars[i + 1..end].iter().collect();
+        while word.ends_with('.') || word.ends_with('-') {
+            word.pop();
+        }
+        let word = word.to_ascii_lowercase();
+        match (word.as_str(), chat_type) {
+            ("room", ChatType::Room) | ("group", ChatType::Group) => everyone = true,
+            _ if (3..=32).contains(&word.len()) => {
+                names.insert(word);
+            }
+            _ => {}
+        }
+        i = end.max(i + 1);
+    }
+    (names, everyone)
+}
+
+/// One message's mentions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mentions {
+    pub users: Vec<Uuid>,
+    pub everyone: bool,
+}
+
+/// Resolves the mentions of each `(conversation, chat_type, content)`: one query for all the
+/// names of all of them, and none when no content has an `@`.
+pub async fn resolve(db: &PgPool, items: &[(Uuid, ChatType, &str)]) -> sqlx::Result<Vec<Mentions>> {
+    let parsed: Vec<(BTreeSet<String>, bool)> = items
+        .iter()
+        .map(|(_, t, content)| {
+            if content.contains('@') {
+                parse(content, *t)
+            } else {
+                (BTreeSet::new(), false)
+            }
+        })
+        .collect();
+    let mut conversations = Vec::new();
+    let mut names = Vec::new();
+    for ((conversation, _, _), (wanted, _)) in items.iter().zip(&parsed) {
+        for name in wanted {
+            conversations.push(*conversation);
+            names.push(name.clone());
+        }
+    }
+    let mut found: HashMap<(Uuid, String), Uuid> = HashMap::new();
+    if !names.is_empty() {
+        let rows = sqlx::query!(
+            r#"SELECT t.conversation_id AS "conversation_id!", t.name AS "name!", u.id
+               FROM unnest($1::uuid[], $2::text[]) AS t(conversation_id, name)
+               JOIN users u ON lower(u.username) = t.name
+               JOIN conversation_members m
+                 ON m.conversation_id = t.conversation_id AND m.user_id = u.id"#,
+            &conversations,
+            &names
+        )
+        .fetch_all(db)
+        .await?;
+        for r in rows {
+            found.insert((r.conversation_id, r.name), r.id);
+        }
+    }
+    Ok(items
+        .iter()
+        .zip(parsed)
+        .map(|((conversation, _, _), (wanted, everyone))| Mentions {
+            users: wanted
+                .into_iter()
+                .filter_map(|name| found.get(&(*conversation, name)).copied())
+                .collect(),
+            everyone,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(content: &str, t: ChatType) -> (Vec<String>, bool) {
+        let (n, all) = parse(content, t);
+        (n.into_iter().collect(), all)
+    }
+
+    #[test]
+    fn mentions_are_words_that_start_with_an_at() {
+        assert_eq!(
+            names("hi @Alice and @bob.smith, see @carol.", ChatType::Group),
+            (
+                vec!["alice".into(), "bob.smith".into(), "carol".into()],
+                false
+            )
+        );
+        // Not mentions: an email, a lone @, names too short or too long, @@.
+        assert_eq!(
+            names("mail me@example.com @ @ab @@dave", ChatType::Room),
+            (vec![], false)
+        );
+        assert_eq!(
+            names(&format!("@{}", "x".repeat(33)), ChatType::Room)
+                .0
+                .len(),
+            0
+        );
+        // Everyone: @room in a room, @group in a group, and not the other way round.
+        assert_eq!(names("@room meeting now", ChatType::Room), (vec![], true));
+        assert_eq!(names("@group meeting now", ChatType::Group), (vec![], true));
+        assert_eq!(
+            names("@room", ChatType::Group),
+            (vec!["room".into()], false)
+        );
+        assert_eq!(
+            names("(@erin) and @erin", ChatType::Private).0,
+            vec!["erin"]
+        );
+    }
+}
