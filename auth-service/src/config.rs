@@ -101,10 +101,11 @@ impl AuthConfig {
 }
 
 /// `TRUSTED_PROXIES`: comma-separated CIDRs (a bare address is one host). The yes/no
-/// `TRUST_PROXY_HEADERS` it replaces is refused with a pointer to it, so nobody keeps trusting
-/// every peer's headers by accident.
+/// `TRUST_PROXY_HEADERS` it replaces is refused with a pointer to it when it is on, so nobody
+/// believes every peer's headers are still trusted; off (as older `.env` files have it), it is
+/// ignored.
 fn trusted_proxies() -> Result<Vec<ipnet::IpNet>, ConfigError> {
-    if !config::string("TRUST_PROXY_HEADERS", "")?.trim().is_empty() {
+    if config::flag("TRUST_PROXY_HEADERS", false)? {
         return Err(ConfigError::new(
             "TRUST_PROXY_HEADERS",
             "is no longer read: name your proxies in TRUSTED_PROXIES (CIDRs, e.g. 127.0.0.1/32,10.0.0.0/8)",

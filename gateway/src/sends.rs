@@ -169,34 +169,86 @@ impl Writer {
         }
     }
 
-    /// Appends until every [`Sends`] is dropped.
-    pub async fn run(mut self) {
-        let max = self.settings.max_per_entry;
-        let mut gathered: Vec<Pending> = Vec::with_capacity(max);
-        while self.queue.recv_many(&mut gathered, max).await > 0 {
-            let taken = gathered.len();
-            let appended = match self.within_rate(&mut gathered).await {
-                Ok(()) if gathered.is_empty() => Ok(()),
-                Ok(()) => self.append(&gathered).await,
-                Err(e) => Err(e),
-            };
-            metrics::histogram!("gateway_send_entry_commands").record(gathered.len() as f64);
-            if let Err(e) = appended {
-                metrics::counter!("gateway_send_append_failures_total").increment(1);
-                tracing::warn!(error = %e, commands = gathered.len(), "could not append sends");
-                for p in &gathered {
-                    reply_error(
-                        &p.conn,
-                        &FrameError {
-                            code: "unavailable",
-                            detail: "messages cannot be accepted right now; retry".into(),
-                            client_id: Some(p.command.client_id.clone()),
-                        },
-                    );
+    /// Appends until every [`Sends`] is dropped, in two stages that overlap: while one
+    /// gathering's `XADD` is under way, the next one's rate check is (both on the node's one
+    /// command connection, which pipelines them), so the check costs no round trip of its own.
+    /// Gatherings still reach the stream in the order they were taken.
+    pub async fn run(self) {
+        let Writer {
+            mut queue,
+            unfinished,
+            redis,
+            keys,
+            settings,
+            ..
+        } = self;
+        let io = Io {
+            redis,
+            keys,
+            settings,
+        };
+        let (checked_tx, mut checked) = mpsc::channel::<Vec<Pending>>(1);
+        let check = async {
+            let max = io.settings.max_per_entry;
+            loop {
+                let mut gathered: Vec<Pending> = Vec::with_capacity(max);
+                if queue.recv_many(&mut gathered, max).await == 0 {
+                    break;
+                }
+                let taken = gathered.len();
+                match io.within_rate(&mut gathered).await {
+                    Ok(()) => {
+                        unfinished.fetch_sub(taken - gathered.len(), Ordering::AcqRel);
+                        if !gathered.is_empty() {
+                            let left = gathered.len();
+                            if checked_tx.send(gathered).await.is_err() {
+                                unfinished.fetch_sub(left, Ordering::AcqRel);
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        io.refuse(&gathered, &e);
+                        unfinished.fetch_sub(taken, Ordering::AcqRel);
+                    }
                 }
             }
-            self.unfinished.fetch_sub(taken, Ordering::AcqRel);
-            gathered.clear();
+            drop(checked_tx);
+        };
+        let append = async {
+            while let Some(gathered) = checked.recv().await {
+                metrics::histogram!("gateway_send_entry_commands").record(gathered.len() as f64);
+                if let Err(e) = io.append(&gathered).await {
+                    io.refuse(&gathered, &e);
+                }
+                unfinished.fetch_sub(gathered.len(), Ordering::AcqRel);
+            }
+        };
+        futures_util::future::join(check, append).await;
+    }
+}
+
+/// What the writer's two stages share: the connection, the key names, the settings.
+struct Io {
+    redis: Client,
+    keys: Keys,
+    settings: Settings,
+}
+
+impl Io {
+    /// Tells each sender of `gathered` that its send was not appended.
+    fn refuse(&self, gathered: &[Pending], e: &Error) {
+        metrics::counter!("gateway_send_append_failures_total").increment(1);
+        tracing::warn!(error = %e, commands = gathered.len(), "could not append sends");
+        for p in gathered {
+            reply_error(
+                &p.conn,
+                &FrameError {
+                    code: "unavailable",
+                    detail: "messages cannot be accepted right now; retry".into(),
+                    client_id: Some(p.command.client_id.clone()),
+                },
+            );
         }
     }
 

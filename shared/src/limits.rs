@@ -9,24 +9,32 @@ use fred::prelude::*;
 use crate::error::ApiError;
 
 /// Takes up to `ARGV[2 + i]` tokens from the bucket at `KEYS[i]` (rate `ARGV[1]` per second,
-/// capacity `ARGV[2]`), for each key in order; returns how many each got.
+/// capacity `ARGV[2]`), for each key in order; returns how many each got. A bucket is one
+/// string, "millitokens:ms": two commands per key (a `GET`, a `SET … PX`), integers only — it
+/// runs once per gathered stream entry on the send path, so it is kept lean.
 const TAKE: &str = r#"
 local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+local burst = tonumber(ARGV[2]) * 1000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = math.ceil(burst / rate * 1000) + 1000
+local ttl = math.ceil(burst / rate) + 1000
 local out = {}
 for i, key in ipairs(KEYS) do
-  local want = tonumber(ARGV[2 + i])
-  local b = redis.call('HMGET', key, 't', 'at')
-  local tokens = tonumber(b[1]) or burst
-  local at = tonumber(b[2]) or now
-  if now > at then tokens = math.min(burst, tokens + (now - at) * rate / 1000) end
-  local granted = math.min(want, math.floor(tokens))
-  redis.call('HSET', key, 't', tostring(tokens - granted), 'at', tostring(math.max(now, at)))
-  redis.call('PEXPIRE', key, ttl)
-  out[i] = granted
+  local want = tonumber(ARGV[2 + i]) * 1000
+  local tokens, at = burst, now
+  local b = redis.call('GET', key)
+  if b then
+    local sep = string.find(b, ':', 1, true)
+    tokens = tonumber(string.sub(b, 1, sep - 1))
+    at = tonumber(string.sub(b, sep + 1))
+    if now > at then
+      tokens = math.min(burst, tokens + (now - at) * rate)
+      at = now
+    end
+  end
+  local granted = math.min(want, tokens - tokens % 1000)
+  redis.call('SET', key, (tokens - granted) .. ':' .. at, 'PX', ttl)
+  out[i] = granted / 1000
 end
 return out
 "#;

@@ -153,6 +153,35 @@ async fn a_burst_of_sends_is_rate_limited_not_closed(db: PgPool) {
     assert!(limited >= 150, "{limited}");
 }
 
+/// `mark_read` is limited to 10 a second per connection; the rest are `rate_limited`, and none
+/// of that is abuse.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn mark_read_is_rate_limited(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let room = s.room(&alice, "r", &[]).await;
+    s.send_rest(&alice, &format!("room/{room}"), "one").await;
+    let mut c = s.connect(0, &alice).await;
+    for _ in 0..25 {
+        c.ws.feed(Message::Text(
+            json!({"type": "mark_read", "data": {"chat_type": "room", "chat_id": room, "seq": 1}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    c.send("ping", json!({})).await;
+    let frames = c.drain(Duration::from_millis(800)).await;
+    let limited = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["data"]["code"] == "rate_limited")
+        .count();
+    assert!((14..=15).contains(&limited), "{limited}: {frames:?}");
+    assert!(frames.iter().any(|f| f["type"] == "pong"));
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn sync_is_bounded(db: PgPool) {
     let s = stack(db, 1, |_| {}).await;
