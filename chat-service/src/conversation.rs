@@ -35,6 +35,18 @@ impl Conversation {
     }
 }
 
+/// Whether `user` is (still) a member of `conversation`.
+pub async fn is_member(db: &PgPool, conversation: Uuid, user: Uuid) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM conversation_members
+                          WHERE conversation_id = $1 AND user_id = $2) AS "member!""#,
+        conversation,
+        user
+    )
+    .fetch_one(db)
+    .await?)
+}
+
 /// The two users of a private chat in storage order.
 pub fn pair(a: Uuid, b: Uuid) -> (Uuid, Uuid) {
     if a < b {

@@ -209,6 +209,22 @@ struct ErrorData<'a> {
     detail: &'a str,
 }
 
+/// The `chat_id` `viewer` sees for an event about a message of `from` (to `to`, in a private
+/// chat): the room or group id (the conversation's), or the other user of the private chat.
+fn chat_id_for(
+    viewer: Uuid,
+    chat_type: ChatType,
+    conversation_id: Uuid,
+    from: Uuid,
+    to: Option<Uuid>,
+) -> Uuid {
+    match chat_type {
+        ChatType::Private if viewer == from => to.unwrap_or(from),
+        ChatType::Private => from,
+        _ => conversation_id,
+    }
+}
+
 /// The most messages one repair fetches per conversation.
 const REPAIR_LIMIT: i64 = 500;
 
@@ -614,13 +630,13 @@ impl Hub {
                 to_user_id,
             } => {
                 for conn in self.receivers(channel, None) {
-                    let chat_id = match chat_type {
-                        ChatType::Private if conn.user == from_user_id => {
-                            to_user_id.unwrap_or(from_user_id)
-                        }
-                        ChatType::Private => from_user_id,
-                        _ => conversation_id,
-                    };
+                    let chat_id = chat_id_for(
+                        conn.user,
+                        chat_type,
+                        conversation_id,
+                        from_user_id,
+                        to_user_id,
+                    );
                     self.send(
                         &conn,
                         "message_deleted",
@@ -729,13 +745,13 @@ impl Hub {
                 by,
             } => {
                 for conn in self.receivers(channel, None) {
-                    let chat_id = match chat_type {
-                        ChatType::Private if conn.user == from_user_id => {
-                            to_user_id.unwrap_or(from_user_id)
-                        }
-                        ChatType::Private => from_user_id,
-                        _ => conversation_id,
-                    };
+                    let chat_id = chat_id_for(
+                        conn.user,
+                        chat_type,
+                        conversation_id,
+                        from_user_id,
+                        to_user_id,
+                    );
                     self.send(
                         &conn,
                         "pin",
@@ -763,13 +779,13 @@ impl Hub {
                 added,
             } => {
                 for conn in self.receivers(channel, None) {
-                    let chat_id = match chat_type {
-                        ChatType::Private if conn.user == from_user_id => {
-                            to_user_id.unwrap_or(from_user_id)
-                        }
-                        ChatType::Private => from_user_id,
-                        _ => conversation_id,
-                    };
+                    let chat_id = chat_id_for(
+                        conn.user,
+                        chat_type,
+                        conversation_id,
+                        from_user_id,
+                        to_user_id,
+                    );
                     self.send(
                         &conn,
                         "reaction",

@@ -227,15 +227,7 @@ async fn own_message(state: &AppState, id: Uuid, caller: Uuid) -> ApiResult<Mess
     if row.from_user_id != caller {
         return Err(ApiError::forbidden("only the author may change a message"));
     }
-    let member = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM conversation_members
-                          WHERE conversation_id = $1 AND user_id = $2) AS "member!""#,
-        row.conversation_id,
-        caller
-    )
-    .fetch_one(&state.db)
-    .await?;
-    if !member {
+    if !conversation::is_member(&state.db, row.conversation_id, caller).await? {
         return Err(ApiError::forbidden(
             "you are no longer a member of this conversation",
         ));

@@ -37,15 +37,7 @@ async fn message_for_member(state: &AppState, caller: Uuid, id: Uuid) -> ApiResu
         .fetch_optional(&state.db)
         .await?
         .ok_or_else(|| ApiError::not_found("no such message"))?;
-    let member = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM conversation_members
-                          WHERE conversation_id = $1 AND user_id = $2) AS "member!""#,
-        row.conversation_id,
-        caller
-    )
-    .fetch_one(&state.db)
-    .await?;
-    if member {
+    if crate::conversation::is_member(&state.db, row.conversation_id, caller).await? {
         Ok(row)
     } else {
         Err(ApiError::forbidden("join the conversation to react in it"))
