@@ -108,6 +108,30 @@ async fn check_not_blocked(db: &PgPool, sender: Uuid, peer: Uuid) -> Result<(), 
     }
 }
 
+/// The 403 `muted` of a send to a room that muted the sender until `until`.
+fn muted(until: chrono::DateTime<chrono::Utc>) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "muted",
+        format!("you are muted in this room until {}", until.to_rfc3339()),
+    )
+}
+
+/// Refuses (403 `muted`) a send to a room that muted the sender.
+async fn check_not_muted(db: &PgPool, sender: Uuid, room: Uuid) -> Result<(), ApiError> {
+    let until = sqlx::query_scalar!(
+        "SELECT until FROM room_mutes WHERE room_id = $1 AND user_id = $2 AND until > now()",
+        room,
+        sender
+    )
+    .fetch_optional(db)
+    .await?;
+    match until {
+        Some(until) => Err(muted(until)),
+        None => Ok(()),
+    }
+}
+
 /// Checks that the other user of a private chat exists and is not the viewer.
 async fn check_peer(db: &PgPool, viewer: Uuid, peer: Uuid) -> Result<(), ApiError> {
     if peer == viewer {
@@ -184,6 +208,9 @@ pub async fn for_sending(
         ChatType::Room | ChatType::Group => {
             let c = shared_chat(db, sender, chat_type, chat_id).await?;
             if c.is_member {
+                if chat_type == ChatType::Room {
+                    check_not_muted(db, sender, chat_id).await?;
+                }
                 Ok(c)
             } else if chat_type == ChatType::Room {
                 Err(ApiError::forbidden("join the room before sending to it"))
@@ -274,7 +301,9 @@ pub async fn for_sending_many(
         r#"SELECT t.i AS "i!",
                   (SELECT c.chat_type FROM conversations c WHERE c.id = t.chat_id) AS "chat_type?",
                   EXISTS (SELECT 1 FROM conversation_members m
-                          WHERE m.conversation_id = t.chat_id AND m.user_id = t.user_id) AS "is_member!"
+                          WHERE m.conversation_id = t.chat_id AND m.user_id = t.user_id) AS "is_member!",
+                  (SELECT mu.until FROM room_mutes mu
+                   WHERE mu.room_id = t.chat_id AND mu.user_id = t.user_id AND mu.until > now()) AS muted_until
            FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(user_id, chat_id, i)"#,
         &users,
         &chats
@@ -289,12 +318,15 @@ pub async fn for_sending_many(
         };
         let (_, chat_type, chat_id) = targets[i];
         results[i] = Some(match r.chat_type.as_deref() {
-            Some(t) if t == chat_type.as_db() && r.is_member => Ok(Conversation {
-                id: chat_id,
-                chat_type,
-                chat_id,
-                is_member: true,
-            }),
+            Some(t) if t == chat_type.as_db() && r.is_member => match r.muted_until {
+                Some(until) => Err(muted(until)),
+                None => Ok(Conversation {
+                    id: chat_id,
+                    chat_type,
+                    chat_id,
+                    is_member: true,
+                }),
+            },
             Some(t) if t == chat_type.as_db() => Err(ApiError::forbidden(match chat_type {
                 ChatType::Room => "join the room before sending to it",
                 _ => "you are not a member of this group",

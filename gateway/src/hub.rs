@@ -152,6 +152,10 @@ struct MembershipData {
     chat_id: Uuid,
     user_id: Uuid,
     action: MembershipAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Serialize)]
@@ -655,9 +659,18 @@ impl Hub {
                 chat_id,
                 user_id,
                 action,
+                by,
+                until,
             } => {
-                self.on_membership(channel, chat_type, chat_id, user_id, action)
-                    .await
+                let data = MembershipData {
+                    chat_type,
+                    chat_id,
+                    user_id,
+                    action,
+                    by,
+                    until,
+                };
+                self.on_membership(channel, data).await
             }
             Event::Read {
                 user_id,
@@ -924,20 +937,14 @@ impl Hub {
         }
     }
 
-    async fn on_membership(
-        &self,
-        channel: &str,
-        chat_type: ChatType,
-        chat_id: Uuid,
-        user_id: Uuid,
-        action: MembershipAction,
-    ) {
-        let data = MembershipData {
+    async fn on_membership(&self, channel: &str, data: MembershipData) {
+        let MembershipData {
             chat_type,
             chat_id,
             user_id,
             action,
-        };
+            ..
+        } = data;
         let is_user_channel =
             self.state().channels.get(channel).and_then(|c| c.user) == Some(user_id);
         if !is_user_channel {
@@ -952,7 +959,7 @@ impl Hub {
         }
         let conv_channel = self.keys.conversation_channel(chat_id);
         match action {
-            MembershipAction::Joined | MembershipAction::Added => {
+            a if a.begins_membership() => {
                 let mut new = Vec::new();
                 {
                     let mut state = self.state();
@@ -975,7 +982,7 @@ impl Hub {
                 }
                 self.subscribe(&new).await;
             }
-            MembershipAction::Left | MembershipAction::Removed => {
+            a if a.ends_membership() => {
                 let emptied = {
                     let mut state = self.state();
                     let conns: Vec<ConnId> = state
@@ -1010,6 +1017,8 @@ impl Hub {
                     }
                 }
             }
+            // Mutes, unbans and role changes: the events above are all there is to do.
+            _ => {}
         }
     }
 

@@ -143,6 +143,27 @@ pub enum MembershipAction {
     Left,
     Added,
     Removed,
+    /// Removed from a room by a moderator and refused re-joining until the ban ends.
+    Banned,
+    Unbanned,
+    /// A room member's sends are refused until `until`.
+    Muted,
+    Unmuted,
+    /// Made a room moderator (by the owner).
+    Promoted,
+    Demoted,
+}
+
+impl MembershipAction {
+    /// Whether the user is no longer a member afterwards (their gateways unsubscribe).
+    pub fn ends_membership(self) -> bool {
+        matches!(self, Self::Left | Self::Removed | Self::Banned)
+    }
+
+    /// Whether the user is a member afterwards who was not before (their gateways subscribe).
+    pub fn begins_membership(self) -> bool {
+        matches!(self, Self::Joined | Self::Added)
+    }
 }
 
 /// Events chat-service publishes after its transaction commits.
@@ -172,13 +193,20 @@ pub enum Event {
         from_user_id: Uuid,
         to_user_id: Option<Uuid>,
     },
-    /// Someone joined, left, was added to or removed from a room or group.
+    /// Someone joined, left, was added to or removed from a room or group, or a moderator
+    /// acted on them.
     Membership {
         chat_type: ChatType,
         /// The room or group id (its conversation id too).
         chat_id: Uuid,
         user_id: Uuid,
         action: MembershipAction,
+        /// Who acted, when it was someone else (an owner or moderator).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Uuid>,
+        /// When a ban or mute ends (`None`: a ban without end).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<DateTime<Utc>>,
     },
     /// `user_id` has read `conversation_id` up to `seq`. For a private chat `peer_id` is the
     /// other user, so each side can be shown its own `chat_id`.
@@ -398,6 +426,16 @@ mod tests {
                 chat_id: Uuid::new_v4(),
                 user_id: Uuid::new_v4(),
                 action: MembershipAction::Joined,
+                by: None,
+                until: None,
+            },
+            Event::Membership {
+                chat_type: ChatType::Room,
+                chat_id: Uuid::new_v4(),
+                user_id: Uuid::new_v4(),
+                action: MembershipAction::Muted,
+                by: Some(Uuid::new_v4()),
+                until: Some(m.created_at),
             },
         ] {
             let bytes = encode(&event).unwrap();

@@ -188,6 +188,8 @@ pub fn ws_code(status: u16, code: &str) -> &'static str {
     match (status, code) {
         (_, "send_failed") => "send_failed",
         (_, "blocked") => "blocked",
+        (_, "muted") => "muted",
+        (_, "banned") => "banned",
         (403, _) => "forbidden",
         (404, _) => "not_found",
         (429, _) => "rate_limited",

@@ -118,6 +118,8 @@ async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipA
         chat_id: group,
         user_id: user,
         action,
+        by: None,
+        until: None,
     };
     state.publisher.membership(group, user, &event).await;
 }

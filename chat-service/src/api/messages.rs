@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    api::parse_chat,
+    api::{moderation, parse_chat},
     conversation,
     model::{self, MessageRow},
     pipeline::{self, Draft, Outcome},
@@ -307,8 +307,8 @@ pub async fn edit(
 #[utoipa::path(delete, path = "/chat/messages/{id}", tag = "messages", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Message id")),
     responses(
-        (status = 204, description = "Deleted: it stays in history, emptied, with is_deleted (deleting twice is harmless)"),
-        (status = 403, description = "Not the author, or no longer a member of the conversation", body = ErrorBody),
+        (status = 204, description = "Deleted: it stays in history, emptied, with is_deleted (deleting twice is harmless). A room's owner and moderators delete anyone's message there; that deletion is in the room's audit log"),
+        (status = 403, description = "Not the author (nor moderating the room), or no longer a member of the conversation", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
     ))]
 pub async fn delete(
@@ -316,19 +316,41 @@ pub async fn delete(
     caller: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let current = own_message(&state, id, caller.user_id).await?;
+    let current = sqlx::query_as!(MessageRow, "SELECT * FROM messages WHERE id = $1", id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+    // Someone else's message: only a room's owner or moderators delete it, and it is audited.
+    let moderated_room = match current.room_id {
+        Some(room) if current.from_user_id != caller.user_id => {
+            if !moderation::moderates(&state.db, room, caller.user_id).await? {
+                return Err(ApiError::forbidden("only the author may change a message"));
+            }
+            Some(room)
+        }
+        _ => {
+            own_message(&state, id, caller.user_id).await?;
+            None
+        }
+    };
     if current.is_deleted {
         return Ok(StatusCode::NO_CONTENT);
     }
     state.require_events()?;
+    let mut tx = state.db.begin().await?;
     let row = sqlx::query_as!(
         MessageRow,
         r#"UPDATE messages SET content = '', is_deleted = TRUE, deleted_at = now()
            WHERE id = $1 AND NOT is_deleted RETURNING *"#,
         id
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let (Some(room), Some(row)) = (moderated_room, &row) {
+        moderation::audit_message_deleted(&mut *tx, room, caller.user_id, row.from_user_id, id)
+            .await?;
+    }
+    tx.commit().await?;
     if let Some(row) = row {
         let conversation_id = row.conversation_id;
         let message = Message::try_from(row)?;

@@ -4,6 +4,7 @@ pub mod conversations;
 pub mod groups;
 pub mod internal;
 pub mod messages;
+pub mod moderation;
 pub mod pins_blocks;
 pub mod reactions;
 pub mod reads;
@@ -26,6 +27,21 @@ pub fn router() -> Router<AppState> {
         .route("/chat/rooms/{id}/join", post(rooms::join))
         .route("/chat/rooms/{id}/leave", post(rooms::leave))
         .route("/chat/rooms/{id}/members", get(rooms::members))
+        .route(
+            "/chat/rooms/{id}/moderators/{user_id}",
+            put(moderation::promote).delete(moderation::demote),
+        )
+        .route(
+            "/chat/rooms/{id}/bans",
+            get(moderation::bans).post(moderation::ban),
+        )
+        .route("/chat/rooms/{id}/bans/{user_id}", delete(moderation::unban))
+        .route("/chat/rooms/{id}/mutes", post(moderation::mute))
+        .route(
+            "/chat/rooms/{id}/mutes/{user_id}",
+            delete(moderation::unmute),
+        )
+        .route("/chat/rooms/{id}/audit", get(moderation::audit_log))
         .route("/chat/groups", get(groups::list).post(groups::create))
         .route("/chat/groups/{id}/members", post(groups::add_members))
         .route(
@@ -81,6 +97,8 @@ pub fn router() -> Router<AppState> {
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
         reads::reads, reactions::add, reactions::remove,
+        moderation::promote, moderation::demote, moderation::ban, moderation::unban,
+        moderation::bans, moderation::mute, moderation::unmute, moderation::audit_log,
     ),
     components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary, reads::ReadReceipt, shared::chat::Reaction)),
     modifiers(&BearerAuth),
@@ -90,6 +108,7 @@ pub fn router() -> Router<AppState> {
         (name = "messages", description = "History, sending, edits, deletions, read positions"),
         (name = "conversations", description = "The caller's conversations and online users"),
         (name = "blocks", description = "Users the caller blocked"),
+        (name = "moderation", description = "Room moderators, bans, mutes and the audit log"),
     )
 )]
 pub struct ApiDoc;

@@ -20,8 +20,8 @@ use crate::{
 /// The most pins one conversation lists.
 const MAX_PINS: i64 = 100;
 
-/// May `caller` pin in the conversation of `row`? Room owner, group owner, either user of a
-/// private chat; always a current member.
+/// May `caller` pin in the conversation of `row`? Room owner or moderators, group owner,
+/// either user of a private chat; always a current member.
 async fn may_pin(state: &AppState, caller: Uuid, row: &MessageRow) -> ApiResult<()> {
     let allowed = sqlx::query_scalar!(
         r#"SELECT EXISTS (
@@ -30,7 +30,9 @@ async fn may_pin(state: &AppState, caller: Uuid, row: &MessageRow) -> ApiResult<
                LEFT JOIN rooms r ON r.id = c.room_id
                LEFT JOIN groups g ON g.id = c.group_id
                WHERE m.conversation_id = $1 AND m.user_id = $2
-                 AND (c.chat_type = 'PRIVATE' OR r.created_by = $2 OR g.owner_id = $2)
+                 AND (c.chat_type = 'PRIVATE' OR r.created_by = $2 OR g.owner_id = $2
+                      OR EXISTS (SELECT 1 FROM room_moderators d
+                                 WHERE d.room_id = r.id AND d.user_id = $2))
            ) AS "allowed!""#,
         row.conversation_id,
         caller
@@ -41,7 +43,7 @@ async fn may_pin(state: &AppState, caller: Uuid, row: &MessageRow) -> ApiResult<
         Ok(())
     } else {
         Err(ApiError::forbidden(
-            "only the room's or group's owner (or either user of a private chat) pins",
+            "only the room's owner and moderators, the group's owner, or either user of a private chat pin",
         ))
     }
 }
@@ -107,7 +109,7 @@ async fn set_pin(state: &AppState, caller: Uuid, id: Uuid, pinned: bool) -> ApiR
     responses(
         (status = 204, description = "Pinned (pinning twice is harmless); a `pin` event with `pinned: true` reaches the members"),
         (status = 401, description = "Not signed in", body = ErrorBody),
-        (status = 403, description = "Not the room's or group's owner, nor a user of the private chat, or no longer a member", body = ErrorBody),
+        (status = 403, description = "Not the room's owner or a moderator, nor the group's owner, nor a user of the private chat, or no longer a member", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "Invalid path", body = ErrorBody),

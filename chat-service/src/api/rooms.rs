@@ -26,6 +26,10 @@ pub struct Room {
     pub member_count: i64,
     /// Whether the caller has joined it.
     pub is_member: bool,
+    /// The caller's role: `owner` (its creator), `moderator` or `member`; `null` when the
+    /// caller has no role and has not joined.
+    #[schema(example = "member")]
+    pub my_role: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -36,13 +40,19 @@ pub struct CreateRoom {
     pub description: Option<String>,
 }
 
-async fn load(state: &AppState, id: Uuid, viewer: Uuid) -> ApiResult<Room> {
+pub(crate) async fn load(state: &AppState, id: Uuid, viewer: Uuid) -> ApiResult<Room> {
     sqlx::query_as!(
         Room,
         r#"SELECT r.id, r.name, r.description, r.created_by, r.created_at,
                   (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id) AS "member_count!",
                   EXISTS (SELECT 1 FROM conversation_members m
-                          WHERE m.conversation_id = r.id AND m.user_id = $2) AS "is_member!"
+                          WHERE m.conversation_id = r.id AND m.user_id = $2) AS "is_member!",
+                  CASE WHEN r.created_by = $2 THEN 'owner'
+                       WHEN EXISTS (SELECT 1 FROM room_moderators d
+                                    WHERE d.room_id = r.id AND d.user_id = $2) THEN 'moderator'
+                       WHEN EXISTS (SELECT 1 FROM conversation_members m
+                                    WHERE m.conversation_id = r.id AND m.user_id = $2) THEN 'member'
+                  END AS my_role
            FROM rooms r WHERE r.id = $1"#,
         id,
         viewer
@@ -61,7 +71,13 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
         r#"SELECT r.id, r.name, r.description, r.created_by, r.created_at,
                   (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id) AS "member_count!",
                   EXISTS (SELECT 1 FROM conversation_members m
-                          WHERE m.conversation_id = r.id AND m.user_id = $1) AS "is_member!"
+                          WHERE m.conversation_id = r.id AND m.user_id = $1) AS "is_member!",
+                  CASE WHEN r.created_by = $1 THEN 'owner'
+                       WHEN EXISTS (SELECT 1 FROM room_moderators d
+                                    WHERE d.room_id = r.id AND d.user_id = $1) THEN 'moderator'
+                       WHEN EXISTS (SELECT 1 FROM conversation_members m
+                                    WHERE m.conversation_id = r.id AND m.user_id = $1) THEN 'member'
+                  END AS my_role
            FROM rooms r ORDER BY lower(r.name)"#,
         caller.user_id
     )
@@ -147,11 +163,25 @@ pub async fn create(
 }
 
 async fn announce(state: &AppState, room: Uuid, user: Uuid, action: MembershipAction) {
+    announce_by(state, room, user, action, None, None).await;
+}
+
+/// A `membership` event of a room, to its members and to the user concerned.
+pub(crate) async fn announce_by(
+    state: &AppState,
+    room: Uuid,
+    user: Uuid,
+    action: MembershipAction,
+    by: Option<Uuid>,
+    until: Option<DateTime<Utc>>,
+) {
     let event = Event::Membership {
         chat_type: ChatType::Room,
         chat_id: room,
         user_id: user,
         action,
+        by,
+        until,
     };
     state.publisher.membership(room, user, &event).await;
 }
@@ -161,6 +191,7 @@ async fn announce(state: &AppState, room: Uuid, user: Uuid, action: MembershipAc
     params(("id" = Uuid, Path, description = "Room id")),
     responses(
         (status = 200, description = "Joined (joining twice is harmless)", body = Room),
+        (status = 403, description = "Banned from the room (`banned`; the detail says until when)", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
     ))]
 pub async fn join(
@@ -169,6 +200,7 @@ pub async fn join(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Room>> {
     load(&state, id, caller.user_id).await?;
+    crate::api::moderation::check_not_banned(&state, id, caller.user_id).await?;
     state.require_events()?;
     let joined = sqlx::query!(
         "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",

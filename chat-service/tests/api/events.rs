@@ -89,7 +89,9 @@ async fn membership_edit_delete_and_read_events(db: PgPool) {
             chat_type: ChatType::Room,
             chat_id: room,
             user_id: bob.id,
-            action: MembershipAction::Joined
+            action: MembershipAction::Joined,
+            by: None,
+            until: None,
         }));
 
     let m = app.send(&alice, &format!("room/{room}"), "typo").await;

@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod messages;
+mod moderation;
 mod ordering;
 mod outages;
 mod poison;

@@ -300,6 +300,88 @@ async fn removal_ends_delivery_typing_and_sending(db: PgPool) {
     );
 }
 
+/// Banned from a room over live sockets: the ban reaches the user, nothing more of the room
+/// does, and a muted member's socket sends are refused `muted`.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn bans_end_delivery_and_mutes_refuse_socket_sends(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let room = s
+        .rest(
+            &alice,
+            reqwest::Method::POST,
+            "/chat/rooms",
+            json!({"name": "mod"}),
+        )
+        .await;
+    let room = room["id"].as_str().unwrap().to_owned();
+    for u in [&bob, &carol] {
+        s.rest(
+            u,
+            reqwest::Method::POST,
+            &format!("/chat/rooms/{room}/join"),
+            serde_json::Value::Null,
+        )
+        .await;
+    }
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    let mut c = s.connect(1, &carol).await;
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    s.rest(
+        &alice,
+        reqwest::Method::POST,
+        &format!("/chat/rooms/{room}/mutes"),
+        json!({"user_id": carol.id, "until": until}),
+    )
+    .await;
+    let m = c.expect("membership").await;
+    assert_eq!(m["data"]["action"], "muted");
+    assert_eq!(m["data"]["by"], alice.id.to_string());
+    c.send(
+        "send_message",
+        json!({"content": "hush?", "chat_type": "room", "chat_id": room, "client_id": "m1"}),
+    )
+    .await;
+    let e = c.expect("error").await;
+    assert_eq!(e["data"]["code"], "muted", "{e}");
+    assert_eq!(e["data"]["client_id"], "m1");
+
+    s.rest(
+        &alice,
+        reqwest::Method::POST,
+        &format!("/chat/rooms/{room}/bans"),
+        json!({"user_id": bob.id}),
+    )
+    .await;
+    // Bob saw carol's mute first (members see the room's moderation).
+    let m = b.expect("membership").await;
+    assert_eq!(m["data"]["action"], "muted");
+    assert_eq!(m["data"]["user_id"], carol.id.to_string());
+    let m = b.expect("membership").await;
+    assert_eq!(m["data"]["action"], "banned");
+    assert_eq!(m["data"]["user_id"], bob.id.to_string());
+    a.send(
+        "send_message",
+        json!({"content": "bob is out", "chat_type": "room", "chat_id": room, "client_id": "r1"}),
+    )
+    .await;
+    a.expect("ack").await;
+    let after = b.drain(Duration::from_millis(500)).await;
+    assert!(
+        after.iter().all(|f| f["type"] != "message"),
+        "nothing of the room reaches bob: {after:?}"
+    );
+    b.send(
+        "send_message",
+        json!({"content": "let me in", "chat_type": "room", "chat_id": room, "client_id": "b1"}),
+    )
+    .await;
+    assert_eq!(b.expect("error").await["data"]["code"], "forbidden");
+}
+
 /// A reconnect storm is paced: past `UPGRADES_IN_FLIGHT` the upgrade is refused at once with
 /// 503 and a jittered `Retry-After` (chat-service's own bound on internal calls is tested in
 /// its health.rs).
