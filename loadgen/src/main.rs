@@ -6,6 +6,7 @@
 //! loadgen fanout  --gateways 127.0.0.1:8003,127.0.0.1:8004 --gateway-pids P1,P2 --rooms 10 --members 100 --rate 500 --seconds 10
 //! loadgen ingest  --gateway 127.0.0.1:8003 --connections 50 --window 32 --seconds 10
 //! loadgen history --chat http://127.0.0.1:8002 --messages 1000000 --workers 4 --seconds 10
+//! loadgen search --chat http://127.0.0.1:8002 --messages 1000000 --rooms 50 --workers 4 --seconds 10
 //! loadgen login   --auth http://127.0.0.1:8001 --users 100 --workers 8 --seconds 10
 //! ```
 //!
@@ -128,6 +129,17 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
             )
             .await
         }
+        "search" => {
+            scenarios::search(
+                &setup,
+                &args.string("chat", "http://127.0.0.1:8002"),
+                args.get("messages", 1_000_000)?,
+                args.get("rooms", 50)?,
+                args.get("workers", 4)?,
+                args.get("seconds", 10)?,
+            )
+            .await
+        }
         "login" => {
             scenarios::login(
                 &setup,
@@ -139,7 +151,9 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
             .await
         }
         other => {
-            anyhow::bail!("unknown scenario {other:?}: idle, fanout, ingest, history or login")
+            anyhow::bail!(
+                "unknown scenario {other:?}: idle, fanout, ingest, history, search or login"
+            )
         }
     }
 }
@@ -171,7 +185,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(scenario) = argv.first().cloned() else {
-        eprintln!("usage: loadgen idle|fanout|ingest|history|login [--option value ...] (see the source's header)");
+        eprintln!("usage: loadgen idle|fanout|ingest|history|search|login [--option value ...] (see the source's header)");
         return ExitCode::FAILURE;
     };
     let prepared = Args::parse(&argv[1..]).and_then(|args| {

@@ -463,6 +463,105 @@ pub async fn history(
     })
 }
 
+/// `GET /chat/search` over a corpus of `messages` messages in `rooms` rooms, all of which the
+/// searching user has joined, `workers` clients at a time: half the queries search everywhere,
+/// half one room; 60 % are one word, 25 % two words (drawn as the corpus was, so common words
+/// come up often), 15 % three Chinese characters (a substring).
+pub async fn search(
+    setup: &Setup,
+    chat_url: &str,
+    messages: i64,
+    rooms: usize,
+    workers: usize,
+    seconds: u64,
+) -> anyhow::Result<Outcome> {
+    let users = setup.users(1, "x").await?;
+    let mut ids = Vec::new();
+    for _ in 0..rooms.max(1) {
+        ids.push(setup.room(&[users[0].id]).await?);
+    }
+    let filled = Instant::now();
+    let (words, han) = setup.search_corpus(&ids, users[0].id, messages).await?;
+    let fill_seconds = filled.elapsed().as_secs_f64();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&setup.db)
+        .await?;
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let words = Arc::new(words);
+    let han = Arc::new(han);
+    let ids = Arc::new(ids);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (http, words, han, ids) = (http.clone(), words.clone(), han.clone(), ids.clone());
+        let token = users[0].token.clone();
+        let url = format!("{chat_url}/chat/search");
+        tasks.push(tokio::spawn(async move {
+            let mut samples: [Vec<u64>; 3] = Default::default();
+            let mut errors = 0u64;
+            let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ (w as u64 + 1);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 1_000_000) as f64 / 1_000_000.0
+            };
+            let word =
+                |r: f64| words[((5000.0 * r.powi(3)) as usize).min(words.len() - 1)].clone();
+            while Instant::now() < deadline {
+                let kind = next();
+                let (k, q) = if kind < 0.6 {
+                    (0, word(next()))
+                } else if kind < 0.85 {
+                    (1, format!("{} {}", word(next()), word(next())))
+                } else {
+                    let i = (next() * han.len() as f64) as usize % han.len();
+                    (2, han.iter().cycle().skip(i).step_by(37).take(3).collect())
+                };
+                let mut request = http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .query(&[("q", q.as_str()), ("limit", "20")]);
+                if next() < 0.5 {
+                    let room = ids[(next() * ids.len() as f64) as usize % ids.len()];
+                    request = request.query(&[
+                        ("chat_type", "room".to_owned()),
+                        ("chat_id", room.to_string()),
+                    ]);
+                }
+                let t = now_us();
+                let ok = request.send().await.is_ok_and(|r| r.status().is_success());
+                if ok {
+                    samples[k].push(now_us() - t);
+                } else {
+                    errors += 1;
+                }
+            }
+            (samples, errors)
+        }));
+    }
+    let mut by_kind: [Vec<u64>; 3] = Default::default();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((s, e)) = t.await {
+            for (all, mine) in by_kind.iter_mut().zip(s) {
+                all.extend(mine);
+            }
+            errors += e;
+        }
+    }
+    let all = latency(by_kind.iter().flatten().copied().collect());
+    let [one, two, substring] = by_kind.map(latency);
+    Ok(Outcome {
+        json: json!({"scenario": "search", "messages": total, "rooms": rooms, "fill_seconds": fill_seconds, "workers": workers, "errors": errors,
+                     "latency": all, "one_word": one, "two_words": two, "substring": substring}),
+        row: format!(
+            "| search | `GET /chat/search` over {total} messages in {rooms} joined rooms, {workers} clients; half everywhere, half one room; 60 % one word, 25 % two, 15 % a Chinese substring | p50 {:.2} ms, p99 {:.2} ms over {} queries, {errors} errors (p99: one word {:.1}, two {:.1}, substring {:.1} ms) | p99 ≤ 50 ms |",
+            all.p50_ms, all.p99_ms, all.count, one.p99_ms, two.p99_ms, substring.p99_ms
+        ),
+    })
+}
+
 /// A login flood (`workers` at once) while one client calls `/auth/me` in a loop.
 pub async fn login(
     setup: &Setup,

@@ -117,4 +117,65 @@ impl Setup {
         sqlx::query("ANALYZE messages").execute(&self.db).await?;
         Ok(())
     }
+
+    /// A search corpus: `n` messages over `rooms` rooms. Each message has eight words drawn
+    /// from a vocabulary of 5,000 (skewed: a few words are in most messages, most in few, as in
+    /// real text); one in ten is instead a Chinese sentence of twelve characters out of 600.
+    /// Returns the vocabulary, most frequent word first, and the Chinese characters.
+    pub async fn search_corpus(
+        &self,
+        rooms: &[Uuid],
+        author: Uuid,
+        n: i64,
+    ) -> anyhow::Result<(Vec<String>, Vec<char>)> {
+        let per_room = (n / rooms.len().max(1) as i64).max(1);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let words: Vec<String> = (0..5000)
+            .map(|i| {
+                (0..3 + i % 7)
+                    .map(|_| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        char::from(b'a' + ((x >> 33) % 26) as u8)
+                    })
+                    .collect()
+            })
+            .collect();
+        let han: Vec<char> = (0..600u32)
+            .filter_map(|i| char::from_u32(0x4E00 + i * 7))
+            .collect();
+        for room in rooms {
+            // The `s > 0` makes each subquery run per message (so random() is drawn anew);
+            // random()^3 skews the draw towards the vocabulary's first words.
+            sqlx::query(
+                "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
+                 SELECT gen_random_uuid(), $1, s, $2, $1,
+                        CASE WHEN s % 10 = 0 THEN
+                            (SELECT string_agg(chr(19968 + 7 * floor(random() * 600)::int), '')
+                             FROM generate_series(1, 12) AS k WHERE s > 0)
+                        ELSE
+                            (SELECT string_agg(($4::text[])[1 + floor(5000 * power(random(), 3))::int], ' ')
+                             FROM generate_series(1, 8) AS k WHERE s > 0)
+                        END,
+                        'TEXT', 'ROOM', now() - make_interval(secs => ($3 - s)::double precision)
+                 FROM generate_series(1, $3::bigint) AS s",
+            )
+            .bind(room)
+            .bind(author)
+            .bind(per_room)
+            .bind(&words)
+            .execute(&self.db)
+            .await?;
+            sqlx::query(
+                "UPDATE conversations SET last_seq = $2, last_message_at = now() WHERE id = $1",
+            )
+            .bind(room)
+            .bind(per_room)
+            .execute(&self.db)
+            .await?;
+        }
+        sqlx::query("ANALYZE messages").execute(&self.db).await?;
+        Ok((words, han))
+    }
 }

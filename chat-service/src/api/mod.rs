@@ -9,6 +9,7 @@ pub mod pins_blocks;
 pub mod reactions;
 pub mod reads;
 pub mod rooms;
+pub mod search;
 
 use axum::{
     routing::{delete, get, patch, post, put},
@@ -75,6 +76,7 @@ pub fn router() -> Router<AppState> {
             "/chat/blocks/{user_id}",
             put(pins_blocks::block).delete(pins_blocks::unblock),
         )
+        .route("/chat/search", get(search::search))
         .route("/chat/conversations", get(conversations::list))
         .route("/chat/online-users", get(conversations::online_users))
         .route(
@@ -93,6 +95,7 @@ pub fn router() -> Router<AppState> {
         rooms::list, rooms::create, rooms::join, rooms::leave, rooms::members,
         groups::create, groups::list, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
+        search::search,
         conversations::list, conversations::online_users,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,

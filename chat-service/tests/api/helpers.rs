@@ -213,8 +213,10 @@ impl TestApp {
                 serde_json::json!({"content": content}),
             )
             .await;
-        assert_eq!(r.status(), StatusCode::CREATED, "send to {chat}");
-        r.json().await.unwrap()
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "send to {chat}: {body}");
+        body
     }
 
     /// Subscribes to channels; events arrive on the returned receiver.

@@ -17,3 +17,4 @@ mod outages;
 mod poison;
 mod reads;
 mod rooms;
+mod search;

@@ -1,0 +1,278 @@
+//! `GET /chat/search`: messages the caller may read that match every word of a query.
+//!
+//! One full-text index serves it (migration 20261201000006):
+//! `to_tsvector('simple', search_text(content))` over undeleted messages. Words of scripts that
+//! separate words with spaces are matched as word prefixes; terms in scripts written without
+//! spaces (Chinese, Japanese, Thai, …), which `search_text` indexes a character at a time, as a
+//! phrase of consecutive characters: a substring.
+
+use axum::{extract::State, Json};
+use serde::{Deserialize, Serialize};
+use shared::{
+    chat::Message, error::ErrorBody, extract::ApiQuery, jwt::AuthUser, ApiError, ApiResult,
+};
+use sqlx::{Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    api::parse_chat,
+    conversation,
+    model::{self, MessageRow},
+    AppState,
+};
+
+/// The longest query, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+/// The most terms (whitespace-separated) a query may have.
+const MAX_TERMS: usize = 10;
+
+/// A query split into what each index matches.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Terms {
+    /// Terms of spaced scripts, joined by spaces: Postgres parses them into lexemes, each
+    /// matched as a word prefix.
+    pub words: Option<String>,
+    /// Terms with characters of a script written without spaces, each matched as a substring.
+    pub substrings: Vec<String>,
+}
+
+/// Scripts written without spaces between words: their terms match as substrings. The same
+/// ranges as the migration's `search_text`.
+fn unspaced(c: char) -> bool {
+    matches!(c as u32,
+        0x0E00..=0x0EFF      // Thai, Lao
+        | 0x1000..=0x109F    // Myanmar
+        | 0x1780..=0x17FF    // Khmer
+        | 0x3040..=0x30FF    // Hiragana, Katakana
+        | 0x31F0..=0x31FF    // Katakana extensions
+        | 0x3400..=0x4DBF    // CJK extension A
+        | 0x4E00..=0x9FFF    // CJK unified ideographs
+        | 0xF900..=0xFAFF    // CJK compatibility ideographs
+        | 0xFF66..=0xFF9F    // half-width Katakana
+        | 0x20000..=0x3134F) // CJK extensions B–G
+}
+
+/// Splits `q` into terms. Terms without a letter or digit are ignored; a query with nothing
+/// left, too long or with too many terms is refused (the problem, for a 422 on `q`).
+pub fn parse(q: &str) -> Result<Terms, String> {
+    let q = q.trim();
+    if q.chars().count() > MAX_QUERY_CHARS {
+        return Err(format!("must be at most {MAX_QUERY_CHARS} characters"));
+    }
+    let terms: Vec<&str> = q.split_whitespace().collect();
+    if terms.len() > MAX_TERMS {
+        return Err(format!("must have at most {MAX_TERMS} words"));
+    }
+    let mut words = Vec::new();
+    let mut substrings = Vec::new();
+    for term in terms {
+        if term.chars().any(unspaced) {
+            substrings.push(term.to_owned());
+        } else if term.chars().any(char::is_alphanumeric) {
+            words.push(term);
+        }
+    }
+    if words.is_empty() && substrings.is_empty() {
+        return Err("must contain a letter or digit".to_owned());
+    }
+    Ok(Terms {
+        words: (!words.is_empty()).then(|| words.join(" ")),
+        substrings,
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SearchQuery {
+    /// What to find: every word must match (a word prefix; a substring for scripts written
+    /// without spaces). At most 200 characters and 10 words.
+    q: Option<String>,
+    /// With `chat_id`: search one conversation (read rules as history).
+    chat_type: Option<String>,
+    /// Room or group id; for private chats the other user's id.
+    chat_id: Option<String>,
+    /// 1–100, default 20.
+    limit: Option<String>,
+    /// With a conversation: matches older than this seq.
+    before_seq: Option<String>,
+    /// Without a conversation: matches older than this message (the last of the previous page).
+    before_id: Option<String>,
+}
+
+/// Matching messages, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResults {
+    pub messages: Vec<Message>,
+    /// More (older) matches exist: ask again with `before_seq` (one conversation) or
+    /// `before_id` (everywhere) set from the last message.
+    pub has_more: bool,
+}
+
+enum Scope {
+    /// One conversation (checked readable).
+    One(Uuid),
+    /// Every conversation the caller is a member of.
+    Mine(Uuid),
+}
+
+/// `GET /chat/search`
+#[utoipa::path(get, path = "/chat/search", tag = "messages", security(("bearer" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "Matching messages the caller may read, newest first; deleted ones never", body = SearchResults),
+        (status = 403, description = "Not a member of the group", body = ErrorBody),
+        (status = 404, description = "No such room, group or user", body = ErrorBody),
+        (status = 422, description = "Invalid parameters: `q` missing, too long, too many words or without a letter or digit; `chat_type` without `chat_id`; `before_seq` without a conversation", body = ErrorBody),
+    ))]
+pub async fn search(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiQuery(p): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<SearchResults>> {
+    let terms = parse(p.q.as_deref().unwrap_or("")).map_err(|e| ApiError::invalid_field("q", e))?;
+    let limit = match p.limit.as_deref().map(str::parse::<i64>) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "limit",
+                "must be a whole number from 1 to 100",
+            ))
+        }
+    };
+    let before_seq = match p.before_seq.as_deref().map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(n)) if n >= 0 => Some(n),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "before_seq",
+                "must be a whole number, 0 or more",
+            ))
+        }
+    };
+    let before_id = match p.before_id.as_deref().map(str::parse::<Uuid>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return Err(ApiError::invalid_field("before_id", "must be a UUID")),
+    };
+    let scope = match (p.chat_type.as_deref(), p.chat_id.as_deref()) {
+        (Some(t), Some(id)) => {
+            let (chat_type, chat_id) = parse_chat(t, id)?;
+            match conversation::for_reading(&state.db, caller.user_id, chat_type, chat_id).await? {
+                Some(c) => Scope::One(c.id),
+                // A private chat without a message yet.
+                None => {
+                    return Ok(Json(SearchResults {
+                        messages: vec![],
+                        has_more: false,
+                    }))
+                }
+            }
+        }
+        (None, None) => {
+            if before_seq.is_some() {
+                return Err(ApiError::invalid_field(
+                    "before_seq",
+                    "needs chat_type and chat_id (use before_id across conversations)",
+                ));
+            }
+            Scope::Mine(caller.user_id)
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "chat_type",
+                "is needed with chat_id",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid_field(
+                "chat_id",
+                "is needed with chat_type",
+            ))
+        }
+    };
+
+    let mut sql: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT m.* FROM messages m WHERE NOT m.is_deleted");
+    match scope {
+        Scope::One(conversation) => {
+            sql.push(" AND m.conversation_id = ")
+                .push_bind(conversation);
+        }
+        Scope::Mine(user) => {
+            sql.push(
+                " AND m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ",
+            )
+            .push_bind(user)
+            .push(")");
+        }
+    }
+    // Postgres parses the terms as it parsed the messages (the same function and `simple`
+    // configuration): each lexeme of the words becomes a prefix term, each unspaced term a
+    // phrase.
+    if let Some(words) = terms.words {
+        sql.push(
+            " AND to_tsvector('simple', search_text(m.content)) @@ (SELECT to_tsquery('simple', \
+             string_agg('''' || translate(lexeme, '''\\', '') || ''':*', ' & ')) \
+             FROM unnest(to_tsvector('simple', ",
+        )
+        .push_bind(words)
+        .push(")))");
+    }
+    for term in terms.substrings {
+        sql.push(" AND to_tsvector('simple', search_text(m.content)) @@ phraseto_tsquery('simple', search_text(")
+            .push_bind(term)
+            .push("))");
+    }
+    match scope {
+        Scope::One(_) => {
+            if let Some(seq) = before_seq {
+                sql.push(" AND m.seq < ").push_bind(seq);
+            }
+            sql.push(" ORDER BY m.seq DESC");
+        }
+        Scope::Mine(_) => {
+            if let Some(id) = before_id {
+                sql.push(
+                    " AND (m.created_at, m.id) < (SELECT created_at, id FROM messages WHERE id = ",
+                )
+                .push_bind(id)
+                .push(")");
+            }
+            sql.push(" ORDER BY m.created_at DESC, m.id DESC");
+        }
+    }
+    sql.push(" LIMIT ").push_bind(limit + 1);
+    let mut rows: Vec<MessageRow> = sql.build_query_as().fetch_all(&state.db).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let mut messages = model::messages(rows)?;
+    crate::api::reactions::attach(&state, caller.user_id, &mut messages).await?;
+    Ok(Json(SearchResults { messages, has_more }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaced_words_and_unspaced_terms_go_to_their_index() {
+        let t = parse("  Hello   wor 你好 ").unwrap();
+        assert_eq!(t.words.as_deref(), Some("Hello wor"));
+        assert_eq!(t.substrings, vec!["你好"]);
+        let t = parse("สวัสดี").unwrap();
+        assert_eq!(t.words, None);
+        assert_eq!(t.substrings, vec!["สวัสดี"]);
+    }
+
+    #[test]
+    fn empty_long_and_wordless_queries_are_refused() {
+        assert!(parse("").is_err());
+        assert!(parse("  !!! ?? ").is_err());
+        assert!(parse(&"a".repeat(201)).is_err());
+        assert!(parse(&"a ".repeat(11)).is_err());
+        assert!(parse(&"a ".repeat(10)).is_ok());
+        // Punctuation-only terms are dropped, the rest kept.
+        assert_eq!(parse("?? cats").unwrap().words.as_deref(), Some("cats"));
+    }
+}

@@ -1,0 +1,235 @@
+//! `GET /chat/search` (contract, "Search").
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{assert_error, spawn_app, TestApp, User};
+
+async fn search(app: &TestApp, user: &User, query: &str) -> Value {
+    let r = app.get(user, &format!("/chat/search?{query}")).await;
+    assert_eq!(r.status(), StatusCode::OK, "{query}");
+    r.json().await.unwrap()
+}
+
+fn contents(v: &Value) -> Vec<String> {
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Percent-encodes a query value.
+fn q(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn every_word_matches_as_a_prefix_newest_first(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let chat = format!("room/{room}");
+    app.send(&alice, &chat, "The quick brown fox").await;
+    app.send(&bob, &chat, "a QUICKER brown dog").await;
+    app.send(&alice, &chat, "quick, but not brownish? no: grey")
+        .await;
+    app.send(&bob, &chat, "slow brown fox").await;
+    app.send(&bob, &chat, "concatenate quickly").await;
+
+    let found = search(&app, &alice, &format!("q={}", q("quick brown"))).await;
+    assert_eq!(
+        contents(&found),
+        vec![
+            "quick, but not brownish? no: grey",
+            "a QUICKER brown dog",
+            "The quick brown fox"
+        ],
+        "every word, as a prefix, whatever its case; newest first"
+    );
+    assert_eq!(found["has_more"], false);
+    // A prefix of a word, not a piece inside one.
+    let found = search(&app, &alice, "q=cat").await;
+    assert!(contents(&found).is_empty(), "{found}");
+    let found = search(&app, &alice, "q=conc").await;
+    assert_eq!(contents(&found), vec!["concatenate quickly"]);
+    // Messages carry what history carries.
+    assert_eq!(found["messages"][0]["room_id"], room.to_string());
+    assert!(found["messages"][0]["reactions"].is_array());
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn scripts_without_spaces_match_substrings(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let chat = format!("private/{}", bob.id);
+    app.send(&alice, &chat, "我们明天去北京开会").await;
+    app.send(&alice, &chat, "東京タワーに行きました").await;
+    app.send(&bob, &format!("private/{}", alice.id), "100% sure, 北京 is far")
+        .await;
+
+    let found = search(&app, &bob, &format!("q={}", q("北京"))).await;
+    assert_eq!(
+        contents(&found),
+        vec!["100% sure, 北京 is far", "我们明天去北京开会"]
+    );
+    let found = search(&app, &alice, &format!("q={}", q("タワー"))).await;
+    assert_eq!(contents(&found), vec!["東京タワーに行きました"]);
+    // Mixed: a word and a substring, both must match. LIKE's wildcards are literal.
+    let found = search(&app, &alice, &format!("q={}", q("sure 北京"))).await;
+    assert_eq!(contents(&found), vec!["100% sure, 北京 is far"]);
+    let found = search(&app, &alice, &format!("q={}", q("0%北"))).await;
+    assert!(contents(&found).is_empty(), "{found}");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn only_what_the_caller_may_read_and_never_deleted(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let joined = app.room(&alice, "joined", &[&bob]).await;
+    let other = app.room(&carol, "other", &[]).await;
+    app.send(&alice, &format!("room/{joined}"), "secret plan in the room")
+        .await;
+    app.send(&carol, &format!("room/{other}"), "secret plan elsewhere")
+        .await;
+    let g: Value = app
+        .post(
+            &carol,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [alice.id]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let group = g["id"].as_str().unwrap().to_owned();
+    app.send(
+        &carol,
+        &format!("group/{group}"),
+        "secret plan in the group",
+    )
+    .await;
+    app.send(
+        &carol,
+        &format!("private/{}", alice.id),
+        "secret plan, privately",
+    )
+    .await;
+    let gone = app
+        .send(&alice, &format!("room/{joined}"), "secret plan deleted")
+        .await;
+    let r = app
+        .delete(
+            &alice,
+            &format!("/chat/messages/{}", gone["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // Everywhere: alice's room, group and private chat; not a room she has not joined.
+    let mut mine = contents(&search(&app, &alice, "q=secret+plan").await);
+    mine.sort();
+    assert_eq!(
+        mine,
+        vec![
+            "secret plan in the group",
+            "secret plan in the room",
+            "secret plan, privately"
+        ]
+    );
+    // Bob is in the room only.
+    assert_eq!(
+        contents(&search(&app, &bob, "q=secret").await),
+        vec!["secret plan in the room"]
+    );
+    // One public room may be searched without joining it, like its history; a group not.
+    assert_eq!(
+        contents(
+            &search(
+                &app,
+                &bob,
+                &format!("q=secret&chat_type=room&chat_id={other}")
+            )
+            .await
+        ),
+        vec!["secret plan elsewhere"]
+    );
+    let r = app
+        .get(
+            &bob,
+            &format!("/chat/search?q=secret&chat_type=group&chat_id={group}"),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    // A private chat is named by the other user.
+    assert_eq!(
+        contents(
+            &search(
+                &app,
+                &alice,
+                &format!("q=secret&chat_type=private&chat_id={}", carol.id)
+            )
+            .await
+        ),
+        vec!["secret plan, privately"]
+    );
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn results_page_and_bad_parameters_are_422(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    for i in 1..=5 {
+        app.send(&alice, &format!("room/{room}"), &format!("note {i}"))
+            .await;
+    }
+    let chat = format!("chat_type=room&chat_id={room}");
+    let first = search(&app, &alice, &format!("q=note&limit=2&{chat}")).await;
+    assert_eq!(contents(&first), vec!["note 5", "note 4"]);
+    assert_eq!(first["has_more"], true);
+    let seq = first["messages"][1]["seq"].as_i64().unwrap();
+    let next = search(
+        &app,
+        &alice,
+        &format!("q=note&limit=2&{chat}&before_seq={seq}"),
+    )
+    .await;
+    assert_eq!(contents(&next), vec!["note 3", "note 2"]);
+    // Everywhere, paged by the last message's id.
+    let first = search(&app, &alice, "q=note&limit=3").await;
+    assert_eq!(contents(&first), vec!["note 5", "note 4", "note 3"]);
+    let id = first["messages"][2]["id"].as_str().unwrap();
+    let next = search(&app, &alice, &format!("q=note&limit=3&before_id={id}")).await;
+    assert_eq!(contents(&next), vec!["note 2", "note 1"]);
+    assert_eq!(next["has_more"], false);
+
+    for (query, field) in [
+        ("", "q"),
+        ("q=%21%21", "q"),
+        (&format!("q={}", "a".repeat(201)) as &str, "q"),
+        ("q=x&limit=0", "limit"),
+        ("q=x&before_seq=3", "before_seq"),
+        ("q=x&before_id=nope", "before_id"),
+        (&format!("q=x&chat_id={room}"), "chat_type"),
+        ("q=x&chat_type=room", "chat_id"),
+    ] {
+        let r = app.get(&alice, &format!("/chat/search?{query}")).await;
+        let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+        assert!(body["fields"][field].is_string(), "{query}: {body}");
+    }
+}
