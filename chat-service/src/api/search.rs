@@ -26,6 +26,8 @@ use crate::{
 const MAX_QUERY_CHARS: usize = 200;
 /// The most terms (whitespace-separated) a query may have.
 const MAX_TERMS: usize = 10;
+/// A query matching at most this many messages anywhere is answered from the index alone.
+const RARE: i64 = 10_000;
 
 /// A query split into what each index matches.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -108,6 +110,7 @@ pub struct SearchResults {
     pub has_more: bool,
 }
 
+#[derive(Clone, Copy)]
 enum Scope {
     /// One conversation (checked readable).
     One(Uuid),
@@ -192,37 +195,63 @@ pub async fn search(
         }
     };
 
-    let mut sql: QueryBuilder<Postgres> =
-        QueryBuilder::new("SELECT m.* FROM messages m WHERE NOT m.is_deleted");
-    match scope {
-        Scope::One(conversation) => {
-            sql.push(" AND m.conversation_id = ")
+    let take = limit + 1;
+    // Two plans, chosen by how many messages match anywhere (at most RARE + 1 counted, through
+    // the full-text index). A rare query: every match through the index, then the caller's
+    // conversations, newest first. A common one: each conversation's messages walked newest
+    // first, each checked, so a few rows per conversation find the newest matches (a LATERAL
+    // per membership across conversations). Left to itself the planner cannot tell the two
+    // apart (it does not estimate prefix matches well) and did the worst of each: for a common
+    // word it sorted hundreds of thousands of matches, for a rare one it walked every row.
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await?;
+    let mut count: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM messages m WHERE true");
+    push_matching(&mut count, &terms);
+    count.push(" LIMIT ").push_bind(RARE + 1).push(") c");
+    let matches: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+    let rare = matches <= RARE;
+
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new("");
+    if rare {
+        sql.push("WITH hits AS MATERIALIZED (SELECT m.* FROM messages m WHERE true");
+        push_matching(&mut sql, &terms);
+        sql.push(") SELECT m.* FROM hits m WHERE ");
+        match scope {
+            Scope::One(conversation) => {
+                sql.push("m.conversation_id = ").push_bind(conversation);
+            }
+            Scope::Mine(user) => {
+                sql.push(
+                    "m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ",
+                )
+                .push_bind(user)
+                .push(")");
+            }
+        }
+    }
+    match (scope, rare) {
+        (Scope::One(_), true) => {}
+        (Scope::One(conversation), false) => {
+            sql.push("SELECT m.* FROM messages m WHERE m.conversation_id = ")
                 .push_bind(conversation);
+            push_matching(&mut sql, &terms);
         }
-        Scope::Mine(user) => {
+        (Scope::Mine(user), false) => {
             sql.push(
-                " AND m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ",
-            )
-            .push_bind(user)
-            .push(")");
+                "SELECT m.* FROM conversation_members cm CROSS JOIN LATERAL \
+                 (SELECT m.* FROM messages m WHERE m.conversation_id = cm.conversation_id",
+            );
+            push_matching(&mut sql, &terms);
+            push_before_id(&mut sql, before_id);
+            sql.push(" ORDER BY m.seq DESC LIMIT ")
+                .push_bind(take)
+                .push(") m WHERE cm.user_id = ")
+                .push_bind(user);
         }
-    }
-    // Postgres parses the terms as it parsed the messages (the same function and `simple`
-    // configuration): each lexeme of the words becomes a prefix term, each unspaced term a
-    // phrase.
-    if let Some(words) = terms.words {
-        sql.push(
-            " AND to_tsvector('simple', search_text(m.content)) @@ (SELECT to_tsquery('simple', \
-             string_agg('''' || translate(lexeme, '''\\', '') || ''':*', ' & ')) \
-             FROM unnest(to_tsvector('simple', ",
-        )
-        .push_bind(words)
-        .push(")))");
-    }
-    for term in terms.substrings {
-        sql.push(" AND to_tsvector('simple', search_text(m.content)) @@ phraseto_tsquery('simple', search_text(")
-            .push_bind(term)
-            .push("))");
+        (Scope::Mine(_), true) => push_before_id(&mut sql, before_id),
     }
     match scope {
         Scope::One(_) => {
@@ -232,23 +261,47 @@ pub async fn search(
             sql.push(" ORDER BY m.seq DESC");
         }
         Scope::Mine(_) => {
-            if let Some(id) = before_id {
-                sql.push(
-                    " AND (m.created_at, m.id) < (SELECT created_at, id FROM messages WHERE id = ",
-                )
-                .push_bind(id)
-                .push(")");
-            }
             sql.push(" ORDER BY m.created_at DESC, m.id DESC");
         }
     }
-    sql.push(" LIMIT ").push_bind(limit + 1);
-    let mut rows: Vec<MessageRow> = sql.build_query_as().fetch_all(&state.db).await?;
+    sql.push(" LIMIT ").push_bind(take);
+    let mut rows: Vec<MessageRow> = sql.build_query_as().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let mut messages = model::messages(rows)?;
     crate::api::reactions::attach(&state, caller.user_id, &mut messages).await?;
     Ok(Json(SearchResults { messages, has_more }))
+}
+
+/// The conditions on `m` that make it a match: undeleted, and every term. Postgres parses the
+/// terms as it parsed the messages (the same function and `simple` configuration): each lexeme
+/// of the words becomes a prefix term, each unspaced term a phrase.
+fn push_matching(sql: &mut QueryBuilder<'_, Postgres>, terms: &Terms) {
+    sql.push(" AND NOT m.is_deleted");
+    if let Some(words) = &terms.words {
+        sql.push(
+            " AND to_tsvector('simple', search_text(m.content)) @@ (SELECT to_tsquery('simple', \
+             string_agg('''' || translate(lexeme, '''\\', '') || ''':*', ' & ')) \
+             FROM unnest(to_tsvector('simple', ",
+        )
+        .push_bind(words.clone())
+        .push(")))");
+    }
+    for term in &terms.substrings {
+        sql.push(" AND to_tsvector('simple', search_text(m.content)) @@ phraseto_tsquery('simple', search_text(")
+            .push_bind(term.clone())
+            .push("))");
+    }
+}
+
+/// Across conversations, matches older than the message `before_id`.
+fn push_before_id(sql: &mut QueryBuilder<'_, Postgres>, before_id: Option<Uuid>) {
+    if let Some(id) = before_id {
+        sql.push(" AND (m.created_at, m.id) < (SELECT created_at, id FROM messages WHERE id = ")
+            .push_bind(id)
+            .push(")");
+    }
 }
 
 #[cfg(test)]

@@ -77,8 +77,12 @@ async fn scripts_without_spaces_match_substrings(db: PgPool) {
     let chat = format!("private/{}", bob.id);
     app.send(&alice, &chat, "我们明天去北京开会").await;
     app.send(&alice, &chat, "東京タワーに行きました").await;
-    app.send(&bob, &format!("private/{}", alice.id), "100% sure, 北京 is far")
-        .await;
+    app.send(
+        &bob,
+        &format!("private/{}", alice.id),
+        "100% sure, 北京 is far",
+    )
+    .await;
 
     let found = search(&app, &bob, &format!("q={}", q("北京"))).await;
     assert_eq!(
@@ -232,4 +236,54 @@ async fn results_page_and_bad_parameters_are_422(db: PgPool) {
         let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
         assert!(body["fields"][field].is_string(), "{query}: {body}");
     }
+}
+
+/// A query matching more messages than the index alone answers (over 10,000 anywhere) takes the
+/// other plan, walking each conversation newest first: the same answers.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn common_words_walk_conversations_with_the_same_answers(db: PgPool) {
+    let app = spawn_app(db.clone()).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mine = app.room(&alice, "mine", &[]).await;
+    let theirs = app.room(&bob, "theirs", &[]).await;
+    for (room, author, n) in [(mine, alice.id, 6000i64), (theirs, bob.id, 6000)] {
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
+             SELECT gen_random_uuid(), $1, s, $2, $1, 'common word ' || s, 'TEXT', 'ROOM', now() - make_interval(secs => ($3 - s)::double precision)
+             FROM generate_series(1, $3::bigint) AS s",
+        )
+        .bind(room)
+        .bind(author)
+        .bind(n)
+        .execute(&db)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
+            .bind(room)
+            .bind(n)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let found = search(&app, &alice, "q=common+wor&limit=3").await;
+    assert_eq!(
+        contents(&found),
+        vec!["common word 6000", "common word 5999", "common word 5998"],
+        "only alice's room, newest first"
+    );
+    assert_eq!(found["has_more"], true);
+    let id = found["messages"][2]["id"].as_str().unwrap();
+    let next = search(&app, &alice, &format!("q=common&limit=2&before_id={id}")).await;
+    assert_eq!(
+        contents(&next),
+        vec!["common word 5997", "common word 5996"]
+    );
+    let one = search(
+        &app,
+        &alice,
+        &format!("q=common&limit=2&chat_type=room&chat_id={theirs}&before_seq=10"),
+    )
+    .await;
+    assert_eq!(contents(&one), vec!["common word 9", "common word 8"]);
 }
