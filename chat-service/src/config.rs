@@ -39,6 +39,8 @@ pub struct ChatConfig {
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).
     pub internal_max_in_flight: usize,
+    /// `WEBHOOK_URL` and the rest: notifications for people who are away (off without it).
+    pub webhook: Option<crate::notify::WebhookConfig>,
 }
 
 /// How much one user may create (`ROOMS_PER_HOUR`, default 10; `GROUPS_PER_HOUR`, default 30),
@@ -94,6 +96,7 @@ impl ChatConfig {
             },
             send_rate: config::send_rate()?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
+            webhook: crate::notify::WebhookConfig::from_env()?,
             quotas: Quotas {
                 rooms_per_hour: config::parsed("ROOMS_PER_HOUR", Quotas::default().rooms_per_hour)?,
                 groups_per_hour: config::parsed(

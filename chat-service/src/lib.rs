@@ -7,6 +7,7 @@
 //! - [`pipeline`] — sends in, persisted messages out: batching, seq, idempotency.
 //! - [`publish`] — events on Redis after commit.
 //! - [`worker`] — the consumer of the send stream gateways write to.
+//! - [`notify`] — webhooks for people who are away.
 //! - [`model`] — rows and their API shapes.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod conversation;
 pub mod docs;
 pub mod mentions;
 pub mod model;
+pub mod notify;
 pub mod pipeline;
 pub mod publish;
 pub mod worker;
@@ -111,6 +113,7 @@ pub struct Application {
     router: Router,
     port: u16,
     workers: Vec<worker::SendWorker>,
+    notifier: Option<notify::Notifier>,
 }
 
 impl Application {
@@ -153,8 +156,13 @@ impl Application {
                     pacer.clone(),
                     revocations.clone(),
                 )
+                .notifying(config.webhook.is_some())
             })
             .collect();
+        let notifier = config
+            .webhook
+            .clone()
+            .map(|w| notify::Notifier::new(db.clone(), redis.clone(), keys.clone(), w));
         let state = AppState {
             db: db.clone(),
             redis: redis.clone(),
@@ -191,6 +199,7 @@ impl Application {
             router,
             port,
             workers,
+            notifier,
         })
     }
 
@@ -208,10 +217,14 @@ impl Application {
             .into_iter()
             .map(|w| tokio::spawn(w.run(stopped.clone())))
             .collect();
+        let notifier = self.notifier.map(|n| tokio::spawn(n.run(stopped.clone())));
         let served = shared::http::serve(self.listener, self.router).await;
         let _ = stop.send(true);
         for w in workers {
             let _ = w.await;
+        }
+        if let Some(n) = notifier {
+            let _ = n.await;
         }
         served
     }

@@ -142,6 +142,8 @@ pub struct SendWorker {
     pacer: std::sync::Arc<Pacer>,
     /// Sends of deactivated accounts are refused.
     revocations: std::sync::Arc<shared::revocation::Revocations>,
+    /// Queue new messages for [`crate::notify`].
+    notify: bool,
 }
 
 /// A stream entry: its id and fields.
@@ -184,7 +186,14 @@ impl SendWorker {
             config,
             pacer,
             revocations,
+            notify: false,
         }
+    }
+
+    /// Queues the new messages of each batch for the webhook notifier.
+    pub fn notifying(mut self, on: bool) -> Self {
+        self.notify = on;
+        self
     }
 
     async fn ensure_group(&self) -> Result<(), Error> {
@@ -504,9 +513,23 @@ impl SendWorker {
             redis.xdel::<i64, _, _>(&stream, ids),
         );
         // `join` polls the publishing first: its first poll queues every `PUBLISH`.
-        let ((), (acked, deleted)) = futures_util::future::join(
+        // New messages that may need a push, queued for the notifier on the same connection
+        // (not redeliveries: the first delivery queued them).
+        let notifiable: Vec<&shared::chat::Message> = if self.notify {
+            verdicts
+                .iter()
+                .filter_map(|v| match v {
+                    Verdict::Stored(Outcome::Created(m), _) => Some(m),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ((), (acked, deleted), ()) = futures_util::future::join3(
             self.publisher.publish_all_then_release(&payloads, turn),
             acking,
+            crate::notify::enqueue(redis, &self.keys, &notifiable),
         )
         .await;
         stage("publish", publishing);

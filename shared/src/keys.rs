@@ -78,6 +78,17 @@ impl Keys {
     /// Sorted set of one user's open sockets on every gateway: member = session id, score =
     /// when the entry expires (Unix ms), renewed by its gateway with presence, so the sockets
     /// of a gateway that died stop counting within `PRESENCE_TTL_SECONDS`.
+    /// Sorted set of message ids waiting for the webhook notifier, scored by when each is due
+    /// (Unix ms); a claimed one is scored at its lease's end.
+    pub fn notify_queue(&self) -> String {
+        format!("{}notify:due", self.prefix)
+    }
+
+    /// Hash: message id → notification attempts so far.
+    pub fn notify_attempts(&self) -> String {
+        format!("{}notify:attempts", self.prefix)
+    }
+
     pub fn user_sockets(&self, user_id: Uuid) -> String {
         format!("{}sockets:{}", self.prefix, user_id)
     }

@@ -55,3 +55,17 @@ pub async fn online(redis: &Client, keys: &Keys) -> Result<Vec<Uuid>, Error> {
         .await?;
     Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
 }
+
+/// For each of `users`, whether their entry is unexpired (one `ZMSCORE`).
+pub async fn online_among(redis: &Client, keys: &Keys, users: &[Uuid]) -> Result<Vec<bool>, Error> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let members: Vec<String> = users.iter().map(Uuid::to_string).collect();
+    let scores: Vec<Option<f64>> = redis.zmscore(keys.online_users(), members).await?;
+    let now = now_ms() as f64;
+    Ok(scores
+        .into_iter()
+        .map(|s| s.is_some_and(|s| s > now))
+        .collect())
+}

@@ -207,6 +207,9 @@ pub async fn send(
         .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
     if let Outcome::Created(m) = &outcome {
         state.publisher.new_message(m, conversation.id).await;
+        if state.config.webhook.is_some() {
+            crate::notify::enqueue(&state.redis, state.publisher.keys(), &[m]).await;
+        }
     }
     drop(persisted.turn);
     Ok((StatusCode::CREATED, Json(outcome.message().clone())))

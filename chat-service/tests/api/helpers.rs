@@ -62,6 +62,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         },
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
+        webhook: None,
     }
 }
 

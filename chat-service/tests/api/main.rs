@@ -18,3 +18,4 @@ mod poison;
 mod reads;
 mod rooms;
 mod search;
+mod webhooks;

@@ -139,6 +139,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         send_rate,
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
+        webhook: None,
     };
     config.server.port = 0;
     let chat = chat_service::Application::build_with_pool(config.clone(), db.clone())
