@@ -506,8 +506,7 @@ pub async fn search(
                 x ^= x << 17;
                 (x % 1_000_000) as f64 / 1_000_000.0
             };
-            let word =
-                |r: f64| words[((5000.0 * r.powi(3)) as usize).min(words.len() - 1)].clone();
+            let word = |r: f64| words[((5000.0 * r.powi(3)) as usize).min(words.len() - 1)].clone();
             while Instant::now() < deadline {
                 let kind = next();
                 let (k, q) = if kind < 0.6 {
