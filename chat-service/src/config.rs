@@ -41,6 +41,10 @@ pub struct ChatConfig {
     pub internal_max_in_flight: usize,
     /// `WEBHOOK_URL` and the rest: notifications for people who are away (off without it).
     pub webhook: Option<crate::notify::WebhookConfig>,
+    /// `S3_*`, or `UPLOAD_DIR` and `PUBLIC_URL`: where attachments are stored.
+    pub storage: shared::storage::StorageConfig,
+    /// `MAX_UPLOAD_BYTES`, `ALLOWED_UPLOAD_TYPES` and the URLs' lives.
+    pub uploads: shared::storage::UploadLimits,
 }
 
 /// How much one user may create (`ROOMS_PER_HOUR`, default 10; `GROUPS_PER_HOUR`, default 30),
@@ -49,6 +53,8 @@ pub struct ChatConfig {
 pub struct Quotas {
     pub rooms_per_hour: u32,
     pub groups_per_hour: u32,
+    /// `UPLOADS_PER_HOUR` (default 200).
+    pub uploads_per_hour: u32,
 }
 
 impl Default for Quotas {
@@ -56,6 +62,7 @@ impl Default for Quotas {
         Self {
             rooms_per_hour: 10,
             groups_per_hour: 30,
+            uploads_per_hour: 200,
         }
     }
 }
@@ -97,11 +104,17 @@ impl ChatConfig {
             send_rate: config::send_rate()?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
             webhook: crate::notify::WebhookConfig::from_env()?,
+            storage: shared::storage::StorageConfig::from_env()?,
+            uploads: shared::storage::UploadLimits::from_env()?,
             quotas: Quotas {
                 rooms_per_hour: config::parsed("ROOMS_PER_HOUR", Quotas::default().rooms_per_hour)?,
                 groups_per_hour: config::parsed(
                     "GROUPS_PER_HOUR",
                     Quotas::default().groups_per_hour,
+                )?,
+                uploads_per_hour: config::parsed(
+                    "UPLOADS_PER_HOUR",
+                    Quotas::default().uploads_per_hour,
                 )?,
             },
         })

@@ -8,9 +8,11 @@
 //! - [`publish`] — events on Redis after commit.
 //! - [`worker`] — the consumer of the send stream gateways write to.
 //! - [`notify`] — webhooks for people who are away.
+//! - [`attachments`] — uploads checked when used, thumbnails, clean-up.
 //! - [`model`] — rows and their API shapes.
 
 pub mod api;
+pub mod attachments;
 pub mod config;
 pub mod conversation;
 pub mod docs;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     pub internal_slots: shared::internal::InternalSlots,
     pub config: Arc<ChatConfig>,
+    /// Object storage for attachments.
+    pub files: attachments::Files,
 }
 
 impl AppState {
@@ -114,6 +118,8 @@ pub struct Application {
     port: u16,
     workers: Vec<worker::SendWorker>,
     notifier: Option<notify::Notifier>,
+    /// Deletes expired unused uploads.
+    clean_up: (PgPool, attachments::Files),
 }
 
 impl Application {
@@ -144,17 +150,22 @@ impl Application {
             config.jwt.revocation_poll,
         )
         .await;
+        let storage = shared::storage::Storage::new(&config.storage, &config.jwt.secret_key)
+            .map_err(|e| anyhow::anyhow!("object storage (S3_* or UPLOAD_DIR): {e}"))?;
+        let files = attachments::Files {
+            storage,
+            limits: config.uploads.clone(),
+        };
         let pacer = Arc::new(worker::Pacer::new(config.worker.batch_interval));
         let workers = (0..loops)
             .map(|_| {
                 worker::SendWorker::new(
                     db.clone(),
-                    &redis,
                     publisher.clone(),
-                    keys.clone(),
                     config.worker.clone(),
                     pacer.clone(),
                     revocations.clone(),
+                    files.clone(),
                 )
                 .notifying(config.webhook.is_some())
             })
@@ -171,7 +182,9 @@ impl Application {
             revocations,
             internal_slots: shared::internal::InternalSlots::new(config.internal_max_in_flight),
             config: Arc::new(config.clone()),
+            files: files.clone(),
         };
+        let db_for_clean_up = db.clone();
         let health = HealthState {
             service: "chat-service",
             version: env!("CARGO_PKG_VERSION"),
@@ -200,6 +213,7 @@ impl Application {
             port,
             workers,
             notifier,
+            clean_up: (db_for_clean_up, files),
         })
     }
 
@@ -218,6 +232,13 @@ impl Application {
             .map(|w| tokio::spawn(w.run(stopped.clone())))
             .collect();
         let notifier = self.notifier.map(|n| tokio::spawn(n.run(stopped.clone())));
+        let (db, files) = self.clean_up;
+        let clean_up = tokio::spawn(attachments::clean_up_loop(
+            db,
+            files,
+            Duration::from_secs(300),
+            stopped.clone(),
+        ));
         let served = shared::http::serve(self.listener, self.router).await;
         let _ = stop.send(true);
         for w in workers {
@@ -226,6 +247,7 @@ impl Application {
         if let Some(n) = notifier {
             let _ = n.await;
         }
+        let _ = clean_up.await;
         served
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::{
-    chat::{ChatType, Message, MessageType},
+    chat::{Attachment, ChatType, Message, MessageType},
     ApiError,
 };
 use utoipa::ToSchema;
@@ -31,6 +31,7 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub mentions: Vec<Uuid>,
     pub mentions_all: bool,
+    pub attachment_id: Option<Uuid>,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -58,6 +59,12 @@ impl TryFrom<MessageRow> for Message {
             reactions: Vec::new(),
             mentions: r.mentions,
             mentions_all: r.mentions_all,
+            // Its id only: `attachments::fill` loads the rest where messages are read. A
+            // deleted message shows none.
+            attachment: r
+                .attachment_id
+                .filter(|_| !r.is_deleted)
+                .map(Attachment::unloaded),
         })
     }
 }

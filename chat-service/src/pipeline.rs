@@ -38,6 +38,8 @@ pub struct Draft {
     pub content: String,
     pub message_type: MessageType,
     pub reply_to_id: Option<Uuid>,
+    /// The upload it carries, checked (`attachments::check_for_message`).
+    pub attachment: Option<shared::chat::Attachment>,
 }
 
 /// What became of one draft.
@@ -57,13 +59,21 @@ impl Outcome {
     }
 }
 
-/// Content rules of the contract: 1 to `max_chars` characters; an image is an http(s) URL.
+/// Content rules of the contract: 1 to `max_chars` characters; an image without an
+/// attachment is an http(s) URL. With an attachment, `content` is a caption: 0 to `max_chars`.
 pub fn check_content(
     content: &str,
     message_type: MessageType,
+    attached: bool,
     max_chars: usize,
 ) -> Result<(), String> {
     let chars = content.chars().count();
+    if attached {
+        if chars > max_chars {
+            return Err(format!("a caption is at most {max_chars} characters"));
+        }
+        return shared::text::check(content);
+    }
     if content.trim().is_empty() || chars > max_chars {
         return Err(format!("must be 1 to {max_chars} characters"));
     }
@@ -90,16 +100,33 @@ pub fn check_client_id(client_id: &str) -> Result<(), String> {
     }
 }
 
-/// Validates the fields of a send, naming each bad one.
+/// Validates the fields of a send, naming each bad one. `attached`: it carries an
+/// `attachment_id` (checked against the upload separately, see `attachments`).
 pub fn check_send(
     content: &str,
     message_type: MessageType,
+    attached: bool,
     client_id: Option<&str>,
     max_chars: usize,
 ) -> Result<(), ApiError> {
     let mut problems = std::collections::BTreeMap::new();
-    if let Err(p) = check_content(content, message_type, max_chars) {
+    if let Err(p) = check_content(content, message_type, attached, max_chars) {
         problems.insert("content".to_owned(), p);
+    }
+    match (attached, message_type) {
+        (true, MessageType::Text) => {
+            problems.insert(
+                "message_type".to_owned(),
+                "must be file or image with an attachment_id".to_owned(),
+            );
+        }
+        (false, MessageType::File) => {
+            problems.insert(
+                "attachment_id".to_owned(),
+                "is needed for a file message".to_owned(),
+            );
+        }
+        _ => {}
     }
     if let Some(Err(p)) = client_id.map(check_client_id) {
         problems.insert("client_id".to_owned(), p);
@@ -347,6 +374,7 @@ async fn try_persist(
                     reactions: Vec::new(),
                     mentions: mentions[k].users.clone(),
                     mentions_all: mentions[k].everyone,
+                    attachment: d.attachment.clone(),
                 })),
                 None => Err(ApiError::not_found("the conversation no longer exists")),
             });
@@ -406,6 +434,7 @@ async fn insert(
     // comma-separated text, split back in the statement.
     let mut mentioned: Vec<String> = Vec::with_capacity(new.len());
     let mut everyone: Vec<bool> = Vec::with_capacity(new.len());
+    let mut attachments: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
     for &(d, id, m) in new {
         let place = counts.entry(d.conversation.id).or_insert(0);
         *place += 1;
@@ -429,16 +458,17 @@ async fn insert(
                 .join(","),
         );
         everyone.push(m.everyone);
+        attachments.push(d.attachment.as_ref().map(|a| a.id));
     }
     let rows = sqlx::query!(
         r#"WITH input AS (
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
                                         $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
                                         $10::text[], $11::uuid[], $12::text[], $13::text[],
-                                        $14::bool[])
+                                        $14::bool[], $15::uuid[])
                        AS t(id, conversation_id, place, from_user_id, to_user_id, room_id,
                             group_id, content, message_type, chat_type, reply_to_id, client_id,
-                            mentions, mentions_all)
+                            mentions, mentions_all, attachment_id)
                ),
                counts AS (
                    SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
@@ -458,13 +488,21 @@ async fn insert(
                inserted AS (
                    INSERT INTO messages (id, conversation_id, seq, from_user_id, to_user_id,
                                          room_id, group_id, content, message_type, chat_type,
-                                         reply_to_id, client_id, mentions, mentions_all)
+                                         reply_to_id, client_id, mentions, mentions_all,
+                                         attachment_id)
                    SELECT i.id, i.conversation_id, b.base + i.place, i.from_user_id, i.to_user_id,
                           i.room_id, i.group_id, i.content, i.message_type, i.chat_type,
                           i.reply_to_id, i.client_id,
-                          string_to_array(i.mentions, ',')::uuid[], i.mentions_all
+                          string_to_array(i.mentions, ',')::uuid[], i.mentions_all,
+                          i.attachment_id
                    FROM input i JOIN bumped b ON b.id = i.conversation_id
-                   RETURNING id, conversation_id, from_user_id, seq, created_at
+                   RETURNING id, conversation_id, from_user_id, seq, created_at, attachment_id
+               ),
+               -- An upload is used once: the unique index on messages.attachment_id refuses a
+               -- second message with it (the batch then stores its sends one by one).
+               used AS (
+                   UPDATE uploads SET used_at = now()
+                   WHERE id IN (SELECT attachment_id FROM inserted WHERE attachment_id IS NOT NULL)
                ),
                read_positions AS (
                    UPDATE conversation_members m
@@ -488,7 +526,8 @@ async fn insert(
         &replies as &[Option<Uuid>],
         &client_ids as &[Option<String>],
         &mentioned,
-        &everyone
+        &everyone,
+        &attachments as &[Option<Uuid>]
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -508,16 +547,25 @@ mod tests {
 
     #[test]
     fn content_rules() {
-        assert!(check_content("hi", MessageType::Text, 4000).is_ok());
-        assert!(check_content("", MessageType::Text, 4000).is_err());
-        assert!(check_content("   ", MessageType::Text, 4000).is_err());
-        assert!(check_content(&"é".repeat(4000), MessageType::Text, 4000).is_ok());
-        assert!(check_content(&"é".repeat(4001), MessageType::Text, 4000).is_err());
-        assert!(check_content("https://cdn.example.com/cat.png", MessageType::Image, 4000).is_ok());
-        assert!(check_content("cat.png", MessageType::Image, 4000).is_err());
-        assert!(check_content("javascript:alert(1)", MessageType::Image, 4000).is_err());
-        assert!(check_content("a\u{0}b", MessageType::Text, 4000).is_err());
-        assert!(check_content("line\nnext\ttab", MessageType::Text, 4000).is_ok());
+        assert!(check_content("hi", MessageType::Text, false, 4000).is_ok());
+        assert!(check_content("", MessageType::Text, false, 4000).is_err());
+        assert!(check_content("   ", MessageType::Text, false, 4000).is_err());
+        assert!(check_content(&"é".repeat(4000), MessageType::Text, false, 4000).is_ok());
+        assert!(check_content(&"é".repeat(4001), MessageType::Text, false, 4000).is_err());
+        // A caption may be empty; not too long.
+        assert!(check_content("", MessageType::File, true, 4000).is_ok());
+        assert!(check_content(&"é".repeat(4001), MessageType::File, true, 4000).is_err());
+        assert!(check_content(
+            "https://cdn.example.com/cat.png",
+            MessageType::Image,
+            false,
+            4000
+        )
+        .is_ok());
+        assert!(check_content("cat.png", MessageType::Image, false, 4000).is_err());
+        assert!(check_content("javascript:alert(1)", MessageType::Image, false, 4000).is_err());
+        assert!(check_content("a\u{0}b", MessageType::Text, false, 4000).is_err());
+        assert!(check_content("line\nnext\ttab", MessageType::Text, false, 4000).is_ok());
         assert!(check_client_id("c\u{1b}").is_err());
     }
 }

@@ -144,6 +144,8 @@ pub struct SendWorker {
     revocations: std::sync::Arc<shared::revocation::Revocations>,
     /// Queue new messages for [`crate::notify`].
     notify: bool,
+    /// Where attachments are checked.
+    files: crate::attachments::Files,
 }
 
 /// A stream entry: its id and fields.
@@ -165,28 +167,29 @@ enum Verdict {
 }
 
 impl SendWorker {
-    /// `redis` is cloned into a connection of the worker's own, since its reads block.
+    /// The publisher's Redis client is cloned into a connection of the worker's own, since its
+    /// reads block; its keys are the worker's.
     pub fn new(
         db: PgPool,
-        redis: &Client,
         publisher: Publisher,
-        keys: Keys,
         config: WorkerConfig,
         pacer: std::sync::Arc<Pacer>,
         revocations: std::sync::Arc<shared::revocation::Revocations>,
+        files: crate::attachments::Files,
     ) -> Self {
-        let reader = redis.clone_new();
+        let reader = publisher.client().clone_new();
         reader.connect();
         Self {
             db,
             reader,
+            keys: publisher.keys().clone(),
             publisher,
-            keys,
             consumer: format!("chat-{}", Uuid::new_v4().simple()),
             config,
             pacer,
             revocations,
             notify: false,
+            files,
         }
     }
 
@@ -526,6 +529,19 @@ impl SendWorker {
         } else {
             Vec::new()
         };
+        // Thumbnails of new image attachments, after the send.
+        let images: Vec<Uuid> = verdicts
+            .iter()
+            .filter_map(|v| match v {
+                Verdict::Stored(Outcome::Created(m), _) => m
+                    .attachment
+                    .as_ref()
+                    .filter(|a| a.content_type.starts_with("image/"))
+                    .map(|a| a.id),
+                _ => None,
+            })
+            .collect();
+        crate::attachments::thumbnails_later(self.db.clone(), self.files.clone(), images);
         let ((), (acked, deleted), ()) = futures_util::future::join3(
             self.publisher.publish_all_then_release(&payloads, turn),
             acking,
@@ -569,6 +585,7 @@ impl SendWorker {
             if let Err(e) = check_send(
                 &c.content,
                 c.message_type,
+                c.attachment_id.is_some(),
                 Some(&c.client_id),
                 self.config.max_content_chars,
             ) {
@@ -615,6 +632,27 @@ impl SendWorker {
             }
             match resolved.get(&(c.user_id, c.chat_type, c.chat_id)) {
                 Some(Ok(conversation)) => {
+                    // Attachments are rare: checked one by one (the stored object included).
+                    let attachment = match c.attachment_id {
+                        None => None,
+                        Some(id) => match crate::attachments::check_for_message(
+                            &self.db,
+                            &self.files,
+                            c.user_id,
+                            id,
+                            c.message_type,
+                            Some(&c.client_id),
+                        )
+                        .await
+                        {
+                            Ok(a) => Some(a),
+                            Err(e) if e.is_transient() => return Err(e),
+                            Err(e) => {
+                                verdicts[i] = Some(refusal(&e));
+                                continue;
+                            }
+                        },
+                    };
                     draft_of.push(i);
                     drafts.push(Draft {
                         sender: c.user_id,
@@ -623,6 +661,7 @@ impl SendWorker {
                         content: c.content.clone(),
                         message_type: c.message_type,
                         reply_to_id: c.reply_to_id,
+                        attachment,
                     });
                 }
                 Some(Err((code, detail))) => {
@@ -846,6 +885,7 @@ mod tests {
             content: "hi".into(),
             message_type: MessageType::Text,
             reply_to_id: None,
+            attachment_id: None,
         };
         let one = HashMap::from([(COMMAND_FIELD.to_owned(), encode(&command).unwrap())]);
         assert_eq!(decode_entry("1-0", &one), vec![Some(command.clone())]);

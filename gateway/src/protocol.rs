@@ -32,6 +32,8 @@ pub enum Encoding {
 /// `send_message`
 #[derive(Debug, Clone, Deserialize)]
 pub struct SendMessage {
+    /// Optional with an `attachment_id` (a caption).
+    #[serde(default)]
     pub content: String,
     pub chat_type: ChatType,
     pub chat_id: Uuid,
@@ -39,6 +41,9 @@ pub struct SendMessage {
     pub message_type: MessageType,
     pub reply_to_id: Option<Uuid>,
     pub client_id: Option<String>,
+    /// An upload of the sender's, for `file` and `image` (content is then a caption).
+    #[serde(default)]
+    pub attachment_id: Option<Uuid>,
 }
 
 /// `typing`

@@ -44,3 +44,18 @@ ensure_cargo() {
   command -v cargo >/dev/null 2>&1 ||
     die "Rust is not installed: see https://rustup.rs (then open a new shell)"
 }
+
+# moto's S3 API server, which the attachment tests start on loopback (a real S3 API, no
+# account). Installed from PyPI into the user's Python when missing.
+ensure_moto() {
+  command -v moto_server >/dev/null 2>&1 && return 0
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for moto's S3 server (the attachment tests)"
+  say "installing moto[server] (the S3 API the attachment tests run against)"
+  python3 -m pip install --quiet --user 'moto[server]' || python3 -m pip install --quiet 'moto[server]' ||
+    die "could not install moto[server]: pip install 'moto[server]'"
+  if ! command -v moto_server >/dev/null 2>&1; then
+    PATH="$(python3 -m site --user-base)/bin:$PATH"
+    export PATH
+  fi
+  command -v moto_server >/dev/null 2>&1 || die "moto_server is not on PATH after installing moto[server]"
+}

@@ -48,13 +48,15 @@ impl std::str::FromStr for ChatType {
     }
 }
 
-/// `text` or `image` (an http(s) URL in `content`).
+/// `text`; `image` (an uploaded image in `attachment`, or else an http(s) URL in `content`);
+/// `file` (an uploaded file in `attachment`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageType {
     #[default]
     Text,
     Image,
+    File,
 }
 
 impl MessageType {
@@ -62,6 +64,7 @@ impl MessageType {
         match self {
             MessageType::Text => "TEXT",
             MessageType::Image => "IMAGE",
+            MessageType::File => "FILE",
         }
     }
 
@@ -69,6 +72,7 @@ impl MessageType {
         match s {
             "TEXT" => Some(MessageType::Text),
             "IMAGE" => Some(MessageType::Image),
+            "FILE" => Some(MessageType::File),
             _ => None,
         }
     }
@@ -106,6 +110,38 @@ pub struct Message {
     /// Whether `@room` (in a room) or `@group` (in a group) named every member.
     #[serde(default)]
     pub mentions_all: bool,
+    /// The uploaded file of a `file` or `image` message (`content` is then its caption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+impl Attachment {
+    /// An attachment known by its id only, until its details are loaded.
+    pub fn unloaded(id: Uuid) -> Self {
+        Self {
+            id,
+            filename: String::new(),
+            content_type: String::new(),
+            size: 0,
+            width: None,
+            height: None,
+        }
+    }
+}
+
+/// An uploaded file attached to a message. Download it at `GET /chat/attachments/{id}` (and
+/// an image's thumbnail at `.../thumbnail`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Attachment {
+    pub id: Uuid,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    /// Images, once their thumbnail is made (shortly after the send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i32>,
 }
 
 /// One emoji's reactions on a message.
@@ -337,6 +373,9 @@ pub struct SendCommand {
     #[serde(default)]
     pub message_type: MessageType,
     pub reply_to_id: Option<Uuid>,
+    /// An upload of the sender's, for a `file` or `image` message.
+    #[serde(default)]
+    pub attachment_id: Option<Uuid>,
 }
 
 /// MessagePack with field names, so either side can add optional fields without breaking the other.
@@ -372,6 +411,7 @@ mod tests {
             reactions: Vec::new(),
             mentions: Vec::new(),
             mentions_all: false,
+            attachment: None,
         }
     }
 

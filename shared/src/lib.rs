@@ -8,6 +8,7 @@
 //! - [`db`], [`redis`] — connection pools, migrations, readiness waits.
 //! - [`http`] — the layers every REST router gets (CORS, body limit, JSON 404/405, metrics, request tracing).
 //! - [`health`], [`metrics`], [`telemetry`], [`shutdown`] — operations plumbing.
+//! - `storage` (feature `storage`) — object storage (S3 or a local directory) and images.
 
 pub mod chat;
 pub mod config;
@@ -27,6 +28,8 @@ pub mod redis;
 pub mod revocation;
 pub mod shutdown;
 pub mod startup;
+#[cfg(feature = "storage")]
+pub mod storage;
 pub mod telemetry;
 pub mod text;
 pub mod ticket;

@@ -101,7 +101,7 @@ pub async fn sync(
             Ok(Some(c)) => {
                 let mut page =
                     messages::page(&state, c.id, limit, None, Some(p.seq.max(0))).await?;
-                crate::api::reactions::attach(&state, req.user_id, &mut page.messages).await?;
+                crate::api::enrich(&state, req.user_id, &mut page.messages).await?;
                 result.conversation_id = Some(c.id);
                 result.messages = page.messages;
                 result.has_more = page.has_more;

@@ -90,7 +90,7 @@ pub async fn history(
         }));
     };
     let mut page = page(&state, conversation.id, limit, before, after).await?;
-    crate::api::reactions::attach(&state, caller.user_id, &mut page.messages).await?;
+    crate::api::enrich(&state, caller.user_id, &mut page.messages).await?;
     Ok(Json(page))
 }
 
@@ -149,7 +149,9 @@ pub async fn page(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendRequest {
-    /// 1–4000 characters; for `image`, an http(s) URL.
+    /// 1–4000 characters; for `image` without an attachment, an http(s) URL; with an
+    /// `attachment_id`, an optional caption (0–4000).
+    #[serde(default)]
     pub content: String,
     #[serde(default)]
     pub message_type: MessageType,
@@ -157,6 +159,9 @@ pub struct SendRequest {
     pub reply_to_id: Option<Uuid>,
     /// The client's id for this send (1–128 characters): sending it again gives the same message.
     pub client_id: Option<String>,
+    /// For `file` and `image`: an upload of the caller's (`POST /chat/uploads`), used once;
+    /// `content` is then an optional caption.
+    pub attachment_id: Option<Uuid>,
 }
 
 /// `POST /chat/messages/{chat_type}/{chat_id}`
@@ -184,6 +189,7 @@ pub async fn send(
     pipeline::check_send(
         &req.content,
         req.message_type,
+        req.attachment_id.is_some(),
         req.client_id.as_deref(),
         state.config.max_content_chars,
     )?;
@@ -191,6 +197,20 @@ pub async fn send(
         conversation::for_sending(&state.db, caller.user_id, chat_type, chat_id).await?;
     state.require_events()?;
     state.send_rate(caller.user_id).await?;
+    let attachment = match req.attachment_id {
+        Some(id) => Some(
+            crate::attachments::check_for_message(
+                &state.db,
+                &state.files,
+                caller.user_id,
+                id,
+                req.message_type,
+                req.client_id.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let draft = Draft {
         sender: caller.user_id,
         conversation,
@@ -198,6 +218,7 @@ pub async fn send(
         content: req.content,
         message_type: req.message_type,
         reply_to_id: req.reply_to_id,
+        attachment,
     };
     let mut persisted =
         pipeline::persist(&state.db, &state.publisher, std::slice::from_ref(&draft)).await?;
@@ -207,6 +228,13 @@ pub async fn send(
         .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
     if let Outcome::Created(m) = &outcome {
         state.publisher.new_message(m, conversation.id).await;
+        if let Some(a) = m
+            .attachment
+            .as_ref()
+            .filter(|a| a.content_type.starts_with("image/"))
+        {
+            crate::attachments::thumbnails_later(state.db.clone(), state.files.clone(), vec![a.id]);
+        }
         if state.config.webhook.is_some() {
             crate::notify::enqueue(&state.redis, state.publisher.keys(), &[m]).await;
         }
@@ -264,6 +292,7 @@ pub async fn edit(
     pipeline::check_send(
         &req.content,
         message_type,
+        current.attachment_id.is_some(),
         None,
         state.config.max_content_chars,
     )?;
@@ -291,7 +320,8 @@ pub async fn edit(
     .await?
     .ok_or_else(|| ApiError::conflict("message_deleted", "a deleted message cannot be edited"))?;
     let conversation_id = row.conversation_id;
-    let message = Message::try_from(row)?;
+    let mut message = Message::try_from(row)?;
+    crate::attachments::fill(&state.db, std::slice::from_mut(&mut message)).await?;
     state
         .publisher
         .message_event(

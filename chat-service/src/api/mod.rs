@@ -10,6 +10,7 @@ pub mod reactions;
 pub mod reads;
 pub mod rooms;
 pub mod search;
+pub mod uploads;
 
 use axum::{
     routing::{delete, get, patch, post, put},
@@ -77,6 +78,13 @@ pub fn router() -> Router<AppState> {
             put(pins_blocks::block).delete(pins_blocks::unblock),
         )
         .route("/chat/search", get(search::search))
+        .route("/chat/uploads", post(uploads::create))
+        .route("/chat/attachments/{id}", get(uploads::download))
+        .route("/chat/attachments/{id}/thumbnail", get(uploads::thumbnail))
+        .route(
+            "/chat/files/{*key}",
+            get(uploads::get_file).put(uploads::put_file),
+        )
         .route("/chat/conversations", get(conversations::list))
         .route("/chat/online-users", get(conversations::online_users))
         .route(
@@ -95,7 +103,7 @@ pub fn router() -> Router<AppState> {
         rooms::list, rooms::create, rooms::join, rooms::leave, rooms::members,
         groups::create, groups::list, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
-        search::search,
+        search::search, uploads::create, uploads::download, uploads::thumbnail,
         conversations::list, conversations::online_users,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
@@ -112,9 +120,20 @@ pub fn router() -> Router<AppState> {
         (name = "conversations", description = "The caller's conversations and online users"),
         (name = "blocks", description = "Users the caller blocked"),
         (name = "moderation", description = "Room moderators, bans, mutes and the audit log"),
+        (name = "attachments", description = "Uploads to object storage, and downloads for the conversation's members"),
     )
 )]
 pub struct ApiDoc;
+
+/// Completes messages as `viewer` reads them: reactions (with their own) and attachments.
+pub async fn enrich(
+    state: &AppState,
+    viewer: Uuid,
+    messages: &mut [shared::chat::Message],
+) -> ApiResult<()> {
+    reactions::attach(state, viewer, messages).await?;
+    crate::attachments::fill(&state.db, messages).await
+}
 
 /// The `{chat_type}/{chat_id}` of a path; a bad one is 422 naming it.
 pub fn parse_chat(chat_type: &str, chat_id: &str) -> ApiResult<(ChatType, Uuid)> {

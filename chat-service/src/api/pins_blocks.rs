@@ -175,7 +175,7 @@ pub async fn pins(
     .fetch_all(&state.db)
     .await?;
     let mut messages = model::messages(rows)?;
-    crate::api::reactions::attach(&state, caller.user_id, &mut messages).await?;
+    crate::api::enrich(&state, caller.user_id, &mut messages).await?;
     Ok(Json(messages))
 }
 

@@ -270,7 +270,7 @@ pub async fn search(
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let mut messages = model::messages(rows)?;
-    crate::api::reactions::attach(&state, caller.user_id, &mut messages).await?;
+    crate::api::enrich(&state, caller.user_id, &mut messages).await?;
     Ok(Json(SearchResults { messages, has_more }))
 }
 

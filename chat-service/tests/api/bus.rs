@@ -35,6 +35,7 @@ fn command(
         content: content.into(),
         message_type: MessageType::Text,
         reply_to_id: None,
+        attachment_id: None,
     }
 }
 

@@ -63,6 +63,12 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
         webhook: None,
+        // A directory of this test's own: the local store, served by chat-service.
+        storage: shared::storage::StorageConfig::Local {
+            dir: std::env::temp_dir().join(format!("chatsphere-test-{}", uuid::Uuid::new_v4())),
+            public_url: String::new(),
+        },
+        uploads: shared::storage::UploadLimits::default(),
     }
 }
 

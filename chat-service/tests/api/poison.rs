@@ -25,6 +25,7 @@ fn command(user: Uuid, room: Uuid, client_id: &str, content: &str) -> SendComman
         content: content.into(),
         message_type: MessageType::Text,
         reply_to_id: None,
+        attachment_id: None,
     }
 }
 

@@ -649,7 +649,9 @@ async fn handle(
             if !sends.take() {
                 return Err(refuse("rate_limited", "too many messages; slow down"));
             }
-            if m.content.trim().is_empty() || m.content.chars().count() > 4000 {
+            // With an attachment, content is an optional caption.
+            let needs_content = m.attachment_id.is_none();
+            if (needs_content && m.content.trim().is_empty()) || m.content.chars().count() > 4000 {
                 return Err(refuse(
                     "invalid_payload",
                     "content must be 1 to 4000 characters",
@@ -670,6 +672,7 @@ async fn handle(
                 content: m.content,
                 message_type: m.message_type,
                 reply_to_id: m.reply_to_id,
+                attachment_id: m.attachment_id,
             };
             gw.bus.sends.send(conn, command).await.map_err(|_| {
                 refuse(

@@ -140,6 +140,12 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
         webhook: None,
+        // A directory of this test's own: the local store, served by chat-service.
+        storage: shared::storage::StorageConfig::Local {
+            dir: std::env::temp_dir().join(format!("chatsphere-test-{}", uuid::Uuid::new_v4())),
+            public_url: String::new(),
+        },
+        uploads: shared::storage::UploadLimits::default(),
     };
     config.server.port = 0;
     let chat = chat_service::Application::build_with_pool(config.clone(), db.clone())

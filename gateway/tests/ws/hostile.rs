@@ -382,6 +382,55 @@ async fn bans_end_delivery_and_mutes_refuse_socket_sends(db: PgPool) {
     assert_eq!(b.expect("error").await["data"]["code"], "forbidden");
 }
 
+/// A file sent over a socket: upload by REST, `send_message` with `attachment_id` and no
+/// content, the `ack` and the other member's `message` carry the attachment; a second use of
+/// the upload is refused on the socket.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn attachments_travel_over_sockets(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "files", &[&bob]).await;
+    let bytes = b"%PDF-1.7\n a small document".to_vec();
+    let ticket = s
+        .rest(
+            &alice,
+            reqwest::Method::POST,
+            "/chat/uploads",
+            json!({"filename": "doc.pdf", "content_type": "application/pdf", "size": bytes.len()}),
+        )
+        .await;
+    let r = s
+        .http
+        .put(format!("{}{}", s.chat[0], ticket["url"].as_str().unwrap()))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let id = ticket["upload_id"].as_str().unwrap().to_owned();
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    a.send("send_message", json!({"chat_type": "room", "chat_id": room, "message_type": "file", "attachment_id": id, "client_id": "f1"})).await;
+    let ack = a.expect("ack").await;
+    assert_eq!(
+        ack["data"]["message"]["attachment"]["id"],
+        id.as_str(),
+        "{ack}"
+    );
+    assert_eq!(ack["data"]["message"]["attachment"]["filename"], "doc.pdf");
+    let m = b.expect("message").await;
+    assert_eq!(m["data"]["attachment"]["size"], bytes.len());
+    assert_eq!(m["data"]["message_type"], "file");
+    a.send("send_message", json!({"chat_type": "room", "chat_id": room, "message_type": "file", "attachment_id": id, "client_id": "f2"})).await;
+    let e = a.expect("error").await;
+    assert_eq!(e["data"]["client_id"], "f2");
+    assert!(
+        e["data"]["detail"].as_str().unwrap().contains("used"),
+        "{e}"
+    );
+}
+
 /// A reconnect storm is paced: past `UPGRADES_IN_FLIGHT` the upgrade is refused at once with
 /// 503 and a jittered `Retry-After` (chat-service's own bound on internal calls is tested in
 /// its health.rs).

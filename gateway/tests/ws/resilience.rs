@@ -114,6 +114,7 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
                 content: "x".repeat(3500),
                 message_type: shared::chat::MessageType::Text,
                 reply_to_id: None,
+                attachment_id: None,
             };
             let _: String = admin
                 .xadd(
@@ -494,6 +495,7 @@ fn room_command(user: Uuid, i: usize) -> shared::chat::SendCommand {
         content: format!("m{i}"),
         message_type: shared::chat::MessageType::Text,
         reply_to_id: None,
+        attachment_id: None,
     }
 }
 

@@ -1,0 +1,336 @@
+//! Uploads (`POST /chat/uploads`), downloads (`GET /chat/attachments/{id}`, its thumbnail)
+//! and, for the local-directory store, the signed file URLs themselves (`/chat/files/...`).
+
+use axum::{
+    body::Body,
+    extract::{Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use shared::{
+    error::ErrorBody,
+    extract::{ApiJson, ApiPath},
+    jwt::AuthUser,
+    ApiError, ApiResult,
+};
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    attachments::{self, storage_error},
+    conversation, AppState,
+};
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UploadRequest {
+    /// 1–255 characters; shown to the people who receive it.
+    pub filename: String,
+    /// One of `ALLOWED_UPLOAD_TYPES`, e.g. `image/png`.
+    pub content_type: String,
+    /// Bytes, 1 to `MAX_UPLOAD_BYTES` (default 25 MiB); the stored file must be exactly this.
+    pub size: u64,
+}
+
+/// Where to send the bytes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadTicket {
+    pub upload_id: Uuid,
+    /// Always `PUT`.
+    pub method: &'static str,
+    /// Send the bytes here, as given (with `headers`); it may be another host (object storage).
+    pub url: String,
+    /// Headers to send with the bytes.
+    #[schema(value_type = Object)]
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    /// Seconds the URL stays valid.
+    pub expires_in: u64,
+}
+
+/// `POST /chat/uploads`
+#[utoipa::path(post, path = "/chat/uploads", tag = "attachments", security(("bearer" = [])), request_body = UploadRequest,
+    responses(
+        (status = 201, description = "Send the bytes to `url` with `method` and `headers`; then send a message with `attachment_id`", body = UploadTicket),
+        (status = 422, description = "Invalid fields: a filename too long, a type not allowed, a size of 0 or over the limit", body = ErrorBody),
+        (status = 429, description = "Too many uploads in the last hour (UPLOADS_PER_HOUR); see Retry-After", body = ErrorBody),
+        (status = 503, description = "Object storage unavailable", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<UploadRequest>,
+) -> ApiResult<(StatusCode, Json<UploadTicket>)> {
+    let limits = &state.files.limits;
+    let filename = req.filename.trim();
+    let content_type = req.content_type.trim().to_ascii_lowercase();
+    let mut problems = std::collections::BTreeMap::new();
+    if !(1..=255).contains(&filename.chars().count()) {
+        problems.insert(
+            "filename".to_owned(),
+            "must be 1 to 255 characters".to_owned(),
+        );
+    }
+    if !limits.allows(&content_type) {
+        problems.insert(
+            "content_type".to_owned(),
+            format!("must be one of {}", limits.allowed_types.join(", ")),
+        );
+    }
+    if req.size == 0 || req.size > limits.max_bytes {
+        problems.insert(
+            "size".to_owned(),
+            format!("must be 1 to {} bytes", limits.max_bytes),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::validation(problems));
+    }
+    state
+        .creation_quota(
+            "uploads",
+            caller.user_id,
+            state.config.quotas.uploads_per_hour,
+        )
+        .await?;
+    let id = Uuid::now_v7();
+    let key = format!("uploads/{id}");
+    let expires_at = chrono::Utc::now()
+        + chrono::Duration::from_std(limits.expiry).unwrap_or(chrono::Duration::hours(24));
+    let url = state
+        .files
+        .storage
+        .signed_url(reqwest::Method::PUT, &key, limits.upload_ttl)
+        .await
+        .map_err(storage_error)?;
+    sqlx::query!(
+        r#"INSERT INTO uploads (id, owner_id, filename, content_type, size, object_key, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+        id,
+        caller.user_id,
+        filename,
+        content_type,
+        i64::try_from(req.size).unwrap_or(i64::MAX),
+        key,
+        expires_at
+    )
+    .execute(&state.db)
+    .await?;
+    let mut headers = serde_json::Map::new();
+    headers.insert("content-type".into(), content_type.into());
+    Ok((
+        StatusCode::CREATED,
+        Json(UploadTicket {
+            upload_id: id,
+            method: "PUT",
+            url,
+            headers,
+            expires_in: limits.upload_ttl.as_secs(),
+        }),
+    ))
+}
+
+/// A 302 to a short-lived URL of `key`.
+async fn redirect(state: &AppState, key: &str) -> ApiResult<Response> {
+    let url = state
+        .files
+        .storage
+        .signed_url(reqwest::Method::GET, key, state.files.limits.download_ttl)
+        .await
+        .map_err(storage_error)?;
+    let location = HeaderValue::from_str(&url)
+        .map_err(|_| ApiError::internal("a signed URL is not a header"))?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// The object keys of an attachment the caller may download (a member of its message's
+/// conversation): 404 if no message uses it, 403 for anyone else.
+async fn readable(state: &AppState, caller: Uuid, id: Uuid) -> ApiResult<(String, Uuid)> {
+    let row = sqlx::query!(
+        r#"SELECT u.object_key, m.conversation_id
+           FROM uploads u JOIN messages m ON m.attachment_id = u.id
+           WHERE u.id = $1 AND NOT m.is_deleted"#,
+        id
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such attachment"))?;
+    if !conversation::is_member(&state.db, row.conversation_id, caller).await? {
+        return Err(attachments::not_a_member());
+    }
+    Ok((row.object_key, row.conversation_id))
+}
+
+/// `GET /chat/attachments/{id}`
+#[utoipa::path(get, path = "/chat/attachments/{id}", tag = "attachments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The attachment's id (its upload id)")),
+    responses(
+        (status = 302, description = "To a short-lived download URL (DOWNLOAD_URL_TTL_SECONDS)"),
+        (status = 403, description = "Not a member of the attachment's conversation", body = ErrorBody),
+        (status = 404, description = "No message has this attachment (or it was deleted)", body = ErrorBody),
+    ))]
+pub async fn download(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    let (key, _) = readable(&state, caller.user_id, id).await?;
+    redirect(&state, &key).await
+}
+
+/// `GET /chat/attachments/{id}/thumbnail`
+#[utoipa::path(get, path = "/chat/attachments/{id}/thumbnail", tag = "attachments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The attachment's id")),
+    responses(
+        (status = 302, description = "To a short-lived URL of a PNG at most 320 pixels on either side"),
+        (status = 403, description = "Not a member of the attachment's conversation", body = ErrorBody),
+        (status = 404, description = "No such attachment, or not an image that can be decoded", body = ErrorBody),
+    ))]
+pub async fn thumbnail(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Response> {
+    readable(&state, caller.user_id, id).await?;
+    // Made after the send; made now if that has not happened yet.
+    let key = attachments::thumbnail(&state.db, &state.files, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("this attachment has no thumbnail"))?;
+    redirect(&state, &key).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Signed {
+    expires: Option<i64>,
+    sig: Option<String>,
+}
+
+fn check_signed(state: &AppState, method: &str, key: &str, q: &Signed) -> ApiResult<()> {
+    let ok = match (q.expires, q.sig.as_deref()) {
+        (Some(expires), Some(sig)) => state.files.storage.verify_local(method, key, expires, sig),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this URL is not valid (or no longer)"))
+    }
+}
+
+/// `PUT /chat/files/{*key}`: the local store's upload URL. The bytes are streamed to a file,
+/// at most `MAX_UPLOAD_BYTES` (413 past it); whether they match the declaration is checked
+/// when the upload is used.
+pub async fn put_file(
+    State(state): State<AppState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    Query(q): Query<Signed>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    check_signed(&state, "PUT", &key, &q)?;
+    let unused = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM uploads WHERE object_key = $1 AND used_at IS NULL) AS "unused!""#,
+        key
+    )
+    .fetch_one(&state.db)
+    .await?;
+    if !unused {
+        return Err(ApiError::conflict(
+            "upload_used",
+            "this upload was used already",
+        ));
+    }
+    let path = state
+        .files
+        .storage
+        .local_file(&key)
+        .ok_or_else(|| ApiError::not_found("no local store"))?;
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| ApiError::internal(format_args!("upload directory: {e}")))?;
+    }
+    let partial = path.with_extension("partial");
+    let io = |e: std::io::Error| ApiError::internal(format_args!("writing an upload: {e}"));
+    let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+    let mut written: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(_) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(ApiError::invalid_field(
+                    "body",
+                    "the upload was interrupted",
+                ));
+            }
+        };
+        written += chunk.len() as u64;
+        if written > state.files.limits.max_bytes {
+            drop(file);
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("uploads are at most {} bytes", state.files.limits.max_bytes),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    drop(file);
+    tokio::fs::rename(&partial, &path).await.map_err(io)?;
+    Ok(StatusCode::OK)
+}
+
+/// `GET /chat/files/{*key}`: the local store's download URL.
+pub async fn get_file(
+    State(state): State<AppState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    Query(q): Query<Signed>,
+) -> ApiResult<Response> {
+    check_signed(&state, "GET", &key, &q)?;
+    let bytes = match state.files.storage.get(&key).await {
+        Ok(b) => b,
+        Err(shared::storage::StorageError::NotFound) => {
+            return Err(ApiError::not_found("no such file"))
+        }
+        Err(e) => return Err(storage_error(e)),
+    };
+    let content_type = if key.starts_with("uploads/") {
+        sqlx::query_scalar!(
+            "SELECT content_type FROM uploads WHERE object_key = $1",
+            key
+        )
+        .fetch_optional(&state.db)
+        .await?
+        .unwrap_or_else(|| "application/octet-stream".to_owned())
+    } else {
+        "image/png".to_owned()
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
+    Ok((StatusCode::OK, headers, bytes).into_response())
+}

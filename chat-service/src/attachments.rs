@@ -1,0 +1,276 @@
+//! Attachments: uploads declared by their owner, checked against the stored object when a
+//! message uses one, image thumbnails made after the send, and unused uploads removed when
+//! they expire. The bytes go between clients and object storage ([`shared::storage`]) only.
+
+use std::{collections::HashMap, time::Duration};
+
+use axum::http::StatusCode;
+use shared::{
+    chat::{Attachment, MessageType},
+    storage::{self, Storage, StorageError, UploadLimits},
+    ApiError,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Thumbnails are at most this many pixels on either side.
+pub const THUMBNAIL_SIDE: u32 = 320;
+
+/// Object storage and its limits, as every handler and the send worker see them.
+#[derive(Clone)]
+pub struct Files {
+    pub storage: Storage,
+    pub limits: UploadLimits,
+}
+
+pub fn storage_error(e: StorageError) -> ApiError {
+    match e {
+        StorageError::NotFound => ApiError::not_found("no such object"),
+        StorageError::Other(detail) => {
+            tracing::warn!(error = %detail, "object storage unavailable");
+            ApiError::unavailable(
+                "storage_unavailable",
+                "object storage is unavailable, retry shortly",
+            )
+        }
+    }
+}
+
+fn unusable(detail: impl Into<String>) -> ApiError {
+    ApiError::invalid_field("attachment_id", detail)
+}
+
+/// Checks that `sender` may attach upload `id` to a message of `message_type` now: their own,
+/// unused, unexpired, of an allowed type (an image for `image`), and the stored object as
+/// declared (size; type, where the bytes show one). 422 naming `attachment_id` otherwise.
+///
+/// A send repeated with the same `client_id` passes the "used" check when its first delivery
+/// stored the message with this upload: the pipeline then answers with that message.
+pub async fn check_for_message(
+    db: &PgPool,
+    files: &Files,
+    sender: Uuid,
+    id: Uuid,
+    message_type: MessageType,
+    client_id: Option<&str>,
+) -> Result<Attachment, ApiError> {
+    let Some(u) = sqlx::query!(
+        r#"SELECT owner_id, filename, content_type, size, object_key, used_at,
+                  expires_at < now() AS "expired!", width, height
+           FROM uploads WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    else {
+        return Err(unusable("no such upload"));
+    };
+    if u.owner_id != sender {
+        return Err(unusable("is not an upload of yours"));
+    }
+    if u.used_at.is_some() {
+        let repeated = match client_id {
+            Some(client_id) => {
+                sqlx::query_scalar!(
+                    r#"SELECT EXISTS (SELECT 1 FROM messages WHERE attachment_id = $1
+                                  AND from_user_id = $2 AND client_id = $3) AS "repeated!""#,
+                    id,
+                    sender,
+                    client_id
+                )
+                .fetch_one(db)
+                .await?
+            }
+            None => false,
+        };
+        if !repeated {
+            return Err(unusable("was used already (an upload is used once)"));
+        }
+        return Ok(Attachment {
+            id,
+            filename: u.filename,
+            content_type: u.content_type,
+            size: u.size,
+            width: u.width,
+            height: u.height,
+        });
+    }
+    if u.expired {
+        return Err(unusable("has expired; upload the file again"));
+    }
+    if !files.limits.allows(&u.content_type) {
+        return Err(unusable(format!("{} is not allowed", u.content_type)));
+    }
+    if message_type == MessageType::Image && !u.content_type.starts_with("image/") {
+        return Err(unusable("an image message needs an image upload"));
+    }
+    let declared = u64::try_from(u.size).unwrap_or(0);
+    if declared > files.limits.max_bytes {
+        return Err(unusable("is larger than MAX_UPLOAD_BYTES"));
+    }
+    let stored = match files.storage.size(&u.object_key).await {
+        Ok(n) => n,
+        Err(StorageError::NotFound) => return Err(unusable("no file was uploaded for it")),
+        Err(e) => return Err(storage_error(e)),
+    };
+    let head = files
+        .storage
+        .head_bytes(&u.object_key, 64)
+        .await
+        .map_err(storage_error)?;
+    if let Some(problem) = storage::mismatch(&u.content_type, declared, stored, &head) {
+        return Err(unusable(problem));
+    }
+    Ok(Attachment {
+        id,
+        filename: u.filename,
+        content_type: u.content_type,
+        size: u.size,
+        width: u.width,
+        height: u.height,
+    })
+}
+
+/// The attachments of `ids` (uploads used by messages), by id.
+pub async fn load(db: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Attachment>, ApiError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(sqlx::query_as!(
+        Attachment,
+        "SELECT id, filename, content_type, size, width, height FROM uploads WHERE id = ANY($1)",
+        ids
+    )
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|a| (a.id, a))
+    .collect())
+}
+
+/// Loads the details of the attachments of `messages` (known by id until then).
+pub async fn fill(db: &PgPool, messages: &mut [shared::chat::Message]) -> Result<(), ApiError> {
+    let ids: Vec<Uuid> = messages
+        .iter()
+        .filter_map(|m| m.attachment.as_ref().map(|a| a.id))
+        .collect();
+    let mut loaded = load(db, &ids).await?;
+    for m in messages {
+        if let Some(a) = &m.attachment {
+            m.attachment = loaded.remove(&a.id);
+        }
+    }
+    Ok(())
+}
+
+/// Makes the thumbnail of an image upload (and records its width and height), unless it is
+/// made already; returns the thumbnail's key. `None`: not an image, or not decodable.
+pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<String>, ApiError> {
+    let Some(u) = sqlx::query!(
+        "SELECT content_type, object_key, thumbnail_key FROM uploads WHERE id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    else {
+        return Ok(None);
+    };
+    if let Some(key) = u.thumbnail_key {
+        return Ok(Some(key));
+    }
+    if !u.content_type.starts_with("image/") {
+        return Ok(None);
+    }
+    let bytes = files
+        .storage
+        .get(&u.object_key)
+        .await
+        .map_err(storage_error)?;
+    let (width, height, small) = match storage::shrink_image(bytes, THUMBNAIL_SIDE).await {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::info!(upload = %id, error = %e, "an image upload could not be decoded");
+            return Ok(None);
+        }
+    };
+    let key = format!("thumbnails/{id}");
+    files
+        .storage
+        .put(&key, small, "image/png")
+        .await
+        .map_err(storage_error)?;
+    sqlx::query!(
+        "UPDATE uploads SET thumbnail_key = $2, width = $3, height = $4 WHERE id = $1",
+        id,
+        key,
+        i32::try_from(width).ok(),
+        i32::try_from(height).ok()
+    )
+    .execute(db)
+    .await?;
+    metrics::counter!("chat_thumbnails_made_total").increment(1);
+    Ok(Some(key))
+}
+
+/// Makes thumbnails for the image uploads of new messages, off the send path.
+pub fn thumbnails_later(db: PgPool, files: Files, ids: Vec<Uuid>) {
+    if ids.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for id in ids {
+            if let Err(e) = thumbnail(&db, &files, id).await {
+                tracing::warn!(upload = %id, error = %e.detail, "thumbnail failed; made when first asked for");
+            }
+        }
+    });
+}
+
+/// Deletes uploads never used and past `expires_at`, rows and objects; returns how many.
+pub async fn clean_up(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
+    let expired = sqlx::query!(
+        r#"DELETE FROM uploads WHERE id IN (
+               SELECT id FROM uploads WHERE used_at IS NULL AND expires_at < now() LIMIT 500)
+           RETURNING object_key"#
+    )
+    .fetch_all(db)
+    .await?;
+    for row in &expired {
+        if let Err(e) = files.storage.delete(&row.object_key).await {
+            tracing::warn!(error = %e, key = row.object_key, "could not delete an expired upload's object");
+        }
+    }
+    Ok(expired.len() as u64)
+}
+
+/// Runs [`clean_up`] every `every` until `shutdown`.
+pub async fn clean_up_loop(
+    db: PgPool,
+    files: Files,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        match clean_up(&db, &files).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("chat_uploads_expired_total").increment(n);
+                tracing::info!(count = n, "expired uploads deleted");
+            }
+            Err(e) => tracing::warn!(error = %e.detail, "could not clean up expired uploads"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// 403 for a download by someone not in the attachment's conversation.
+pub fn not_a_member() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "only members of the attachment's conversation may download it",
+    )
+}

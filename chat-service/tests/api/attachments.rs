@@ -1,0 +1,406 @@
+//! Attachments (contract, "Attachments and avatars"): against the local-directory default and
+//! against a real S3 API (moto's server, started here on loopback).
+
+use std::{process::Stdio, time::Duration};
+
+use reqwest::{redirect::Policy, StatusCode};
+use serde_json::{json, Value};
+use shared::{chat::Event, storage::StorageConfig};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, User};
+
+/// A real PNG of `w`×`h` pixels.
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// `url` as a client reaches it: the local store's URLs are paths on chat-service.
+fn absolute(app: &TestApp, url: &str) -> String {
+    if url.starts_with('/') {
+        app.url(url)
+    } else {
+        url.to_owned()
+    }
+}
+
+/// Declares an upload and sends `bytes` where the ticket says; returns the upload id.
+async fn upload(
+    app: &TestApp,
+    user: &User,
+    name: &str,
+    content_type: &str,
+    declared: usize,
+    bytes: Vec<u8>,
+) -> String {
+    let r = app
+        .post(
+            user,
+            "/chat/uploads",
+            json!({"filename": name, "content_type": content_type, "size": declared}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ticket: Value = r.json().await.unwrap();
+    assert_eq!(ticket["method"], "PUT");
+    assert!(ticket["expires_in"].as_u64().unwrap() > 0);
+    let r = reqwest::Client::new()
+        .put(absolute(app, ticket["url"].as_str().unwrap()))
+        .header(
+            "content-type",
+            ticket["headers"]["content-type"].as_str().unwrap(),
+        )
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "upload: {}", r.status());
+    ticket["upload_id"].as_str().unwrap().to_owned()
+}
+
+/// Follows a download's 302 by hand: (status of the API call, bytes behind the Location).
+async fn download(app: &TestApp, user: &User, path: &str) -> (StatusCode, Option<Vec<u8>>) {
+    let http = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .get(app.url(path))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    if status != StatusCode::FOUND {
+        return (status, None);
+    }
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let body = http.get(absolute(app, &location)).send().await.unwrap();
+    assert_eq!(body.status(), StatusCode::OK, "{location}");
+    (status, Some(body.bytes().await.unwrap().to_vec()))
+}
+
+/// Upload, send, the live event, download as a member, 403 as a stranger, a thumbnail, and
+/// every refusal at use: reuse, someone else's upload, a size lie, a type lie.
+async fn attachments_work(app: TestApp) {
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.room(&alice, "files", &[&bob]).await;
+    let mut watcher = app.watch(vec![app.keys.conversation_channel(room)]).await;
+
+    let picture = png(400, 300);
+    let id = upload(
+        &app,
+        &alice,
+        "cat.png",
+        "image/png",
+        picture.len(),
+        picture.clone(),
+    )
+    .await;
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "image", "attachment_id": id, "content": "our cat"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sent: Value = r.json().await.unwrap();
+    assert_eq!(sent["attachment"]["id"], id.as_str());
+    assert_eq!(sent["attachment"]["filename"], "cat.png");
+    assert_eq!(sent["attachment"]["content_type"], "image/png");
+    assert_eq!(sent["attachment"]["size"], picture.len());
+    assert_eq!(sent["content"], "our cat");
+    let (_, event) = watcher.next().await;
+    match event {
+        Event::Message { message, .. } => {
+            assert_eq!(
+                message.attachment.map(|a| a.id.to_string()),
+                Some(id.clone())
+            )
+        }
+        other => panic!("expected the message, got {other:?}"),
+    }
+
+    // A member downloads the very bytes; a stranger may not.
+    let (status, bytes) = download(&app, &bob, &format!("/chat/attachments/{id}")).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(bytes.unwrap(), picture);
+    let (status, _) = download(&app, &carol, &format!("/chat/attachments/{id}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, thumb) = download(&app, &bob, &format!("/chat/attachments/{id}/thumbnail")).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let thumb = image::load_from_memory(&thumb.unwrap()).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (320, 240));
+    // History carries the attachment, with the image's size once the thumbnail is made.
+    let page: Value = app
+        .get(&bob, &format!("/chat/messages/room/{room}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let a = &page["messages"][0]["attachment"];
+    assert_eq!(a["id"], id.as_str());
+    assert_eq!(
+        (a["width"].as_i64(), a["height"].as_i64()),
+        (Some(400), Some(300))
+    );
+
+    // Used once.
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "image", "attachment_id": id, "client_id": "again"}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["attachment_id"]
+        .as_str()
+        .unwrap()
+        .contains("used"));
+
+    // Someone else's upload.
+    let doc = b"minutes of the meeting".to_vec();
+    let theirs = upload(&app, &alice, "notes.txt", "text/plain", doc.len(), doc).await;
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "file", "attachment_id": theirs}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["attachment_id"]
+        .as_str()
+        .unwrap()
+        .contains("yours"));
+
+    // A size lie and a type lie.
+    let lie = upload(
+        &app,
+        &bob,
+        "big.txt",
+        "text/plain",
+        5,
+        b"far more than five".to_vec(),
+    )
+    .await;
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "file", "attachment_id": lie}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(
+        body["fields"]["attachment_id"]
+            .as_str()
+            .unwrap()
+            .contains("bytes"),
+        "{body}"
+    );
+    let text = b"not a picture at all".to_vec();
+    let fake = upload(&app, &bob, "fake.png", "image/png", text.len(), text).await;
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "image", "attachment_id": fake}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+
+    // Declared but never uploaded; a file message needs an attachment.
+    let r = app
+        .post(
+            &bob,
+            "/chat/uploads",
+            json!({"filename": "x.pdf", "content_type": "application/pdf", "size": 10}),
+        )
+        .await;
+    let never: Value = r.json().await.unwrap();
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "file", "attachment_id": never["upload_id"]}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "file", "content": "where is it"}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["attachment_id"].is_string());
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn attachments_on_the_local_directory(db: PgPool) {
+    attachments_work(spawn_app(db).await).await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn uploads_are_declared_within_the_limits(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    for (body, field) in [
+        (
+            json!({"filename": "a.exe", "content_type": "application/x-msdownload", "size": 10}),
+            "content_type",
+        ),
+        (
+            json!({"filename": "a.png", "content_type": "image/png", "size": 0}),
+            "size",
+        ),
+        (
+            json!({"filename": "a.png", "content_type": "image/png", "size": 26 * 1024 * 1024}),
+            "size",
+        ),
+        (
+            json!({"filename": "", "content_type": "image/png", "size": 10}),
+            "filename",
+        ),
+    ] {
+        let r = app.post(&alice, "/chat/uploads", body.clone()).await;
+        let e = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+        assert!(e["fields"][field].is_string(), "{body}: {e}");
+    }
+    // The local store's URLs are signed: a changed signature or key is refused.
+    let r = app
+        .post(
+            &alice,
+            "/chat/uploads",
+            json!({"filename": "a.txt", "content_type": "text/plain", "size": 3}),
+        )
+        .await;
+    let ticket: Value = r.json().await.unwrap();
+    let url = ticket["url"].as_str().unwrap();
+    let forged = url.replace("sig=", "sig=0");
+    let r = reqwest::Client::new()
+        .put(app.url(&forged))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let other = url.replace(
+        ticket["upload_id"].as_str().unwrap(),
+        &Uuid::now_v7().to_string(),
+    );
+    let r = reqwest::Client::new()
+        .put(app.url(&other))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn expired_unused_uploads_are_deleted(db: PgPool) {
+    let app = spawn_app(db.clone()).await;
+    let alice = app.user("alice").await;
+    let bytes = b"temporary".to_vec();
+    let id = upload(&app, &alice, "t.txt", "text/plain", bytes.len(), bytes).await;
+    sqlx::query("UPDATE uploads SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("cs-cleanup-{}", Uuid::new_v4()));
+    let files = chat_service::attachments::Files {
+        storage: shared::storage::Storage::new(
+            &StorageConfig::Local {
+                dir,
+                public_url: String::new(),
+            },
+            "k",
+        )
+        .unwrap(),
+        limits: Default::default(),
+    };
+    let removed = chat_service::attachments::clean_up(&db, &files)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM uploads")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+/// moto's S3 server on a free loopback port, killed when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server (pip install 'moto[server]'; scripts/test installs it)");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(&endpoint).await.is_ok() {
+            return Moto { child, endpoint };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("moto_server did not start");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn attachments_on_an_s3_api(db: PgPool) {
+    let s3 = moto().await;
+    // moto takes a bucket made with a plain PUT.
+    let r = reqwest::Client::new()
+        .put(format!("{}/chatsphere-test", s3.endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let endpoint = s3.endpoint.clone();
+    let app = spawn_app_with(db, &prefix, |c| {
+        c.storage = StorageConfig::S3 {
+            endpoint,
+            bucket: "chatsphere-test".into(),
+            region: "eu-central-1".into(),
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".into(),
+            path_style: true,
+        }
+    })
+    .await;
+    attachments_work(app).await;
+}

@@ -1,0 +1,533 @@
+//! Object storage for attachments and avatars: an S3-compatible store (`S3_*` settings), or,
+//! with none configured, a local directory (`UPLOAD_DIR`) whose objects chat-service serves
+//! through signed URLs of the same shape. Clients send and fetch bytes at the URLs this module
+//! signs; the bytes never pass through a gateway or Postgres.
+//!
+//! S3 goes through the `object_store` crate: it speaks the S3 API to Amazon and to any store
+//! that implements it (MinIO, Ceph, R2, …), with custom endpoints, path-style addressing and
+//! any region, and it signs presigned URLs (SigV4) itself.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use object_store::{
+    aws::{AmazonS3, AmazonS3Builder},
+    path::Path as ObjectPath,
+    signer::Signer,
+    Attribute, Attributes, ObjectStore, PutOptions, PutPayload,
+};
+use sha2::Sha256;
+
+use crate::config::{self, ConfigError};
+
+/// `S3_ENDPOINT`, `S3_BUCKET`, `S3_REGION`, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`,
+/// `S3_PATH_STYLE`, or `UPLOAD_DIR` and `PUBLIC_URL` for the local directory.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    S3 {
+        /// Empty: Amazon's endpoint for the region.
+        endpoint: String,
+        bucket: String,
+        region: String,
+        access_key_id: String,
+        secret_access_key: String,
+        /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key` (default:
+        /// on with a custom endpoint, off for Amazon).
+        path_style: bool,
+    },
+    Local {
+        dir: PathBuf,
+        /// Prefix of the URLs handed to clients (`PUBLIC_URL`, e.g. `https://chat.example.com`);
+        /// empty gives paths (`/chat/files/...`) that a browser resolves against the page.
+        public_url: String,
+    },
+}
+
+impl StorageConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let bucket = config::string("S3_BUCKET", "")?;
+        if bucket.is_empty() {
+            return Ok(StorageConfig::Local {
+                dir: PathBuf::from(config::string("UPLOAD_DIR", "data/uploads")?),
+                public_url: config::string("PUBLIC_URL", "")?
+                    .trim_end_matches('/')
+                    .to_owned(),
+            });
+        }
+        let endpoint = config::string("S3_ENDPOINT", "")?;
+        Ok(StorageConfig::S3 {
+            path_style: config::flag("S3_PATH_STYLE", !endpoint.is_empty())?,
+            endpoint,
+            bucket,
+            region: config::string("S3_REGION", "us-east-1")?,
+            access_key_id: config::string("S3_ACCESS_KEY_ID", "")?,
+            secret_access_key: config::string("S3_SECRET_ACCESS_KEY", "")?,
+        })
+    }
+}
+
+/// What may be uploaded: `MAX_UPLOAD_BYTES` (default 25 MiB), `ALLOWED_UPLOAD_TYPES` (comma
+/// separated), `UPLOAD_URL_TTL_SECONDS` (default 900), `DOWNLOAD_URL_TTL_SECONDS` (default 300),
+/// `UPLOAD_EXPIRY_HOURS` (unused uploads are deleted after it, default 24).
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    pub allowed_types: Vec<String>,
+    pub upload_ttl: Duration,
+    pub download_ttl: Duration,
+    pub expiry: Duration,
+}
+
+/// The default `ALLOWED_UPLOAD_TYPES`.
+pub const DEFAULT_ALLOWED_TYPES: &str =
+    "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,application/zip";
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 * 1024 * 1024,
+            allowed_types: DEFAULT_ALLOWED_TYPES
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            upload_ttl: Duration::from_secs(900),
+            download_ttl: Duration::from_secs(300),
+            expiry: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl UploadLimits {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let types = config::string("ALLOWED_UPLOAD_TYPES", DEFAULT_ALLOWED_TYPES)?;
+        Ok(Self {
+            max_bytes: config::parsed("MAX_UPLOAD_BYTES", 25u64 * 1024 * 1024)?,
+            allowed_types: types
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            upload_ttl: Duration::from_secs(config::parsed("UPLOAD_URL_TTL_SECONDS", 900u64)?),
+            download_ttl: Duration::from_secs(config::parsed("DOWNLOAD_URL_TTL_SECONDS", 300u64)?),
+            expiry: Duration::from_secs(3600 * config::parsed("UPLOAD_EXPIRY_HOURS", 24u64)?),
+        })
+    }
+
+    pub fn allows(&self, content_type: &str) -> bool {
+        self.allowed_types.iter().any(|t| t == content_type)
+    }
+}
+
+/// Why a stored object does not match its declaration (a 422 on `upload_id`/`attachment_id`),
+/// or `None` when it does: the size as declared, and, when the bytes show a type (images, PDF,
+/// archives…), that type. A declared image must show its type.
+pub fn mismatch(
+    declared_type: &str,
+    declared_size: u64,
+    stored_size: u64,
+    head: &[u8],
+) -> Option<String> {
+    if stored_size != declared_size {
+        return Some(format!(
+            "the stored object is {stored_size} bytes, not the {declared_size} declared"
+        ));
+    }
+    match sniff(head) {
+        Some(seen) if seen != declared_type => Some(format!(
+            "the stored object is {seen}, not the {declared_type} declared"
+        )),
+        None if declared_type.starts_with("image/") => {
+            Some(format!("the stored object is not {declared_type}"))
+        }
+        _ => None,
+    }
+}
+
+/// A failure of the store (unreachable, refused) or of a local file.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found")]
+    NotFound,
+    #[error("storage: {0}")]
+    Other(String),
+}
+
+impl From<object_store::Error> for StorageError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound,
+            e => StorageError::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StorageError::NotFound
+        } else {
+            StorageError::Other(e.to_string())
+        }
+    }
+}
+
+/// Where objects live.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+enum Inner {
+    S3(AmazonS3),
+    Local {
+        dir: PathBuf,
+        public_url: String,
+        /// Signs local URLs (derived from `SECRET_KEY`).
+        key: Vec<u8>,
+    },
+}
+
+/// The path of local objects' URLs, before the key.
+pub const LOCAL_PREFIX: &str = "/chat/files/";
+
+/// Keys are ours (`uploads/<uuid>`, `thumbnails/<uuid>`, `avatars/<uuid>`): ASCII letters,
+/// digits, `-` and `/`, never `..`.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 200
+        && !key.starts_with('/')
+        && !key.contains("..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
+}
+
+impl Storage {
+    /// `secret` (the deployment's `SECRET_KEY`) signs the local directory's URLs.
+    pub fn new(config: &StorageConfig, secret: &str) -> Result<Self, StorageError> {
+        let inner = match config {
+            StorageConfig::S3 {
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key,
+                path_style,
+            } => {
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_virtual_hosted_style_request(!path_style);
+                if !endpoint.is_empty() {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if !access_key_id.is_empty() {
+                    b = b
+                        .with_access_key_id(access_key_id)
+                        .with_secret_access_key(secret_access_key);
+                }
+                Inner::S3(b.build()?)
+            }
+            StorageConfig::Local { dir, public_url } => {
+                std::fs::create_dir_all(dir)?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+                    .map_err(|e| StorageError::Other(e.to_string()))?;
+                mac.update(b"chatsphere local storage urls");
+                Inner::Local {
+                    dir: dir.clone(),
+                    public_url: public_url.clone(),
+                    key: mac.finalize().into_bytes().to_vec(),
+                }
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(*self.inner, Inner::Local { .. })
+    }
+
+    /// A URL at which `method` (`GET` or `PUT`) on `key` is allowed until `ttl` from now.
+    pub async fn signed_url(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<String, StorageError> {
+        match &*self.inner {
+            Inner::S3(s3) => Ok(s3
+                .signed_url(method, &ObjectPath::from(key), ttl)
+                .await?
+                .to_string()),
+            Inner::Local {
+                public_url, key: k, ..
+            } => {
+                let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
+                let sig = local_signature(k, method.as_str(), key, expires);
+                Ok(format!(
+                    "{public_url}{LOCAL_PREFIX}{key}?expires={expires}&sig={sig}"
+                ))
+            }
+        }
+    }
+
+    /// Checks a local URL's signature and expiry (for chat-service's `/chat/files` routes).
+    pub fn verify_local(&self, method: &str, key: &str, expires: i64, sig: &str) -> bool {
+        match &*self.inner {
+            Inner::Local { key: k, .. } => {
+                expires >= chrono::Utc::now().timestamp()
+                    && valid_key(key)
+                    && constant_time_eq(
+                        local_signature(k, method, key, expires).as_bytes(),
+                        sig.as_bytes(),
+                    )
+            }
+            Inner::S3(_) => false,
+        }
+    }
+
+    /// The stored object's size, or `NotFound`.
+    pub async fn size(&self, key: &str) -> Result<u64, StorageError> {
+        match &*self.inner {
+            Inner::S3(s3) => Ok(s3.head(&ObjectPath::from(key)).await?.size),
+            Inner::Local { dir, .. } => Ok(tokio::fs::metadata(local_path(dir, key)?).await?.len()),
+        }
+    }
+
+    /// At most the first `n` bytes.
+    pub async fn head_bytes(&self, key: &str, n: u64) -> Result<Bytes, StorageError> {
+        let size = self.size(key).await?;
+        let end = n.min(size);
+        if end == 0 {
+            return Ok(Bytes::new());
+        }
+        match &*self.inner {
+            Inner::S3(s3) => Ok(s3.get_range(&ObjectPath::from(key), 0..end).await?),
+            Inner::Local { dir, .. } => {
+                use tokio::io::AsyncReadExt;
+                let mut f = tokio::fs::File::open(local_path(dir, key)?).await?;
+                let mut buf = vec![0; end as usize];
+                f.read_exact(&mut buf).await?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+
+    /// The whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        match &*self.inner {
+            Inner::S3(s3) => Ok(s3.get(&ObjectPath::from(key)).await?.bytes().await?),
+            Inner::Local { dir, .. } => {
+                Ok(Bytes::from(tokio::fs::read(local_path(dir, key)?).await?))
+            }
+        }
+    }
+
+    /// Stores `bytes` at `key` with `content_type`.
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        match &*self.inner {
+            Inner::S3(s3) => {
+                let mut attributes = Attributes::new();
+                attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+                s3.put_opts(
+                    &ObjectPath::from(key),
+                    PutPayload::from(bytes),
+                    PutOptions {
+                        attributes,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Ok(())
+            }
+            Inner::Local { dir, .. } => {
+                let path = local_path(dir, key)?;
+                if let Some(parent) = path.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                tokio::fs::write(path, bytes).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes an object (absent is fine).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let r = match &*self.inner {
+            Inner::S3(s3) => s3
+                .delete(&ObjectPath::from(key))
+                .await
+                .map_err(StorageError::from),
+            Inner::Local { dir, .. } => tokio::fs::remove_file(local_path(dir, key)?)
+                .await
+                .map_err(StorageError::from),
+        };
+        match r {
+            Err(StorageError::NotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The local file of `key`, for chat-service to stream into or out of.
+    pub fn local_file(&self, key: &str) -> Option<PathBuf> {
+        match &*self.inner {
+            Inner::Local { dir, .. } => local_path(dir, key).ok(),
+            Inner::S3(_) => None,
+        }
+    }
+}
+
+fn local_path(dir: &std::path::Path, key: &str) -> Result<PathBuf, StorageError> {
+    if !valid_key(key) {
+        return Err(StorageError::Other(format!("invalid object key {key:?}")));
+    }
+    Ok(dir.join(key))
+}
+
+fn local_signature(key: &[u8], method: &str, object: &str, expires: i64) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(method.as_bytes());
+    mac.update(b"\n");
+    mac.update(object.as_bytes());
+    mac.update(b"\n");
+    mac.update(expires.to_string().as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The largest image (either side, in pixels) decoded for a thumbnail or an avatar.
+const MAX_DECODED_SIDE: u32 = 12_000;
+
+/// A decoded image: its size, and a copy no larger than `max` on either side as PNG. Runs on a
+/// blocking thread (decoding is CPU work); a decompression bomb is refused by the decoder's
+/// limits, not allocated.
+pub async fn shrink_image(bytes: Bytes, max: u32) -> Result<(u32, u32, Bytes), String> {
+    tokio::task::spawn_blocking(move || {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_DECODED_SIDE);
+        limits.max_image_height = Some(MAX_DECODED_SIDE);
+        limits.max_alloc = Some(512 * 1024 * 1024);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| e.to_string())?;
+        let (w, h) = (img.width(), img.height());
+        let small = img.thumbnail(max, max);
+        let mut out = std::io::Cursor::new(Vec::new());
+        small
+            .write_to(&mut out, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())?;
+        Ok((w, h, Bytes::from(out.into_inner())))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The content type the bytes show (their magic numbers), when they show one.
+pub fn sniff(head: &[u8]) -> Option<&'static str> {
+    infer::get(head).map(|t| t.mime_type())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_stay_inside_the_directory() {
+        assert!(valid_key("uploads/0190-ab"));
+        for bad in [
+            "",
+            "/etc/passwd",
+            "uploads/../x",
+            "a b",
+            "a\\b",
+            "uploads/%2e",
+        ] {
+            assert!(!valid_key(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn local_urls_are_signed_per_method_key_and_expiry() {
+        let dir = std::env::temp_dir().join(format!("cs-storage-{}", uuid::Uuid::new_v4()));
+        let s = Storage::new(
+            &StorageConfig::Local {
+                dir: dir.clone(),
+                public_url: String::new(),
+            },
+            "secret",
+        )
+        .unwrap();
+        let url = s
+            .signed_url(reqwest::Method::PUT, "uploads/x1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(url.starts_with("/chat/files/uploads/x1?expires="));
+        let q = url.split_once('?').unwrap().1;
+        let expires: i64 = q.split('&').next().unwrap()[8..].parse().unwrap();
+        let sig = q.split("sig=").nth(1).unwrap();
+        assert!(s.verify_local("PUT", "uploads/x1", expires, sig));
+        assert!(
+            !s.verify_local("GET", "uploads/x1", expires, sig),
+            "per method"
+        );
+        assert!(
+            !s.verify_local("PUT", "uploads/x2", expires, sig),
+            "per key"
+        );
+        assert!(
+            !s.verify_local("PUT", "uploads/x1", expires + 1, sig),
+            "per expiry"
+        );
+        assert!(!s.verify_local("PUT", "uploads/x1", 1, sig), "expired");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_stored_object_must_match_its_declaration() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert_eq!(mismatch("image/png", 16, 16, png), None);
+        assert!(mismatch("image/png", 15, 16, png)
+            .unwrap()
+            .contains("16 bytes"));
+        assert!(mismatch("image/jpeg", 16, 16, png)
+            .unwrap()
+            .contains("image/png"));
+        assert!(
+            mismatch("image/png", 5, 5, b"hello").is_some(),
+            "an image must look like one"
+        );
+        assert_eq!(mismatch("text/plain", 5, 5, b"hello"), None);
+        assert!(
+            mismatch("text/plain", 16, 16, png).is_some(),
+            "no PNG passed off as text"
+        );
+    }
+
+    #[test]
+    fn sniffing_sees_images_and_pdfs() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some("image/png"));
+        assert_eq!(sniff(b"%PDF-1.7\n"), Some("application/pdf"));
+        assert_eq!(sniff(b"hello world"), None);
+    }
+}
