@@ -34,12 +34,18 @@ pub fn router() -> Router<AppState> {
         .route("/auth/me", get(me).patch(update_me).delete(delete_me))
         .route("/auth/ws-ticket", post(ws_ticket))
         .route("/auth/users", get(search_users))
+        .route(
+            "/auth/me/avatar",
+            axum::routing::put(crate::avatars::set_avatar),
+        )
+        .route("/auth/avatars/{id}", get(crate::avatars::serve))
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ChatSphere auth-service", description = "Users, login and tokens."),
-    paths(register, login, refresh, logout, me, update_me, delete_me, ws_ticket, search_users),
+    paths(register, login, refresh, logout, me, update_me, delete_me, ws_ticket, search_users,
+          crate::avatars::set_avatar, crate::avatars::serve),
     components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, WsTicket, UserBody, ErrorBody)),
     modifiers(&BearerAuth),
     tags((name = "auth", description = "Accounts and tokens"))

@@ -44,9 +44,21 @@ pub struct AuthConfig {
     /// `REGISTRATIONS_PER_HOUR`: accounts one client address may register per hour (default
     /// 20), so nobody fills the database with accounts.
     pub registrations_per_hour: u32,
+    /// Where avatars are stored: the same `S3_*` or `UPLOAD_DIR` as chat-service's.
+    pub storage: shared::storage::StorageConfig,
+    /// The same upload limits as chat-service's.
+    pub uploads: shared::storage::UploadLimits,
 }
 
 impl AuthConfig {
+    /// The prefix of URLs handed out (`PUBLIC_URL`; empty: paths).
+    pub fn public_url(&self) -> &str {
+        match &self.storage {
+            shared::storage::StorageConfig::Local { public_url, .. } => public_url,
+            shared::storage::StorageConfig::S3 { .. } => "",
+        }
+    }
+
     /// Reads every setting, failing on the first missing or invalid one.
     pub fn from_env() -> Result<Self, ConfigError> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -68,6 +80,8 @@ impl AuthConfig {
             refresh_reuse_grace_seconds: config::parsed("REFRESH_REUSE_GRACE_SECONDS", 10)?,
             login_max_delay_seconds: config::parsed("LOGIN_MAX_DELAY_SECONDS", 30)?,
             registrations_per_hour: config::parsed("REGISTRATIONS_PER_HOUR", 20)?,
+            storage: shared::storage::StorageConfig::from_env()?,
+            uploads: shared::storage::UploadLimits::from_env()?,
         };
         for (name, value) in [
             ("MAX_BODY_BYTES", config.max_body_bytes as u64),

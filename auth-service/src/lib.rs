@@ -10,6 +10,7 @@
 //! [`Application`] binds, reports its port and serves until SIGTERM/SIGINT; tests run it on port 0.
 
 pub mod api;
+pub mod avatars;
 pub mod config;
 pub mod password;
 pub mod sessions;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub throttle: Arc<throttle::LoginThrottle>,
     pub revocations: Arc<Revocations>,
     pub config: Arc<AuthConfig>,
+    /// Object storage, for avatars.
+    pub storage: shared::storage::Storage,
 }
 
 impl AppState {
@@ -120,6 +123,8 @@ impl Application {
             throttle: Arc::new(throttle),
             revocations,
             config: Arc::new(config.clone()),
+            storage: shared::storage::Storage::new(&config.storage, &config.jwt.secret_key)
+                .map_err(|e| anyhow::anyhow!("object storage (S3_* or UPLOAD_DIR): {e}"))?,
         };
         let health = HealthState {
             service: "auth-service",

@@ -21,6 +21,9 @@ use sha2::Sha256;
 
 use crate::config::{self, ConfigError};
 
+/// The HTTP method a signed URL allows.
+pub use reqwest::Method;
+
 /// `S3_ENDPOINT`, `S3_BUCKET`, `S3_REGION`, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`,
 /// `S3_PATH_STYLE`, or `UPLOAD_DIR` and `PUBLIC_URL` for the local directory.
 #[derive(Debug, Clone)]

@@ -45,6 +45,11 @@ pub fn test_config() -> AuthConfig {
         refresh_reuse_grace_seconds: 10,
         login_max_delay_seconds: 30,
         registrations_per_hour: 10_000,
+        storage: shared::storage::StorageConfig::Local {
+            dir: std::env::temp_dir().join(format!("chatsphere-test-{}", uuid::Uuid::new_v4())),
+            public_url: String::new(),
+        },
+        uploads: shared::storage::UploadLimits::default(),
     }
 }
 

@@ -223,6 +223,11 @@ impl Stack {
             trusted_proxies: vec![],
             refresh_reuse_grace_seconds: 10,
             registrations_per_hour: 1000,
+            storage: shared::storage::StorageConfig::Local {
+                dir: std::env::temp_dir().join(format!("chatsphere-test-{}", uuid::Uuid::new_v4())),
+                public_url: String::new(),
+            },
+            uploads: shared::storage::UploadLimits::default(),
         };
         let app = auth_service::Application::build_with_pool(config, self.db.clone())
             .await
