@@ -31,6 +31,9 @@ pub enum StorageConfig {
     S3 {
         /// Empty: Amazon's endpoint for the region.
         endpoint: String,
+        /// The endpoint in the URLs handed to clients when they reach the store at another
+        /// address than the services do (`S3_PUBLIC_ENDPOINT`; empty: `endpoint`).
+        public_endpoint: String,
         bucket: String,
         region: String,
         access_key_id: String,
@@ -60,6 +63,7 @@ impl StorageConfig {
         }
         let endpoint = config::string("S3_ENDPOINT", "")?;
         Ok(StorageConfig::S3 {
+            public_endpoint: config::string("S3_PUBLIC_ENDPOINT", "")?,
             path_style: config::flag("S3_PATH_STYLE", !endpoint.is_empty())?,
             endpoint,
             bucket,
@@ -182,7 +186,8 @@ pub struct Storage {
 }
 
 enum Inner {
-    S3(AmazonS3),
+    /// The store as the services reach it, and the same store as clients do (it only signs).
+    S3 { store: AmazonS3, signer: AmazonS3 },
     Local {
         dir: PathBuf,
         public_url: String,
@@ -212,27 +217,39 @@ impl Storage {
         let inner = match config {
             StorageConfig::S3 {
                 endpoint,
+                public_endpoint,
                 bucket,
                 region,
                 access_key_id,
                 secret_access_key,
                 path_style,
             } => {
-                let mut b = AmazonS3Builder::new()
-                    .with_bucket_name(bucket)
-                    .with_region(region)
-                    .with_virtual_hosted_style_request(!path_style);
-                if !endpoint.is_empty() {
-                    b = b
-                        .with_endpoint(endpoint)
-                        .with_allow_http(endpoint.starts_with("http://"));
+                let build = |endpoint: &str| {
+                    let mut b = AmazonS3Builder::new()
+                        .with_bucket_name(bucket)
+                        .with_region(region)
+                        .with_virtual_hosted_style_request(!path_style);
+                    if !endpoint.is_empty() {
+                        b = b
+                            .with_endpoint(endpoint)
+                            .with_allow_http(endpoint.starts_with("http://"));
+                    }
+                    if !access_key_id.is_empty() {
+                        b = b
+                            .with_access_key_id(access_key_id)
+                            .with_secret_access_key(secret_access_key);
+                    }
+                    b.build()
+                };
+                let public = if public_endpoint.is_empty() {
+                    endpoint
+                } else {
+                    public_endpoint
+                };
+                Inner::S3 {
+                    store: build(endpoint)?,
+                    signer: build(public)?,
                 }
-                if !access_key_id.is_empty() {
-                    b = b
-                        .with_access_key_id(access_key_id)
-                        .with_secret_access_key(secret_access_key);
-                }
-                Inner::S3(b.build()?)
             }
             StorageConfig::Local { dir, public_url } => {
                 std::fs::create_dir_all(dir)?;
@@ -263,7 +280,7 @@ impl Storage {
         ttl: Duration,
     ) -> Result<String, StorageError> {
         match &*self.inner {
-            Inner::S3(s3) => Ok(s3
+            Inner::S3 { signer, .. } => Ok(signer
                 .signed_url(method, &ObjectPath::from(key), ttl)
                 .await?
                 .to_string()),
@@ -290,14 +307,14 @@ impl Storage {
                         sig.as_bytes(),
                     )
             }
-            Inner::S3(_) => false,
+            Inner::S3 { .. } => false,
         }
     }
 
     /// The stored object's size, or `NotFound`.
     pub async fn size(&self, key: &str) -> Result<u64, StorageError> {
         match &*self.inner {
-            Inner::S3(s3) => Ok(s3.head(&ObjectPath::from(key)).await?.size),
+            Inner::S3 { store: s3, .. } => Ok(s3.head(&ObjectPath::from(key)).await?.size),
             Inner::Local { dir, .. } => Ok(tokio::fs::metadata(local_path(dir, key)?).await?.len()),
         }
     }
@@ -310,7 +327,7 @@ impl Storage {
             return Ok(Bytes::new());
         }
         match &*self.inner {
-            Inner::S3(s3) => Ok(s3.get_range(&ObjectPath::from(key), 0..end).await?),
+            Inner::S3 { store: s3, .. } => Ok(s3.get_range(&ObjectPath::from(key), 0..end).await?),
             Inner::Local { dir, .. } => {
                 use tokio::io::AsyncReadExt;
                 let mut f = tokio::fs::File::open(local_path(dir, key)?).await?;
@@ -324,7 +341,9 @@ impl Storage {
     /// The whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         match &*self.inner {
-            Inner::S3(s3) => Ok(s3.get(&ObjectPath::from(key)).await?.bytes().await?),
+            Inner::S3 { store: s3, .. } => {
+                Ok(s3.get(&ObjectPath::from(key)).await?.bytes().await?)
+            }
             Inner::Local { dir, .. } => {
                 Ok(Bytes::from(tokio::fs::read(local_path(dir, key)?).await?))
             }
@@ -339,7 +358,7 @@ impl Storage {
         content_type: &str,
     ) -> Result<(), StorageError> {
         match &*self.inner {
-            Inner::S3(s3) => {
+            Inner::S3 { store: s3, .. } => {
                 let mut attributes = Attributes::new();
                 attributes.insert(Attribute::ContentType, content_type.to_owned().into());
                 s3.put_opts(
@@ -367,7 +386,7 @@ impl Storage {
     /// Removes an object (absent is fine).
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let r = match &*self.inner {
-            Inner::S3(s3) => s3
+            Inner::S3 { store: s3, .. } => s3
                 .delete(&ObjectPath::from(key))
                 .await
                 .map_err(StorageError::from),
@@ -385,7 +404,7 @@ impl Storage {
     pub fn local_file(&self, key: &str) -> Option<PathBuf> {
         match &*self.inner {
             Inner::Local { dir, .. } => local_path(dir, key).ok(),
-            Inner::S3(_) => None,
+            Inner::S3 { .. } => None,
         }
     }
 }

@@ -394,6 +394,7 @@ async fn attachments_on_an_s3_api(db: PgPool) {
     let app = spawn_app_with(db, &prefix, |c| {
         c.storage = StorageConfig::S3 {
             endpoint,
+            public_endpoint: String::new(),
             bucket: "chatsphere-test".into(),
             region: "eu-central-1".into(),
             access_key_id: "testing".into(),
