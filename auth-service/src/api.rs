@@ -9,7 +9,7 @@ use axum::{
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
-use shared::docs::BearerAuth;
+use shared::docs::{BearerAuth, CommonErrors};
 use shared::{
     error::{unique_violation, ErrorBody},
     extract::{field_name, media_type, parse_json, read_body, ApiJson, ApiQuery},
@@ -47,7 +47,7 @@ pub fn router() -> Router<AppState> {
     paths(register, login, refresh, logout, me, update_me, delete_me, ws_ticket, search_users,
           crate::avatars::set_avatar, crate::avatars::serve),
     components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, WsTicket, UserBody, ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags((name = "auth", description = "Accounts and tokens"))
 )]
 pub struct ApiDoc;

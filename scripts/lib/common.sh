@@ -59,3 +59,17 @@ ensure_moto() {
   fi
   command -v moto_server >/dev/null 2>&1 || die "moto_server is not on PATH after installing moto[server]"
 }
+
+# schemathesis (PyPI): checks every operation of the OpenAPI document against the running stack.
+ensure_schemathesis() {
+  command -v schemathesis >/dev/null 2>&1 && return 0
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for schemathesis (the API conformance run)"
+  say "installing schemathesis"
+  python3 -m pip install --quiet --user schemathesis || python3 -m pip install --quiet schemathesis ||
+    die "could not install schemathesis: pip install schemathesis"
+  if ! command -v schemathesis >/dev/null 2>&1; then
+    PATH="$(python3 -m site --user-base)/bin:$PATH"
+    export PATH
+  fi
+  command -v schemathesis >/dev/null 2>&1 || die "schemathesis is not on PATH after installing it"
+}

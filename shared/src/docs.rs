@@ -58,3 +58,86 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+/// Documents, on every operation, the error answers that come from the shared layers rather
+/// than from the handler, so the document lists every status a client can receive: 401 when
+/// it needs a token; 400 (malformed JSON), 413 (too large) and 415 (not JSON) when it takes a
+/// body; 422 when it takes parameters or a body (a value that does not parse or validate); 404
+/// when its path names something; 503 when a dependency is down. Each with the error body.
+/// Statuses an operation already documents are left as they are. Use it as
+/// `#[openapi(modifiers(&BearerAuth, &CommonErrors))]`.
+pub struct CommonErrors;
+
+impl CommonErrors {
+    fn error(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+            .into()
+    }
+}
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let global_security = openapi.security.as_ref().is_some_and(|s| !s.is_empty());
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names_something = path.contains('{');
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let secured = op
+                    .security
+                    .as_ref()
+                    .map_or(global_security, |s| !s.is_empty());
+                let has_body = op.request_body.is_some();
+                let has_params =
+                    names_something || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| Self::error(description));
+                };
+                if secured {
+                    add("401", "No valid access token (`invalid_token`)");
+                }
+                if has_body {
+                    add("400", "The body is not well-formed JSON (`invalid_json`)");
+                    add(
+                        "413",
+                        "The body is larger than MAX_BODY_BYTES (`payload_too_large`)",
+                    );
+                    add(
+                        "415",
+                        "The body is not `application/json` (`unsupported_media_type`)",
+                    );
+                }
+                if has_body || has_params {
+                    add(
+                        "422",
+                        "A parameter or field is missing or invalid; `fields` names each",
+                    );
+                }
+                if names_something {
+                    add("404", "Nothing by that id");
+                }
+                add(
+                    "503",
+                    "A dependency (Postgres, Redis, object storage) is unavailable; retry",
+                );
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use axum::{
     routing::{delete, get, patch, post, put},
     Router,
 };
-use shared::docs::BearerAuth;
+use shared::docs::{BearerAuth, CommonErrors};
 use shared::{chat::ChatType, ApiError, ApiResult};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -112,7 +112,7 @@ pub fn router() -> Router<AppState> {
         moderation::bans, moderation::mute, moderation::unmute, moderation::audit_log,
     ),
     components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary, reads::ReadReceipt, shared::chat::Reaction)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "rooms", description = "Public rooms"),
         (name = "groups", description = "Groups"),
