@@ -11,6 +11,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p auth-service -p chat-service -p gateway \
  && install -m 0755 target/release/auth-service target/release/chat-service target/release/gateway /usr/local/bin/
 
+# The documentation viewers (/docs, /redoc), from the lock file: served by chat-service, so the
+# pages need no internet access.
+FROM node:20-bookworm-slim AS docs
+WORKDIR /docs
+COPY web/docs/package.json web/docs/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund \
+ && mkdir -p /out/@scalar/api-reference/dist/browser /out/redoc/bundles \
+ && cp node_modules/@scalar/api-reference/dist/browser/standalone.js /out/@scalar/api-reference/dist/browser/ \
+ && cp node_modules/redoc/bundles/redoc.standalone.js /out/redoc/bundles/
+
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
@@ -28,7 +38,8 @@ ENTRYPOINT ["auth-service"]
 
 FROM runtime AS chat-service
 COPY --from=build /usr/local/bin/chat-service /usr/local/bin/
-ENV PORT=8002
+COPY --from=docs /out /usr/share/chatsphere/docs
+ENV PORT=8002 DOCS_ASSETS_DIR=/usr/share/chatsphere/docs
 EXPOSE 8002
 HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 CMD ["chat-service", "health"]
 ENTRYPOINT ["chat-service"]

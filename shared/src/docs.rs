@@ -1,8 +1,10 @@
 //! API documentation routes: `/openapi.json` (generated from the code by utoipa; a service may
 //! serve a richer one, see chat-service's combined document), `/docs` (an interactive Scalar
 //! page) and `/redoc` (a ReDoc page). Both pages are small embedded HTML that load their viewer
-//! script in the browser and read `/openapi.json` from the same origin, so behind the proxy they
-//! show the combined document. Nothing is downloaded at build time.
+//! script from this same service (`/docs/assets/...`, the npm packages `scripts/docs-assets`
+//! installs under `web/docs`, found through `DOCS_ASSETS_DIR`) and read `/openapi.json` from
+//! the same origin, so they work without internet access and, behind the proxy, show the
+//! combined document.
 
 use axum::{response::Html, routing::get, Json, Router};
 use utoipa::{
@@ -17,21 +19,56 @@ const SCALAR_PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>ChatSphere API</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><script id="api-reference" data-url="/openapi.json"></script>
-<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+<noscript>The API document is at <a href="/openapi.json">/openapi.json</a>.</noscript>
+<script src="/docs/assets/scalar.js"></script>
 </body></html>"#;
 
 const REDOC_PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>ChatSphere API</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><redoc spec-url="/openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
+<noscript>The API document is at <a href="/openapi.json">/openapi.json</a>.</noscript>
+<script src="/docs/assets/redoc.js"></script>
 </body></html>"#;
 
-/// `/docs` and `/redoc`.
+/// The viewers' scripts, by the name the pages use, inside `DOCS_ASSETS_DIR` (default
+/// `web/docs/node_modules`, where `scripts/docs-assets` installs them).
+const ASSETS: [(&str, &str); 2] = [
+    (
+        "scalar.js",
+        "@scalar/api-reference/dist/browser/standalone.js",
+    ),
+    ("redoc.js", "redoc/bundles/redoc.standalone.js"),
+];
+
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> axum::response::Response {
+    use axum::{http::header, response::IntoResponse};
+    let dir = std::env::var("DOCS_ASSETS_DIR").unwrap_or_else(|_| "web/docs/node_modules".into());
+    let Some((_, file)) = ASSETS.iter().find(|(n, _)| *n == name) else {
+        return crate::ApiError::not_found("no such asset").into_response();
+    };
+    match tokio::fs::read(std::path::Path::new(&dir).join(file)).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => crate::ApiError::not_found(
+            "the documentation viewer is not installed here: run scripts/docs-assets (or set DOCS_ASSETS_DIR)",
+        )
+        .into_response(),
+    }
+}
+
+/// `/docs`, `/redoc` and their viewers' scripts.
 pub fn pages<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/docs", get(|| async { Html(SCALAR_PAGE) }))
         .route("/redoc", get(|| async { Html(REDOC_PAGE) }))
+        .route("/docs/assets/{name}", get(asset))
 }
 
 /// The pages plus `/openapi.json` serving `openapi`.
