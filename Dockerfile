@@ -16,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM node:20-bookworm-slim AS docs
 WORKDIR /docs
 COPY web/docs/package.json web/docs/package-lock.json ./
-RUN npm ci --ignore-scripts --no-audit --no-fund \
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && mkdir -p /out/@scalar/api-reference/dist/browser /out/redoc/bundles \
  && cp node_modules/@scalar/api-reference/dist/browser/standalone.js /out/@scalar/api-reference/dist/browser/ \
  && cp node_modules/redoc/bundles/redoc.standalone.js /out/redoc/bundles/

@@ -73,3 +73,15 @@ ensure_schemathesis() {
   fi
   command -v schemathesis >/dev/null 2>&1 || die "schemathesis is not on PATH after installing it"
 }
+
+# Debian's Chromium, which the browser checks drive through playwright-core (never a browser
+# download).
+ensure_chromium() {
+  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] && return 0
+  say "installing chromium (Debian's package)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y --no-install-recommends chromium >/dev/null; } ||
+    die "could not install chromium: sudo apt-get install -y chromium"
+}
