@@ -101,7 +101,8 @@ impl Modify for BearerAuth {
 /// it needs a token; 400 (malformed JSON), 413 (too large) and 415 (not JSON) when it takes a
 /// body; 422 when it takes parameters or a body (a value that does not parse or validate); 404
 /// when its path names something; 503 when a dependency is down. Each with the error body.
-/// Statuses an operation already documents are left as they are. Use it as
+/// Statuses an operation already documents are left as they are. Summaries that are a route
+/// in backticks lose the backticks. Use it as
 /// `#[openapi(modifiers(&BearerAuth, &CommonErrors))]`.
 pub struct CommonErrors;
 
@@ -174,7 +175,71 @@ impl Modify for CommonErrors {
                     "503",
                     "A dependency (Postgres, Redis, object storage) is unavailable; retry",
                 );
+                // Handlers' doc comments start with their route in backticks (`GET /x`), which
+                // viewers would print with the backticks.
+                if let Some(summary) = op.summary.as_mut() {
+                    if summary.len() > 2 && summary.starts_with('`') && summary.ends_with('`') {
+                        *summary = summary.trim_matches('`').to_owned();
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::{
+        path::{HttpMethod, OperationBuilder, PathItem},
+        request_body::RequestBodyBuilder,
+        security::SecurityRequirement,
+        OpenApiBuilder, PathsBuilder, ResponseBuilder,
+    };
+
+    use super::*;
+
+    fn statuses(doc: &OpenApi, path: &str) -> Vec<String> {
+        let item = &doc.paths.paths[path];
+        let op = item.post.as_ref().or(item.get.as_ref()).unwrap();
+        op.responses.responses.keys().cloned().collect()
+    }
+
+    #[test]
+    fn operations_get_the_statuses_the_shared_layers_answer() {
+        let secured_with_body = OperationBuilder::new()
+            .summary(Some("`POST /things/{id}`"))
+            .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
+            .request_body(Some(RequestBodyBuilder::new().build()))
+            .response("201", ResponseBuilder::new().description("made").build())
+            .response(
+                "422",
+                ResponseBuilder::new().description("own words").build(),
+            )
+            .build();
+        let open = OperationBuilder::new()
+            .response("200", ResponseBuilder::new().description("ok").build())
+            .build();
+        let mut doc = OpenApiBuilder::new()
+            .paths(
+                PathsBuilder::new()
+                    .path(
+                        "/things/{id}",
+                        PathItem::new(HttpMethod::Post, secured_with_body),
+                    )
+                    .path("/health", PathItem::new(HttpMethod::Get, open)),
+            )
+            .build();
+        CommonErrors.modify(&mut doc);
+        assert_eq!(
+            statuses(&doc, "/things/{id}"),
+            ["201", "400", "401", "404", "413", "415", "422", "503"]
+        );
+        let op = doc.paths.paths["/things/{id}"].post.as_ref().unwrap();
+        match &op.responses.responses["422"] {
+            utoipa::openapi::RefOr::T(r) => assert_eq!(r.description, "own words", "kept"),
+            utoipa::openapi::RefOr::Ref(_) => panic!("a reference where the operation had its own"),
+        }
+        assert_eq!(op.summary.as_deref(), Some("POST /things/{id}"));
+        assert_eq!(statuses(&doc, "/health"), ["200", "503"]);
     }
 }
