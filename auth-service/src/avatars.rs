@@ -14,8 +14,7 @@ use shared::{
     error::ErrorBody,
     extract::{ApiJson, ApiPath},
     jwt::AuthUser,
-    storage::{self, StorageError},
-    ApiError, ApiResult,
+    storage, ApiError, ApiResult,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -29,21 +28,6 @@ pub const AVATAR_SIDE: u32 = 256;
 pub struct AvatarRequest {
     /// An image upload of the caller's, not used yet.
     pub upload_id: Uuid,
-}
-
-fn storage_error(e: StorageError) -> ApiError {
-    match e {
-        StorageError::NotFound => {
-            ApiError::invalid_field("upload_id", "no file was uploaded for it")
-        }
-        StorageError::Other(detail) => {
-            tracing::warn!(error = %detail, "object storage unavailable");
-            ApiError::unavailable(
-                "storage_unavailable",
-                "object storage is unavailable, retry shortly",
-            )
-        }
-    }
 }
 
 fn unusable(detail: impl Into<String>) -> ApiError {
@@ -85,33 +69,19 @@ pub async fn set_avatar(
         return Err(unusable("an avatar must be an image"));
     }
     let declared = u64::try_from(u.size).unwrap_or(0);
-    let stored = state
+    if let Some(problem) = state
         .storage
-        .size(&u.object_key)
-        .await
-        .map_err(storage_error)?;
-    let head = state
-        .storage
-        .head_bytes(&u.object_key, 64)
-        .await
-        .map_err(storage_error)?;
-    if let Some(problem) = storage::mismatch(&u.content_type, declared, stored, &head) {
+        .check_declared(&u.object_key, &u.content_type, declared)
+        .await?
+    {
         return Err(unusable(problem));
     }
-    let bytes = state
-        .storage
-        .get(&u.object_key)
-        .await
-        .map_err(storage_error)?;
+    let bytes = state.storage.get(&u.object_key).await?;
     let (_, _, small) = storage::shrink_image(bytes, AVATAR_SIDE)
         .await
         .map_err(|e| unusable(format!("the image could not be read: {e}")))?;
     let key = format!("avatars/{}", req.upload_id);
-    state
-        .storage
-        .put(&key, small, "image/png")
-        .await
-        .map_err(storage_error)?;
+    state.storage.put(&key, small, "image/png").await?;
     let url = format!(
         "{}/auth/avatars/{}",
         state.config.public_url(),
@@ -177,8 +147,7 @@ pub async fn serve(
     let url = state
         .storage
         .signed_url(storage::Method::GET, &format!("avatars/{id}"), ttl)
-        .await
-        .map_err(storage_error)?;
+        .await?;
     let location = HeaderValue::from_str(&url)
         .map_err(|_| ApiError::internal("a signed URL is not a header"))?;
     // Clients may reuse the redirect for a while, never past the signed URL's life.

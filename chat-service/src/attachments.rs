@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use axum::http::StatusCode;
 use shared::{
     chat::{Attachment, MessageType},
-    storage::{self, Storage, StorageError, UploadLimits},
+    storage::{self, Storage, UploadLimits},
     ApiError,
 };
 use sqlx::PgPool;
@@ -21,19 +21,6 @@ pub const THUMBNAIL_SIDE: u32 = 320;
 pub struct Files {
     pub storage: Storage,
     pub limits: UploadLimits,
-}
-
-pub fn storage_error(e: StorageError) -> ApiError {
-    match e {
-        StorageError::NotFound => ApiError::not_found("no such object"),
-        StorageError::Other(detail) => {
-            tracing::warn!(error = %detail, "object storage unavailable");
-            ApiError::unavailable(
-                "storage_unavailable",
-                "object storage is unavailable, retry shortly",
-            )
-        }
-    }
 }
 
 fn unusable(detail: impl Into<String>) -> ApiError {
@@ -108,17 +95,11 @@ pub async fn check_for_message(
     if declared > files.limits.max_bytes {
         return Err(unusable("is larger than MAX_UPLOAD_BYTES"));
     }
-    let stored = match files.storage.size(&u.object_key).await {
-        Ok(n) => n,
-        Err(StorageError::NotFound) => return Err(unusable("no file was uploaded for it")),
-        Err(e) => return Err(storage_error(e)),
-    };
-    let head = files
+    if let Some(problem) = files
         .storage
-        .head_bytes(&u.object_key, 64)
-        .await
-        .map_err(storage_error)?;
-    if let Some(problem) = storage::mismatch(&u.content_type, declared, stored, &head) {
+        .check_declared(&u.object_key, &u.content_type, declared)
+        .await?
+    {
         return Err(unusable(problem));
     }
     Ok(Attachment {
@@ -181,11 +162,7 @@ pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<St
     if !u.content_type.starts_with("image/") {
         return Ok(None);
     }
-    let bytes = files
-        .storage
-        .get(&u.object_key)
-        .await
-        .map_err(storage_error)?;
+    let bytes = files.storage.get(&u.object_key).await?;
     let (width, height, small) = match storage::shrink_image(bytes, THUMBNAIL_SIDE).await {
         Ok(made) => made,
         Err(e) => {
@@ -194,11 +171,7 @@ pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<St
         }
     };
     let key = format!("thumbnails/{id}");
-    files
-        .storage
-        .put(&key, small, "image/png")
-        .await
-        .map_err(storage_error)?;
+    files.storage.put(&key, small, "image/png").await?;
     sqlx::query!(
         "UPDATE uploads SET thumbnail_key = $2, width = $3, height = $4 WHERE id = $1",
         id,

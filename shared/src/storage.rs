@@ -169,6 +169,22 @@ impl From<object_store::Error> for StorageError {
     }
 }
 
+impl From<StorageError> for crate::ApiError {
+    /// 404 for a missing object; anything else is the store being unavailable (503).
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => crate::ApiError::not_found("no such object"),
+            StorageError::Other(detail) => {
+                tracing::warn!(error = %detail, "object storage unavailable");
+                crate::ApiError::unavailable(
+                    "storage_unavailable",
+                    "object storage is unavailable, retry shortly",
+                )
+            }
+        }
+    }
+}
+
 impl From<std::io::Error> for StorageError {
     fn from(e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -336,6 +352,24 @@ impl Storage {
                 Ok(Bytes::from(buf))
             }
         }
+    }
+
+    /// Checks the object at `key` against what its uploader declared: `None` when it matches,
+    /// else the problem (nothing uploaded, another size, bytes of another type; see
+    /// [`mismatch`]).
+    pub async fn check_declared(
+        &self,
+        key: &str,
+        declared_type: &str,
+        declared_size: u64,
+    ) -> Result<Option<String>, StorageError> {
+        let stored = match self.size(key).await {
+            Ok(n) => n,
+            Err(StorageError::NotFound) => return Ok(Some("no file was uploaded for it".into())),
+            Err(e) => return Err(e),
+        };
+        let head = self.head_bytes(key, 64).await?;
+        Ok(mismatch(declared_type, declared_size, stored, &head))
     }
 
     /// The whole object.

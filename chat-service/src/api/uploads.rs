@@ -20,10 +20,7 @@ use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{
-    attachments::{self, storage_error},
-    conversation, AppState,
-};
+use crate::{attachments, conversation, AppState};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UploadRequest {
@@ -103,8 +100,7 @@ pub async fn create(
         .files
         .storage
         .signed_url(reqwest::Method::PUT, &key, limits.upload_ttl)
-        .await
-        .map_err(storage_error)?;
+        .await?;
     sqlx::query!(
         r#"INSERT INTO uploads (id, owner_id, filename, content_type, size, object_key, expires_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
@@ -138,8 +134,7 @@ async fn redirect(state: &AppState, key: &str) -> ApiResult<Response> {
         .files
         .storage
         .signed_url(reqwest::Method::GET, key, state.files.limits.download_ttl)
-        .await
-        .map_err(storage_error)?;
+        .await?;
     let location = HeaderValue::from_str(&url)
         .map_err(|_| ApiError::internal("a signed URL is not a header"))?;
     Ok((
@@ -307,7 +302,7 @@ pub async fn get_file(
         Err(shared::storage::StorageError::NotFound) => {
             return Err(ApiError::not_found("no such file"))
         }
-        Err(e) => return Err(storage_error(e)),
+        Err(e) => return Err(e.into()),
     };
     let content_type = if key.starts_with("uploads/") {
         sqlx::query_scalar!(
