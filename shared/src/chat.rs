@@ -191,6 +191,22 @@ pub enum MembershipAction {
 }
 
 impl MembershipAction {
+    /// Its name on the wire (and in the room audit log).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Left => "left",
+            Self::Added => "added",
+            Self::Removed => "removed",
+            Self::Banned => "banned",
+            Self::Unbanned => "unbanned",
+            Self::Muted => "muted",
+            Self::Unmuted => "unmuted",
+            Self::Promoted => "promoted",
+            Self::Demoted => "demoted",
+        }
+    }
+
     /// Whether the user is no longer a member afterwards (their gateways unsubscribe).
     pub fn ends_membership(self) -> bool {
         matches!(self, Self::Left | Self::Removed | Self::Banned)
@@ -445,6 +461,16 @@ mod tests {
             presence,
             "one event is sent alone"
         );
+    }
+
+    #[test]
+    fn membership_action_names_are_the_wire_names() {
+        use MembershipAction::*;
+        for a in [
+            Joined, Left, Added, Removed, Banned, Unbanned, Muted, Unmuted, Promoted, Demoted,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use shared::{
     jwt::AuthUser,
     ApiError, ApiResult,
 };
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -133,6 +133,45 @@ async fn audit(db: impl PgExecutor<'_>, e: Entry<'_>) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// A moderation action on `target`: its audit row and its `membership` event.
+struct Act<'a> {
+    room: Uuid,
+    actor: Uuid,
+    target: Uuid,
+    action: MembershipAction,
+    reason: Option<&'a str>,
+    until: Option<DateTime<Utc>>,
+}
+
+/// Writes the audit row of `act` (when something changed) in `tx`, commits, then announces
+/// it to the room and the user concerned.
+async fn commit_act(
+    state: &AppState,
+    mut tx: Transaction<'_, Postgres>,
+    act: Option<Act<'_>>,
+) -> ApiResult<()> {
+    if let Some(a) = &act {
+        audit(
+            &mut *tx,
+            Entry {
+                room: a.room,
+                actor: a.actor,
+                action: a.action.name(),
+                target: Some(a.target),
+                message: None,
+                reason: a.reason,
+                until: a.until,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if let Some(a) = act {
+        announce_by(state, a.room, a.target, a.action, Some(a.actor), a.until).await;
+    }
+    Ok(())
+}
+
 /// Records a moderator's deletion of someone else's message (see `messages::delete`).
 pub async fn audit_message_deleted(
     db: impl PgExecutor<'_>,
@@ -245,33 +284,15 @@ pub async fn promote(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if added > 0 {
-        audit(
-            &mut *tx,
-            Entry {
-                room: id,
-                actor: caller.user_id,
-                action: "promoted",
-                target: Some(user),
-                message: None,
-                reason: None,
-                until: None,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    if added > 0 {
-        announce_by(
-            &state,
-            id,
-            user,
-            MembershipAction::Promoted,
-            Some(caller.user_id),
-            None,
-        )
-        .await;
-    }
+    let act = (added > 0).then_some(Act {
+        room: id,
+        actor: caller.user_id,
+        target: user,
+        action: MembershipAction::Promoted,
+        reason: None,
+        until: None,
+    });
+    commit_act(&state, tx, act).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -303,33 +324,15 @@ pub async fn demote(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if removed > 0 {
-        audit(
-            &mut *tx,
-            Entry {
-                room: id,
-                actor: caller.user_id,
-                action: "demoted",
-                target: Some(user),
-                message: None,
-                reason: None,
-                until: None,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    if removed > 0 {
-        announce_by(
-            &state,
-            id,
-            user,
-            MembershipAction::Demoted,
-            Some(caller.user_id),
-            None,
-        )
-        .await;
-    }
+    let act = (removed > 0).then_some(Act {
+        room: id,
+        actor: caller.user_id,
+        target: user,
+        action: MembershipAction::Demoted,
+        reason: None,
+        until: None,
+    });
+    commit_act(&state, tx, act).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -390,29 +393,19 @@ pub async fn ban(
     )
     .execute(&mut *tx)
     .await?;
-    audit(
-        &mut *tx,
-        Entry {
+    commit_act(
+        &state,
+        tx,
+        Some(Act {
             room: id,
             actor: caller.user_id,
-            action: "banned",
-            target: Some(req.user_id),
-            message: None,
+            target: req.user_id,
+            action: MembershipAction::Banned,
             reason,
             until: req.until,
-        },
+        }),
     )
     .await?;
-    tx.commit().await?;
-    announce_by(
-        &state,
-        id,
-        req.user_id,
-        MembershipAction::Banned,
-        Some(caller.user_id),
-        req.until,
-    )
-    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -469,29 +462,19 @@ pub async fn mute(
     )
     .execute(&mut *tx)
     .await?;
-    audit(
-        &mut *tx,
-        Entry {
+    commit_act(
+        &state,
+        tx,
+        Some(Act {
             room: id,
             actor: caller.user_id,
-            action: "muted",
-            target: Some(req.user_id),
-            message: None,
+            target: req.user_id,
+            action: MembershipAction::Muted,
             reason: None,
             until: Some(req.until),
-        },
+        }),
     )
     .await?;
-    tx.commit().await?;
-    announce_by(
-        &state,
-        id,
-        req.user_id,
-        MembershipAction::Muted,
-        Some(caller.user_id),
-        Some(req.until),
-    )
-    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -550,30 +533,19 @@ async fn lift(
             .await?
         }
     };
-    let (action, event) = match what {
-        Lift::Ban => ("unbanned", MembershipAction::Unbanned),
-        Lift::Mute => ("unmuted", MembershipAction::Unmuted),
+    let action = match what {
+        Lift::Ban => MembershipAction::Unbanned,
+        Lift::Mute => MembershipAction::Unmuted,
     };
-    let lifted = lasting == Some(true);
-    if lifted {
-        audit(
-            &mut *tx,
-            Entry {
-                room,
-                actor,
-                action,
-                target: Some(user),
-                message: None,
-                reason: None,
-                until: None,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    if lifted {
-        announce_by(state, room, user, event, Some(actor), None).await;
-    }
+    let act = (lasting == Some(true)).then_some(Act {
+        room,
+        actor,
+        target: user,
+        action,
+        reason: None,
+        until: None,
+    });
+    commit_act(state, tx, act).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
