@@ -541,7 +541,9 @@ impl SendWorker {
                 _ => None,
             })
             .collect();
-        crate::attachments::thumbnails_later(self.db.clone(), self.files.clone(), images);
+        if !images.is_empty() {
+            crate::attachments::thumbnails_later(self.db.clone(), self.files.clone(), images);
+        }
         let ((), (acked, deleted), ()) = futures_util::future::join3(
             self.publisher.publish_all_then_release(&payloads, turn),
             acking,

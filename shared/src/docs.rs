@@ -20,7 +20,7 @@ const SCALAR_PAGE: &str = r#"<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><script id="api-reference" data-url="/openapi.json"></script>
 <noscript>The API document is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-<script src="/docs/assets/scalar.js"></script>
+<script src="/docs/assets/scalar.js" onerror="document.body.insertAdjacentHTML('beforeend','<p>The documentation viewer is not installed here (run scripts/docs-assets). The document is at <a href=/openapi.json>/openapi.json</a>.</p>')"></script>
 </body></html>"#;
 
 const REDOC_PAGE: &str = r#"<!doctype html>
@@ -28,7 +28,7 @@ const REDOC_PAGE: &str = r#"<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><redoc spec-url="/openapi.json"></redoc>
 <noscript>The API document is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-<script src="/docs/assets/redoc.js"></script>
+<script src="/docs/assets/redoc.js" onerror="document.body.insertAdjacentHTML('beforeend','<p>The documentation viewer is not installed here (run scripts/docs-assets). The document is at <a href=/openapi.json>/openapi.json</a>.</p>')"></script>
 </body></html>"#;
 
 /// The viewers' scripts, by the name the pages use, inside `DOCS_ASSETS_DIR` (default

@@ -310,36 +310,55 @@ async fn uploads_are_declared_within_the_limits(db: PgPool) {
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn expired_unused_uploads_are_deleted(db: PgPool) {
-    let app = spawn_app(db.clone()).await;
+    // The app's store is a directory this test knows, so it can see the objects go.
+    let dir = std::env::temp_dir().join(format!("cs-cleanup-{}", Uuid::new_v4()));
+    let config = StorageConfig::Local {
+        dir: dir.clone(),
+        public_url: String::new(),
+    };
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let store = config.clone();
+    let app = spawn_app_with(db.clone(), &prefix, |c| c.storage = store).await;
     let alice = app.user("alice").await;
     let bytes = b"temporary".to_vec();
-    let id = upload(&app, &alice, "t.txt", "text/plain", bytes.len(), bytes).await;
+    let old = upload(
+        &app,
+        &alice,
+        "t.txt",
+        "text/plain",
+        bytes.len(),
+        bytes.clone(),
+    )
+    .await;
+    let fresh = upload(&app, &alice, "u.txt", "text/plain", bytes.len(), bytes).await;
     sqlx::query("UPDATE uploads SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
-        .bind(&id)
+        .bind(&old)
         .execute(&db)
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("cs-cleanup-{}", Uuid::new_v4()));
+    assert!(dir.join(format!("uploads/{old}")).exists());
     let files = chat_service::attachments::Files {
-        storage: shared::storage::Storage::new(
-            &StorageConfig::Local {
-                dir,
-                public_url: String::new(),
-            },
-            "k",
-        )
-        .unwrap(),
+        storage: shared::storage::Storage::new(&config, "k").unwrap(),
         limits: Default::default(),
     };
     let removed = chat_service::attachments::clean_up(&db, &files)
         .await
         .unwrap();
     assert_eq!(removed, 1);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM uploads")
-        .fetch_one(&db)
+    assert!(
+        !dir.join(format!("uploads/{old}")).exists(),
+        "the object goes with its row"
+    );
+    assert!(
+        dir.join(format!("uploads/{fresh}")).exists(),
+        "an unexpired upload stays"
+    );
+    let left: Vec<String> = sqlx::query_scalar("SELECT id::text FROM uploads")
+        .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(left, vec![fresh]);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// moto's S3 server on a free loopback port, killed when dropped.
