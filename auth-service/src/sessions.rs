@@ -3,7 +3,6 @@
 //! on the user's channel, so the gateways holding the user's sockets close the affected ones
 //! (4001) at once.
 
-use fred::prelude::*;
 use shared::{
     chat::{encode, Event},
     revocation::Revocation,
@@ -24,10 +23,12 @@ pub async fn revoke(state: &AppState, revocation: Revocation) -> Result<(), ApiE
         },
     };
     let bytes = encode(&event).map_err(ApiError::internal)?;
-    let _: i64 = state
-        .redis
-        .publish(state.keys().user_channel(revocation.user()), bytes)
-        .await?;
+    shared::redis::publish(
+        &state.redis,
+        &state.keys().user_channel(revocation.user()),
+        bytes,
+    )
+    .await?;
     metrics::counter!("auth_revocations_total", "kind" => match revocation {
         Revocation::Session { .. } => "session",
         Revocation::Account { .. } => "account",

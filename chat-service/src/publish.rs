@@ -93,10 +93,7 @@ impl Publisher {
         // `join_all` polls the futures in order on its first pass, and each one queues its
         // command on its first poll: the order on the wire is the order of `events`.
         let mut sending = std::pin::pin!(futures_util::future::join_all(events.iter().map(
-            |(channel, bytes)| {
-                self.redis
-                    .publish::<i64, _, _>(channel.as_str(), bytes.clone())
-            }
+            |(channel, bytes)| { shared::redis::publish(&self.redis, channel, bytes.clone()) }
         )));
         let mut early = None;
         std::future::poll_fn(|cx| {

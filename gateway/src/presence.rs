@@ -85,7 +85,7 @@ impl Presence {
             .redis
             .eval(
                 CLAIM,
-                vec![self.keys.presence_user(user), self.keys.online_users()],
+                vec![self.keys.presence_user(user), self.keys.online_users(user)],
                 vec![
                     self.node.clone(),
                     (now + self.ttl_ms).to_string(),
@@ -104,7 +104,7 @@ impl Presence {
             .redis
             .eval(
                 WITHDRAW,
-                vec![self.keys.presence_user(user), self.keys.online_users()],
+                vec![self.keys.presence_user(user), self.keys.online_users(user)],
                 vec![self.node.clone(), now_ms().to_string(), user.to_string()],
             )
             .await?;
@@ -214,10 +214,12 @@ impl Presence {
             return;
         };
         for contact in contacts {
-            let sent: Result<i64, Error> = self
-                .redis
-                .publish(self.keys.user_channel(*contact), bytes.clone())
-                .await;
+            let sent = shared::redis::publish(
+                &self.redis,
+                &self.keys.user_channel(*contact),
+                bytes.clone(),
+            )
+            .await;
             if let Err(e) = sent {
                 tracing::warn!(error = %e, "presence publish failed");
             }

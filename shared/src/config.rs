@@ -166,26 +166,42 @@ impl DatabaseConfig {
 /// Redis: `REDIS_URL` and `REDIS_PREFIX`.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `REDIS_URL` (default `redis://127.0.0.1:6379`).
+    /// `REDIS_URL` (default `redis://127.0.0.1:6379`): `redis://` or `rediss://` for one
+    /// server, `redis-cluster://` or `rediss-cluster://` for a Redis Cluster (any node; more
+    /// with `?node=host:port`), `redis-sentinel://` for a primary behind Sentinel (see
+    /// [`crate::redis`]).
     pub url: String,
     /// `REDIS_PREFIX`, put before every key and channel name (default `cs:`). Several
-    /// deployments, or tests, can share one Redis with different prefixes.
+    /// deployments, or tests, can share one Redis with different prefixes. No braces: they
+    /// would become every key's cluster hash tag.
     pub prefix: String,
 }
 
 impl RedisConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = string("REDIS_URL", "redis://127.0.0.1:6379")?;
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        const SCHEMES: [&str; 6] = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+        ];
+        if !SCHEMES.iter().any(|s| url.starts_with(s)) {
             return Err(ConfigError::new(
                 "REDIS_URL",
-                "is invalid: expected a redis:// URL",
+                "is invalid: expected a redis://, redis-cluster:// or redis-sentinel:// URL",
             ));
         }
-        Ok(Self {
-            url,
-            prefix: string("REDIS_PREFIX", "cs:")?,
-        })
+        let prefix = string("REDIS_PREFIX", "cs:")?;
+        if prefix.contains(['{', '}']) {
+            return Err(ConfigError::new(
+                "REDIS_PREFIX",
+                "is invalid: braces would put every key in one cluster slot",
+            ));
+        }
+        Ok(Self { url, prefix })
     }
 }
 

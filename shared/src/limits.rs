@@ -61,8 +61,39 @@ pub struct Rate {
 }
 
 /// For each `(bucket key, tokens wanted)`, the tokens granted, in order. A key named twice
-/// is one bucket, taken from in order.
+/// is one bucket, taken from in order. On a cluster the keys are taken one slot at a time (a
+/// script's keys must share one), the slots' scripts sent together.
 pub async fn take(redis: &Client, rate: Rate, wants: &[(String, u32)]) -> Result<Vec<u32>, Error> {
+    if !redis.is_clustered() {
+        return take_in_one_slot(redis, rate, wants).await;
+    }
+    let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    for (i, (key, _)) in wants.iter().enumerate() {
+        by_slot
+            .entry(fred::util::redis_keyslot(key.as_bytes()))
+            .or_default()
+            .push(i);
+    }
+    let groups: Vec<Vec<usize>> = by_slot.into_values().collect();
+    let answers = futures_util::future::try_join_all(groups.iter().map(|group| {
+        let part: Vec<(String, u32)> = group.iter().map(|&i| wants[i].clone()).collect();
+        async move { take_in_one_slot(redis, rate, &part).await }
+    }))
+    .await?;
+    let mut granted = vec![0; wants.len()];
+    for (group, answer) in groups.iter().zip(answers) {
+        for (&i, g) in group.iter().zip(answer) {
+            granted[i] = g;
+        }
+    }
+    Ok(granted)
+}
+
+async fn take_in_one_slot(
+    redis: &Client,
+    rate: Rate,
+    wants: &[(String, u32)],
+) -> Result<Vec<u32>, Error> {
     if wants.is_empty() {
         return Ok(Vec::new());
     }

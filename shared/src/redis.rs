@@ -1,4 +1,11 @@
-//! The Redis client: one multiplexed connection per process that reconnects by itself.
+//! The Redis client: one multiplexed connection per process (per primary, on a cluster) that
+//! reconnects by itself.
+//!
+//! `REDIS_URL` names the topology: `redis://` or `rediss://` one server, `redis-cluster://`
+//! (or `rediss-cluster://`) a Redis Cluster through any of its nodes (more with `?node=host:port`),
+//! `redis-sentinel://` a primary found through Sentinel (`?sentinelServiceName=...`). On a
+//! cluster, events go out with sharded pub/sub ([`publish`]), which only the channel's shard
+//! carries, instead of `PUBLISH`, which every node of a cluster copies to every other.
 
 use std::time::Duration;
 
@@ -29,10 +36,45 @@ pub fn connect(config: &RedisConfig) -> Result<Client, Error> {
     Ok(client)
 }
 
+/// Publishes `bytes` on `channel`: `SPUBLISH` on a cluster, `PUBLISH` on a single server
+/// (which gateways subscribe with `SUBSCRIBE`, taking many channels per command). The command
+/// is queued on the connection at the future's first poll, so publishes polled in order leave
+/// in order.
+pub async fn publish(client: &Client, channel: &str, bytes: Vec<u8>) -> Result<i64, Error> {
+    if client.is_clustered() {
+        client.spublish(channel, bytes).await
+    } else {
+        client.publish(channel, bytes).await
+    }
+}
+
 /// Waits until the client is connected, for at most `limit`.
 pub async fn wait_until_ready(client: &Client, limit: Duration) -> bool {
     client.is_connected()
         || tokio::time::timeout(limit, client.wait_for_connect())
             .await
             .is_ok_and(|r| r.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topology_parses() {
+        let single = Config::from_url("redis://127.0.0.1:6379").map(|c| c.server);
+        assert!(matches!(single, Ok(ServerConfig::Centralized { .. })));
+        let cluster = Config::from_url("redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002")
+            .map(|c| c.server);
+        assert!(
+            matches!(cluster, Ok(ServerConfig::Clustered { ref hosts, .. }) if hosts.len() == 2)
+        );
+        let sentinel =
+            Config::from_url("redis-sentinel://127.0.0.1:26379?sentinelServiceName=main")
+                .map(|c| c.server);
+        assert!(
+            matches!(sentinel, Ok(ServerConfig::Sentinel { .. })),
+            "{sentinel:?}"
+        );
+    }
 }

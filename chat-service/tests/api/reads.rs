@@ -158,7 +158,7 @@ async fn online_users_come_from_unexpired_presence(db: PgPool) {
     let expired = (chrono::Utc::now().timestamp_millis() - 60_000) as f64;
     let _: () = redis
         .zadd(
-            app.keys.online_users(),
+            app.keys.online_users(carol.id),
             None,
             None,
             false,
