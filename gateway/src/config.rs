@@ -63,6 +63,9 @@ pub struct GatewayConfig {
     /// the user's conversations; default 64). Past it the upgrade is refused with 503 and a
     /// `Retry-After` of 1–5 s, jittered, so the clients of a gateway that died come back paced.
     pub upgrades_in_flight: usize,
+    /// `REDIS_CLUSTER_CHECK_MS`: on a Redis Cluster, how often the node reads the slot map to
+    /// notice slots that moved and subscribe their channels where they are now (default 2000).
+    pub redis_cluster_check: Duration,
     /// `REAUTH_NOTICE_SECONDS`: `token_expiring` goes out this long before the connection's
     /// token expires (default 60); at the expiry, without a `reauth`, it closes with 4001.
     pub reauth_notice: Duration,
@@ -109,6 +112,9 @@ impl GatewayConfig {
             )?),
             reauth_notice: Duration::from_secs(config::parsed("REAUTH_NOTICE_SECONDS", 60)?),
             upgrades_in_flight: config::parsed("UPGRADES_IN_FLIGHT", 64)?,
+            redis_cluster_check: Duration::from_millis(
+                config::parsed("REDIS_CLUSTER_CHECK_MS", 2_000u64)?.max(100),
+            ),
             shutdown_grace: Duration::from_secs(grace),
             shutdown_spread: Duration::from_secs(spread.min(grace.saturating_sub(2))),
         };

@@ -6,7 +6,7 @@
 //! - [`connection`] — one connection's loop: frames in, queued frames out, heartbeats, its
 //!   token's life; [`connection::state`] is what it shares with the dispatcher (its bounded
 //!   queue and cursors).
-//! - [`hub`] — the node's Redis subscriptions, fan-out, ordering and gap repair.
+//! - [`hub`] — the node's registry, Redis subscriptions, ordering, gap repair and fan-out.
 //! - [`presence`] — online/offline across gateways.
 //! - [`protocol`] — the contract's envelopes, JSON or MessagePack.
 //! - [`chat_client`] — chat-service's internal API.
@@ -42,7 +42,7 @@ pub struct Bus {
 impl Bus {
     /// Publishes an ephemeral event (typing).
     pub async fn publish(&self, channel: String, bytes: Vec<u8>) {
-        let sent: Result<i64, Error> = self.redis.publish(channel, bytes).await;
+        let sent = shared::redis::publish(&self.redis, &channel, bytes).await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "ephemeral publish failed");
         }
@@ -88,6 +88,7 @@ pub struct Application {
     port: u16,
     gateway: Arc<Gateway>,
     subscriber: Client,
+    hub_tasks: hub::Tasks,
     writer: sends::Writer,
     stop: watch::Sender<bool>,
 }
@@ -140,15 +141,16 @@ impl Application {
             config.jwt.revocation_poll,
         )
         .await;
+        let (hub, hub_tasks) = hub::Hub::new(
+            subscriber.clone(),
+            keys.clone(),
+            chat,
+            config.max_connections,
+            config.max_connections_per_user,
+            revocations.clone(),
+        );
         let gateway = Arc::new(Gateway {
-            hub: hub::Hub::new(
-                subscriber.clone(),
-                keys.clone(),
-                chat,
-                config.max_connections,
-                config.max_connections_per_user,
-                revocations.clone(),
-            ),
+            hub,
             bus: Bus {
                 redis: redis.clone(),
                 sends,
@@ -185,6 +187,7 @@ impl Application {
             port,
             gateway,
             subscriber,
+            hub_tasks,
             writer,
             stop,
         })
@@ -222,7 +225,10 @@ impl Application {
         let gw = self.gateway;
         let tasks = [
             tokio::spawn(dispatch(gw.clone(), self.subscriber.clone())),
+            tokio::spawn(self.hub_tasks.subscriber.run()),
+            tokio::spawn(hub::repair::run(gw.clone(), self.hub_tasks.repairs)),
             tokio::spawn(watch_reconnects(gw.clone(), self.subscriber.clone())),
+            tokio::spawn(watch_topology(gw.clone(), self.subscriber.clone())),
             tokio::spawn(refresh_presence(gw.clone())),
             tokio::spawn(close_revoked(gw.clone())),
             tokio::spawn(self.writer.watch_backlog()),
@@ -266,14 +272,14 @@ async fn dispatch(gw: Arc<Gateway>, subscriber: Client) {
             Ok(m) => {
                 let channel = m.channel.to_string();
                 match m.value.as_bytes() {
-                    Some(bytes) => gw.hub.dispatch(&channel, bytes).await,
+                    Some(bytes) => gw.hub.dispatch(&channel, bytes),
                     None => tracing::warn!(%channel, "non-binary event dropped"),
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(skipped = n, "dispatcher lagged; repairing from history");
                 metrics::counter!("gateway_dispatch_lagged_total").increment(1);
-                gw.hub.resubscribe_all().await;
+                gw.hub.repair_all();
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
@@ -287,6 +293,38 @@ async fn watch_reconnects(gw: Arc<Gateway>, subscriber: Client) {
         metrics::counter!("gateway_redis_reconnects_total").increment(1);
         tracing::info!("Redis subscriber connected; subscribing again and checking for gaps");
         gw.hub.resubscribe_all().await;
+    }
+}
+
+/// On a cluster: checks the slot map every `REDIS_CLUSTER_CHECK_MS`; when slots moved (a
+/// resharding, a failover), every channel is subscribed again — sharded subscriptions of a slot
+/// that moved end at its old owner — and every conversation checked for what was missed.
+async fn watch_topology(gw: Arc<Gateway>, subscriber: Client) {
+    if !subscriber.is_clustered() {
+        return;
+    }
+    let mut changes = subscriber.cluster_change_rx();
+    let mut every = tokio::time::interval(gw.config.redis_cluster_check);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(e) = subscriber.sync_cluster().await {
+                    tracing::debug!(error = %e, "cluster check failed");
+                }
+            }
+            change = changes.recv() => match change {
+                Ok(change) => {
+                    metrics::counter!("gateway_cluster_changes_total").increment(1);
+                    tracing::info!(?change, "cluster slots moved; subscribing again and checking for gaps");
+                    gw.hub.resubscribe_all().await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    gw.hub.resubscribe_all().await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
     }
 }
 

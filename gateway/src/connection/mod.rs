@@ -245,7 +245,7 @@ async fn finish(
     gw.presence.release_socket(user, &conn.session).await;
     // Read before unregistering: the node forgets the user with their last connection.
     let contacts = gw.hub.contacts_of(user);
-    if gw.hub.unregister(conn).await {
+    if gw.hub.unregister(conn) {
         match gw.presence.withdraw(user).await {
             Ok(true) => gw.presence.announce(user, false, &contacts).await,
             Ok(false) => {}

@@ -92,6 +92,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         presence_ttl: Duration::from_secs(45),
         reauth_notice: Duration::from_secs(60),
         upgrades_in_flight: 64,
+        redis_cluster_check: std::time::Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
         shutdown_spread: Duration::from_millis(500),
     }
