@@ -296,34 +296,42 @@ async fn watch_reconnects(gw: Arc<Gateway>, subscriber: Client) {
     }
 }
 
-/// On a cluster: checks the slot map every `REDIS_CLUSTER_CHECK_MS`; when slots moved (a
-/// resharding, a failover), every channel is subscribed again — sharded subscriptions of a slot
-/// that moved end at its old owner — and every conversation checked for what was missed.
+/// On a cluster: reads the slot map every `REDIS_CLUSTER_CHECK_MS`; the channels of every slot
+/// whose primary changed (a resharding, a failover) are subscribed again where the slot is now
+/// — a sharded subscription ends when its slot leaves a node — and their conversations checked
+/// for what was published meanwhile.
 async fn watch_topology(gw: Arc<Gateway>, subscriber: Client) {
     if !subscriber.is_clustered() {
         return;
     }
-    let mut changes = subscriber.cluster_change_rx();
+    let mut known = subscriber.cached_cluster_state();
     let mut every = tokio::time::interval(gw.config.redis_cluster_check);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = every.tick() => {
-                if let Err(e) = subscriber.sync_cluster().await {
-                    tracing::debug!(error = %e, "cluster check failed");
-                }
-            }
-            change = changes.recv() => match change {
-                Ok(change) => {
-                    metrics::counter!("gateway_cluster_changes_total").increment(1);
-                    tracing::info!(?change, "cluster slots moved; subscribing again and checking for gaps");
-                    gw.hub.resubscribe_all().await;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    gw.hub.resubscribe_all().await;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
+        every.tick().await;
+        if let Err(e) = subscriber.sync_cluster().await {
+            tracing::debug!(error = %e, "cluster check failed");
+            continue;
+        }
+        let now = subscriber.cached_cluster_state();
+        let (Some(before), Some(after)) = (&known, &now) else {
+            known = now;
+            continue;
+        };
+        if before.slots() != after.slots() {
+            metrics::counter!("gateway_cluster_changes_total").increment(1);
+            let moved = gw
+                .hub
+                .resubscribe(|name| {
+                    let slot = fred::util::redis_keyslot(name.as_bytes());
+                    before.get_server(slot) != after.get_server(slot)
+                })
+                .await;
+            tracing::info!(
+                channels = moved,
+                "cluster slots moved; channels subscribed again"
+            );
+            known = now;
         }
     }
 }

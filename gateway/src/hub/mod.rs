@@ -226,6 +226,21 @@ impl Hub {
         self.subscriptions.subscribe(names).await;
     }
 
+    /// Subscribes again the channels `which` picks (those of cluster slots that moved), and
+    /// catches them up; returns how many.
+    pub async fn resubscribe(&self, which: impl Fn(&str) -> bool) -> usize {
+        let names: Vec<String> = self
+            .state()
+            .channels
+            .names()
+            .into_iter()
+            .filter(|n| which(n))
+            .collect();
+        let count = names.len();
+        self.subscriptions.subscribe(names).await;
+        count
+    }
+
     /// Checks every conversation for missed messages (after the dispatcher lagged).
     pub fn repair_all(&self) {
         let names = self.state().channels.names();
