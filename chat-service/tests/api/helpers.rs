@@ -250,8 +250,13 @@ impl TestApp {
                 }
             }
         });
+        // As a gateway does: sharded subscriptions on a cluster, where events are SPUBLISHed.
         for c in &channels {
-            subscriber.subscribe(c.as_str()).await.unwrap();
+            if subscriber.is_clustered() {
+                subscriber.ssubscribe(c.as_str()).await.unwrap();
+            } else {
+                subscriber.subscribe(c.as_str()).await.unwrap();
+            }
         }
         Watcher {
             rx,

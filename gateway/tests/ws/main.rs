@@ -2,6 +2,7 @@
 //! database per test) and Redis (a fresh prefix per test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod delivery;
 mod edges;
 mod helpers;
