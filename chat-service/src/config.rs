@@ -29,8 +29,9 @@ pub struct ChatConfig {
     /// (default `http://127.0.0.1:8001`; empty turns it off).
     pub auth_service_url: Option<String>,
     /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000),
-    /// `SEND_WORKERS` (default 2), `SEND_BATCH_INTERVAL_MS` (default 10, shared by the loops)
-    /// and `SEND_MAX_DELIVERIES` (default 10, at least 2).
+    /// `SEND_PARTITIONS` (default 4), `SEND_LEASE_MS` (default 5000),
+    /// `SEND_BATCH_INTERVAL_MS` (default 10, per partition) and `SEND_MAX_DELIVERIES`
+    /// (default 10, at least 2).
     pub worker: WorkerConfig,
     /// `SEND_RATE_PER_SECOND`, `SEND_BURST`: each user's send rate, the bucket gateways share.
     pub send_rate: shared::limits::Rate,
@@ -71,11 +72,9 @@ impl ChatConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let max_content_chars = config::parsed("MAX_CONTENT_CHARS", 4000usize)?;
         let batch_size = config::parsed("SEND_BATCH_SIZE", 256u64)?;
-        let workers = config::parsed("SEND_WORKERS", 2usize)?;
         for (name, value) in [
             ("MAX_CONTENT_CHARS", max_content_chars as u64),
             ("SEND_BATCH_SIZE", batch_size),
-            ("SEND_WORKERS", workers as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(name, "is invalid: must be at least 1"));
@@ -97,7 +96,10 @@ impl ChatConfig {
                 batch_size,
                 claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,
                 max_content_chars,
-                workers,
+                partitions: config::send_partitions()?,
+                lease: std::time::Duration::from_millis(
+                    config::parsed("SEND_LEASE_MS", 5_000u64)?.max(300),
+                ),
                 batch_interval: batch_interval(config::parsed("SEND_BATCH_INTERVAL_MS", 10u64)?)?,
                 max_deliveries: config::parsed::<u64>("SEND_MAX_DELIVERIES", 10)?.max(2),
             },

@@ -7,6 +7,7 @@
 //! - [`pipeline`] — sends in, persisted messages out: batching, seq, idempotency.
 //! - [`publish`] — events on Redis after commit.
 //! - [`worker`] — the consumer of the send stream gateways write to.
+//! - [`partitions`] — which replica persists which partition of it (leases).
 //! - [`notify`] — webhooks for people who are away.
 //! - [`attachments`] — uploads checked when used, thumbnails, clean-up.
 //! - [`model`] — rows and their API shapes.
@@ -19,6 +20,7 @@ pub mod docs;
 pub mod mentions;
 pub mod model;
 pub mod notify;
+pub mod partitions;
 pub mod pipeline;
 pub mod publish;
 pub mod worker;
@@ -116,7 +118,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
-    workers: Vec<worker::SendWorker>,
+    /// The send-stream partitions this replica persists, when it takes sends (`SEND_WORKER`).
+    partitions: Option<partitions::Partitions>,
     notifier: Option<notify::Notifier>,
     /// Deletes expired unused uploads.
     clean_up: (PgPool, attachments::Files),
@@ -137,11 +140,6 @@ impl Application {
         }
         let keys = Keys::new(config.redis.prefix.clone());
         let publisher = publish::Publisher::new(redis.clone(), keys.clone());
-        let loops = if config.run_send_worker {
-            config.worker.workers.max(1)
-        } else {
-            0
-        };
         let jwt = Arc::new(JwtKeys::new(&config.jwt));
         let revocations = Revocations::start(
             redis.clone(),
@@ -156,20 +154,34 @@ impl Application {
             storage,
             limits: config.uploads.clone(),
         };
-        let pacer = Arc::new(worker::Pacer::new(config.worker.batch_interval));
-        let workers = (0..loops)
-            .map(|_| {
+        let partitions = config.run_send_worker.then(|| {
+            let (db, publisher, worker, revocations, files) = (
+                db.clone(),
+                publisher.clone(),
+                config.worker.clone(),
+                revocations.clone(),
+                files.clone(),
+            );
+            let notifying = config.webhook.is_some();
+            let make: partitions::MakeWorker = Arc::new(move |partition| {
                 worker::SendWorker::new(
                     db.clone(),
                     publisher.clone(),
-                    config.worker.clone(),
-                    pacer.clone(),
+                    worker.clone(),
+                    partition,
                     revocations.clone(),
                     files.clone(),
                 )
-                .notifying(config.webhook.is_some())
-            })
-            .collect();
+                .notifying(notifying)
+            });
+            partitions::Partitions::new(
+                redis.clone(),
+                keys.clone(),
+                config.worker.partitions,
+                config.worker.lease,
+                make,
+            )
+        });
         let notifier = config
             .webhook
             .clone()
@@ -211,7 +223,7 @@ impl Application {
             listener,
             router,
             port,
-            workers,
+            partitions,
             notifier,
             clean_up: (db_for_clean_up, files),
         })
@@ -226,11 +238,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(port = self.port, "chat-service listening");
         let (stop, stopped) = watch::channel(false);
-        let workers: Vec<_> = self
-            .workers
-            .into_iter()
-            .map(|w| tokio::spawn(w.run(stopped.clone())))
-            .collect();
+        let partitions = self
+            .partitions
+            .map(|p| tokio::spawn(p.run(stopped.clone())));
         let notifier = self.notifier.map(|n| tokio::spawn(n.run(stopped.clone())));
         let (db, files) = self.clean_up;
         let clean_up = tokio::spawn(attachments::clean_up_loop(
@@ -241,8 +251,8 @@ impl Application {
         ));
         let served = shared::http::serve(self.listener, self.router).await;
         let _ = stop.send(true);
-        for w in workers {
-            let _ = w.await;
+        if let Some(p) = partitions {
+            let _ = p.await;
         }
         if let Some(n) = notifier {
             let _ = n.await;

@@ -1,6 +1,8 @@
-//! The consumer side of the send bus: gateways `XADD` each `send_message` to a Redis Stream
-//! ([`shared::keys::Keys::send_stream`]); every chat-service process reads it in the consumer group
-//! `chat-service` and persists what it reads in batches.
+//! The consumer side of the send bus: gateways `XADD` each `send_message` to the partition of its
+//! conversation of the send stream ([`shared::keys::Keys::send_stream`]); one loop of the replica
+//! holding that partition's lease ([`crate::partitions`]) reads it in the consumer group
+//! `chat-service` and persists what it reads in batches, so a conversation's sends are
+//! persisted by one writer, in stream order, and a busy partition never holds up another.
 //!
 //! Delivery guarantees:
 //! - An entry is acknowledged (`XACK`) only after its batch's transaction has committed and its
@@ -56,18 +58,22 @@ pub struct WorkerConfig {
     pub claim_idle_ms: u64,
     /// The content limit in characters.
     pub max_content_chars: usize,
-    /// Worker loops per process (`SEND_WORKERS`), each with its own Redis connection and
-    /// consumer name: one reads, resolves targets or acknowledges while another writes.
-    pub workers: usize,
-    /// The shortest time between the starts of two of a process's batches under load
-    /// (`SEND_BATCH_INTERVAL_MS`), whichever of its loops runs them; see [`Pacer`]. Zero reads
+    /// Partitions of the send stream (`SEND_PARTITIONS`); each is persisted by one loop of the
+    /// replica holding its lease (see [`crate::partitions`]), with its own Redis connection.
+    pub partitions: u16,
+    /// How long a replica's lease on a partition lasts unless renewed (`SEND_LEASE_MS`): the
+    /// partitions of a replica that died move within it.
+    pub lease: Duration,
+    /// The shortest time between the starts of two of a loop's batches under load
+    /// (`SEND_BATCH_INTERVAL_MS`); see [`Pacer`]. Zero reads
     /// again as soon as a batch is done.
     pub batch_interval: Duration,
     /// Deliveries after which an entry goes to the dead-letter stream (`SEND_MAX_DELIVERIES`).
     pub max_deliveries: u64,
 }
 
-/// Spaces the batches of one process's worker loops. A loop that has just finished a batch in
+/// Spaces the batches of the worker loops that share it (each partition's loop has its own, so
+/// partitions never wait for one another's slots). A loop that has just finished a batch in
 /// less than `batch_interval` takes the next free slot, `batch_interval` after the latest
 /// batch any of the loops began, and waits for it: under steady, light load the process runs
 /// one batch per interval, however many loops it has, rather than one per loop. A loop whose
@@ -136,9 +142,11 @@ pub struct SendWorker {
     reader: Client,
     publisher: Publisher,
     keys: Keys,
+    /// The partition of the send stream this loop persists.
+    stream: String,
     consumer: String,
     config: WorkerConfig,
-    /// Shared by the process's loops.
+    /// Spaces this loop's batches.
     pacer: std::sync::Arc<Pacer>,
     /// Sends of deactivated accounts are refused.
     revocations: std::sync::Arc<shared::revocation::Revocations>,
@@ -167,22 +175,24 @@ enum Verdict {
 }
 
 impl SendWorker {
-    /// The publisher's Redis client is cloned into a connection of the worker's own, since its
-    /// reads block; its keys are the worker's.
+    /// A loop persisting `partition` of the send stream. The publisher's Redis client is cloned
+    /// into a connection of the worker's own, since its reads block; its keys are the worker's.
     pub fn new(
         db: PgPool,
         publisher: Publisher,
         config: WorkerConfig,
-        pacer: std::sync::Arc<Pacer>,
+        partition: u16,
         revocations: std::sync::Arc<shared::revocation::Revocations>,
         files: crate::attachments::Files,
     ) -> Self {
         let reader = publisher.client().clone_new();
         reader.connect();
+        let pacer = std::sync::Arc::new(Pacer::new(config.batch_interval));
         Self {
             db,
             reader,
             keys: publisher.keys().clone(),
+            stream: publisher.keys().send_stream(partition),
             publisher,
             consumer: format!("chat-{}", Uuid::new_v4().simple()),
             config,
@@ -202,7 +212,7 @@ impl SendWorker {
     async fn ensure_group(&self) -> Result<(), Error> {
         let created: Result<(), Error> = self
             .reader
-            .xgroup_create(self.keys.send_stream(), self.keys.send_group(), "0", true)
+            .xgroup_create(self.stream.clone(), self.keys.send_group(), "0", true)
             .await;
         match created {
             Err(e) if !e.details().contains("BUSYGROUP") => Err(e),
@@ -212,7 +222,7 @@ impl SendWorker {
 
     /// Runs until `shutdown` turns true; a batch under way is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        tracing::info!(consumer = %self.consumer, "send worker started");
+        tracing::info!(consumer = %self.consumer, stream = %self.stream, "send worker started");
         let mut backoff = Duration::from_millis(200);
         let mut own_pending_first = true;
         // Whether this loop's pending entries failed (rather than were claimed): then they
@@ -221,6 +231,10 @@ impl SendWorker {
         // The group is created once, and again after any failure (Redis may have lost it).
         let mut group_ready = false;
         let mut last_claim = tokio::time::Instant::now();
+        // The loop holds its partition's lease: what the group has pending is a previous
+        // holder's, which died (or stalled past its lease). Taken over at once, before any new
+        // entry, so the partition's entries are persisted in stream order.
+        let mut taking_over = true;
         // Entries to read at once: `SEND_BATCH_SIZE` commands' worth, as far as the last read
         // tells how many commands an entry holds.
         let mut count = self.config.batch_size.max(1);
@@ -243,14 +257,21 @@ impl SendWorker {
                     self.ensure_group().await.map_err(ApiError::from)?;
                     group_ready = true;
                 }
-                if last_claim.elapsed()
-                    >= Duration::from_millis(self.config.claim_idle_ms / 2)
-                        .max(Duration::from_millis(500))
+                if taking_over
+                    || last_claim.elapsed()
+                        >= Duration::from_millis(self.config.claim_idle_ms / 2)
+                            .max(Duration::from_millis(500))
                 {
                     last_claim = tokio::time::Instant::now();
-                    if self.claim_abandoned().await? > 0 {
+                    let idle = if taking_over {
+                        0
+                    } else {
+                        self.config.claim_idle_ms
+                    };
+                    if self.claim_abandoned(idle).await? > 0 {
                         own_pending_first = true;
                     }
+                    taking_over = false;
                 }
                 // After a failure or a claim, this consumer's own pending entries ("0") come
                 // before new ones (">").
@@ -306,7 +327,8 @@ impl SendWorker {
                 }
             }
         }
-        tracing::info!("send worker stopped");
+        tracing::info!(stream = %self.stream, "send worker stopped");
+        let _ = self.reader.quit().await;
     }
 
     async fn read(&self, from: &str, count: u64) -> Result<Vec<StreamEntry>, ApiError> {
@@ -319,35 +341,45 @@ impl SendWorker {
                 Some(count),
                 block,
                 false,
-                self.keys.send_stream(),
+                self.stream.clone(),
                 from,
             )
             .await?;
         Ok(parse_read(response))
     }
 
-    /// Takes over entries another consumer left pending too long (it probably died); they are
-    /// this consumer's pending entries now, which it processes next. Returns how many.
-    async fn claim_abandoned(&self) -> Result<usize, ApiError> {
-        let response: Value = self
-            .reader
-            .xautoclaim(
-                self.keys.send_stream(),
-                self.keys.send_group(),
-                &self.consumer,
-                self.config.claim_idle_ms,
-                "0-0",
-                Some(self.config.batch_size),
-                true,
-            )
-            .await?;
-        let claimed = match response {
-            Value::Array(parts) => match parts.into_iter().nth(1) {
-                Some(Value::Array(ids)) => ids.len(),
-                _ => 0,
-            },
-            _ => 0,
-        };
+    /// Takes over entries another consumer left pending for `min_idle_ms` (it probably died),
+    /// all of them (page after page); they are this consumer's pending entries now, which it
+    /// processes next. Returns how many.
+    async fn claim_abandoned(&self, min_idle_ms: u64) -> Result<usize, ApiError> {
+        let mut cursor = "0-0".to_owned();
+        let mut claimed = 0;
+        loop {
+            let response: Value = self
+                .reader
+                .xautoclaim(
+                    self.stream.clone(),
+                    self.keys.send_group(),
+                    &self.consumer,
+                    min_idle_ms,
+                    cursor.as_str(),
+                    Some(self.config.batch_size),
+                    true,
+                )
+                .await?;
+            let Value::Array(parts) = response else {
+                break;
+            };
+            let mut parts = parts.into_iter();
+            let next = parts.next().and_then(|v| v.as_string());
+            if let Some(Value::Array(ids)) = parts.next() {
+                claimed += ids.len();
+            }
+            match next {
+                Some(next) if next != "0-0" => cursor = next,
+                _ => break,
+            }
+        }
         if claimed > 0 {
             metrics::counter!("chat_send_entries_claimed_total").increment(claimed as u64);
             tracing::info!(count = claimed, "claimed abandoned send entries");
@@ -360,7 +392,7 @@ impl SendWorker {
         let rows: Vec<(String, String, u64, u64)> = self
             .reader
             .xpending(
-                self.keys.send_stream(),
+                self.stream.clone(),
                 self.keys.send_group(),
                 ("-", "+", count, self.consumer.as_str()),
             )
@@ -412,7 +444,7 @@ impl SendWorker {
     /// Moves one entry to the dead-letter stream: its fields as they were, plus `entry` (its
     /// id), `deliveries` and `consumer`; then acknowledges and deletes it.
     async fn dead_letter(&self, id: &str, deliveries: u64) -> Result<(), ApiError> {
-        let stream = self.keys.send_stream();
+        let stream = self.stream.clone();
         let found: Vec<(String, HashMap<String, Vec<u8>>)> =
             self.reader.xrange(&stream, id, id, Some(1)).await?;
         let mut fields: Vec<(String, Vec<u8>)> = found
@@ -510,7 +542,7 @@ impl SendWorker {
         // stream stays as short as the work in progress. The delete is best effort: a failure
         // leaves entries that are acknowledged, harmless, and deleted by nobody.
         let redis = self.publisher.client();
-        let stream = self.keys.send_stream();
+        let stream = self.stream.clone();
         let acking = futures_util::future::join(
             redis.xack::<i64, _, _, _>(&stream, self.keys.send_group(), ids.clone()),
             redis.xdel::<i64, _, _>(&stream, ids),

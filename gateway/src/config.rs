@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     /// gathers (default 64). 1 writes one command per entry, which every chat-service version
     /// reads: use it while chat-service replicas older than gathered entries still run.
     pub send_entry_max_commands: usize,
+    /// `SEND_PARTITIONS` (default 4): partitions of the send stream, as chat-service has them.
+    pub send_partitions: u16,
     /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: the send rate per user, across their sockets
     /// on every gateway and REST sends (20, 40).
     pub send_rate: shared::limits::Rate,
@@ -98,6 +100,7 @@ impl GatewayConfig {
                 "SLOW_CONSUMER_GRACE_MS",
                 5_000,
             )?),
+            send_partitions: config::send_partitions()?,
             send_entry_max_commands: config::parsed::<usize>("SEND_ENTRY_MAX_COMMANDS", 64)?
                 .clamp(1, 1024),
             send_rate: config::send_rate()?,

@@ -131,6 +131,7 @@ impl Application {
                 max_per_entry: config.send_entry_max_commands,
                 rate: config.send_rate,
                 max_backlog: config.send_stream_max_entries,
+                partitions: config.send_partitions,
             },
         );
         let (stop, shutdown) = watch::channel(false);

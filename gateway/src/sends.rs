@@ -1,7 +1,8 @@
 //! The node's writer to the send stream. Connections hand their `send_message` commands to one
-//! task, which appends them to the stream with one `XADD` per gathering: the commands that
-//! arrived while the previous `XADD` was under way go in one entry, in the order they came (at
-//! most `SEND_ENTRY_MAX_COMMANDS`). Under load this is one Redis command, one stream entry and
+//! task, which appends them to the stream with one `XADD` per gathering and partition: the
+//! commands that arrived while the previous `XADD`s were under way go in one entry per
+//! partition of their conversations ([`SendCommand::partition`]), in the order they came (at
+//! most `SEND_ENTRY_MAX_COMMANDS` per gathering), the partitions' `XADD`s sent together. Under load this is one Redis command, one stream entry and
 //! one entry to read and acknowledge for many messages; a lone send goes out at once, as a
 //! one-command entry, without waiting to be joined.
 //!
@@ -80,8 +81,11 @@ pub struct Settings {
     pub max_per_entry: usize,
     /// Each user's send rate (`SEND_RATE_PER_SECOND`, `SEND_BURST`).
     pub rate: Rate,
-    /// Stream entries past which sends are refused (`SEND_STREAM_MAX_ENTRIES`).
+    /// Stream entries, over every partition, past which sends are refused
+    /// (`SEND_STREAM_MAX_ENTRIES`).
     pub max_backlog: u64,
+    /// Partitions of the send stream (`SEND_PARTITIONS`).
+    pub partitions: u16,
 }
 
 /// The send cannot be taken now: the node is stopping, or the stream's backlog is over its bound.
@@ -151,17 +155,21 @@ impl Writer {
     /// `gateway_send_stream_entries`; run it beside [`Writer::run`]. A failed read keeps the
     /// last value (while Redis is away, appends fail anyway).
     pub fn watch_backlog(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (redis, stream, backlog) = (
-            self.redis.clone(),
-            self.keys.send_stream(),
-            self.backlog.clone(),
-        );
+        let (redis, backlog) = (self.redis.clone(), self.backlog.clone());
+        let streams: Vec<String> = (0..self.settings.partitions)
+            .map(|p| self.keys.send_stream(p))
+            .collect();
         async move {
             let mut every = tokio::time::interval(BACKLOG_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if let Ok(len) = redis.xlen::<u64, _>(&stream).await {
+                let lengths = futures_util::future::try_join_all(
+                    streams.iter().map(|s| redis.xlen::<u64, _>(s)),
+                )
+                .await;
+                if let Ok(lengths) = lengths {
+                    let len = lengths.iter().sum();
                     backlog.store(len, Ordering::Relaxed);
                     metrics::gauge!("gateway_send_stream_entries").set(len as f64);
                 }
@@ -217,11 +225,14 @@ impl Writer {
         };
         let append = async {
             while let Some(gathered) = checked.recv().await {
-                metrics::histogram!("gateway_send_entry_commands").record(gathered.len() as f64);
-                if let Err(e) = io.append(&gathered).await {
-                    io.refuse(&gathered, &e);
+                let count = gathered.len();
+                for (entry, appended) in io.append(gathered).await {
+                    metrics::histogram!("gateway_send_entry_commands").record(entry.len() as f64);
+                    if let Err(e) = appended {
+                        io.refuse(&entry, &e);
+                    }
                 }
-                unfinished.fetch_sub(gathered.len(), Ordering::AcqRel);
+                unfinished.fetch_sub(count, Ordering::AcqRel);
             }
         };
         futures_util::future::join(check, append).await;
@@ -293,8 +304,28 @@ impl Io {
         Ok(())
     }
 
-    /// One `XADD`: a lone command as itself, several as one array.
-    async fn append(&self, gathered: &[Pending]) -> Result<(), Error> {
+    /// One entry per partition among `gathered`, each command in its partition's in the order
+    /// they came; the `XADD`s go out together. Returns each entry with how its `XADD` went.
+    async fn append(&self, gathered: Vec<Pending>) -> Vec<(Vec<Pending>, Result<(), Error>)> {
+        let mut entries: Vec<(u16, Vec<Pending>)> = Vec::new();
+        for p in gathered {
+            let partition = p.command.partition(self.settings.partitions);
+            match entries.iter_mut().find(|(q, _)| *q == partition) {
+                Some((_, entry)) => entry.push(p),
+                None => entries.push((partition, vec![p])),
+            }
+        }
+        let results = futures_util::future::join_all(
+            entries
+                .iter()
+                .map(|(partition, entry)| self.append_entry(*partition, entry)),
+        )
+        .await;
+        entries.into_iter().map(|(_, e)| e).zip(results).collect()
+    }
+
+    /// One `XADD` to `partition`: a lone command as itself, several as one array.
+    async fn append_entry(&self, partition: u16, gathered: &[Pending]) -> Result<(), Error> {
         let encoded = match gathered {
             [one] => encode(&one.command).map(|b| (SEND_FIELD, b)),
             many => {
@@ -306,7 +337,7 @@ impl Io {
         let _: String = self
             .redis
             .xadd(
-                self.keys.send_stream(),
+                self.keys.send_stream(partition),
                 false,
                 None,
                 "*",

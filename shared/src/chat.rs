@@ -394,6 +394,22 @@ pub struct SendCommand {
     pub attachment_id: Option<Uuid>,
 }
 
+impl SendCommand {
+    /// The send-stream partition of the command's conversation, out of `partitions`: a room's
+    /// or group's from its id, a private chat's from its two users (either direction gives the
+    /// same one). A conversation's sends all go through one partition, so one writer persists
+    /// them, in the order they were appended.
+    pub fn partition(&self, partitions: u16) -> u16 {
+        let key = match self.chat_type {
+            ChatType::Private => self.user_id.as_u64_pair().1 ^ self.chat_id.as_u64_pair().1,
+            _ => self.chat_id.as_u64_pair().1,
+        };
+        // The low halves are random in v4 and v7 ids; a multiplicative mix spreads the rest.
+        let mixed = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        (mixed % u64::from(partitions.max(1))) as u16
+    }
+}
+
 /// MessagePack with field names, so either side can add optional fields without breaking the other.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(value)
@@ -406,6 +422,44 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_ser
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn send(user: Uuid, chat_type: ChatType, chat_id: Uuid) -> SendCommand {
+        SendCommand {
+            user_id: user,
+            session_id: "s".into(),
+            client_id: "c".into(),
+            chat_type,
+            chat_id,
+            content: "hi".into(),
+            message_type: MessageType::Text,
+            reply_to_id: None,
+            attachment_id: None,
+        }
+    }
+
+    #[test]
+    fn a_conversation_has_one_partition_and_conversations_spread() {
+        let (a, b, room) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(
+            send(a, ChatType::Private, b).partition(8),
+            send(b, ChatType::Private, a).partition(8),
+            "both directions of a private chat"
+        );
+        assert_eq!(
+            send(a, ChatType::Room, room).partition(8),
+            send(b, ChatType::Room, room).partition(8),
+            "every sender of a room"
+        );
+        let mut counts = [0u32; 8];
+        for _ in 0..8_000 {
+            counts[usize::from(send(a, ChatType::Room, Uuid::now_v7()).partition(8))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
+        assert_eq!(send(a, ChatType::Group, room).partition(1), 0);
+    }
 
     fn message() -> Message {
         Message {

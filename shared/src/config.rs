@@ -96,6 +96,19 @@ pub fn send_rate() -> Result<crate::limits::Rate, ConfigError> {
     Ok(crate::limits::Rate { per_second, burst })
 }
 
+/// `SEND_PARTITIONS` (default 4, at most 1024): how many partitions the send stream has. Gateways
+/// and chat-service must agree; change it only with the send streams drained.
+pub fn send_partitions() -> Result<u16, ConfigError> {
+    let n: u16 = parsed("SEND_PARTITIONS", 4)?;
+    if n == 0 || n > 1024 {
+        return Err(ConfigError::new(
+            "SEND_PARTITIONS",
+            "is invalid: must be between 1 and 1024",
+        ));
+    }
+    Ok(n)
+}
+
 /// Where a service listens: `HOST` and `PORT`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

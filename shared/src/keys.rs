@@ -52,9 +52,24 @@ impl Keys {
         format!("{}user:{{{}}}", self.prefix, user_id)
     }
 
-    /// The Redis Stream through which gateways hand `send_message` commands to chat-service.
-    pub fn send_stream(&self) -> String {
-        format!("{}{{sends}}", self.prefix)
+    /// Partition `partition` of the send stream: the Redis Stream through which gateways hand
+    /// `send_message` commands of some conversations (see [`crate::chat::SendCommand::partition`])
+    /// to the one chat-service replica holding its lease. Each partition is its own hash tag,
+    /// so the partitions spread over a cluster's primaries.
+    pub fn send_stream(&self, partition: u16) -> String {
+        format!("{}{{sends:{}}}", self.prefix, partition)
+    }
+
+    /// Which chat-service replica persists partition `partition` (value: its id; expires unless
+    /// renewed). Same slot as its stream.
+    pub fn send_lease(&self, partition: u16) -> String {
+        format!("{}{{sends:{}}}:lease", self.prefix, partition)
+    }
+
+    /// Sorted set of live chat-service replicas taking sends: member = replica id, score = when
+    /// it counts as gone (Unix ms). Each replica holds about partitions / live replicas leases.
+    pub fn send_replicas(&self) -> String {
+        format!("{}{{sends}}:replicas", self.prefix)
     }
 
     /// Send-stream entries that kept failing (`SEND_MAX_DELIVERIES`), moved out of the way with
@@ -191,7 +206,8 @@ mod tests {
             slot(&k.login_failures_address("::1"))
         );
         assert_eq!(slot(&k.notify_queue()), slot(&k.notify_attempts()));
-        assert_eq!(slot(&k.send_stream()), slot(&k.send_dead_letters()));
+        assert_eq!(slot(&k.send_stream(3)), slot(&k.send_lease(3)));
+        assert_ne!(slot(&k.send_stream(0)), slot(&k.send_stream(1)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use shared::chat::{encode, ChatType, Event, MessageType, SendCommand};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{redis_url, spawn_app, spawn_app_with, TestApp, SECRET};
+use crate::helpers::{redis_url, spawn_app, spawn_app_with, TestApp, PARTITIONS, SECRET};
 
 pub(crate) async fn redis() -> Client {
     let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
@@ -47,18 +47,32 @@ pub(crate) async fn pending(redis: &Client, app: &TestApp) -> i64 {
         Option<String>,
         Option<Vec<(String, String)>>,
     );
-    let summary: Summary = redis
-        .xpending(app.keys.send_stream(), "chat-service", ())
-        .await
-        .unwrap();
-    summary.0
+    let mut total = 0;
+    for partition in 0..PARTITIONS {
+        let summary: Summary = redis
+            .xpending(app.keys.send_stream(partition), "chat-service", ())
+            .await
+            .unwrap_or((0, None, None, None));
+        total += summary.0;
+    }
+    total
+}
+
+/// Entries in the send stream, over every partition.
+pub(crate) async fn stream_length(redis: &Client, app: &TestApp) -> i64 {
+    let mut total = 0;
+    for partition in 0..PARTITIONS {
+        let n: i64 = redis.xlen(app.keys.send_stream(partition)).await.unwrap();
+        total += n;
+    }
+    total
 }
 
 async fn push(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
     for c in commands {
         let _: String = redis
             .xadd(
-                app.keys.send_stream(),
+                app.keys.send_stream(c.partition(PARTITIONS)),
                 false,
                 None,
                 "*",
@@ -99,7 +113,9 @@ async fn commands_are_persisted_and_acknowledged(db: PgPool) {
 
     let mut acks = Vec::new();
     let mut messages = 0;
-    while acks.len() < 21 {
+    // Acks and messages travel different channels (on a cluster, different servers): either
+    // may come first.
+    while acks.len() < 21 || messages < 20 {
         match watcher.next().await.1 {
             Event::Ack {
                 session_id,
@@ -130,7 +146,7 @@ async fn commands_are_persisted_and_acknowledged(db: PgPool) {
     assert_eq!(pending, 0, "everything acknowledged");
     let mut length: i64 = -1;
     for _ in 0..50 {
-        length = redis.xlen(app.keys.send_stream()).await.unwrap();
+        length = stream_length(&redis, &app).await;
         if length == 0 {
             break;
         }
@@ -152,7 +168,7 @@ async fn refused_commands_get_send_failed_and_garbage_is_dropped(db: PgPool) {
     let redis = redis().await;
     let _: String = redis
         .xadd(
-            app.keys.send_stream(),
+            app.keys.send_stream(0),
             false,
             None,
             "*",
@@ -209,7 +225,7 @@ async fn an_entry_of_several_commands_is_judged_command_by_command(db: PgPool) {
     let redis = redis().await;
     let xadd = |field: &'static str, bytes: Vec<u8>| {
         let redis = redis.clone();
-        let stream = app.keys.send_stream();
+        let stream = app.keys.send_stream(0);
         async move {
             let _: String = redis
                 .xadd(stream, false, None, "*", vec![(field, bytes)])
@@ -392,7 +408,9 @@ async fn a_lost_stream_and_group_are_created_again(db: PgPool) {
         }
     }
     // What a Redis restart without persistence does: the stream, and its group, are gone.
-    let _: i64 = redis.del(app.keys.send_stream()).await.unwrap();
+    for partition in 0..PARTITIONS {
+        let _: i64 = redis.del(app.keys.send_stream(partition)).await.unwrap();
+    }
     let mut after = None;
     for i in 0..100 {
         // Entries appended while no group exists are read once the group is made again
@@ -452,7 +470,6 @@ async fn batches_start_no_sooner_than_the_interval_and_a_lone_send_waits_for_non
     const INTERVAL: Duration = Duration::from_millis(1000);
     let prefix = format!("test:{}:", Uuid::new_v4());
     let app = spawn_app_with(db, &prefix, |c| {
-        c.worker.workers = 1;
         c.worker.batch_interval = INTERVAL;
     })
     .await;
@@ -493,4 +510,119 @@ async fn batches_start_no_sooner_than_the_interval_and_a_lone_send_waits_for_non
         "a send after a quiet spell waited {:?}",
         lone.elapsed()
     );
+}
+
+/// Two replicas share the partitions; the one running as a real binary is SIGKILLed mid-backlog:
+/// the other takes its partitions when their leases run out, takes over what it had read, and
+/// every room's sends end up stored once each, in the order they were appended.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_killed_replicas_partitions_move_and_each_room_keeps_its_order(db: PgPool) {
+    const ROOMS: usize = 8;
+    const EACH: usize = 150;
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let app = spawn_app_with(db.clone(), &prefix, |c| c.worker.batch_size = 20).await;
+    let alice = app.user("alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        rooms.push(app.room(&alice, &format!("r{i}"), &[]).await);
+    }
+    let redis = redis().await;
+
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let url = format!("{}/{}", &base[..base.rfind('/').unwrap()], database);
+    let mut other = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_PREFIX", &prefix)
+        .env("SECRET_KEY", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("AUTH_SERVICE_URL", "")
+        .env("SEND_PARTITIONS", PARTITIONS.to_string())
+        .env("SEND_LEASE_MS", "1500")
+        .env("SEND_BATCH_SIZE", "20")
+        .env("SEND_BATCH_INTERVAL_MS", "20")
+        .env("SEND_CLAIM_IDLE_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let holders = || async {
+        let mut holders = Vec::new();
+        for p in 0..PARTITIONS {
+            let h: Option<String> = redis.get(app.keys.send_lease(p)).await.unwrap();
+            holders.push(h);
+        }
+        holders
+    };
+    // The two replicas share the partitions: two each.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let split = loop {
+        let h = holders().await;
+        let mut distinct: Vec<&String> = h.iter().flatten().collect();
+        distinct.sort();
+        distinct.dedup();
+        if h.iter().all(Option::is_some) && distinct.len() == 2 {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never split: {h:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let commands: Vec<SendCommand> = (0..EACH)
+        .flat_map(|i| rooms.iter().map(move |room| (i, *room)).collect::<Vec<_>>())
+        .map(|(i, room)| {
+            command(
+                alice.id,
+                ChatType::Room,
+                room,
+                &format!("{room}-{i:04}"),
+                &format!("m{i}"),
+            )
+        })
+        .collect();
+    push(&redis, &app, &commands).await;
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    while stored().await < (ROOMS * EACH / 4) as i64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    other.kill().unwrap(); // SIGKILL: its leases and its batch under way are left as they are.
+    other.wait().unwrap();
+    assert!(stored().await < (ROOMS * EACH) as i64, "killed mid-backlog");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (n, pending) = (stored().await, pending(&redis, &app).await);
+        if n == (ROOMS * EACH) as i64 && pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at {n} stored, {pending} pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = holders().await;
+    assert!(
+        now.iter().all(|h| h.is_some() && *h == now[0]),
+        "the survivor holds every partition: {now:?} (before: {split:?})"
+    );
+    for room in &rooms {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT client_id FROM messages WHERE room_id = $1 ORDER BY seq")
+                .bind(room)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        let want: Vec<String> = (0..EACH).map(|i| format!("{room}-{i:04}")).collect();
+        assert_eq!(ids, want, "room {room}: once each, in append order");
+    }
 }

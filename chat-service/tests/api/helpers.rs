@@ -22,6 +22,9 @@ use uuid::Uuid;
 /// A key as `openssl rand -hex 32` makes it (the binaries refuse placeholders and weak keys).
 pub const SECRET: &str = "3f1c9a7be2d84f60a5c1e9b7d3f2a8c64b0e7d9a1c5f3b8e2d6a4c0f9b7e1d35";
 
+/// Partitions of the send stream in these tests.
+pub const PARTITIONS: u16 = 4;
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -52,7 +55,8 @@ pub fn test_config(prefix: &str) -> ChatConfig {
             batch_size: 64,
             claim_idle_ms: 1000,
             max_content_chars: 4000,
-            workers: 2,
+            partitions: PARTITIONS,
+            lease: std::time::Duration::from_millis(1500),
             batch_interval: std::time::Duration::ZERO,
             max_deliveries: 3,
         },

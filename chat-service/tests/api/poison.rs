@@ -32,7 +32,7 @@ fn command(user: Uuid, room: Uuid, client_id: &str, content: &str) -> SendComman
 async fn xadd(redis: &Client, app: &TestApp, field: &str, bytes: Vec<u8>) {
     let _: String = redis
         .xadd(
-            app.keys.send_stream(),
+            app.keys.send_stream(0),
             false,
             None,
             "*",

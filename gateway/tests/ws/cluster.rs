@@ -147,6 +147,22 @@ async fn move_slot(nodes: &[Node], slot: u16, to: usize) {
     }
 }
 
+/// The send-stream partition of a room's sends (the stacks run 4).
+fn room_partition(room: Uuid) -> u16 {
+    shared::chat::SendCommand {
+        user_id: Uuid::nil(),
+        session_id: String::new(),
+        client_id: String::new(),
+        chat_type: shared::chat::ChatType::Room,
+        chat_id: room,
+        content: String::new(),
+        message_type: shared::chat::MessageType::Text,
+        reply_to_id: None,
+        attachment_id: None,
+    }
+    .partition(4)
+}
+
 /// Sends `content` as a client with an outbox does: the same `client_id` again after an
 /// `error` or a silence, until it is acknowledged.
 async fn send_until_acked(c: &mut Client, room: Uuid, client_id: &str, content: &str) {
@@ -255,7 +271,7 @@ async fn a_primary_restart_loses_nothing(db: PgPool) {
             .await,
             owner(
                 &nodes,
-                fred::util::redis_keyslot(keys.send_stream().as_bytes()),
+                fred::util::redis_keyslot(keys.send_stream(room_partition(room)).as_bytes()),
             )
             .await,
         ];

@@ -80,6 +80,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         outbound_queue: 256,
         slow_consumer_grace: Duration::from_secs(5),
         send_entry_max_commands: 64,
+        send_partitions: 4,
         send_rate: shared::limits::Rate {
             per_second: 20,
             burst: 40,
@@ -133,7 +134,8 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
             batch_size: 64,
             claim_idle_ms: 2000,
             max_content_chars: 4000,
-            workers: 2,
+            partitions: 4,
+            lease: std::time::Duration::from_millis(1500),
             batch_interval: std::time::Duration::ZERO,
             max_deliveries: 3,
         },
