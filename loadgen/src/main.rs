@@ -2,7 +2,7 @@
 //! and a markdown table row (appended to `--markdown FILE` when given).
 //!
 //! ```text
-//! loadgen idle    --gateway 127.0.0.1:8003 --gateway-pid PID --checkpoints 5000,15000
+//! loadgen idle    --gateway 127.0.0.1:8003 --gateway-pid PID --checkpoints 5000,15000 [--rooms-per-user 20 --privates-per-user 10]
 //! loadgen fanout  --gateways 127.0.0.1:8003,127.0.0.1:8004 --gateway-pids P1,P2 --rooms 10 --members 100 --rate 500 --seconds 10
 //! loadgen ingest  --gateway 127.0.0.1:8003 --connections 50 --window 32 --seconds 10
 //! loadgen history --chat http://127.0.0.1:8002 --messages 1000000 --workers 4 --seconds 10
@@ -92,7 +92,9 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
             let gateway: SocketAddr = args.get("gateway", "127.0.0.1:8003".parse()?)?;
             let pid: u32 = args.get("gateway-pid", 0)?;
             let checkpoints: Vec<usize> = args.list("checkpoints", "1000")?;
-            scenarios::idle(&setup, gateway, pid, &checkpoints).await
+            let rooms: usize = args.get("rooms-per-user", 0)?;
+            let privates: usize = args.get("privates-per-user", 0)?;
+            scenarios::idle(&setup, gateway, pid, &checkpoints, rooms, privates).await
         }
         "fanout" => {
             let gateways: Vec<SocketAddr> = args.list("gateways", "127.0.0.1:8003")?;

@@ -34,9 +34,15 @@ pub async fn idle(
     gateway: SocketAddr,
     pid: u32,
     checkpoints: &[usize],
+    rooms_per_user: usize,
+    privates_per_user: usize,
 ) -> anyhow::Result<Outcome> {
     let max = checkpoints.iter().copied().max().unwrap_or(0);
     let users = setup.users(max, "x").await?;
+    let ids: Vec<Uuid> = users.iter().map(|u| u.id).collect();
+    setup
+        .memberships(&ids, rooms_per_user, privates_per_user)
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = rss_kib(pid).unwrap_or(0);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -105,8 +111,12 @@ pub async fn idle(
         .collect::<Vec<_>>()
         .join("; ");
     Ok(Outcome {
-        json: json!({"scenario": "idle", "baseline_rss_kib": base, "checkpoints": figures}),
-        row: format!("| idle | gateway RSS per idle connection | {row} | ≤ 6 KiB at 15k |"),
+        json: json!({"scenario": "idle", "rooms_per_user": rooms_per_user, "privates_per_user": privates_per_user, "baseline_rss_kib": base, "checkpoints": figures}),
+        row: if rooms_per_user + privates_per_user == 0 {
+            format!("| idle | gateway RSS per idle connection | {row} | ≤ 6 KiB at 15k |")
+        } else {
+            format!("| idle | gateway RSS per idle connection, each user in {rooms_per_user} rooms of 100 and {privates_per_user} private chats | {row} | ≤ 8 KiB at 15k |")
+        },
     })
 }
 

@@ -95,6 +95,73 @@ impl Setup {
         Ok(id)
     }
 
+    /// Puts every user of `users` in `rooms_per_user` rooms of 100 (each round of rooms splits
+    /// the users, shifted, into consecutive hundreds) and `privates_per_user` private chats with
+    /// the users next to them (about; the ends of the list have fewer).
+    pub async fn memberships(
+        &self,
+        users: &[Uuid],
+        rooms_per_user: usize,
+        privates_per_user: usize,
+    ) -> anyhow::Result<()> {
+        const MEMBERS: usize = 100;
+        let n = users.len();
+        if n >= MEMBERS {
+            for round in 0..rooms_per_user {
+                let shift = round * 37 % n;
+                for start in (0..n - n % MEMBERS).step_by(MEMBERS) {
+                    let members: Vec<Uuid> = (start..start + MEMBERS)
+                        .map(|i| users[(i + shift) % n])
+                        .collect();
+                    self.room(&members).await?;
+                }
+            }
+        }
+        let (mut ids, mut low, mut high) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            for d in 1..=privates_per_user / 2 {
+                if let Some(&other) = users.get(i + d) {
+                    let (a, b) = if users[i] < other {
+                        (users[i], other)
+                    } else {
+                        (other, users[i])
+                    };
+                    ids.push(Uuid::now_v7());
+                    low.push(a);
+                    high.push(b);
+                }
+            }
+        }
+        for ((ids, low), high) in ids
+            .chunks(10_000)
+            .zip(low.chunks(10_000))
+            .zip(high.chunks(10_000))
+        {
+            let mut tx = self.db.begin().await?;
+            sqlx::query(
+                "INSERT INTO conversations (id, chat_type, user_low, user_high)
+                 SELECT i, 'PRIVATE', l, h FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(i, l, h)",
+            )
+            .bind(ids)
+            .bind(low)
+            .bind(high)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO conversation_members (conversation_id, user_id)
+                 SELECT i, u FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(i, l, h),
+                      LATERAL (VALUES (l), (h)) AS m(u)",
+            )
+            .bind(ids)
+            .bind(low)
+            .bind(high)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     /// Fills a room with `n` messages (seq 1..=n) in one statement.
     pub async fn history(&self, room: Uuid, author: Uuid, n: i64) -> anyhow::Result<()> {
         sqlx::query(
