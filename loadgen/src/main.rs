@@ -4,6 +4,7 @@
 //! ```text
 //! loadgen idle    --gateway 127.0.0.1:8003 --gateway-pid PID --checkpoints 5000,15000 [--rooms-per-user 20 --privates-per-user 10]
 //! loadgen fanout  --gateways 127.0.0.1:8003,127.0.0.1:8004 --gateway-pids P1,P2 --rooms 10 --members 100 --rate 500 --seconds 10
+//! loadgen storm   --victim 127.0.0.1:8003 --victim-pid P1 --survivor 127.0.0.1:8004 --clients 15000 --rate 300 --seconds 60
 //! loadgen ingest  --gateway 127.0.0.1:8003 --connections 50 --window 32 --seconds 10
 //! loadgen history --chat http://127.0.0.1:8002 --messages 1000000 --workers 4 --seconds 10
 //! loadgen search --chat http://127.0.0.1:8002 --messages 1000000 --rooms 50 --workers 4 --seconds 10
@@ -32,9 +33,10 @@ mod raw;
 mod scenarios;
 mod setup;
 mod stats;
+mod storm;
 mod ws;
 
-use std::{collections::HashMap, io::Write, net::SocketAddr, process::ExitCode};
+use std::{collections::HashMap, io::Write, net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 
@@ -96,6 +98,18 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
             let privates: usize = args.get("privates-per-user", 0)?;
             scenarios::idle(&setup, gateway, pid, &checkpoints, rooms, privates).await
         }
+        "storm" => {
+            storm::storm(
+                &setup,
+                args.get("victim", "127.0.0.1:8003".parse()?)?,
+                args.get("victim-pid", 0)?,
+                args.get("survivor", "127.0.0.1:8004".parse()?)?,
+                args.get("clients", 15_000)?,
+                args.get("rate", 300)?,
+                Duration::from_secs(args.get("seconds", 60)?),
+            )
+            .await
+        }
         "fanout" => {
             let gateways: Vec<SocketAddr> = args.list("gateways", "127.0.0.1:8003")?;
             let pids: Vec<u32> = args.list("gateway-pids", "")?;
@@ -154,7 +168,7 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
         }
         other => {
             anyhow::bail!(
-                "unknown scenario {other:?}: idle, fanout, ingest, history, search or login"
+                "unknown scenario {other:?}: idle, fanout, storm, ingest, history, search or login"
             )
         }
     }
@@ -187,7 +201,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(scenario) = argv.first().cloned() else {
-        eprintln!("usage: loadgen idle|fanout|ingest|history|search|login [--option value ...] (see the source's header)");
+        eprintln!("usage: loadgen idle|fanout|storm|ingest|history|search|login [--option value ...] (see the source's header)");
         return ExitCode::FAILURE;
     };
     let prepared = Args::parse(&argv[1..]).and_then(|args| {
