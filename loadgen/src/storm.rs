@@ -108,25 +108,35 @@ pub async fn storm(
                     },
                 }
             }
-            // Back on the survivor, as a client would: backoff with jitter, then sync.
+            // Back on the survivor, as a client would: backoff with jitter (or the server's
+            // Retry-After, which it jitters itself), then sync.
             let mut wait = Duration::from_millis(100);
+            let mut pause = Duration::from_secs_f64(rand::random::<f64>() * wait.as_secs_f64());
             let mut socket = loop {
-                let jitter = rand::random::<f64>() * wait.as_secs_f64();
-                tokio::time::sleep(Duration::from_secs_f64(jitter)).await;
+                tokio::time::sleep(pause).await;
                 match ws::connect(survivor, &token, ws::source(i)).await {
                     Ok(s) => break s,
-                    Err(_) => {
+                    Err(e) => {
                         seen.failed_attempts += 1;
                         wait = (wait * 2).min(Duration::from_secs(5));
+                        pause = e
+                            .downcast_ref::<ws::Refused>()
+                            .and_then(|r| r.retry_after)
+                            .unwrap_or_else(|| {
+                                Duration::from_secs_f64(rand::random::<f64>() * wait.as_secs_f64())
+                            });
                         if *stop.borrow() {
                             return seen;
                         }
                     }
                 }
             };
-            let last = seen.seqs.iter().copied().max().unwrap_or(0);
-            let sync = json!({"type": "sync", "data": {"positions": [{"chat_type": "room", "chat_id": room, "seq": last}]}});
-            if socket.send(Message::Text(sync.to_string().into())).await.is_err() {
+            let sync_from = |seqs: &[i64]| {
+                let last = seqs.iter().copied().max().unwrap_or(0);
+                json!({"type": "sync", "data": {"positions": [{"chat_type": "room", "chat_id": room, "seq": last}]}})
+                    .to_string()
+            };
+            if socket.send(Message::Text(sync_from(&seen.seqs).into())).await.is_err() {
                 return seen;
             }
             loop {
@@ -136,6 +146,15 @@ pub async fn storm(
                         Some(Ok(Message::Text(t))) => {
                             if let Ok(v) = serde_json::from_str::<Value>(&t) {
                                 seqs_of(&v, &room_s, &mut seen.seqs);
+                                // A sync chat-service could not answer (busy): again, a moment later.
+                                if v["type"] == "error" && seen.back_after.is_none() {
+                                    seen.failed_attempts += 1;
+                                    let pause = 0.2 + rand::random::<f64>();
+                                    tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+                                    if socket.send(Message::Text(sync_from(&seen.seqs).into())).await.is_err() {
+                                        return seen;
+                                    }
+                                }
                                 if v["type"] == "synced" && seen.back_after.is_none() {
                                     let at = *killed_at.lock().unwrap_or_else(|p| p.into_inner());
                                     seen.back_after = at.map(|k| k.elapsed());

@@ -13,6 +13,21 @@ use tokio_tungstenite::{
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// A refused upgrade, with the wait the server asked for (`Retry-After`, seconds).
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upgrade refused with {}", self.status)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// The source address for connection number `i`: 127.0.0.2 … 127.0.0.201.
 pub fn source(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + (i % 200) as u8)
@@ -28,13 +43,29 @@ pub async fn connect(gateway: SocketAddr, token: &str, from: Ipv4Addr) -> anyhow
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+    let handshake = tokio_tungstenite::client_async_with_config(
         format!("ws://{gateway}/ws?token={token}"),
         stream,
         Some(config),
     )
-    .await
-    .context("websocket handshake")?;
+    .await;
+    let (mut ws, _) = match handshake {
+        Ok(done) => done,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(std::time::Duration::from_secs);
+            return Err(Refused {
+                status: response.status().as_u16(),
+                retry_after,
+            }
+            .into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("websocket handshake")),
+    };
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.contains("\"ready\"") => return Ok(ws),

@@ -43,10 +43,34 @@ pub fn finish(router: Router, edge: &EdgeConfig) -> Router {
             ApiError::internal("a handler panicked").into_response()
         }))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                .on_failure(log_failure),
         )
+}
+
+/// Logs a 5xx or a failed response at error level — except 503, the deliberate shedding of
+/// load (a busy gateway during a reconnect storm answers thousands a second; logging each one
+/// would cost the CPU the shedding saves). 503s are still counted in `http_requests_total`.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(
+                latency_ms = latency.as_millis() as u64,
+                "response shed (503)"
+            );
+        }
+        class => {
+            tracing::error!(classification = %class, latency_ms = latency.as_millis() as u64, "response failed");
+        }
+    }
 }
 
 /// CORS for the configured origins only.
