@@ -29,7 +29,7 @@ pub struct ChatConfig {
     /// (default `http://127.0.0.1:8001`; empty turns it off).
     pub auth_service_url: Option<String>,
     /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000),
-    /// `SEND_PARTITIONS` (default 4), `SEND_LEASE_MS` (default 5000),
+    /// `SEND_PARTITIONS` (default 1), `SEND_LEASE_MS` (default 5000),
     /// `SEND_BATCH_INTERVAL_MS` (default 10, per partition) and `SEND_MAX_DELIVERIES`
     /// (default 10, at least 2).
     pub worker: WorkerConfig,

@@ -36,7 +36,7 @@ pub struct GatewayConfig {
     /// gathers (default 64). 1 writes one command per entry, which every chat-service version
     /// reads: use it while chat-service replicas older than gathered entries still run.
     pub send_entry_max_commands: usize,
-    /// `SEND_PARTITIONS` (default 4): partitions of the send stream, as chat-service has them.
+    /// `SEND_PARTITIONS` (default 1): partitions of the send stream, as chat-service has them.
     pub send_partitions: u16,
     /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: the send rate per user, across their sockets
     /// on every gateway and REST sends (20, 40).

@@ -331,6 +331,7 @@ async fn a_killed_worker_loses_nothing_and_stores_nothing_twice(db: PgPool) {
             .env("PORT", "0")
             .env("SEND_BATCH_SIZE", "50")
             .env("SEND_CLAIM_IDLE_MS", "1000")
+            .env("SEND_PARTITIONS", PARTITIONS.to_string())
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

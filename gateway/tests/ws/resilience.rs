@@ -268,6 +268,7 @@ async fn spawn_gateway_process_logging(
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("CHAT_SERVICE_URL", chat_url)
+        .env("SEND_PARTITIONS", "4")
         .env("PRESENCE_TTL_SECONDS", "2")
         .env("RUST_LOG", level)
         .stdout(out)
