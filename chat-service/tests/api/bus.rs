@@ -294,6 +294,30 @@ async fn an_entry_of_several_commands_is_judged_command_by_command(db: PgPool) {
     assert_eq!(pending(&redis, &app).await, 0, "every entry acknowledged");
 }
 
+/// The chat-service binary as a replica of `prefix`'s deployment on the test's database, its
+/// output discarded; the caller adds settings and spawns it.
+fn chat_service_binary(db: &PgPool, prefix: &str) -> std::process::Command {
+    let database = db.connect_options().get_database().unwrap().to_owned();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let url = format!("{}/{}", &base[..base.rfind('/').unwrap()], database);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"));
+    command
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_PREFIX", prefix)
+        .env("SECRET_KEY", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("AUTH_SERVICE_URL", "")
+        .env("SEND_CLAIM_IDLE_MS", "1000")
+        .env("SEND_PARTITIONS", PARTITIONS.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// The real binary is SIGKILLed while it works through a backlog, then started again: every
 /// command ends up stored exactly once, with gap-free seqs.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -317,24 +341,9 @@ async fn a_killed_worker_loses_nothing_and_stores_nothing_twice(db: PgPool) {
         .collect();
     push(&redis, &setup, &commands).await;
 
-    let database = db.connect_options().get_database().unwrap().to_owned();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let url = format!("{}/{}", &base[..base.rfind('/').unwrap()], database);
     let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
-            .env_clear()
-            .env("DATABASE_URL", &url)
-            .env("REDIS_URL", redis_url())
-            .env("REDIS_PREFIX", &prefix)
-            .env("SECRET_KEY", SECRET)
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
+        chat_service_binary(&db, &prefix)
             .env("SEND_BATCH_SIZE", "50")
-            .env("SEND_CLAIM_IDLE_MS", "1000")
-            .env("SEND_PARTITIONS", PARTITIONS.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
     };
@@ -529,26 +538,10 @@ async fn a_killed_replicas_partitions_move_and_each_room_keeps_its_order(db: PgP
     }
     let redis = redis().await;
 
-    let database = db.connect_options().get_database().unwrap().to_owned();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let url = format!("{}/{}", &base[..base.rfind('/').unwrap()], database);
-    let mut other = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
-        .env_clear()
-        .env("DATABASE_URL", &url)
-        .env("REDIS_URL", redis_url())
-        .env("REDIS_PREFIX", &prefix)
-        .env("SECRET_KEY", SECRET)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("AUTH_SERVICE_URL", "")
-        .env("SEND_PARTITIONS", PARTITIONS.to_string())
+    let mut other = chat_service_binary(&db, &prefix)
         .env("SEND_LEASE_MS", "1500")
         .env("SEND_BATCH_SIZE", "20")
         .env("SEND_BATCH_INTERVAL_MS", "20")
-        .env("SEND_CLAIM_IDLE_MS", "1000")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let holders = || async {

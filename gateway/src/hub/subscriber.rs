@@ -126,32 +126,37 @@ impl Subscriber {
     }
 
     async fn subscribe(&self, channels: &[String]) {
-        let result = if self.client.is_clustered() {
-            self.by_slot(channels, true).await
-        } else {
-            let mut result = Ok(());
-            for chunk in channels.chunks(PER_COMMAND) {
-                result = result.and(self.client.subscribe(chunk.to_vec()).await);
-            }
-            result
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, count = channels.len(), "subscribe failed");
-        }
+        self.change(channels, true).await;
     }
 
     async fn unsubscribe(&self, channels: &[String]) {
+        self.change(channels, false).await;
+    }
+
+    /// Subscribes (or unsubscribes) `channels`: by slot on a cluster, [`PER_COMMAND`] at a time
+    /// on one server.
+    async fn change(&self, channels: &[String], subscribe: bool) {
         let result = if self.client.is_clustered() {
-            self.by_slot(channels, false).await
+            self.by_slot(channels, subscribe).await
         } else {
             let mut result = Ok(());
             for chunk in channels.chunks(PER_COMMAND) {
-                result = result.and(self.client.unsubscribe(chunk.to_vec()).await);
+                let done = if subscribe {
+                    self.client.subscribe(chunk.to_vec()).await
+                } else {
+                    self.client.unsubscribe(chunk.to_vec()).await
+                };
+                result = result.and(done);
             }
             result
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, count = channels.len(), "unsubscribe failed");
+            let what = if subscribe {
+                "subscribe"
+            } else {
+                "unsubscribe"
+            };
+            tracing::warn!(error = %e, count = channels.len(), "{what} failed");
         }
     }
 
