@@ -816,8 +816,7 @@ async fn sync(
         let mut cursors = conn.cursors();
         for conv in known.iter().flatten() {
             cursors
-                .entry(*conv)
-                .or_default()
+                .get_or_insert_with(*conv, state::Cursor::default)
                 .held
                 .get_or_insert_with(Vec::new);
         }
@@ -880,11 +879,7 @@ async fn sync(
 }
 
 /// Sends the frames held during a sync that come after what the client now has, in order.
-fn release_held(
-    conn: &ConnShared,
-    cursors: &mut std::collections::HashMap<Uuid, state::Cursor>,
-    known: &[Option<Uuid>],
-) {
+fn release_held(conn: &ConnShared, cursors: &mut state::Cursors, known: &[Option<Uuid>]) {
     for conv in known.iter().flatten() {
         let Some(c) = cursors.get_mut(conv) else {
             continue;

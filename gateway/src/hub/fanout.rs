@@ -436,7 +436,7 @@ impl Hub {
                 let State { registry, channels } = &mut *state;
                 let conns = registry.conns_of(user_id);
                 if let Some(entry) = registry.users.get_mut(&user_id) {
-                    entry.conversations.entry(chat_id).or_insert(Membership {
+                    entry.add_conversation(Membership {
                         conversation_id: chat_id,
                         chat_type,
                         chat_id,
@@ -456,7 +456,7 @@ impl Hub {
                 let State { registry, channels } = &mut *state;
                 let conns = registry.conns_of(user_id);
                 if let Some(entry) = registry.users.get_mut(&user_id) {
-                    entry.conversations.remove(&chat_id);
+                    entry.remove_conversation(chat_id);
                 }
                 for id in &conns {
                     if let Some(c) = registry.conns.get(id) {

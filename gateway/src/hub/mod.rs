@@ -144,7 +144,7 @@ impl Hub {
             .users
             .get(&user)?
             .conversations
-            .values()
+            .iter()
             .find(|m| m.chat_type == chat_type && m.chat_id == chat_id)
             .cloned()
     }
