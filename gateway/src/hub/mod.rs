@@ -222,8 +222,7 @@ impl Hub {
     /// Subscribes every channel again (after a Redis reconnect or a slot move); each
     /// conversation is checked for what was missed once the subscription is back.
     pub async fn resubscribe_all(&self) {
-        let names = self.state().channels.names();
-        self.subscriptions.subscribe(names).await;
+        self.resubscribe(|_| true).await;
     }
 
     /// Subscribes again the channels `which` picks (those of cluster slots that moved), and
