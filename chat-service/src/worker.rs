@@ -72,34 +72,56 @@ pub struct WorkerConfig {
     pub max_deliveries: u64,
 }
 
-/// Spaces the batches of the worker loops that share it (each partition's loop has its own, so
-/// partitions never wait for one another's slots). A loop that has just finished a batch in
-/// less than `batch_interval` takes the next free slot, `batch_interval` after the latest
-/// batch any of the loops began, and waits for it: under steady, light load the process runs
-/// one batch per interval, however many loops it has, rather than one per loop. A loop whose
-/// batch outlasted the interval reads again at once, as its own interval has passed, and so
-/// does one whose read came back full (as many entries as it asked for: more are waiting, and
-/// waiting longer would only cap the rate at a batch per interval): under heavy load the
-/// loops' batches overlap, one writing while another reads or publishes. A loop that was idle
-/// (blocked reading the stream) takes a send at once; its batch counts as the latest start.
+/// Spaces a worker loop's batches, but only under load (group commit). While the sends arriving
+/// would come to fewer than [`LIGHT_LOAD`] per `interval`, the loop reads again as soon as a batch
+/// is done, blocking on the stream: a send that finds the loop idle is taken at once, and
+/// batches grow only by what arrived while one was in flight. Above that rate, a loop that has
+/// just finished a batch in less than `interval` takes the next free slot, `interval` after the
+/// latest batch began, and waits for it, so a busy partition runs one larger batch per interval
+/// rather than many small ones (each batch costs a transaction and a publish per channel, and
+/// the gateways' CPU follows the batch rate). A loop whose batch outlasted the interval reads
+/// again at once, and so does one whose read came back full (more is waiting, and waiting
+/// longer would only cap the rate at a batch per interval).
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
+    state: std::sync::Mutex<PacerState>,
+}
+
+/// Below this many sends per interval (averaged over the last [`RATE_WINDOW`]) a loop does not
+/// wait between batches: at the default 10 ms, below 400 sends/s a partition persists every send
+/// as it arrives, and a quiet conversation pays no batching delay at all.
+pub const LIGHT_LOAD: f64 = 4.0;
+
+/// The span of time the send rate is averaged over.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Default)]
+struct PacerState {
     /// The latest batch start, begun or claimed.
-    latest: std::sync::Mutex<Option<tokio::time::Instant>>,
+    latest: Option<tokio::time::Instant>,
+    /// When the previous batch that had work began, to estimate the arrival rate.
+    previous: Option<tokio::time::Instant>,
+    /// Sends arriving per interval, a moving average over the last [`RATE_WINDOW`].
+    per_interval: f64,
 }
 
 impl Pacer {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            latest: std::sync::Mutex::new(None),
+            state: std::sync::Mutex::new(PacerState::default()),
         }
     }
 
-    fn latest(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
-        // A poisoned lock only means another loop panicked mid-update; the instant is still usable.
-        self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        // A poisoned lock only means another loop panicked mid-update; the state is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends per interval, as estimated from the batches so far.
+    pub fn load(&self) -> f64 {
+        self.state().per_interval
     }
 
     /// When a loop whose last batch began at `began` reads again; `full` when that batch's read
@@ -114,26 +136,42 @@ impl Pacer {
         full: bool,
         now: tokio::time::Instant,
     ) -> tokio::time::Instant {
+        if full || self.load() < LIGHT_LOAD {
+            return now;
+        }
         match began.checked_add(self.interval) {
-            Some(own) if own > now && !full => self.claim_at(now),
+            Some(own) if own > now => self.claim_at(now),
             _ => now,
         }
     }
 
     /// Claims the next slot: `interval` after the latest start, or now if that has passed.
     fn claim_at(&self, now: tokio::time::Instant) -> tokio::time::Instant {
-        let mut latest = self.latest();
-        let slot = latest
+        let mut state = self.state();
+        let slot = state
+            .latest
             .and_then(|at| at.checked_add(self.interval))
             .map_or(now, |next| next.max(now));
-        *latest = Some(slot);
+        state.latest = Some(slot);
         slot
     }
 
-    /// A batch began at `at`, whether in a claimed slot or not.
-    pub fn began(&self, at: tokio::time::Instant) {
-        let mut latest = self.latest();
-        *latest = Some(latest.map_or(at, |l| l.max(at)));
+    /// A batch of `commands` sends began at `at`, whether in a claimed slot or not. The sends it
+    /// took arrived since the previous batch began: that gives the rate.
+    pub fn began(&self, at: tokio::time::Instant, commands: usize) {
+        let mut state = self.state();
+        state.latest = Some(state.latest.map_or(at, |l| l.max(at)));
+        if let Some(previous) = state.previous {
+            let gap = at.saturating_duration_since(previous).as_secs_f64();
+            if gap > 0.0 {
+                // A moving average over about the last `RATE_WINDOW` of time, whatever the
+                // batches' lengths: after a long silence the estimate is this batch's alone.
+                let sample = commands as f64 * self.interval.as_secs_f64() / gap;
+                let weight = 1.0 - (-gap / RATE_WINDOW.as_secs_f64()).exp();
+                state.per_interval += weight * (sample - state.per_interval);
+            }
+        }
+        state.previous = Some(at);
     }
 }
 
@@ -298,7 +336,7 @@ impl SendWorker {
                 Ok((read, commands, started)) => {
                     backoff = Duration::from_millis(200);
                     if read > 0 && !self.config.batch_interval.is_zero() {
-                        self.pacer.began(started);
+                        self.pacer.began(started, commands);
                         last_batch = Some((started, read as u64 >= count));
                     }
                     count =
@@ -845,27 +883,33 @@ mod tests {
     use super::*;
     use shared::chat::{encode, MessageType};
 
+    /// A pacer that has seen heavy load (far above [`LIGHT_LOAD`]).
+    fn loaded(interval: Duration) -> Pacer {
+        let pacer = Pacer::new(interval);
+        pacer.state().per_interval = 50.0;
+        pacer
+    }
+
     #[test]
-    fn short_batches_take_turns_and_long_ones_overlap() {
+    fn under_load_short_batches_take_turns_and_long_ones_overlap() {
         let ms = Duration::from_millis;
-        let pacer = Pacer::new(ms(10));
+        let pacer = loaded(ms(10));
         let t0 = tokio::time::Instant::now();
         // Loop A's batch began at 0 and took 4 ms; loop B's began at 2 and took 4 ms.
-        pacer.began(t0);
-        pacer.began(t0 + ms(2));
+        pacer.state().latest = Some(t0 + ms(2));
         assert_eq!(pacer.next_read_at(t0, false, t0 + ms(4)), t0 + ms(12));
         assert_eq!(
             pacer.next_read_at(t0 + ms(2), false, t0 + ms(6)),
             t0 + ms(22)
         );
         // A batch that began at 12 and took 15 ms: that loop reads again at once, not at 32.
-        pacer.began(t0 + ms(12));
+        pacer.state().latest = Some(t0 + ms(22));
         assert_eq!(
             pacer.next_read_at(t0 + ms(12), false, t0 + ms(27)),
             t0 + ms(27)
         );
         // A short batch whose read came back full: more is waiting, so it reads at once too.
-        pacer.began(t0 + ms(30));
+        pacer.state().latest = Some(t0 + ms(30));
         assert_eq!(
             pacer.next_read_at(t0 + ms(30), true, t0 + ms(33)),
             t0 + ms(33)
@@ -877,26 +921,68 @@ mod tests {
     }
 
     #[test]
-    fn a_process_starts_one_batch_per_interval_whichever_loop_runs_it() {
+    fn slots_follow_one_another_and_only_move_forward() {
         let ms = Duration::from_millis;
-        let pacer = Pacer::new(ms(10));
+        let pacer = loaded(ms(10));
         let t0 = tokio::time::Instant::now();
         // Nothing ran yet: the first slot is now.
         assert_eq!(pacer.claim_at(t0), t0);
-        // Two loops finishing batches at once get successive slots, not the same one.
+        // Two claims at once get successive slots, not the same one.
         assert_eq!(pacer.claim_at(t0 + ms(1)), t0 + ms(10));
         assert_eq!(pacer.claim_at(t0 + ms(1)), t0 + ms(20));
-        // A batch an idle loop began at once moves the next slot only forward.
-        pacer.began(t0 + ms(5));
+        // A batch begun at once (by an idle loop) moves the next slot only forward.
+        pacer.began(t0 + ms(5), 1);
         assert_eq!(pacer.claim_at(t0 + ms(6)), t0 + ms(30));
-        pacer.began(t0 + ms(35));
+        pacer.began(t0 + ms(35), 1);
         assert_eq!(pacer.claim_at(t0 + ms(36)), t0 + ms(45));
         // Once the latest start is more than an interval ago, a claim is now.
         assert_eq!(pacer.claim_at(t0 + ms(100)), t0 + ms(100));
         // With no interval, every claim is now.
         let unpaced = Pacer::new(Duration::ZERO);
-        unpaced.began(t0 + ms(50));
+        unpaced.began(t0 + ms(50), 1);
         assert_eq!(unpaced.claim_at(t0 + ms(60)), t0 + ms(60));
+    }
+
+    #[test]
+    fn a_quiet_partition_never_waits_and_a_busy_one_does() {
+        let ms = Duration::from_millis;
+        let pacer = Pacer::new(ms(10));
+        let t0 = tokio::time::Instant::now();
+        // 200 sends/s, one per batch, each batch 1 ms long: every read is at once.
+        for i in 0..50u64 {
+            let began = t0 + ms(5 * i);
+            pacer.began(began, 1);
+            assert_eq!(
+                pacer.next_read_at(began, false, began + ms(1)),
+                began + ms(1)
+            );
+        }
+        assert!(pacer.load() < LIGHT_LOAD, "{}", pacer.load());
+        // Then 2,000 sends/s, each batch taking what arrived since the previous one began and
+        // lasting 1 ms: batches run back to back at first; once the estimate passes the
+        // threshold (within the averaging window), the loop waits for its slot and batches grow.
+        let t1 = t0 + ms(1000);
+        let (mut previous, mut at) = (t1, t1 + ms(1));
+        let mut waits = 0;
+        for _ in 0..100 {
+            let arrived = 2 * at.duration_since(previous).as_millis() as usize;
+            pacer.began(at, arrived.max(1));
+            let next = pacer.next_read_at(at, false, at + ms(1));
+            if next > at + ms(1) {
+                waits += 1;
+            }
+            (previous, at) = (at, next);
+        }
+        assert!(pacer.load() >= LIGHT_LOAD, "{}", pacer.load());
+        assert!(waits > 50, "{waits}");
+        // A second of silence: the next send goes at once again.
+        let later = at + ms(1000);
+        pacer.began(later, 1);
+        assert!(pacer.load() < LIGHT_LOAD, "{}", pacer.load());
+        assert_eq!(
+            pacer.next_read_at(later, false, later + ms(1)),
+            later + ms(1)
+        );
     }
 
     #[test]
