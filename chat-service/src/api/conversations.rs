@@ -35,7 +35,7 @@ pub struct ConversationSummary {
 }
 
 /// `GET /chat/conversations`
-#[utoipa::path(get, path = "/chat/conversations", tag = "conversations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/chat/conversations", operation_id = "list_conversations", tag = "conversations", security(("bearer" = [])),
     responses((status = 200, description = "Joined rooms, groups and private chats with a message, most recent activity first", body = [ConversationSummary])))]
 pub async fn list(
     State(state): State<AppState>,

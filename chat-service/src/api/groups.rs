@@ -125,7 +125,7 @@ async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipA
 }
 
 /// `POST /chat/groups`
-#[utoipa::path(post, path = "/chat/groups", tag = "groups", security(("bearer" = [])), request_body = CreateGroup,
+#[utoipa::path(post, path = "/chat/groups", operation_id = "create_group", tag = "groups", security(("bearer" = [])), request_body = CreateGroup,
     responses(
         (status = 201, description = "Created; the creator owns it and is a member", body = Group),
         (status = 422, description = "Invalid name or unknown users", body = ErrorBody),
@@ -195,7 +195,7 @@ pub async fn create(
 }
 
 /// `GET /chat/groups`
-#[utoipa::path(get, path = "/chat/groups", tag = "groups", security(("bearer" = [])),
+#[utoipa::path(get, path = "/chat/groups", operation_id = "list_groups", tag = "groups", security(("bearer" = [])),
     responses((status = 200, description = "The caller's groups, newest first", body = [Group])))]
 pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<Vec<Group>>> {
     let rows = sqlx::query_as!(

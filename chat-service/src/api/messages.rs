@@ -29,12 +29,16 @@ pub struct Page {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1–100, default 50.
+    #[param(value_type = Option<i64>)]
     limit: Option<String>,
     /// The page just before this seq.
+    #[param(value_type = Option<i64>)]
     before: Option<String>,
     /// The page just after this seq.
+    #[param(value_type = Option<i64>)]
     after: Option<String>,
 }
 

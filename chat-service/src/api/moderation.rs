@@ -612,10 +612,13 @@ pub struct AuditPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// 1–200, default 50.
+    #[param(value_type = Option<i64>)]
     limit: Option<String>,
     /// Entries older than this id.
+    #[param(value_type = Option<i64>)]
     before: Option<String>,
 }
 

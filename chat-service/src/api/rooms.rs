@@ -63,7 +63,7 @@ pub(crate) async fn load(state: &AppState, id: Uuid, viewer: Uuid) -> ApiResult<
 }
 
 /// `GET /chat/rooms`
-#[utoipa::path(get, path = "/chat/rooms", tag = "rooms", security(("bearer" = [])),
+#[utoipa::path(get, path = "/chat/rooms", operation_id = "list_rooms", tag = "rooms", security(("bearer" = [])),
     responses((status = 200, description = "Every public room, by name", body = [Room])))]
 pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<Vec<Room>>> {
     let rooms = sqlx::query_as!(
@@ -87,7 +87,7 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
 }
 
 /// `POST /chat/rooms`
-#[utoipa::path(post, path = "/chat/rooms", tag = "rooms", security(("bearer" = [])), request_body = CreateRoom,
+#[utoipa::path(post, path = "/chat/rooms", operation_id = "create_room", tag = "rooms", security(("bearer" = [])), request_body = CreateRoom,
     responses(
         (status = 201, description = "Created; the creator has joined", body = Room),
         (status = 409, description = "The name is taken", body = ErrorBody),

@@ -116,19 +116,25 @@ pub fn parse(q: &str) -> Result<Terms, String> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// What to find: every word must match (a word prefix; a substring for scripts written
     /// without spaces). At most 200 characters and 10 words.
     q: Option<String>,
     /// With `chat_id`: search one conversation (read rules as history).
+    #[param(value_type = Option<shared::chat::ChatType>)]
     chat_type: Option<String>,
     /// Room or group id; for private chats the other user's id.
+    #[param(value_type = Option<Uuid>)]
     chat_id: Option<String>,
     /// 1–100, default 20.
+    #[param(value_type = Option<i64>)]
     limit: Option<String>,
     /// With a conversation: matches older than this seq.
+    #[param(value_type = Option<i64>)]
     before_seq: Option<String>,
     /// Without a conversation: matches older than this message (the last of the previous page).
+    #[param(value_type = Option<Uuid>)]
     before_id: Option<String>,
 }
 

@@ -48,7 +48,7 @@ pub struct UploadTicket {
 }
 
 /// `POST /chat/uploads`
-#[utoipa::path(post, path = "/chat/uploads", tag = "attachments", security(("bearer" = [])), request_body = UploadRequest,
+#[utoipa::path(post, path = "/chat/uploads", operation_id = "create_upload", tag = "attachments", security(("bearer" = [])), request_body = UploadRequest,
     responses(
         (status = 201, description = "Send the bytes to `url` with `method` and `headers`; then send a message with `attachment_id`", body = UploadTicket),
         (status = 422, description = "Invalid fields: a filename too long, a type not allowed, a size of 0 or over the limit", body = ErrorBody),
