@@ -81,11 +81,69 @@ async fn combined(State(c): State<Combined>) -> Json<Document> {
     Json(c.document().await)
 }
 
-/// `/openapi.json` (combined), `/docs` and `/redoc`.
+/// The AsyncAPI document of the WebSocket protocol, its object schemas taken from this
+/// service's OpenAPI document (see [`shared::asyncapi`]).
+pub fn asyncapi_document() -> serde_json::Value {
+    let schemas = serde_json::to_value(ApiDoc::openapi().components)
+        .ok()
+        .and_then(|c| c.get("schemas").cloned())
+        .unwrap_or_default();
+    shared::asyncapi::document(env!("CARGO_PKG_VERSION"), schemas)
+}
+
+async fn asyncapi() -> Json<serde_json::Value> {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOCUMENT.get_or_init(asyncapi_document).clone())
+}
+
+/// `/openapi.json` (combined), `/asyncapi.json`, `/docs` and `/redoc`.
 pub fn router<S: Clone + Send + Sync + 'static>(combined_docs: Combined) -> Router<S> {
     shared::docs::pages().merge(
         Router::new()
             .route("/openapi.json", get(combined))
+            .route("/asyncapi.json", get(asyncapi))
             .with_state(combined_docs),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Generated clients name a method after each operation id: two alike break them.
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, op) in ops.as_object().into_iter().flatten() {
+                if let Some(id) = op["operationId"].as_str() {
+                    let here = format!("{method} {path}");
+                    if let Some(before) = seen.insert(id.to_owned(), here.clone()) {
+                        panic!("operation id {id:?} is used by {before} and {here}");
+                    }
+                }
+            }
+        }
+        assert!(seen.len() > 30, "{}", seen.len());
+    }
+
+    #[test]
+    fn the_asyncapi_document_uses_the_openapi_schemas() {
+        let doc = asyncapi_document();
+        for schema in [
+            "Message",
+            "ChatType",
+            "MessageType",
+            "Reaction",
+            "Attachment",
+        ] {
+            assert!(
+                doc["components"]["schemas"].get(schema).is_some(),
+                "{schema} is missing"
+            );
+        }
+    }
 }

@@ -259,6 +259,12 @@ impl WireFrame {
 
 /// Encodes a server frame.
 pub fn encode<D: Serialize>(encoding: Encoding, kind: &str, data: &D) -> Result<WireFrame, String> {
+    // Every frame the gateway sends is described in the AsyncAPI document; the test suites
+    // (debug builds) stop on one that is not.
+    debug_assert!(
+        shared::asyncapi::is_server_frame(kind),
+        "server frame {kind:?} is missing from shared::asyncapi"
+    );
     let envelope = ServerEnvelope {
         kind,
         data,
@@ -290,6 +296,10 @@ pub struct SharedFrame<'a, D: Serialize> {
 
 impl<'a, D: Serialize> SharedFrame<'a, D> {
     pub fn new(kind: &'a str, data: &'a D) -> Self {
+        debug_assert!(
+            shared::asyncapi::is_server_frame(kind),
+            "server frame {kind:?} is missing from shared::asyncapi"
+        );
         Self {
             kind,
             data,
@@ -441,5 +451,41 @@ mod tests {
             "uuids are strings for clients"
         );
         assert!(value["timestamp"].is_string());
+    }
+
+    /// Each client frame the AsyncAPI document names, with its required fields, is accepted;
+    /// and every frame type the parser accepts is in the document.
+    #[test]
+    fn the_asyncapi_document_and_the_parser_agree() {
+        let id = Uuid::nil();
+        let example = |kind: &str| -> serde_json::Value {
+            let data = match kind {
+                "send_message" => {
+                    serde_json::json!({"content": "hi", "chat_type": "room", "chat_id": id})
+                }
+                "typing" => serde_json::json!({"chat_type": "group", "chat_id": id}),
+                "mark_read" => serde_json::json!({"chat_type": "private", "chat_id": id, "seq": 3}),
+                "sync" => {
+                    serde_json::json!({"positions": [{"chat_type": "room", "chat_id": id, "seq": 0}]})
+                }
+                "reauth" => serde_json::json!({"token": "t"}),
+                "ping" => serde_json::json!({}),
+                other => panic!("no example for the documented client frame {other:?}"),
+            };
+            serde_json::json!({"type": kind, "data": data})
+        };
+        let documented: Vec<&str> = shared::asyncapi::client_frames()
+            .iter()
+            .map(|(kind, _, _)| *kind)
+            .collect();
+        for kind in &documented {
+            let frame = parse(example(kind)).unwrap_or_else(|e| panic!("{kind}: {e:?}"));
+            assert_eq!(frame.label(), *kind);
+        }
+        assert_eq!(
+            documented.len(),
+            6,
+            "a new client frame needs an example here"
+        );
     }
 }

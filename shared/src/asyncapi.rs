@@ -1,0 +1,421 @@
+//! The AsyncAPI 3 document of the WebSocket protocol (`GET /asyncapi.json`, served by
+//! chat-service beside the combined `/openapi.json`). The objects a frame carries (messages,
+//! reactions, attachments, chat and message types) are the OpenAPI document's own schemas,
+//! generated from the Rust types by utoipa and copied in under `components.schemas`, so the two
+//! documents cannot disagree about them; the envelopes and their small `data` objects are
+//! written here, and the gateway's tests check every frame named here against its parser and
+//! every frame it sends against this list.
+
+use serde_json::{json, Map, Value};
+
+/// The `type` of every frame the server sends, in the order of [`server_frames`].
+pub const SERVER_FRAME_TYPES: [&str; 16] = [
+    "ready",
+    "ack",
+    "error",
+    "message",
+    "message_edited",
+    "message_deleted",
+    "typing",
+    "read",
+    "presence",
+    "membership",
+    "reaction",
+    "pin",
+    "synced",
+    "token_expiring",
+    "reauthed",
+    "pong",
+];
+
+/// Whether the document describes a server frame of this `type`.
+pub fn is_server_frame(kind: &str) -> bool {
+    SERVER_FRAME_TYPES.contains(&kind)
+}
+
+/// Frames a client sends: `(type, summary, data schema)`.
+pub fn client_frames() -> Vec<(&'static str, &'static str, Value)> {
+    let chat = chat_ref();
+    vec![
+        (
+            "send_message",
+            "Send a message. Answered with `ack {client_id, message}` once stored, or `error {client_id, code}`. A resend with the same `client_id` is never stored twice.",
+            object(
+                &[
+                    ("content", json!({"type": "string", "maxLength": 4000, "description": "1–4000 characters; optional (a caption) with an attachment_id"})),
+                    ("chat_type", json!({"$ref": "#/components/schemas/ChatType"})),
+                    ("chat_id", uuid("The room or group id; for a private chat, the other user's id")),
+                    ("message_type", json!({"$ref": "#/components/schemas/MessageType"})),
+                    ("reply_to_id", json!({"type": ["string", "null"], "format": "uuid"})),
+                    ("client_id", json!({"type": "string", "maxLength": 64, "description": "The client's id for this send (idempotency key)"})),
+                    ("attachment_id", json!({"type": ["string", "null"], "format": "uuid", "description": "An upload of the sender's, for `file` and `image`"})),
+                ],
+                &["chat_type", "chat_id"],
+            ),
+        ),
+        (
+            "typing",
+            "The user is typing: `typing` goes to the other members' connections; never stored.",
+            chat.clone(),
+        ),
+        (
+            "mark_read",
+            "The user has read the conversation up to `seq` (at most 10 per second per connection).",
+            with_seq(chat.clone()),
+        ),
+        (
+            "sync",
+            "Catch up after a reconnect: answered with `synced`. One in flight per connection; at most 100 positions.",
+            object(
+                &[(
+                    "positions",
+                    json!({"type": "array", "maxItems": 100, "items": with_seq(chat)}),
+                )],
+                &["positions"],
+            ),
+        ),
+        (
+            "reauth",
+            "A fresh access token of the same user, after `token_expiring`: answered with `reauthed`, or `error {code: invalid_token}`.",
+            object(&[("token", json!({"type": "string"}))], &["token"]),
+        ),
+        ("ping", "Answered with `pong`.", object(&[], &[])),
+    ]
+}
+
+/// Frames the server sends: `(type, summary, data schema)`.
+pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
+    let chat = chat_ref();
+    let message = json!({"$ref": "#/components/schemas/Message"});
+    let with = |extra: &[(&str, Value)], required: &[&str]| {
+        let mut o = chat.clone();
+        for (k, v) in extra {
+            o["properties"][*k] = v.clone();
+        }
+        for r in required {
+            if let Some(list) = o["required"].as_array_mut() {
+                list.push(json!(r));
+            }
+        }
+        o
+    };
+    vec![
+        (
+            "ready",
+            "The first frame after the upgrade.",
+            object(
+                &[
+                    ("user_id", uuid("")),
+                    ("session_id", json!({"type": "string"})),
+                    ("heartbeat_interval_ms", json!({"type": "integer"})),
+                ],
+                &["user_id", "session_id", "heartbeat_interval_ms"],
+            ),
+        ),
+        (
+            "ack",
+            "A `send_message` of this connection was stored.",
+            object(
+                &[("client_id", json!({"type": "string"})), ("message", message.clone())],
+                &["client_id", "message"],
+            ),
+        ),
+        (
+            "error",
+            "A frame was refused; the connection stays open. Codes: invalid_json, unknown_type, invalid_payload, forbidden, not_found, rate_limited, send_failed, muted, blocked, invalid_token.",
+            object(
+                &[
+                    ("code", json!({"type": "string"})),
+                    ("detail", json!({"type": "string"})),
+                    ("client_id", json!({"type": ["string", "null"], "description": "The refused send's client_id"})),
+                ],
+                &["code", "detail"],
+            ),
+        ),
+        ("message", "A new message, to every connection of every member (the sender's too).", message.clone()),
+        ("message_edited", "An edited message.", message),
+        (
+            "message_deleted",
+            "A message was deleted (it stays in history, emptied).",
+            with(&[("id", uuid("")), ("seq", seq())], &["id", "seq"]),
+        ),
+        (
+            "typing",
+            "A member is typing.",
+            with(&[("user_id", uuid(""))], &["user_id"]),
+        ),
+        (
+            "read",
+            "A member has read up to `seq` (at most one per reader per conversation per second).",
+            with(&[("user_id", uuid("")), ("seq", seq())], &["user_id", "seq"]),
+        ),
+        (
+            "presence",
+            "A user who shares a private chat or group came online or went offline.",
+            object(
+                &[
+                    ("user_id", uuid("")),
+                    ("status", json!({"type": "string", "enum": ["online", "offline"]})),
+                ],
+                &["user_id", "status"],
+            ),
+        ),
+        (
+            "membership",
+            "Someone joined, left, was added or removed, or a moderator acted on them.",
+            with(
+                &[
+                    ("user_id", uuid("")),
+                    ("action", json!({"type": "string", "enum": ["joined", "left", "added", "removed", "banned", "unbanned", "muted", "unmuted", "promoted", "demoted"]})),
+                    ("by", uuid("Who acted, when it was someone else")),
+                    ("until", json!({"type": "string", "format": "date-time"})),
+                ],
+                &["user_id", "action"],
+            ),
+        ),
+        (
+            "reaction",
+            "A reaction was added or removed.",
+            with(
+                &[
+                    ("message_id", uuid("")),
+                    ("seq", seq()),
+                    ("user_id", uuid("")),
+                    ("emoji", json!({"type": "string"})),
+                    ("action", json!({"type": "string", "enum": ["added", "removed"]})),
+                ],
+                &["message_id", "seq", "user_id", "emoji", "action"],
+            ),
+        ),
+        (
+            "pin",
+            "A message was pinned or unpinned.",
+            with(
+                &[
+                    ("message_id", uuid("")),
+                    ("seq", seq()),
+                    ("pinned", json!({"type": "boolean"})),
+                    ("by", uuid("")),
+                ],
+                &["message_id", "seq", "pinned", "by"],
+            ),
+        ),
+        (
+            "synced",
+            "The answer to `sync`: per position, the messages after it that this connection has not already had, ascending (at most 500 each, 5,000 in all; `has_more` marks a position cut short).",
+            object(
+                &[(
+                    "results",
+                    json!({"type": "array", "items": with(&[
+                        ("messages", json!({"type": "array", "items": {"$ref": "#/components/schemas/Message"}})),
+                        ("has_more", json!({"type": "boolean"})),
+                    ], &["messages", "has_more"])}),
+                )],
+                &["results"],
+            ),
+        ),
+        (
+            "token_expiring",
+            "The connection's access token expires at `expires_at`: answer with `reauth`, or the connection closes with 4001 then.",
+            object(&[("expires_at", json!({"type": "string", "format": "date-time"}))], &["expires_at"]),
+        ),
+        (
+            "reauthed",
+            "A `reauth` was accepted: the connection now lives until `expires_at`.",
+            object(&[("expires_at", json!({"type": "string", "format": "date-time"}))], &["expires_at"]),
+        ),
+        ("pong", "The answer to `ping`.", object(&[], &[])),
+    ]
+}
+
+/// The whole document; `schemas` are the OpenAPI document's `components.schemas`.
+pub fn document(version: &str, schemas: Value) -> Value {
+    let mut messages = Map::new();
+    let mut send_refs = Vec::new();
+    let mut receive_refs = Vec::new();
+    for (direction, frames) in [("client", client_frames()), ("server", server_frames())] {
+        for (kind, summary, data) in frames {
+            let name = format!("{direction}_{kind}");
+            let mut properties = json!({
+                "type": {"const": kind},
+                "data": data,
+            });
+            let mut required = vec!["type"];
+            if direction == "server" {
+                properties["timestamp"] = json!({"type": "string", "format": "date-time"});
+                required.extend(["data", "timestamp"]);
+            }
+            messages.insert(
+                name.clone(),
+                json!({
+                    "name": kind,
+                    "title": kind,
+                    "summary": summary,
+                    "payload": {"type": "object", "required": required, "properties": properties},
+                }),
+            );
+            let reference = json!({"$ref": format!("#/channels/ws/messages/{name}")});
+            if direction == "client" {
+                send_refs.push(reference);
+            } else {
+                receive_refs.push(reference);
+            }
+        }
+    }
+    let channel_messages: Map<String, Value> = messages
+        .keys()
+        .map(|name| {
+            (
+                name.clone(),
+                json!({"$ref": format!("#/components/messages/{name}")}),
+            )
+        })
+        .collect();
+    json!({
+        "asyncapi": "3.1.0",
+        "info": {
+            "title": "ChatSphere WebSocket protocol",
+            "version": version,
+            "description": DESCRIPTION,
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "gateway": {
+                "host": "localhost:8000",
+                "protocol": "ws",
+                "description": "The public entry (nginx or the ingress); `/ws` is routed to the gateways.",
+                "security": [{"$ref": "#/components/securitySchemes/ticket"}, {"$ref": "#/components/securitySchemes/token"}, {"$ref": "#/components/securitySchemes/bearer"}],
+            }
+        },
+        "channels": {
+            "ws": {
+                "address": "/ws",
+                "title": "A user's connection",
+                "description": "JSON text frames; with the subprotocol `chatsphere.msgpack`, the same envelopes as MessagePack binary frames.",
+                "bindings": {"ws": {"method": "GET", "query": {
+                    "type": "object",
+                    "properties": {
+                        "ticket": {"type": "string", "description": "A one-time ticket from POST /auth/ws-ticket (valid 30 s)"},
+                        "token": {"type": "string", "description": "An access token (prefer a ticket: a URL ends up in logs)"},
+                    },
+                }}},
+                "messages": channel_messages,
+            }
+        },
+        "operations": {
+            "send": {
+                "action": "receive",
+                "title": "Frames a client sends",
+                "channel": {"$ref": "#/channels/ws"},
+                "messages": send_refs,
+            },
+            "receive": {
+                "action": "send",
+                "title": "Frames the server sends",
+                "channel": {"$ref": "#/channels/ws"},
+                "messages": receive_refs,
+            },
+        },
+        "components": {
+            "messages": messages,
+            "schemas": schemas,
+            "securitySchemes": {
+                "ticket": {"type": "httpApiKey", "name": "ticket", "in": "query", "description": "From POST /auth/ws-ticket"},
+                "token": {"type": "httpApiKey", "name": "token", "in": "query", "description": "An access token"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
+    })
+}
+
+const DESCRIPTION: &str = "Every frame, both ways, is an envelope `{type, data}`; server frames add `timestamp`. \
+After the upgrade the server sends `ready`. A bad token is refused with HTTP 401 before the upgrade, \
+an `Origin` not allowed with 403, too many sockets of one user with 429, a gateway admitting too many \
+upgrades at once with 503 and `Retry-After`.\n\n\
+Close codes: 1008 policy violation (repeated abuse), 1009 a frame over 64 KiB, 1012 the gateway is \
+restarting (reconnect elsewhere and `sync`), 4001 authentication failed or the token expired (refresh, \
+then reconnect), 4008 the client fell too far behind (reconnect and `sync`). The server sends the close \
+frame with its code and a short reason and keeps reading for up to 2 s for the client's.\n\n\
+Ordering: on one connection a conversation's `message` events arrive in increasing `seq`, never twice, \
+with no gaps once it is live. For private chats every `chat_id` is the other user's id from the \
+receiver's side.";
+
+fn chat_ref() -> Value {
+    object(
+        &[
+            (
+                "chat_type",
+                json!({"$ref": "#/components/schemas/ChatType"}),
+            ),
+            (
+                "chat_id",
+                uuid("The room or group id; for a private chat, the other user's id"),
+            ),
+        ],
+        &["chat_type", "chat_id"],
+    )
+}
+
+fn with_seq(mut chat: Value) -> Value {
+    chat["properties"]["seq"] = seq();
+    if let Some(list) = chat["required"].as_array_mut() {
+        list.push(json!("seq"));
+    }
+    chat
+}
+
+fn seq() -> Value {
+    json!({"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_i64})
+}
+
+fn uuid(description: &str) -> Value {
+    let mut v = json!({"type": "string", "format": "uuid"});
+    if !description.is_empty() {
+        v["description"] = json!(description);
+    }
+    v
+}
+
+fn object(properties: &[(&str, Value)], required: &[&str]) -> Value {
+    let properties: Map<String, Value> = properties
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves_and_every_frame_has_a_message() {
+        let doc = document(
+            "1",
+            json!({"ChatType": {}, "MessageType": {}, "Message": {}}),
+        );
+        let text = doc.to_string();
+        for target in text.split("\"$ref\":\"#/").skip(1) {
+            let path = target.split('"').next().unwrap_or_default();
+            let mut node = &doc;
+            for part in path.split('/') {
+                node = node
+                    .get(part)
+                    .unwrap_or_else(|| panic!("unresolved $ref #/{path}"));
+            }
+        }
+        let count = client_frames().len() + server_frames().len();
+        assert_eq!(
+            doc["components"]["messages"].as_object().map(Map::len),
+            Some(count)
+        );
+        assert_eq!(
+            doc["operations"]["send"]["messages"]
+                .as_array()
+                .map(Vec::len),
+            Some(client_frames().len())
+        );
+        let described: Vec<&str> = server_frames().iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(described, SERVER_FRAME_TYPES);
+    }
+}
