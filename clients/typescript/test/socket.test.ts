@@ -1,0 +1,187 @@
+// The socket client against the real stack (see stack.ts for what it needs).
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+
+import { ChatSocket, unwrap, type ChatRef, type Message } from "../src/index.js";
+import { baseUrl, eventually, Gateway, register, signIn, sleep, wsBase, type TestUser } from "./stack.js";
+
+let aliceUser: TestUser;
+let bobUser: TestUser;
+beforeAll(async () => {
+  aliceUser = await register("alice");
+  bobUser = await register("bob");
+});
+
+/** A fresh login of a test user, named like the users of the old tests. */
+async function as(user: () => TestUser, options: Parameters<typeof signIn>[1] = {}) {
+  const u = user();
+  return { cs: await signIn(u, options), id: u.id, username: u.username };
+}
+const aliceOf = () => aliceUser;
+const bobOf = () => bobUser;
+
+const cleanup: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+/** Records the `message` events of a socket, per conversation. */
+function record(socket: ChatSocket): Message[] {
+  const got: Message[] = [];
+  socket.on("message", (m) => got.push(m));
+  return got;
+}
+
+async function ready(socket: ChatSocket): Promise<void> {
+  await eventually(() => socket.state === "open");
+}
+
+function expectGapless(messages: Message[], count: number): void {
+  expect(messages.map((m) => m.seq)).toEqual(Array.from({ length: count }, (_, i) => i + 1));
+}
+
+describe("ChatSocket on the real stack", () => {
+  it("loses and doubles nothing when its gateway is killed mid-conversation", async () => {
+    const gateway = await Gateway.start();
+    cleanup.push(() => gateway.kill());
+    let killed = false;
+    // Alice (MessagePack) is on a gateway of the test's own until it dies, then comes back
+    // through the public entry; Bob (JSON) is there all along.
+    const alice = await as(aliceOf, { encoding: "msgpack", wsUrl: () => (killed ? wsBase : gateway.ws) });
+    const bob = await as(bobOf);
+    const room = unwrap(await alice.cs.rest.POST("/chat/rooms", { body: { name: `sdk-${crypto.randomUUID().slice(0, 8)}` } }));
+    unwrap(await bob.cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: room.id } } }));
+    const chat: ChatRef = { chat_type: "room", chat_id: room.id };
+
+    const a = alice.cs.connect({ positions: [{ ...chat, seq: 0 }] });
+    const b = bob.cs.connect({ positions: [{ ...chat, seq: 0 }] });
+    cleanup.push(() => a.close(), () => b.close());
+    const gotA = record(a);
+    const gotB = record(b);
+    const states: string[] = [];
+    a.on("state", (s) => states.push(s));
+    await ready(a);
+    await ready(b);
+
+    const total = 60;
+    const sends: Array<Promise<Message>> = [];
+    for (let i = 0; i < total; i++) {
+      const from = i % 2 === 0 ? a : b;
+      sends.push(from.send(chat, `message ${i}`));
+      if (i === 24) {
+        killed = true;
+        await gateway.kill();
+      }
+      await sleep(30);
+    }
+    const acked = await Promise.all(sends);
+    expect(new Set(acked.map((m) => m.id)).size).toBe(total);
+
+    await eventually(() => gotA.length >= total && gotB.length >= total, 30_000);
+    await sleep(300); // anything doubled would arrive by now
+    expectGapless(gotA, total);
+    expectGapless(gotB, total);
+    expect(states).toContain("reconnecting");
+    expect(a.pending).toEqual([]);
+
+    // The server stored each send once: history holds exactly the 60, each client_id once.
+    const history = unwrap(
+      await bob.cs.rest.GET("/chat/messages/{chat_type}/{chat_id}", {
+        params: { path: { chat_type: "room", chat_id: room.id }, query: { limit: 100 } },
+      }),
+    );
+    expect(history.messages.map((m) => m.content).sort()).toEqual(
+      Array.from({ length: total }, (_, i) => `message ${i}`).sort(),
+    );
+    expect(new Set(history.messages.map((m) => m.client_id)).size).toBe(total);
+    // Every message reached Alice in the order it was stored.
+    expect(gotA.map((m) => m.id)).toEqual(history.messages.map((m) => m.id));
+  });
+
+  it("catches up by sync what was sent while it was away", async () => {
+    const alice = await as(aliceOf);
+    const bob = await as(bobOf);
+    const room = unwrap(await alice.cs.rest.POST("/chat/rooms", { body: { name: `sdk-${crypto.randomUUID().slice(0, 8)}` } }));
+    unwrap(await bob.cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: room.id } } }));
+    const chat: ChatRef = { chat_type: "room", chat_id: room.id };
+    const post = (content: string) =>
+      bob.cs.rest.POST("/chat/messages/{chat_type}/{chat_id}", {
+        params: { path: { chat_type: "room", chat_id: room.id } },
+        body: { content },
+      });
+    for (const c of ["one", "two", "three"]) unwrap(await post(c));
+
+    // Alice saw up to seq 1 before (say, in an earlier page load) and comes back.
+    const a = alice.cs.connect({ positions: [{ ...chat, seq: 1 }] });
+    cleanup.push(() => a.close());
+    const got = record(a);
+    await eventually(() => got.length === 2);
+    unwrap(await post("four"));
+    await eventually(() => got.length === 3);
+    expect(got.map((m) => [m.seq, m.content])).toEqual([
+      [2, "two"],
+      [3, "three"],
+      [4, "four"],
+    ]);
+    expect(a.positions()).toEqual([{ ...chat, seq: 4 }]);
+  });
+
+  it("answers token_expiring with reauth and stays connected", async () => {
+    // A gateway that announces expiry almost at once (tokens live 30 minutes by default).
+    const gateway = await Gateway.start({ REAUTH_NOTICE_SECONDS: "1799" });
+    cleanup.push(() => gateway.kill());
+    const alice = await as(aliceOf, { wsUrl: gateway.ws });
+    const a = alice.cs.connect();
+    cleanup.push(() => a.close());
+    const reauthed: string[] = [];
+    const closes: number[] = [];
+    a.on("reauthed", (d) => reauthed.push(d.expires_at));
+    a.on("close", (code) => closes.push(code));
+    await eventually(() => reauthed.length >= 1, 30_000);
+    expect(Date.parse(reauthed[0] ?? "")).toBeGreaterThan(Date.now() + 60_000);
+    expect(a.state).toBe("open");
+    expect(closes).toEqual([]);
+  });
+
+  it("stops, rejecting its outbox, when the login is revoked (4001, refresh refused)", async () => {
+    const alice = await as(aliceOf);
+    const a = alice.cs.connect();
+    const closes: number[] = [];
+    let stopped: Error | null = null;
+    a.on("close", (code) => closes.push(code));
+    a.on("stopped", (e) => (stopped = e));
+    await ready(a);
+    await alice.cs.logout();
+    await eventually(() => stopped !== null, 15_000);
+    expect(closes).toContain(4001);
+    expect(a.state).toBe("closed");
+    await expect(a.send({ chat_type: "room", chat_id: crypto.randomUUID() }, "late")).rejects.toThrow();
+  });
+
+  it("rejects a send the server refuses, with its code, and keeps the connection", async () => {
+    const alice = await as(aliceOf);
+    const a = alice.cs.connect();
+    cleanup.push(() => a.close());
+    await ready(a);
+    // Not a member of a room that does not exist.
+    await expect(a.send({ chat_type: "room", chat_id: crypto.randomUUID() }, "hello")).rejects.toMatchObject({
+      code: expect.stringMatching(/forbidden|not_found|send_failed/),
+    });
+    expect(a.state).toBe("open");
+    expect(a.pending).toEqual([]);
+  });
+});
+
+describe("the documents", () => {
+  it("serves an AsyncAPI document naming every frame the client handles", async () => {
+    const res = await fetch(`${baseUrl}/asyncapi.json`);
+    expect(res.ok).toBe(true);
+    const doc = (await res.json()) as { asyncapi: string; components: { messages: Record<string, unknown> } };
+    expect(doc.asyncapi).toMatch(/^3\./);
+    for (const t of ["send_message", "typing", "mark_read", "sync", "reauth", "ping"]) {
+      expect(doc.components.messages).toHaveProperty(`client_${t}`);
+    }
+    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin"]) {
+      expect(doc.components.messages).toHaveProperty(`server_${t}`);
+    }
+  });
+});
