@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# One build, three small runtime images: docker build --target auth-service|chat-service|gateway
+# One build, three small runtime images: docker build --target auth-service|chat-service|gateway;
+# and the public entry, nginx with the browser app: docker build --target nginx
 # The build needs no database: sqlx reads its query metadata from .sqlx/ (SQLX_OFFLINE=true).
 
 FROM rust:1.95-slim-bookworm AS build
@@ -20,6 +21,17 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && mkdir -p /out/@scalar/api-reference/dist/browser /out/redoc/bundles \
  && cp node_modules/@scalar/api-reference/dist/browser/standalone.js /out/@scalar/api-reference/dist/browser/ \
  && cp node_modules/redoc/bundles/redoc.standalone.js /out/redoc/bundles/
+
+# The browser app (web/, on the SDK in clients/typescript), built by Vite into static files.
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY clients/typescript/package.json clients/typescript/package-lock.json clients/typescript/
+COPY web/package.json web/package-lock.json web/
+RUN npm ci --prefix clients/typescript --ignore-scripts --no-audit --no-fund \
+ && npm ci --prefix web --ignore-scripts --no-audit --no-fund
+COPY clients/typescript clients/typescript
+COPY web web
+RUN cd web && node_modules/.bin/vite build --logLevel warn
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
@@ -50,3 +62,10 @@ ENV PORT=8003
 EXPOSE 8003
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 CMD ["gateway", "health"]
 ENTRYPOINT ["gateway"]
+
+# nginx with the routes of deploy/nginx (filled in from the environment by the image's
+# envsubst templates) and the browser app at /.
+FROM nginx:1.27-bookworm AS nginx
+COPY deploy/nginx/chatsphere.conf.template /etc/nginx/templates/chatsphere.conf.template
+COPY --from=web /src/web/dist /usr/share/chatsphere/web
+ENV WEB_ROOT=/usr/share/chatsphere/web

@@ -74,6 +74,20 @@ ensure_schemathesis() {
   command -v schemathesis >/dev/null 2>&1 || die "schemathesis is not on PATH after installing it"
 }
 
+# npm_ci DIR: installs DIR's locked Node packages into DIR/node_modules, unless they are there at
+# the locked versions already (a copy of the lock file in node_modules marks the install).
+npm_ci() {
+  local dir=$1 stamp="$1/node_modules/.chatsphere-lock"
+  command -v npm >/dev/null 2>&1 || die "npm is needed ($dir): sudo apt-get install -y nodejs npm"
+  if [ -f "$stamp" ] && cmp -s "$dir/package-lock.json" "$stamp"; then
+    return 0
+  fi
+  say "installing the Node packages of $dir"
+  npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null ||
+    die "npm ci failed in $dir"
+  cp "$dir/package-lock.json" "$stamp"
+}
+
 # Debian's Chromium, which the browser checks drive through playwright-core (never a browser
 # download).
 ensure_chromium() {

@@ -27,6 +27,7 @@ render_nginx() {
   [ "$(id -u)" = 0 ] && user_line="user root;"
   sed -e "s|\${LISTEN_PORT}|$listen|g" -e "s|\${AUTH_ADDR}|$auth|g" -e "s|\${CHAT_ADDR}|$chat|g" \
       -e "s|\${GATEWAY_SERVERS}|$servers|g" -e "s|\${ACCESS_LOG}|$NGINX_PREFIX/logs/access.log|g" \
+      -e "s|\${WEB_ROOT}|${WEB_ROOT:-$PWD/web/dist}|g" \
       deploy/nginx/chatsphere.conf.template >"$NGINX_PREFIX/chatsphere.conf"
   cat >"$NGINX_PREFIX/nginx.conf" <<CONF
 $user_line

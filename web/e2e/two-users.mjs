@@ -1,0 +1,168 @@
+// Two people use the browser app at once, each in a browser context of their own, through nginx
+// (which spreads their sockets over both gateways), in Debian's Chromium with every request off
+// loopback refused: they register, chat in a room and in a private chat, see each other typing
+// and reading, and one reloads the page and catches up on what was sent meanwhile.
+//   node web/e2e/two-users.mjs http://127.0.0.1:8000 [screenshot-dir] [gateway-metrics-urls]
+import { chromium } from "playwright-core";
+
+const base = process.argv[2] ?? "http://127.0.0.1:8000";
+const shots = process.argv[3];
+const gatewayMetrics = (process.argv[4] ?? "").split(",").filter(Boolean);
+const run = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)}`;
+const TIMEOUT = 15_000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+});
+
+function check(condition, what) {
+  if (!condition) throw new Error(`check failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+async function person(name) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  await context.route("**/*", (route) => {
+    const host = new URL(route.request().url()).hostname;
+    return host === "127.0.0.1" || host === "localhost" ? route.continue() : route.abort();
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  const username = `${name}_${run}`;
+  await page.goto(base);
+  await page.locator("summary").click();
+  await page.fill('input[name="username"]', username);
+  await page.fill('input[name="password"]', "wonderland-e2e");
+  await page.fill('input[name="email"]', `${username}@example.com`);
+  await page.getByTestId("register").click();
+  await page.getByTestId("me").waitFor();
+  return { page, username, errors };
+}
+
+/** Answers the next prompt() with `text`. */
+function answerPrompt(page, text) {
+  page.once("dialog", (d) => d.accept(text));
+}
+
+async function gatewaysWithConnections() {
+  const holding = [];
+  for (const url of gatewayMetrics) {
+    const text = await (await fetch(url)).text();
+    const n = Number(/^gateway_connections (\d+)/m.exec(text)?.[1] ?? 0);
+    if (n > 0) holding.push(url);
+  }
+  return holding;
+}
+
+let failed = false;
+try {
+  const alice = await person("alice");
+  if (shots) await alice.page.screenshot({ path: `${shots}/app-empty.png` });
+  const bob = await person("bob");
+
+  if (gatewayMetrics.length > 1) {
+    let holding = [];
+    for (let i = 0; i < 50 && holding.length < gatewayMetrics.length; i++) {
+      holding = await gatewaysWithConnections();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    check(holding.length === gatewayMetrics.length, `the two users' sockets are on ${holding.length} of ${gatewayMetrics.length} gateways`);
+  }
+
+  // A room: Alice creates it, Bob finds it among the public rooms and joins.
+  const room = `e2e-${run}`;
+  answerPrompt(alice.page, room);
+  await alice.page.getByTestId("new-room").click();
+  await alice.page.getByTestId("chat-title").filter({ hasText: `#${room}` }).waitFor();
+  await bob.page.getByTestId("browse-rooms").click();
+  await bob.page.locator(`button[data-room="${room}"]`).click();
+  await bob.page.getByTestId("chat-title").filter({ hasText: `#${room}` }).waitFor();
+
+  // Typing, then a message each way.
+  await bob.page.getByTestId("compose").pressSequentially("hel");
+  await alice.page.getByTestId("typing").filter({ hasText: `${bob.username} is typing` }).waitFor();
+  check(true, "Alice sees Bob typing");
+  await bob.page.getByTestId("compose").pressSequentially("lo Alice");
+  await bob.page.getByTestId("send").click();
+  await alice.page.getByTestId("messages").getByText("hello Alice").waitFor();
+  check(true, "Alice receives Bob's room message");
+  await alice.page.getByTestId("compose").fill("hi Bob, welcome");
+  await alice.page.getByTestId("compose").press("Enter");
+  await bob.page.getByTestId("messages").getByText("hi Bob, welcome").waitFor();
+  check(true, "Bob receives Alice's reply");
+  if (shots) await alice.page.screenshot({ path: `${shots}/app-room.png` });
+
+  // A private chat: Alice starts it; it appears in Bob's list with an unread badge; when Bob
+  // opens it, Alice sees that he has read it.
+  answerPrompt(alice.page, bob.username);
+  await alice.page.getByTestId("new-private").click();
+  await alice.page.getByTestId("chat-title").filter({ hasText: bob.username }).waitFor();
+  await alice.page.getByTestId("compose").fill("just between us");
+  await alice.page.getByTestId("send").click();
+  const bobsEntry = bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username });
+  await bobsEntry.getByTestId("unread").filter({ hasText: "1" }).waitFor();
+  check(true, "the private chat appears in Bob's list, one unread");
+  if (shots) await bob.page.screenshot({ path: `${shots}/app-unread.png` });
+  await bobsEntry.locator("button").click();
+  await bob.page.getByTestId("messages").getByText("just between us").waitFor();
+  await alice.page.getByTestId("seen").filter({ hasText: `Seen by ${bob.username}` }).waitFor();
+  check(true, "Alice sees that Bob has read her message");
+  await alice.page.getByTestId("presence").filter({ hasText: "online" }).waitFor();
+  check(true, "Alice sees Bob online");
+  if (shots) await alice.page.screenshot({ path: `${shots}/app-private.png` });
+
+  // Bob reloads; Alice writes meanwhile; Bob's list shows the new messages and opening the
+  // chat shows them all, once each, in order.
+  const reloading = bob.page.reload();
+  await alice.page.getByTestId("compose").fill("are you there?");
+  await alice.page.getByTestId("send").click();
+  await alice.page.getByTestId("compose").fill("second while away");
+  await alice.page.getByTestId("send").click();
+  await reloading;
+  await bob.page.getByTestId("me").waitFor();
+  await bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username }).locator("button").click();
+  await bob.page.getByTestId("messages").getByText("second while away").waitFor();
+  const texts = await bob.page.locator("#messages li .content").allInnerTexts();
+  check(
+    JSON.stringify(texts) === JSON.stringify(["just between us", "are you there?", "second while away"]),
+    `after a reload Bob has the private chat in order, once each: ${JSON.stringify(texts)}`,
+  );
+  // And live delivery works again after the reload.
+  await alice.page.getByTestId("compose").fill("welcome back");
+  await alice.page.getByTestId("send").click();
+  await bob.page.getByTestId("messages").getByText("welcome back").waitFor();
+  check(true, "Bob receives live messages after the reload");
+
+  // Edit and delete reach the other side.
+  const last = alice.page.locator("#messages li.mine").last();
+  await last.hover();
+  answerPrompt(alice.page, "welcome back!");
+  await last.getByTestId("edit").click();
+  await bob.page.getByTestId("messages").getByText("welcome back! (edited)").waitFor().catch(async () => {
+    await bob.page.getByTestId("messages").getByText("welcome back!").waitFor();
+  });
+  check(true, "Bob sees Alice's edit");
+  const first = alice.page.locator("#messages li.mine").first();
+  await first.hover();
+  alice.page.once("dialog", (d) => d.accept());
+  await first.getByTestId("delete").click();
+  await bob.page.getByTestId("messages").getByText("message deleted").waitFor();
+  check(true, "Bob sees Alice's delete");
+
+  for (const p of [alice, bob]) check(p.errors.length === 0, `no errors in ${p.username}'s console ${JSON.stringify(p.errors)}`);
+} catch (e) {
+  failed = true;
+  console.error(e.stack ?? String(e));
+  for (const [i, ctx] of browser.contexts().entries()) {
+    for (const page of ctx.pages()) {
+      if (shots) await page.screenshot({ path: `${shots}/failure-${i}.png` }).catch(() => undefined);
+    }
+  }
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,562 @@
+// The ChatSphere browser app: plain TypeScript and the DOM on top of the SDK. One module per
+// concern would be the next step once it grows; today the whole app reads top to bottom: state,
+// helpers, the login screen, the conversation list, the open conversation, live events.
+import {
+  ChatSphere,
+  ChatSphereError,
+  chatKey,
+  unwrap,
+  type ChatRef,
+  type ChatSocket,
+  type components,
+  type Message,
+  type TokenPair,
+} from "@chatsphere/client";
+
+import "./style.css";
+
+type Conversation = components["schemas"]["ConversationSummary"];
+type Room = components["schemas"]["Room"];
+type User = { id: string; username: string; display_name?: string | null };
+
+const TOKENS = "chatsphere.tokens";
+const cs = new ChatSphere({
+  baseUrl: location.origin,
+  tokens: {
+    load: () => JSON.parse(localStorage.getItem(TOKENS) ?? "null") as TokenPair | null,
+    save: (t) => (t ? localStorage.setItem(TOKENS, JSON.stringify(t)) : localStorage.removeItem(TOKENS)),
+  },
+});
+
+const state = {
+  me: null as User | null,
+  socket: null as ChatSocket | null,
+  conversations: [] as Conversation[],
+  open: null as (ChatRef & { name: string }) | null,
+  messages: [] as Message[],
+  hasOlder: false,
+  loadingOlder: false,
+  users: new Map<string, User>(),
+  online: new Set<string>(),
+  typing: new Map<string, number>(),
+  reads: new Map<string, number>(),
+};
+
+// --- helpers ----------------------------------------------------------------------------------
+
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Record<string, string | boolean | ((e: Event) => void)> = {},
+  ...children: Array<Node | string | null | false>
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (typeof v === "function") el.addEventListener(k.replace(/^on/, ""), v);
+    else if (typeof v === "boolean") {
+      if (v) el.setAttribute(k, "");
+    } else el.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== false) el.append(c);
+  return el;
+}
+
+const app = document.querySelector<HTMLDivElement>("#app")!;
+
+function nameOf(id: string): string {
+  const u = state.users.get(id);
+  return u ? (u.display_name || u.username) : id.slice(0, 8);
+}
+
+function remember(users: User[]): void {
+  for (const u of users) state.users.set(u.id, u);
+}
+
+function showError(e: unknown): void {
+  const text = e instanceof ChatSphereError ? e.detail : String(e);
+  const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast", role: "alert" }));
+  bar.textContent = text;
+  setTimeout(() => bar.remove(), 5000);
+}
+
+function time(iso: string): string {
+  return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// --- login --------------------------------------------------------------------------------------
+
+function renderLogin(): void {
+  const username = h("input", { name: "username", placeholder: "username or email", autocomplete: "username", required: true });
+  const password = h("input", { name: "password", type: "password", placeholder: "password", autocomplete: "current-password", required: true });
+  const email = h("input", { name: "email", type: "email", placeholder: "email (to register)" });
+  const submit = async (register: boolean) => {
+    try {
+      if (register) {
+        await cs.register({ username: username.value, email: email.value, password: password.value });
+      }
+      await cs.login(username.value, password.value);
+      await start();
+    } catch (e) {
+      showError(e);
+    }
+  };
+  app.replaceChildren(
+    h(
+      "main",
+      { class: "login" },
+      h("h1", {}, "ChatSphere"),
+      h(
+        "form",
+        { onsubmit: (e: Event) => (e.preventDefault(), void submit(false)) },
+        username,
+        password,
+        h("button", { type: "submit", "data-testid": "login" }, "Log in"),
+        h("details", {}, h("summary", {}, "New here? Register"), email, h("button", { type: "button", "data-testid": "register", onclick: () => void submit(true) }, "Register and log in")),
+      ),
+    ),
+  );
+}
+
+// --- the main screen ---------------------------------------------------------------------------
+
+async function start(): Promise<void> {
+  const me = unwrap(await cs.rest.GET("/auth/me"));
+  state.me = me;
+  remember([me]);
+  renderShell();
+  await refreshConversations();
+  const online = unwrap(await cs.rest.GET("/chat/online-users"));
+  remember(online);
+  state.online = new Set(online.map((u) => u.id));
+  const socket = cs.connect({
+    positions: state.conversations.map((c) => ({ chat_type: c.chat_type, chat_id: c.chat_id, seq: c.last_message?.seq ?? 0 })),
+  });
+  state.socket = socket;
+  socket.on("state", (s) => {
+    document.querySelector("#status")!.textContent = s === "open" ? "" : s === "closed" ? "disconnected" : `${s}…`;
+  });
+  socket.on("stopped", () => {
+    localStorage.removeItem(TOKENS);
+    renderLogin();
+  });
+  socket.on("message", onMessage);
+  socket.on("message_edited", (m) => replaceMessage(m));
+  socket.on("message_deleted", (d) => {
+    const m = state.messages.find((x) => x.id === d.id);
+    if (m) replaceMessage({ ...m, is_deleted: true, content: "" });
+  });
+  socket.on("typing", (d) => {
+    if (d.user_id === state.me?.id) return;
+    state.typing.set(`${chatKey(d)}|${d.user_id}`, Date.now() + 4000);
+    renderTyping();
+    setTimeout(renderTyping, 4100);
+  });
+  socket.on("read", (d) => {
+    if (state.open && chatKey(d) === chatKey(state.open) && d.user_id !== state.me?.id) {
+      state.reads.set(d.user_id, Math.max(d.seq, state.reads.get(d.user_id) ?? 0));
+      renderSeen();
+    }
+  });
+  socket.on("presence", (d) => {
+    if (d.status === "online") state.online.add(d.user_id);
+    else state.online.delete(d.user_id);
+    renderConversations();
+    renderHeader();
+  });
+  socket.on("membership", async (d) => {
+    await refreshConversations();
+    if (state.open && chatKey(state.open) === chatKey(d)) await loadNames(state.open);
+  });
+  socket.on("reaction", (d) => {
+    const m = state.messages.find((x) => x.id === d.message_id);
+    if (!m) return;
+    const list = [...(m.reactions ?? [])];
+    const i = list.findIndex((r) => r.emoji === d.emoji);
+    const mine = d.user_id === state.me?.id;
+    const delta = d.action === "added" ? 1 : -1;
+    if (i < 0 && delta > 0) list.push({ emoji: d.emoji, count: 1, me: mine });
+    else if (i >= 0) {
+      const r = list[i]!;
+      const next = { ...r, count: r.count + delta, me: mine ? delta > 0 : r.me };
+      if (next.count <= 0) list.splice(i, 1);
+      else list[i] = next;
+    }
+    replaceMessage({ ...m, reactions: list });
+  });
+}
+
+function renderShell(): void {
+  app.replaceChildren(
+    h(
+      "div",
+      { class: "shell" },
+      h(
+        "aside",
+        {},
+        h("header", {}, h("strong", { "data-testid": "me" }, nameOf(state.me!.id)), h("button", { class: "link", onclick: () => void logout() }, "Log out")),
+        h(
+          "nav",
+          { class: "actions" },
+          h("button", { onclick: () => void browseRooms(), "data-testid": "browse-rooms" }, "Rooms"),
+          h("button", { onclick: () => void newRoom(), "data-testid": "new-room" }, "New room"),
+          h("button", { onclick: () => void newGroup() }, "New group"),
+          h("button", { onclick: () => void newPrivate(), "data-testid": "new-private" }, "New chat"),
+        ),
+        h("ul", { id: "conversations", "data-testid": "conversations" }),
+      ),
+      h(
+        "section",
+        { id: "chat" },
+        h("header", { id: "chat-header" }, h("span", { class: "muted" }, "Pick a conversation")),
+        h("div", { id: "status", role: "status" }),
+        h("ol", { id: "messages", "data-testid": "messages" }),
+        h("div", { id: "typing", "data-testid": "typing" }),
+        h("div", { id: "seen", "data-testid": "seen" }),
+        h("form", { id: "composer", hidden: true, onsubmit: (e: Event) => (e.preventDefault(), void sendCurrent()) },
+          h("input", { id: "compose", name: "content", placeholder: "Message", autocomplete: "off", maxlength: "4000", "data-testid": "compose", oninput: () => state.open && state.socket?.typing(state.open) }),
+          h("button", { type: "submit", "data-testid": "send" }, "Send"),
+        ),
+      ),
+    ),
+  );
+  document.querySelector("#messages")!.addEventListener("scroll", onScroll);
+}
+
+async function logout(): Promise<void> {
+  state.socket?.close();
+  await cs.logout().catch(() => undefined);
+  location.reload();
+}
+
+async function refreshConversations(): Promise<void> {
+  state.conversations = unwrap(await cs.rest.GET("/chat/conversations"));
+  for (const c of state.conversations) state.socket?.track(c, c.last_message?.seq ?? 0);
+  renderConversations();
+}
+
+function renderConversations(): void {
+  const list = document.querySelector("#conversations");
+  if (!list) return;
+  list.replaceChildren(
+    ...state.conversations.map((c) => {
+      const open = state.open && chatKey(state.open) === chatKey(c);
+      const online = c.chat_type === "private" && state.online.has(c.chat_id);
+      return h(
+        "li",
+        { class: open ? "open" : "", "data-chat": chatKey(c) },
+        h(
+          "button",
+          { onclick: () => void openConversation({ chat_type: c.chat_type, chat_id: c.chat_id, name: c.name }) },
+          h("span", { class: `kind ${c.chat_type}` }, c.chat_type === "room" ? "#" : c.chat_type === "group" ? "◆" : online ? "●" : "○"),
+          h("span", { class: "name" }, c.name),
+          c.unread_count > 0 && h("span", { class: "badge", "data-testid": "unread" }, String(c.unread_count)),
+        ),
+      );
+    }),
+  );
+}
+
+async function browseRooms(): Promise<void> {
+  const rooms: Room[] = unwrap(await cs.rest.GET("/chat/rooms"));
+  const dialog = h(
+    "dialog",
+    { class: "rooms" },
+    h("h2", {}, "Public rooms"),
+    h(
+      "ul",
+      {},
+      ...rooms.map((r) =>
+        h(
+          "li",
+          {},
+          h("span", {}, `#${r.name}`, h("small", {}, ` ${r.member_count} members`)),
+          h(
+            "button",
+            {
+              "data-room": r.name,
+              onclick: async () => {
+                try {
+                  if (!r.is_member) unwrap(await cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: r.id } } }));
+                  dialog.close();
+                  dialog.remove();
+                  await refreshConversations();
+                  await openConversation({ chat_type: "room", chat_id: r.id, name: r.name });
+                } catch (e) {
+                  showError(e);
+                }
+              },
+            },
+            r.is_member ? "Open" : "Join",
+          ),
+        ),
+      ),
+    ),
+    h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
+  );
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
+async function newRoom(): Promise<void> {
+  const name = prompt("Room name")?.trim();
+  if (!name) return;
+  try {
+    const room = unwrap(await cs.rest.POST("/chat/rooms", { body: { name } }));
+    await refreshConversations();
+    await openConversation({ chat_type: "room", chat_id: room.id, name: room.name });
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function findUser(username: string): Promise<User | null> {
+  const found = unwrap(await cs.rest.GET("/auth/users", { params: { query: { q: username, limit: 10 } } }));
+  remember(found);
+  return found.find((u) => u.username.toLowerCase() === username.toLowerCase()) ?? null;
+}
+
+async function newGroup(): Promise<void> {
+  const name = prompt("Group name")?.trim();
+  if (!name) return;
+  const names = (prompt("Members (usernames, comma-separated)") ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  try {
+    const members = (await Promise.all(names.map(findUser))).filter((u): u is User => u !== null);
+    const group = unwrap(await cs.rest.POST("/chat/groups", { body: { name, member_ids: members.map((u) => u.id) } }));
+    await refreshConversations();
+    await openConversation({ chat_type: "group", chat_id: group.id, name: group.name });
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function newPrivate(): Promise<void> {
+  const username = prompt("Chat with (username)")?.trim();
+  if (!username) return;
+  try {
+    const user = await findUser(username);
+    if (!user) return showError(`no user named ${username}`);
+    await openConversation({ chat_type: "private", chat_id: user.id, name: user.display_name || user.username });
+  } catch (e) {
+    showError(e);
+  }
+}
+
+// --- the open conversation ---------------------------------------------------------------------
+
+async function openConversation(chat: ChatRef & { name: string }): Promise<void> {
+  state.open = chat;
+  state.messages = [];
+  state.reads.clear();
+  const page = unwrap(
+    await cs.rest.GET("/chat/messages/{chat_type}/{chat_id}", { params: { path: { chat_type: chat.chat_type, chat_id: chat.chat_id } } }),
+  );
+  if (state.open !== chat) return;
+  await loadNames(chat);
+  state.messages = page.messages;
+  state.hasOlder = page.has_more;
+  state.socket?.track(chat, page.messages.at(-1)?.seq ?? 0);
+  renderHeader();
+  renderMessages(true);
+  (document.querySelector("#composer") as HTMLFormElement).hidden = false;
+  document.querySelector<HTMLInputElement>("#compose")?.focus();
+  markRead();
+  if (chat.chat_type === "private") {
+    // Presence events only cover people the user already shared a chat with: ask afresh.
+    const online = unwrap(await cs.rest.GET("/chat/online-users"));
+    if (online.some((u) => u.id === chat.chat_id)) state.online.add(chat.chat_id);
+    else state.online.delete(chat.chat_id);
+    renderHeader();
+  }
+  if (chat.chat_type !== "room") {
+    const reads = unwrap(await cs.rest.GET("/chat/reads/{chat_type}/{chat_id}", { params: { path: chat } }));
+    for (const r of reads) if (r.user_id !== state.me?.id) state.reads.set(r.user_id, r.last_read_seq);
+    renderSeen();
+  }
+  renderConversations();
+}
+
+async function loadNames(chat: ChatRef): Promise<void> {
+  try {
+    if (chat.chat_type === "room") {
+      remember(unwrap(await cs.rest.GET("/chat/rooms/{id}/members", { params: { path: { id: chat.chat_id } } })));
+    } else if (chat.chat_type === "group") {
+      const groups = unwrap(await cs.rest.GET("/chat/groups"));
+      remember(groups.find((g) => g.id === chat.chat_id)?.members ?? []);
+    }
+  } catch {
+    // Names fall back to short ids.
+  }
+}
+
+function renderHeader(): void {
+  const header = document.querySelector("#chat-header");
+  if (!header || !state.open) return;
+  const o = state.open;
+  const presence = o.chat_type === "private" ? (state.online.has(o.chat_id) ? "online" : "offline") : "";
+  header.replaceChildren(h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name), presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence));
+}
+
+function messageItem(m: Message): HTMLLIElement {
+  const mine = m.from_user_id === state.me?.id;
+  const item = h(
+    "li",
+    { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-id": m.id },
+    h("div", { class: "meta" }, h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
+    h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content),
+  );
+  if (!m.is_deleted) {
+    const reactions = h("div", { class: "reactions" });
+    for (const r of m.reactions ?? []) {
+      reactions.append(h("button", { class: r.me ? "reaction me" : "reaction", onclick: () => void react(m, r.emoji, !r.me) }, `${r.emoji} ${r.count}`));
+    }
+    if (!(m.reactions ?? []).some((r) => r.emoji === "👍")) {
+      reactions.append(h("button", { class: "reaction add", title: "React", onclick: () => void react(m, "👍", true) }, "+👍"));
+    }
+    item.append(reactions);
+    if (mine) {
+      item.append(
+        h(
+          "div",
+          { class: "tools" },
+          h("button", { class: "link", "data-testid": "edit", onclick: () => void edit(m) }, "Edit"),
+          h("button", { class: "link", "data-testid": "delete", onclick: () => void remove(m) }, "Delete"),
+        ),
+      );
+    }
+  }
+  return item;
+}
+
+function renderMessages(toBottom: boolean): void {
+  const list = document.querySelector<HTMLOListElement>("#messages");
+  if (!list) return;
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  list.replaceChildren(...(state.hasOlder ? [h("li", { class: "older muted" }, "Scroll up for older messages")] : []), ...state.messages.map(messageItem));
+  if (toBottom) list.scrollTop = list.scrollHeight;
+  else list.scrollTop = list.scrollHeight - fromBottom;
+  renderSeen();
+}
+
+function replaceMessage(m: Message): void {
+  const i = state.messages.findIndex((x) => x.id === m.id);
+  if (i < 0) return;
+  state.messages[i] = m;
+  document.querySelector(`#messages li[data-id="${m.id}"]`)?.replaceWith(messageItem(m));
+}
+
+async function onScroll(): Promise<void> {
+  const list = document.querySelector<HTMLOListElement>("#messages")!;
+  if (list.scrollTop > 40 || !state.hasOlder || state.loadingOlder || !state.open) return;
+  state.loadingOlder = true;
+  const chat = state.open;
+  try {
+    const first = state.messages[0]?.seq;
+    const page = unwrap(
+      await cs.rest.GET("/chat/messages/{chat_type}/{chat_id}", {
+        params: { path: { chat_type: chat.chat_type, chat_id: chat.chat_id }, query: { before: first } },
+      }),
+    );
+    if (state.open !== chat) return;
+    state.messages = [...page.messages, ...state.messages];
+    state.hasOlder = page.has_more;
+    renderMessages(false);
+  } catch (e) {
+    showError(e);
+  } finally {
+    state.loadingOlder = false;
+  }
+}
+
+function renderTyping(): void {
+  const el = document.querySelector("#typing");
+  if (!el || !state.open) return;
+  const now = Date.now();
+  const prefix = `${chatKey(state.open)}|`;
+  const who = [...state.typing].filter(([k, until]) => k.startsWith(prefix) && until > now).map(([k]) => nameOf(k.slice(prefix.length)));
+  el.textContent = who.length ? `${who.join(", ")} ${who.length > 1 ? "are" : "is"} typing…` : "";
+}
+
+function renderSeen(): void {
+  const el = document.querySelector("#seen");
+  if (!el || !state.open) return;
+  const lastMine = [...state.messages].reverse().find((m) => m.from_user_id === state.me?.id);
+  const seenBy = lastMine ? [...state.reads].filter(([, seq]) => seq >= lastMine.seq).map(([id]) => nameOf(id)) : [];
+  el.textContent = seenBy.length ? `Seen by ${seenBy.join(", ")}` : "";
+}
+
+function markRead(): void {
+  const last = state.messages.at(-1);
+  if (!state.open || !last || document.hidden) return;
+  state.socket?.markRead(state.open, last.seq);
+  const c = state.conversations.find((x) => chatKey(x) === chatKey(state.open!));
+  if (c) c.unread_count = 0;
+}
+
+function onMessage(m: Message, chat: ChatRef): void {
+  const open = state.open && chatKey(state.open) === chatKey(chat);
+  if (open) {
+    state.messages.push(m);
+    const list = document.querySelector<HTMLOListElement>("#messages")!;
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    list.append(messageItem(m));
+    if (atBottom || m.from_user_id === state.me?.id) list.scrollTop = list.scrollHeight;
+    state.typing.delete(`${chatKey(chat)}|${m.from_user_id}`);
+    renderTyping();
+    renderSeen();
+    markRead();
+  }
+  const c = state.conversations.find((x) => chatKey(x) === chatKey(chat));
+  if (!c) {
+    void refreshConversations();
+    return;
+  }
+  c.last_message = m;
+  if (!open && m.from_user_id !== state.me?.id) c.unread_count += 1;
+  state.conversations = [c, ...state.conversations.filter((x) => x !== c)];
+  renderConversations();
+}
+
+async function sendCurrent(): Promise<void> {
+  const input = document.querySelector<HTMLInputElement>("#compose")!;
+  const content = input.value.trim();
+  if (!content || !state.open || !state.socket) return;
+  input.value = "";
+  try {
+    await state.socket.send(state.open, content);
+    if (!state.conversations.some((c) => state.open && chatKey(c) === chatKey(state.open))) await refreshConversations();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function edit(m: Message): Promise<void> {
+  const content = prompt("Edit message", m.content)?.trim();
+  if (!content || content === m.content) return;
+  try {
+    replaceMessage(unwrap(await cs.rest.PATCH("/chat/messages/{id}", { params: { path: { id: m.id } }, body: { content } })));
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function remove(m: Message): Promise<void> {
+  if (!confirm("Delete this message?")) return;
+  const { error } = await cs.rest.DELETE("/chat/messages/{id}", { params: { path: { id: m.id } } });
+  if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+async function react(m: Message, emoji: string, add: boolean): Promise<void> {
+  const params = { params: { path: { id: m.id, emoji } } };
+  const { error } = add ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params) : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params);
+  if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+document.addEventListener("visibilitychange", markRead);
+
+if (cs.loggedIn) {
+  start().catch(() => {
+    localStorage.removeItem(TOKENS);
+    renderLogin();
+  });
+} else {
+  renderLogin();
+}
