@@ -83,6 +83,11 @@ impl Application {
 
     /// Binds with an existing pool whose schema is up to date (tests pass a fresh database).
     pub async fn build_with_pool(config: AuthConfig, db: PgPool) -> anyhow::Result<Self> {
+        shared::metrics::zero_counters(&[
+            "auth_login_throttled_total",
+            "auth_password_queue_timeouts_total",
+            "auth_refresh_reuse_total",
+        ]);
         let redis = shared::redis::connect(&config.redis).context("REDIS_URL")?;
         if !shared::redis::wait_until_ready(&redis, Duration::from_secs(5)).await {
             tracing::warn!("Redis is not answering yet; login throttling is off until it does");

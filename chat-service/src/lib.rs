@@ -134,6 +134,16 @@ impl Application {
 
     /// Binds with an existing, migrated pool (tests pass a fresh database).
     pub async fn build_with_pool(config: ChatConfig, db: PgPool) -> anyhow::Result<Self> {
+        shared::metrics::zero_counters(&[
+            "chat_messages_persisted_total",
+            "chat_events_published_total",
+            "chat_event_publish_failures_total",
+            "chat_send_dead_letters_total",
+            "chat_send_batch_failures_total",
+            "chat_send_batches_isolated_total",
+            "chat_send_entries_claimed_total",
+            "chat_internal_calls_shed_total",
+        ]);
         let redis = shared::redis::connect(&config.redis).context("REDIS_URL")?;
         if !shared::redis::wait_until_ready(&redis, Duration::from_secs(5)).await {
             tracing::warn!("Redis is not answering yet");

@@ -343,6 +343,7 @@ impl SendWorker {
                         entries_per_read(self.config.batch_size, read, commands).unwrap_or(count);
                 }
                 Err(e) => {
+                    metrics::counter!("chat_send_batch_failures_total").increment(1);
                     own_pending_first = true;
                     failed = true;
                     group_ready = false;

@@ -95,6 +95,20 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        shared::metrics::zero_counters(&[
+            "gateway_connections_opened_total",
+            "gateway_connections_closed_total",
+            "gateway_slow_consumer_closes_total",
+            "gateway_gaps_detected_total",
+            "gateway_gap_messages_repaired_total",
+            "gateway_repair_failures_total",
+            "gateway_redis_reconnects_total",
+            "gateway_send_append_failures_total",
+            "gateway_upgrades_shed_total",
+            "gateway_held_messages_dropped_total",
+        ]);
+        metrics::gauge!("gateway_connections").set(0.0);
+        metrics::gauge!("gateway_connections_max").set(config.max_connections as f64);
         let redis = shared::redis::connect(&config.redis).context("REDIS_URL")?;
         if !shared::redis::wait_until_ready(&redis, Duration::from_secs(5)).await {
             tracing::warn!("Redis is not answering yet");

@@ -45,6 +45,17 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Sets each counter to zero: a counter exists in `/metrics` only once touched, so without this
+/// an alert or dashboard query on a rare event (dead letters, publish failures) would find no
+/// series until the first one, and `increase()` would miss that first one. Each service names
+/// the counters its alert rules and dashboard use (deploy/prometheus, deploy/grafana).
+pub fn zero_counters(names: &[&'static str]) {
+    handle();
+    for name in names {
+        metrics::counter!(*name).absolute(0);
+    }
+}
+
 /// `GET /metrics`
 pub async fn render() -> impl IntoResponse {
     (
