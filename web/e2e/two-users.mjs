@@ -94,6 +94,26 @@ try {
   await alice.page.getByTestId("compose").press("Enter");
   await bob.page.getByTestId("messages").getByText("hi Bob, welcome").waitFor();
   check(true, "Bob receives Alice's reply");
+
+  // A file: Alice attaches one, Bob sees it in the room.
+  await alice.page.getByTestId("attach").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("trail head at nine\n") });
+  await bob.page.getByTestId("messages").getByTestId("file").filter({ hasText: "notes.txt" }).waitFor();
+  check(true, "Bob sees the file Alice attached");
+  // A pin: Alice (the room's owner) pins Bob's message; Bob finds it among the pinned ones.
+  const bobsMessage = alice.page.locator("#messages li").filter({ hasText: "hello Alice" });
+  await bobsMessage.hover();
+  await bobsMessage.getByTestId("pin").click();
+  await bob.page.locator("#messages li.pinned").filter({ hasText: "hello Alice" }).waitFor();
+  await bob.page.getByTestId("pinned").click();
+  await bob.page.getByTestId("pins").getByText("hello Alice").waitFor();
+  await bob.page.getByTestId("pins").getByRole("button", { name: "Close" }).click();
+  check(true, "Bob sees the pin, live and in the pinned list");
+  // Search: Bob finds Alice's reply by a word prefix.
+  await bob.page.getByTestId("search").fill("welc");
+  await bob.page.getByTestId("search").press("Enter");
+  await bob.page.getByTestId("search-results").getByText("hi Bob, welcome").waitFor();
+  await bob.page.getByTestId("search-results").getByRole("button", { name: "Close" }).click();
+  check(true, "Bob finds a message by search");
   if (shots) await alice.page.screenshot({ path: `${shots}/app-room.png` });
 
   // A private chat: Alice starts it; it appears in Bob's list with an unread badge; when Bob

@@ -40,6 +40,7 @@ const state = {
   online: new Set<string>(),
   typing: new Map<string, number>(),
   reads: new Map<string, number>(),
+  blocked: new Set<string>(),
 };
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -127,6 +128,7 @@ async function start(): Promise<void> {
   const online = unwrap(await cs.rest.GET("/chat/online-users"));
   remember(online);
   state.online = new Set(online.map((u) => u.id));
+  state.blocked = new Set(unwrap(await cs.rest.GET("/chat/blocks")).map((u) => u.id));
   const socket = cs.connect({
     positions: state.conversations.map((c) => ({ chat_type: c.chat_type, chat_id: c.chat_id, seq: c.last_message?.seq ?? 0 })),
   });
@@ -166,6 +168,11 @@ async function start(): Promise<void> {
     await refreshConversations();
     if (state.open && chatKey(state.open) === chatKey(d)) await loadNames(state.open);
   });
+  socket.on("pin", (d) => {
+    if (state.open && chatKey(state.open) === chatKey(d)) {
+      document.querySelector(`#messages li[data-id="${d.message_id}"]`)?.classList.toggle("pinned", d.pinned);
+    }
+  });
   socket.on("reaction", (d) => {
     const m = state.messages.find((x) => x.id === d.message_id);
     if (!m) return;
@@ -201,6 +208,11 @@ function renderShell(): void {
           h("button", { onclick: () => void newGroup() }, "New group"),
           h("button", { onclick: () => void newPrivate(), "data-testid": "new-private" }, "New chat"),
         ),
+        h(
+          "form",
+          { class: "search", onsubmit: (e: Event) => (e.preventDefault(), void search((e.target as HTMLFormElement).q.value)) },
+          h("input", { name: "q", type: "search", placeholder: "Search messages", "data-testid": "search" }),
+        ),
         h("ul", { id: "conversations", "data-testid": "conversations" }),
       ),
       h(
@@ -213,6 +225,7 @@ function renderShell(): void {
         h("div", { id: "seen", "data-testid": "seen" }),
         h("form", { id: "composer", hidden: true, onsubmit: (e: Event) => (e.preventDefault(), void sendCurrent()) },
           h("input", { id: "compose", name: "content", placeholder: "Message", autocomplete: "off", maxlength: "4000", "data-testid": "compose", oninput: () => state.open && state.socket?.typing(state.open) }),
+          h("label", { class: "attach", title: "Attach a file" }, "Attach", h("input", { type: "file", hidden: true, "data-testid": "attach", onchange: (e: Event) => void attach(e.target as HTMLInputElement) })),
           h("button", { type: "submit", "data-testid": "send" }, "Send"),
         ),
       ),
@@ -392,7 +405,14 @@ function renderHeader(): void {
   if (!header || !state.open) return;
   const o = state.open;
   const presence = o.chat_type === "private" ? (state.online.has(o.chat_id) ? "online" : "offline") : "";
-  header.replaceChildren(h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name), presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence));
+  const blocked = o.chat_type === "private" && state.blocked.has(o.chat_id);
+  header.replaceChildren(
+    h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name),
+    presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence),
+    h("span", { class: "spacer" }),
+    h("button", { class: "link", "data-testid": "pinned", onclick: () => void showPins() }, "Pinned"),
+    o.chat_type === "private" ? h("button", { class: "link", "data-testid": "block", onclick: () => void toggleBlock(o.chat_id) }, blocked ? "Unblock" : "Block") : "",
+  );
 }
 
 function messageItem(m: Message): HTMLLIElement {
@@ -401,15 +421,19 @@ function messageItem(m: Message): HTMLLIElement {
     "li",
     { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-id": m.id },
     h("div", { class: "meta" }, h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
-    h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content),
+    m.content || m.is_deleted || !m.attachment ? h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content) : null,
   );
+  if (m.attachment && !m.is_deleted) {
+    const a = m.attachment;
+    item.append(h("div", {}, h("button", { class: "file", "data-testid": "file", onclick: () => void download(a.id, a.filename) }, `${a.filename} (${Math.ceil(a.size / 1024)} KiB)`)));
+  }
   if (!m.is_deleted) {
     const reactions = h("div", { class: "reactions" });
     for (const r of m.reactions ?? []) {
       reactions.append(h("button", { class: r.me ? "reaction me" : "reaction", onclick: () => void react(m, r.emoji, !r.me) }, `${r.emoji} ${r.count}`));
     }
     if (!(m.reactions ?? []).some((r) => r.emoji === "👍")) {
-      reactions.append(h("button", { class: "reaction add", title: "React", onclick: () => void react(m, "👍", true) }, "+👍"));
+      reactions.append(h("button", { class: "reaction add", title: "React with 👍", onclick: () => void react(m, "👍", true) }, "+1"));
     }
     item.append(reactions);
     if (mine) {
@@ -422,6 +446,7 @@ function messageItem(m: Message): HTMLLIElement {
         ),
       );
     }
+    item.append(h("div", { class: "tools" }, h("button", { class: "link", "data-testid": "pin", onclick: () => void pin(m) }, "Pin")));
   }
   return item;
 }
@@ -548,6 +573,103 @@ async function react(m: Message, emoji: string, add: boolean): Promise<void> {
   const params = { params: { path: { id: m.id, emoji } } };
   const { error } = add ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params) : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params);
   if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+async function search(q: string): Promise<void> {
+  if (!q.trim()) return;
+  try {
+    const found = unwrap(await cs.rest.GET("/chat/search", { params: { query: { q } } }));
+    const dialog = h(
+      "dialog",
+      { "data-testid": "search-results" },
+      h("h2", {}, `“${q}”`),
+      found.messages.length === 0 ? h("p", { class: "muted" }, "Nothing found") : null,
+      h(
+        "ul",
+        {},
+        ...found.messages.map((m) => {
+          const chat = chatOfMessage(m);
+          const c = state.conversations.find((x) => chatKey(x) === chatKey(chat));
+          return h(
+            "li",
+            {},
+            h("button", { class: "link", onclick: () => (dialog.close(), dialog.remove(), void openConversation({ ...chat, name: c?.name ?? "" })) }, `${c?.name ?? chat.chat_type}: ${m.content}`),
+          );
+        }),
+      ),
+      h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
+    );
+    document.body.append(dialog);
+    dialog.showModal();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+function chatOfMessage(m: Message): ChatRef {
+  if (m.chat_type === "room") return { chat_type: "room", chat_id: m.room_id ?? "" };
+  if (m.chat_type === "group") return { chat_type: "group", chat_id: m.group_id ?? "" };
+  return { chat_type: "private", chat_id: (m.from_user_id === state.me?.id ? m.to_user_id : m.from_user_id) ?? "" };
+}
+
+async function pin(m: Message): Promise<void> {
+  const { error } = await cs.rest.PUT("/chat/messages/{id}/pin", { params: { path: { id: m.id } } });
+  if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+async function showPins(): Promise<void> {
+  if (!state.open) return;
+  try {
+    const pins = unwrap(await cs.rest.GET("/chat/pins/{chat_type}/{chat_id}", { params: { path: state.open } }));
+    const dialog = h(
+      "dialog",
+      { "data-testid": "pins" },
+      h("h2", {}, "Pinned"),
+      pins.length === 0 ? h("p", { class: "muted" }, "No pinned messages") : null,
+      h("ul", {}, ...pins.map((m) => h("li", {}, h("span", {}, `${nameOf(m.from_user_id)}: ${m.content}`)))),
+      h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
+    );
+    document.body.append(dialog);
+    dialog.showModal();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function toggleBlock(userId: string): Promise<void> {
+  const params = { params: { path: { user_id: userId } } };
+  const blocked = state.blocked.has(userId);
+  const { error } = blocked ? await cs.rest.DELETE("/chat/blocks/{user_id}", params) : await cs.rest.PUT("/chat/blocks/{user_id}", params);
+  if (error) return showError(new ChatSphereError(error.code, error.detail));
+  if (blocked) state.blocked.delete(userId);
+  else state.blocked.add(userId);
+  renderHeader();
+}
+
+/** Uploads the chosen file (to the URL the server hands out) and sends it as a message. */
+async function attach(input: HTMLInputElement): Promise<void> {
+  const file = input.files?.[0];
+  input.value = "";
+  if (!file || !state.open || !state.socket) return;
+  try {
+    const contentType = file.type || "application/octet-stream";
+    const ticket = unwrap(await cs.rest.POST("/chat/uploads", { body: { filename: file.name, content_type: contentType, size: file.size } }));
+    const put = await fetch(ticket.url, { method: ticket.method, headers: { "content-type": contentType, ...(ticket.headers as Record<string, string>) }, body: file });
+    if (!put.ok) throw new ChatSphereError("upload_failed", `the upload was refused (${put.status})`);
+    const image = contentType.startsWith("image/");
+    await state.socket.send(state.open, "", { message_type: image ? "image" : "file", attachment_id: ticket.upload_id });
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function download(id: string, filename: string): Promise<void> {
+  const { data, error } = await cs.rest.GET("/chat/attachments/{id}", { params: { path: { id } }, parseAs: "blob" });
+  if (error || !(data instanceof Blob)) return showError(new ChatSphereError("not_found", "the file is not available"));
+  const url = URL.createObjectURL(data);
+  const a = h("a", { href: url, download: filename });
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 document.addEventListener("visibilitychange", markRead);
