@@ -45,10 +45,11 @@ pub fn router() -> Router<AppState> {
 #[openapi(
     info(title = "ChatSphere auth-service", description = "Users, login and tokens."),
     paths(register, login, refresh, logout, me, update_me, delete_me, ws_ticket, search_users,
-          crate::avatars::set_avatar, crate::avatars::serve),
-    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, WsTicket, UserBody, ErrorBody)),
+          crate::avatars::set_avatar, crate::avatars::serve,
+          crate::admin::find_users, crate::admin::deactivate),
+    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, WsTicket, UserBody, ErrorBody, crate::admin::AdminUser)),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "auth", description = "Accounts and tokens"))
+    tags((name = "auth", description = "Accounts and tokens"), (name = "admin", description = "For users with the admin role (`auth-service admin grant USERNAME`)"))
 )]
 pub struct ApiDoc;
 
@@ -430,15 +431,18 @@ async fn delete_me(
             "incorrect password",
         ));
     }
-    users::deactivate(&state.db, user.id).await?;
-    state.refresh_tokens.revoke_user(user.id).await?;
-    crate::sessions::revoke(
-        &state,
-        shared::revocation::Revocation::Account { user: user.id },
-    )
-    .await?;
-    metrics::counter!("auth_accounts_deleted_total").increment(1);
+    end_account(&state, user.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deactivates an account: every login revoked, every socket closed (4001), and its still
+/// unexpired access tokens refused everywhere (`account_disabled`).
+pub async fn end_account(state: &AppState, user: uuid::Uuid) -> ApiResult<()> {
+    users::deactivate(&state.db, user).await?;
+    state.refresh_tokens.revoke_user(user).await?;
+    crate::sessions::revoke(state, shared::revocation::Revocation::Account { user }).await?;
+    metrics::counter!("auth_accounts_deleted_total").increment(1);
+    Ok(())
 }
 
 /// A single-use WebSocket ticket.

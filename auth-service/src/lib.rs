@@ -9,6 +9,7 @@
 //!
 //! [`Application`] binds, reports its port and serves until SIGTERM/SIGINT; tests run it on port 0.
 
+pub mod admin;
 pub mod api;
 pub mod avatars;
 pub mod config;
@@ -140,6 +141,7 @@ impl Application {
         };
         let router = Router::new()
             .merge(api::router())
+            .merge(admin::router())
             .with_state(state)
             .merge(shared::health::router(health))
             .merge(shared::docs::router(api::ApiDoc::openapi()));

@@ -10,6 +10,7 @@
 //! - [`health`], [`metrics`], [`telemetry`], [`shutdown`] — operations plumbing.
 //! - `storage` (feature `storage`) — object storage (S3 or a local directory) and images.
 
+pub mod admin;
 pub mod asyncapi;
 pub mod chat;
 pub mod config;

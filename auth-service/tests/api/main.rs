@@ -2,6 +2,7 @@
 //! fresh key prefix per test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod avatars;
 mod edges;
 mod helpers;

@@ -353,20 +353,33 @@ pub async fn delete(
     caller: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
+    delete_message(&state, caller.user_id, id, false).await
+}
+
+/// Deletes message `id` as `actor`: its author, an owner or moderator of its room, or, with
+/// `admin` (checked by the caller), anyone. Someone else's message in a room goes in the room's
+/// audit log.
+pub async fn delete_message(
+    state: &AppState,
+    actor: Uuid,
+    id: Uuid,
+    admin: bool,
+) -> ApiResult<StatusCode> {
     let current = sqlx::query_as!(MessageRow, "SELECT * FROM messages WHERE id = $1", id)
         .fetch_optional(&state.db)
         .await?
         .ok_or_else(|| ApiError::not_found("no such message"))?;
-    // Someone else's message: only a room's owner or moderators delete it, and it is audited.
+    let someone_elses = current.from_user_id != actor;
     let moderated_room = match current.room_id {
-        Some(room) if current.from_user_id != caller.user_id => {
-            if !moderation::moderates(&state.db, room, caller.user_id).await? {
+        Some(room) if someone_elses => {
+            if !admin && !moderation::moderates(&state.db, room, actor).await? {
                 return Err(ApiError::forbidden("only the author may change a message"));
             }
             Some(room)
         }
+        _ if admin && someone_elses => None,
         _ => {
-            own_message(&state, id, caller.user_id).await?;
+            own_message(state, id, actor).await?;
             None
         }
     };
@@ -384,8 +397,7 @@ pub async fn delete(
     .fetch_optional(&mut *tx)
     .await?;
     if let (Some(room), Some(row)) = (moderated_room, &row) {
-        moderation::audit_message_deleted(&mut *tx, room, caller.user_id, row.from_user_id, id)
-            .await?;
+        moderation::audit_message_deleted(&mut *tx, room, actor, row.from_user_id, id).await?;
     }
     tx.commit().await?;
     if let Some(row) = row {

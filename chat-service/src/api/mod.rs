@@ -1,5 +1,6 @@
 //! The `/chat` endpoints and their OpenAPI description.
 
+pub mod admin;
 pub mod conversations;
 pub mod groups;
 pub mod internal;
@@ -44,6 +45,9 @@ pub fn router() -> Router<AppState> {
             delete(moderation::unmute),
         )
         .route("/chat/rooms/{id}/audit", get(moderation::audit_log))
+        .route("/admin/rooms", get(admin::rooms))
+        .route("/admin/rooms/{id}/audit", get(admin::audit_log))
+        .route("/admin/messages/{id}", delete(admin::delete_message))
         .route("/chat/groups", get(groups::list).post(groups::create))
         .route("/chat/groups/{id}/members", post(groups::add_members))
         .route(
@@ -110,6 +114,7 @@ pub fn router() -> Router<AppState> {
         reads::reads, reactions::add, reactions::remove,
         moderation::promote, moderation::demote, moderation::ban, moderation::unban,
         moderation::bans, moderation::mute, moderation::unmute, moderation::audit_log,
+        admin::rooms, admin::delete_message, admin::audit_log,
     ),
     components(schemas(shared::error::ErrorBody, shared::chat::Message, UserSummary, reads::ReadReceipt, shared::chat::Reaction)),
     modifiers(&BearerAuth, &CommonErrors),
@@ -121,6 +126,7 @@ pub fn router() -> Router<AppState> {
         (name = "blocks", description = "Users the caller blocked"),
         (name = "moderation", description = "Room moderators, bans, mutes and the audit log"),
         (name = "attachments", description = "Uploads to object storage, and downloads for the conversation's members"),
+        (name = "admin", description = "For users with the admin role (`auth-service admin grant USERNAME`)"),
     )
 )]
 pub struct ApiDoc;

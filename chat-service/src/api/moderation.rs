@@ -637,6 +637,16 @@ pub async fn audit_log(
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
+    if role(&state.db, id, caller.user_id).await? != Role::Owner {
+        return Err(ApiError::forbidden(
+            "only the room's owner reads its audit log",
+        ));
+    }
+    audit_page(&state, id, q).await
+}
+
+/// A page of room `id`'s audit log, for whoever the caller let read it.
+pub async fn audit_page(state: &AppState, id: Uuid, q: AuditQuery) -> ApiResult<Json<AuditPage>> {
     let limit = match q.limit.as_deref().map(str::parse::<i64>) {
         None => 50,
         Some(Ok(n)) if (1..=200).contains(&n) => n,
@@ -657,11 +667,6 @@ pub async fn audit_log(
             ))
         }
     };
-    if role(&state.db, id, caller.user_id).await? != Role::Owner {
-        return Err(ApiError::forbidden(
-            "only the room's owner reads its audit log",
-        ));
-    }
     let mut entries = sqlx::query_as!(
         AuditEntry,
         r#"SELECT id, action, actor_id, target_id, message_id, reason, until, created_at

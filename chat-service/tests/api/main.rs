@@ -2,6 +2,7 @@
 //! fresh key and channel prefix per test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod attachments;
 mod authorization;
 mod bus;
