@@ -48,6 +48,16 @@ function answerPrompt(page, text) {
   page.once("dialog", (d) => d.accept(text));
 }
 
+/** Answers the next prompts, one text each. */
+function answerPrompts(page, texts) {
+  const queue = [...texts];
+  const answer = (d) => {
+    d.accept(queue.shift());
+    if (queue.length === 0) page.off("dialog", answer);
+  };
+  page.on("dialog", answer);
+}
+
 async function gatewaysWithConnections() {
   const holding = [];
   for (const url of gatewayMetrics) {
@@ -116,6 +126,17 @@ try {
   check(true, "Bob finds a message by search");
   if (shots) await alice.page.screenshot({ path: `${shots}/app-room.png` });
 
+  // Moderation: Alice, the room's owner, mutes Bob from the member list; both see it happen,
+  // and Bob's next send there is refused with the reason.
+  await alice.page.getByTestId("members").click();
+  await alice.page.getByTestId("member-list").locator(`li[data-user="${bob.username}"]`).getByTestId("mute").click();
+  await bob.page.getByTestId("note").filter({ hasText: `${bob.username} was muted by ${alice.username}` }).waitFor();
+  await alice.page.getByTestId("note").filter({ hasText: "was muted" }).waitFor();
+  await bob.page.getByTestId("compose").fill("can I still talk?");
+  await bob.page.getByTestId("send").click();
+  await bob.page.getByRole("alert").filter({ hasText: "muted" }).waitFor();
+  check(true, "Alice mutes Bob; both see it, and Bob's send is refused as muted");
+
   // A private chat: Alice starts it; it appears in Bob's list with an unread badge; when Bob
   // opens it, Alice sees that he has read it.
   answerPrompt(alice.page, bob.username);
@@ -172,6 +193,37 @@ try {
   await first.getByTestId("delete").click();
   await bob.page.getByTestId("messages").getByText("message deleted").waitFor();
   check(true, "Bob sees Alice's delete");
+
+  // A group, and history scrolling back: Alice starts a group with Bob and posts 55 messages
+  // (over REST, paced under the send rate); Bob opens it, sees the latest page, scrolls up and
+  // then has all 55, in order.
+  const group = `g-${run}`;
+  answerPrompts(alice.page, [group, bob.username]);
+  await alice.page.locator("button", { hasText: "New group" }).click();
+  await alice.page.getByTestId("chat-title").filter({ hasText: group }).waitFor();
+  const groupId = (await alice.page.locator('li[data-chat^="group:"]').getAttribute("data-chat")).slice("group:".length);
+  const token = await alice.page.evaluate(() => JSON.parse(localStorage.getItem("chatsphere.tokens")).access_token);
+  for (let i = 1; i <= 55; i++) {
+    const r = await fetch(`${base}/chat/messages/group/${groupId}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ content: `old ${i}` }),
+    });
+    if (r.status !== 201) throw new Error(`posting to the group: ${r.status} ${await r.text()}`);
+    await new Promise((r) => setTimeout(r, 70));
+  }
+  const bobsGroup = bob.page.locator(`li[data-chat="group:${groupId}"]`);
+  await bobsGroup.waitFor();
+  await bobsGroup.locator("button").click();
+  await bob.page.getByTestId("messages").getByText("old 55", { exact: true }).waitFor();
+  const firstPage = await bob.page.locator("#messages li[data-seq]").count();
+  await bob.page.locator("#messages").evaluate((el) => (el.scrollTop = 0));
+  await bob.page.getByTestId("messages").getByText("old 1", { exact: true }).waitFor();
+  const all = await bob.page.locator("#messages li[data-seq] .content").allInnerTexts();
+  check(
+    firstPage === 50 && JSON.stringify(all) === JSON.stringify(Array.from({ length: 55 }, (_, i) => `old ${i + 1}`)),
+    `Bob's group shows the latest 50, then all 55 in order after scrolling up (first page ${firstPage})`,
+  );
 
   for (const p of [alice, bob]) check(p.errors.length === 0, `no errors in ${p.username}'s console ${JSON.stringify(p.errors)}`);
 } catch (e) {

@@ -33,6 +33,8 @@ const state = {
   socket: null as ChatSocket | null,
   conversations: [] as Conversation[],
   open: null as (ChatRef & { name: string }) | null,
+  /** The caller's role in the open room: owner, moderator, member. */
+  role: null as string | null,
   messages: [] as Message[],
   hasOlder: false,
   loadingOlder: false,
@@ -165,6 +167,7 @@ async function start(): Promise<void> {
     renderHeader();
   });
   socket.on("membership", async (d) => {
+    if (state.open && chatKey(state.open) === chatKey(d)) note(membershipText(d));
     await refreshConversations();
     if (state.open && chatKey(state.open) === chatKey(d)) await loadNames(state.open);
   });
@@ -363,6 +366,11 @@ async function openConversation(chat: ChatRef & { name: string }): Promise<void>
     await cs.rest.GET("/chat/messages/{chat_type}/{chat_id}", { params: { path: { chat_type: chat.chat_type, chat_id: chat.chat_id } } }),
   );
   if (state.open !== chat) return;
+  state.role = null;
+  if (chat.chat_type === "room") {
+    const rooms = unwrap(await cs.rest.GET("/chat/rooms"));
+    state.role = rooms.find((r) => r.id === chat.chat_id)?.my_role ?? null;
+  }
   await loadNames(chat);
   state.messages = page.messages;
   state.hasOlder = page.has_more;
@@ -410,6 +418,7 @@ function renderHeader(): void {
     h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name),
     presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence),
     h("span", { class: "spacer" }),
+    o.chat_type === "room" ? h("button", { class: "link", "data-testid": "members", onclick: () => void showMembers() }, "Members") : "",
     h("button", { class: "link", "data-testid": "pinned", onclick: () => void showPins() }, "Pinned"),
     o.chat_type === "private" ? h("button", { class: "link", "data-testid": "block", onclick: () => void toggleBlock(o.chat_id) }, blocked ? "Unblock" : "Block") : "",
   );
@@ -573,6 +582,80 @@ async function react(m: Message, emoji: string, add: boolean): Promise<void> {
   const params = { params: { path: { id: m.id, emoji } } };
   const { error } = add ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params) : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params);
   if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+/** A line in the open conversation that is not a message (someone joined, was muted…). */
+function note(text: string): void {
+  const list = document.querySelector<HTMLOListElement>("#messages");
+  if (!list) return;
+  list.append(h("li", { class: "note muted", "data-testid": "note" }, text));
+  list.scrollTop = list.scrollHeight;
+}
+
+function membershipText(d: { user_id: string; action: string; by?: string; until?: string }): string {
+  const who = nameOf(d.user_id);
+  const by = d.by ? ` by ${d.by === state.me?.id ? "you" : nameOf(d.by)}` : "";
+  const until = d.until ? ` until ${time(d.until)}` : "";
+  const verb: Record<string, string> = {
+    joined: "joined", left: "left", added: "was added", removed: "was removed", banned: "was banned",
+    unbanned: "was unbanned", muted: "was muted", unmuted: "was unmuted", promoted: "became a moderator", demoted: "is no longer a moderator",
+  };
+  return `${who} ${verb[d.action] ?? d.action}${by}${until}`;
+}
+
+/** A room's members; its owner and moderators act on them from here. */
+async function showMembers(): Promise<void> {
+  const room = state.open;
+  if (!room || room.chat_type !== "room") return;
+  try {
+    const members = unwrap(await cs.rest.GET("/chat/rooms/{id}/members", { params: { path: { id: room.chat_id } } }));
+    remember(members);
+    const moderates = state.role === "owner" || state.role === "moderator";
+    const act = async (what: "promote" | "mute" | "ban", userId: string) => {
+      const path = { id: room.chat_id };
+      const { error } =
+        what === "promote"
+          ? await cs.rest.PUT("/chat/rooms/{id}/moderators/{user_id}", { params: { path: { ...path, user_id: userId } } })
+          : what === "mute"
+            ? await cs.rest.POST("/chat/rooms/{id}/mutes", { params: { path }, body: { user_id: userId, until: new Date(Date.now() + 10 * 60_000).toISOString() } })
+            : await cs.rest.POST("/chat/rooms/{id}/bans", { params: { path }, body: { user_id: userId } });
+      if (error) showError(new ChatSphereError(error.code, error.detail));
+      else {
+        dialog.close();
+        dialog.remove();
+      }
+    };
+    const dialog = h(
+      "dialog",
+      { "data-testid": "member-list" },
+      h("h2", {}, `#${room.name}: members`),
+      h(
+        "ul",
+        {},
+        ...members.map((u) =>
+          h(
+            "li",
+            { "data-user": u.username },
+            h("span", {}, u.display_name || u.username),
+            moderates && u.id !== state.me?.id
+              ? h(
+                  "span",
+                  { class: "tools-inline" },
+                  state.role === "owner" ? h("button", { class: "link", onclick: () => void act("promote", u.id) }, "Make moderator") : null,
+                  h("button", { class: "link", "data-testid": "mute", onclick: () => void act("mute", u.id) }, "Mute 10 min"),
+                  h("button", { class: "link", "data-testid": "ban", onclick: () => void act("ban", u.id) }, "Ban"),
+                )
+              : null,
+          ),
+        ),
+      ),
+      h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
+    );
+    document.body.append(dialog);
+    dialog.showModal();
+  } catch (e) {
+    showError(e);
+  }
 }
 
 async function search(q: string): Promise<void> {
