@@ -36,11 +36,20 @@ struct Node {
     client: fred::prelude::Client,
 }
 
+/// The tests that disturb the cluster (moving a slot, restarting a primary) run one at a time:
+/// a primary restarted under the other test's slot migration left that migration half done (the
+/// source never answered SETSLOT MIGRATING) and the test waiting on it.
+static ONE_DISTURBANCE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn cluster_command(client: &fred::prelude::Client, args: Vec<String>) -> Value {
-    let v: fred::types::Value = client
-        .custom(CustomCommand::new_static("CLUSTER", None, false), args)
-        .await
-        .unwrap();
+    let what = args.join(" ");
+    let v: fred::types::Value = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.custom(CustomCommand::new_static("CLUSTER", None, false), args),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("CLUSTER {what} did not answer within 15 s"))
+    .unwrap();
     match v {
         fred::types::Value::String(s) => Value::String(s.to_string()),
         fred::types::Value::Bytes(b) => Value::String(String::from_utf8_lossy(&b).into()),
@@ -237,6 +246,7 @@ async fn a_slot_moving_during_traffic_loses_nothing(db: PgPool) {
         eprintln!("REDIS_URL is not a cluster: nothing to move");
         return;
     };
+    let _alone = ONE_DISTURBANCE_AT_A_TIME.lock().await;
     let s = stack(db, 2, |_| {}).await;
     let nodes = nodes(&ports).await;
     let keys = shared::keys::Keys::new(s.prefix.clone());
@@ -257,6 +267,7 @@ async fn a_primary_restart_loses_nothing(db: PgPool) {
         eprintln!("REDIS_URL is not a cluster: nothing to restart");
         return;
     };
+    let _alone = ONE_DISTURBANCE_AT_A_TIME.lock().await;
     let s = stack(db, 2, |_| {}).await;
     let nodes = nodes(&ports).await;
     let keys = shared::keys::Keys::new(s.prefix.clone());
