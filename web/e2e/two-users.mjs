@@ -124,6 +124,12 @@ try {
   await bob.page.getByTestId("search-results").getByText("hi Bob, welcome").waitFor();
   await bob.page.getByTestId("search-results").getByRole("button", { name: "Close" }).click();
   check(true, "Bob finds a message by search");
+  // A reaction: Bob reacts to Alice's reply; Alice sees the count.
+  const alicesReply = bob.page.locator("#messages li").filter({ hasText: "hi Bob, welcome" });
+  await alicesReply.hover();
+  await alicesReply.locator(".reaction.add").click();
+  await alice.page.locator("#messages li").filter({ hasText: "hi Bob, welcome" }).locator(".reaction").filter({ hasText: "👍 1" }).waitFor();
+  check(true, "Alice sees Bob's reaction");
   if (shots) await alice.page.screenshot({ path: `${shots}/app-room.png` });
 
   // Moderation: Alice, the room's owner, mutes Bob from the member list; both see it happen,
@@ -224,6 +230,16 @@ try {
     firstPage === 50 && JSON.stringify(all) === JSON.stringify(Array.from({ length: 55 }, (_, i) => `old ${i + 1}`)),
     `Bob's group shows the latest 50, then all 55 in order after scrolling up (first page ${firstPage})`,
   );
+
+  // Blocking: Bob blocks Alice in their private chat; her next message there is refused.
+  await bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username }).locator("button").click();
+  await bob.page.getByTestId("block").filter({ hasText: "Block" }).click();
+  await bob.page.getByTestId("block").filter({ hasText: "Unblock" }).waitFor();
+  await alice.page.locator(`li[data-chat^="private:"]`).filter({ hasText: bob.username }).locator("button").click();
+  await alice.page.getByTestId("compose").fill("hello?");
+  await alice.page.getByTestId("send").click();
+  await alice.page.getByRole("alert").filter({ hasText: "block" }).waitFor();
+  check(true, "Bob blocks Alice and her private message is refused");
 
   for (const p of [alice, bob]) check(p.errors.length === 0, `no errors in ${p.username}'s console ${JSON.stringify(p.errors)}`);
 } catch (e) {
