@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{
     error::ErrorBody,
-    extract::{ApiPath, ApiQuery},
+    extract::{bounded_int, ApiPath, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
@@ -61,16 +61,7 @@ pub async fn find_users(
     ApiQuery(query): ApiQuery<FindQuery>,
 ) -> ApiResult<Json<Vec<AdminUser>>> {
     shared::admin::require(&state.db, caller.user_id).await?;
-    let limit = match query.limit.as_deref().map(str::parse::<i64>) {
-        None => 50,
-        Some(Ok(n)) if (1..=200).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "limit",
-                "must be a whole number from 1 to 200",
-            ))
-        }
-    };
+    let limit = bounded_int("limit", query.limit.as_deref(), 50, 1..=200)?;
     let q = query.q.as_deref().map(str::trim).unwrap_or_default();
     if q.chars().count() > 64 {
         return Err(ApiError::invalid_field(

@@ -173,20 +173,11 @@ pub async fn update_profile(db: &PgPool, id: Uuid, p: Profile) -> sqlx::Result<O
     .await
 }
 
-/// Escapes `%`, `_` and `\` so a search prefix matches literally in LIKE.
+/// A LIKE pattern matching what starts with `prefix` (lower-cased), wildcards taken literally.
 pub fn like_prefix(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + 1);
-    for c in prefix.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
+    format!("{}%", shared::db::like_literal(&prefix.to_lowercase()))
 }
 
-/// Active users whose username or display name starts with `prefix`, by username.
 pub async fn search(db: &PgPool, prefix: &str, limit: i64) -> sqlx::Result<Vec<User>> {
     sqlx::query_as!(
         User,

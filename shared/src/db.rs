@@ -39,3 +39,16 @@ pub async fn wait_until_ready(pool: &PgPool, limit: Duration) -> Result<(), sqlx
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// `text` with `LIKE`'s wildcards (`%`, `_`) and its escape character (`\`) escaped, so it
+/// matches literally inside a pattern (`format!("{}%", like_literal(prefix))`).
+pub fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -84,6 +84,28 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A whole-number query parameter: `default` when absent, 422 naming `field` when it is not a
+/// whole number within `range`.
+pub fn bounded_int(
+    field: &str,
+    value: Option<&str>,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, ApiError> {
+    match value.map(str::parse::<i64>) {
+        None => Ok(default),
+        Some(Ok(n)) if range.contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid_field(
+            field,
+            format!(
+                "must be a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
 /// The field a serde error is about: its path when it has one, else the name serde quotes in
 /// messages such as "missing field `password`".
 pub fn field_name(path: &str, message: &str, fallback: &str) -> String {

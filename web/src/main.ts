@@ -5,6 +5,7 @@ import {
   ChatSphere,
   ChatSphereError,
   chatKey,
+  chatOf,
   unwrap,
   type ChatRef,
   type ChatSocket,
@@ -671,7 +672,7 @@ async function search(q: string): Promise<void> {
         "ul",
         {},
         ...found.messages.map((m) => {
-          const chat = chatOfMessage(m);
+          const chat = chatOf(m, state.me?.id ?? "");
           const c = state.conversations.find((x) => chatKey(x) === chatKey(chat));
           return h(
             "li",
@@ -687,12 +688,6 @@ async function search(q: string): Promise<void> {
   } catch (e) {
     showError(e);
   }
-}
-
-function chatOfMessage(m: Message): ChatRef {
-  if (m.chat_type === "room") return { chat_type: "room", chat_id: m.room_id ?? "" };
-  if (m.chat_type === "group") return { chat_type: "group", chat_id: m.group_id ?? "" };
-  return { chat_type: "private", chat_id: (m.from_user_id === state.me?.id ? m.to_user_id : m.from_user_id) ?? "" };
 }
 
 async function pin(m: Message): Promise<void> {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{
     error::ErrorBody,
-    extract::{ApiPath, ApiQuery},
+    extract::{bounded_int, ApiPath, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
@@ -40,26 +40,6 @@ pub struct RoomsQuery {
     offset: Option<String>,
 }
 
-fn bounded(
-    field: &str,
-    value: Option<&str>,
-    default: i64,
-    range: std::ops::RangeInclusive<i64>,
-) -> ApiResult<i64> {
-    match value.map(str::parse::<i64>) {
-        None => Ok(default),
-        Some(Ok(n)) if range.contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::invalid_field(
-            field,
-            format!(
-                "must be a whole number from {} to {}",
-                range.start(),
-                range.end()
-            ),
-        )),
-    }
-}
-
 /// `GET /admin/rooms`
 #[utoipa::path(get, path = "/admin/rooms", operation_id = "admin_list_rooms", tag = "admin", security(("bearer" = [])),
     params(RoomsQuery),
@@ -74,8 +54,8 @@ pub async fn rooms(
     ApiQuery(q): ApiQuery<RoomsQuery>,
 ) -> ApiResult<Json<Vec<AdminRoom>>> {
     shared::admin::require(&state.db, caller.user_id).await?;
-    let limit = bounded("limit", q.limit.as_deref(), 100, 1..=500)?;
-    let offset = bounded("offset", q.offset.as_deref(), 0, 0..=1_000_000)?;
+    let limit = bounded_int("limit", q.limit.as_deref(), 100, 1..=500)?;
+    let offset = bounded_int("offset", q.offset.as_deref(), 0, 0..=1_000_000)?;
     let prefix = q.q.as_deref().map(str::trim).unwrap_or_default();
     if prefix.chars().count() > 64 {
         return Err(ApiError::invalid_field(
@@ -83,14 +63,7 @@ pub async fn rooms(
             "must be at most 64 characters",
         ));
     }
-    let pattern = format!(
-        "{}%",
-        prefix
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
+    let pattern = format!("{}%", shared::db::like_literal(&prefix.to_lowercase()));
     let rooms = sqlx::query_as::<_, AdminRoom>(
         r#"SELECT r.id, r.name, r.description, r.created_by, r.created_at,
                   (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id) AS member_count
@@ -138,12 +111,6 @@ pub async fn audit_log(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     shared::admin::require(&state.db, caller.user_id).await?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM rooms WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?;
-    if exists.is_none() {
-        return Err(ApiError::not_found("no such room"));
-    }
+    super::rooms::load(&state, id, caller.user_id).await?;
     super::moderation::audit_page(&state, id, q).await
 }

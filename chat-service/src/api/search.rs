@@ -48,16 +48,7 @@ const MAX_PREFILTER: usize = 16;
 
 /// `%text%` with `LIKE`'s wildcards and escape character taken literally.
 fn like_pattern(text: &str) -> String {
-    let mut p = String::with_capacity(text.len() + 2);
-    p.push('%');
-    for c in text.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
+    format!("%{}%", shared::db::like_literal(text))
 }
 
 /// Scripts written without spaces between words: their terms match as substrings. The same
