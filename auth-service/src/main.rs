@@ -14,7 +14,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    shared::telemetry::init(config.debug);
+    // Traces only from the server itself, not from its one-shot commands.
+    let serving = std::env::args().nth(1).is_none();
+    let telemetry = match shared::telemetry::init(config.debug, "chatsphere-auth-service", serving)
+    {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let outcome = match std::env::args().nth(1).as_deref() {
         Some("migrate") => shared::startup::migrate_only(&config.database).await,
         Some("health") => shared::startup::probe(config.server.port).await,
@@ -31,6 +40,7 @@ async fn main() -> ExitCode {
             "unknown command {other:?}; expected none, `migrate`, `health` or `admin`"
         )),
     };
+    telemetry.shutdown().await;
     shared::startup::exit_code(outcome)
 }
 

@@ -12,6 +12,7 @@ use shared::{
     keys::Keys,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
+use tracing::Instrument;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -90,6 +91,22 @@ impl Publisher {
         events: &[(String, Vec<u8>)],
         turn: Option<PublishTurn>,
     ) {
+        let span = if shared::telemetry::enabled() {
+            tracing::info_span!(
+                "redis.publish",
+                otel.kind = "producer",
+                messaging.system = "redis",
+                channels = events.len(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        // Instrumented futures poll their inner one on their own first poll: the order on the
+        // wire is unchanged.
+        self.publish_in_order(events, turn).instrument(span).await
+    }
+
+    async fn publish_in_order(&self, events: &[(String, Vec<u8>)], turn: Option<PublishTurn>) {
         // `join_all` polls the futures in order on its first pass, and each one queues its
         // command on its first poll: the order on the wire is the order of `events`.
         let mut sending = std::pin::pin!(futures_util::future::join_all(events.iter().map(
@@ -141,6 +158,7 @@ impl Publisher {
             conversation_id,
             message: message.clone(),
             published_at_us: shared::chat::now_us(),
+            traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
         };
         self.message_event(message, conversation_id, event).await;
     }

@@ -34,6 +34,7 @@ use shared::{
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -519,18 +520,42 @@ impl SendWorker {
         if entries.is_empty() {
             return Ok(0);
         }
-        let started = std::time::Instant::now();
         let commands: Vec<Option<SendCommand>> = entries
             .iter()
             .flat_map(|(id, fields)| decode_entry(id, fields))
             .collect();
+        let span = batch_span(&commands);
+        self.process_commands(entries, commands)
+            .instrument(span)
+            .await
+    }
+
+    async fn process_commands(
+        &self,
+        entries: Vec<StreamEntry>,
+        commands: Vec<Option<SendCommand>>,
+    ) -> Result<usize, ApiError> {
+        let started = std::time::Instant::now();
         let (verdicts, turn) = self.judge(&commands).await?;
+        // The batch's trace, for the events of the command that began it; every other command's
+        // events continue the trace of its own frame (the batch links to them).
+        let batch_trace = shared::telemetry::traceparent(&tracing::Span::current());
+        let mut batch_trace_taken = false;
+        let mut trace_of = |command: &SendCommand| match &command.traceparent {
+            Some(own) if batch_trace_taken => Some(own.clone()),
+            Some(_) => {
+                batch_trace_taken = true;
+                batch_trace.clone()
+            }
+            None => None,
+        };
         // The batch's events, grouped into one publish per channel (a conversation's messages
         // in seq order), all sent pipelined.
         let mut events: Vec<(String, Event)> = Vec::with_capacity(commands.len() * 2);
         let published_at_us = shared::chat::now_us();
         for (command, verdict) in commands.iter().zip(&verdicts) {
             let Some(command) = command else { continue };
+            let traceparent = trace_of(command);
             match verdict {
                 Verdict::Stored(outcome, conversation) => {
                     let m = outcome.message();
@@ -540,6 +565,7 @@ impl SendWorker {
                         conversation_id: conversation.id,
                         message: m.clone(),
                         published_at_us,
+                        traceparent: traceparent.clone(),
                     };
                     for channel in self.publisher.message_channels(m, conversation.id) {
                         events.push((channel, message.clone()));
@@ -548,6 +574,7 @@ impl SendWorker {
                         session_id: command.session_id.clone(),
                         client_id: command.client_id.clone(),
                         message: m.clone(),
+                        traceparent,
                     };
                     events.push((self.keys.user_channel(command.user_id), ack));
                 }
@@ -674,7 +701,8 @@ impl SendWorker {
         // The write's transaction is begun while the targets are resolved (on another of the
         // pool's connections): one round trip less before the statement.
         let (resolutions, tx) = tokio::join!(
-            conversation::for_sending_many(&self.db, &targets),
+            conversation::for_sending_many(&self.db, &targets)
+                .instrument(db_span("resolve targets", targets.len())),
             self.db.begin()
         );
         let resolutions = match resolutions {
@@ -755,7 +783,10 @@ impl SendWorker {
         if !drafts.is_empty() {
             let writing = std::time::Instant::now();
             let persisted =
-                match pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take()).await {
+                match pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take())
+                    .instrument(db_span("insert messages", drafts.len()))
+                    .await
+                {
                     Ok(p) => p,
                     Err(e) if e.is_transient() => return Err(e),
                     // Not expected (refusals come per draft): refuse the batch, never retry it.
@@ -783,6 +814,45 @@ impl SendWorker {
             .collect();
         Ok((verdicts, turn))
     }
+}
+
+/// The span of one batch: it continues the trace of the first command that carries one and
+/// links to the others' (a batch persists many sends at once; each send's own trace goes on
+/// from its gateway frame to the gateways that deliver it). No span while tracing is off.
+fn batch_span(commands: &[Option<SendCommand>]) -> tracing::Span {
+    if !shared::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "send.batch",
+        otel.kind = "consumer",
+        commands = commands.len(),
+        trace_id = tracing::field::Empty,
+    );
+    let mut traced = commands
+        .iter()
+        .flatten()
+        .filter_map(|c| c.traceparent.as_deref());
+    let first = traced.next();
+    for other in traced {
+        shared::telemetry::link(&span, other);
+    }
+    shared::telemetry::continue_trace(&span, first);
+    span
+}
+
+/// A span for one of a batch's Postgres statements (none while tracing is off).
+fn db_span(operation: &'static str, rows: usize) -> tracing::Span {
+    if !shared::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "postgres",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        rows,
+    )
 }
 
 /// How many entries to read next so that a read holds about `batch_size` commands, given that
@@ -1007,6 +1077,7 @@ mod tests {
             message_type: MessageType::Text,
             reply_to_id: None,
             attachment_id: None,
+            traceparent: None,
         };
         let one = HashMap::from([(COMMAND_FIELD.to_owned(), encode(&command).unwrap())]);
         assert_eq!(decode_entry("1-0", &one), vec![Some(command.clone())]);

@@ -56,7 +56,8 @@ impl ChatClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<T>, CallError> {
-        let response = request
+        // The caller's trace goes on in chat-service.
+        let response = shared::telemetry::inject_header(&tracing::Span::current(), request)
             .bearer_auth(self.token()?)
             .send()
             .await

@@ -230,6 +230,9 @@ pub enum Event {
         /// When chat-service published it (Unix microseconds), for the fan-out latency metric.
         #[serde(default)]
         published_at_us: i64,
+        /// The trace the send belongs to, when chat-service traces ([`crate::telemetry`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// An edited message.
     MessageEdited {
@@ -285,6 +288,9 @@ pub enum Event {
         session_id: String,
         client_id: String,
         message: Message,
+        /// As for [`Event::Message`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// A send from the bus was refused: for the sending connection only.
     SendFailed {
@@ -392,6 +398,10 @@ pub struct SendCommand {
     /// An upload of the sender's, for a `file` or `image` message.
     #[serde(default)]
     pub attachment_id: Option<Uuid>,
+    /// The W3C trace context of the frame that sent it, when the gateway traces
+    /// ([`crate::telemetry`]): chat-service continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl SendCommand {
@@ -434,7 +444,35 @@ mod tests {
             message_type: MessageType::Text,
             reply_to_id: None,
             attachment_id: None,
+            traceparent: None,
         }
+    }
+
+    #[test]
+    fn the_trace_context_is_optional_both_ways() {
+        // A command of a gateway that does not trace (or predates tracing) has no field.
+        #[derive(Serialize, Deserialize)]
+        struct Untraced {
+            user_id: Uuid,
+            session_id: String,
+            client_id: String,
+            chat_type: ChatType,
+            chat_id: Uuid,
+            content: String,
+            reply_to_id: Option<Uuid>,
+        }
+        let mut traced = send(Uuid::new_v4(), ChatType::Room, Uuid::new_v4());
+        let untraced = encode(&traced).unwrap();
+        assert!(!untraced.windows(11).any(|w| w == b"traceparent"));
+        assert_eq!(decode::<SendCommand>(&untraced).unwrap().traceparent, None);
+        traced.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let bytes = encode(&traced).unwrap();
+        assert_eq!(
+            decode::<SendCommand>(&bytes).unwrap().traceparent,
+            traced.traceparent
+        );
+        // A consumer that knows nothing of traces still reads it.
+        assert_eq!(decode::<Untraced>(&bytes).unwrap().content, "hi");
     }
 
     #[test]
@@ -492,6 +530,7 @@ mod tests {
             session_id: "s".into(),
             client_id: c.into(),
             message: m.clone(),
+            traceparent: None,
         };
         let presence = Event::Presence {
             user_id: m.from_user_id,
@@ -535,11 +574,13 @@ mod tests {
                 conversation_id: Uuid::new_v4(),
                 message: m.clone(),
                 published_at_us: 1,
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             },
             Event::Ack {
                 session_id: "s".into(),
                 client_id: "c1".into(),
                 message: m.clone(),
+                traceparent: None,
             },
             Event::Membership {
                 chat_type: ChatType::Room,

@@ -44,11 +44,32 @@ pub fn finish(router: Router, edge: &EdgeConfig) -> Router {
         }))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                .make_span_with(request_span)
+                .on_response(|res: &Response, _latency: Duration, span: &tracing::Span| {
+                    span.record("status", res.status().as_u16());
                 })
                 .on_failure(log_failure),
         )
+}
+
+/// A request's span, named (in traces) by its method and route — never by its query string,
+/// which can carry tokens. It continues the trace of the request's `traceparent` header.
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str());
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{} {}", req.method(), route.unwrap_or("")),
+        otel.kind = "server",
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_from_headers(&span, req.headers());
+    span
 }
 
 /// Logs a 5xx or a failed response at error level — except 503, the deliberate shedding of

@@ -65,7 +65,7 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: PgPool, adjust: impl FnOnce(&mut AuthConfig)) -> TestApp {
-    shared::telemetry::init(true);
+    let _ = shared::telemetry::init(true, "test", false);
     let mut config = test_config();
     adjust(&mut config);
     let app = Application::build_with_pool(config.clone(), db.clone())

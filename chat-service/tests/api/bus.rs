@@ -36,6 +36,7 @@ fn command(
         message_type: MessageType::Text,
         reply_to_id: None,
         attachment_id: None,
+        traceparent: None,
     }
 }
 
@@ -121,6 +122,7 @@ async fn commands_are_persisted_and_acknowledged(db: PgPool) {
                 session_id,
                 client_id,
                 message,
+                ..
             } => {
                 assert_eq!(session_id, "session-1");
                 assert_eq!(message.client_id.as_deref(), Some(client_id.as_str()));

@@ -102,7 +102,7 @@ pub async fn spawn_app_with(
     prefix: &str,
     adjust: impl FnOnce(&mut ChatConfig),
 ) -> TestApp {
-    shared::telemetry::init(true);
+    let _ = shared::telemetry::init(true, "test", false);
     let mut config = test_config(prefix);
     adjust(&mut config);
     let jwt = JwtKeys::new(&config.jwt);

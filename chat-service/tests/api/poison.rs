@@ -26,6 +26,7 @@ fn command(user: Uuid, room: Uuid, client_id: &str, content: &str) -> SendComman
         message_type: MessageType::Text,
         reply_to_id: None,
         attachment_id: None,
+        traceparent: None,
     }
 }
 

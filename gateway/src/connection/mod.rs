@@ -25,6 +25,7 @@ use tokio_tungstenite::{
     },
     WebSocketStream,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use self::state::{ConnShared, Outbound, Work};
@@ -454,7 +455,10 @@ async fn serve(
                         metrics::counter!("gateway_frames_in_total", "type" => frame.label()).increment(1);
                         // Boxed: the Redis calls' futures are large, and an idle connection should
                         // not carry their space in its task for its whole life.
-                        Box::pin(handle(gw, conn, frame, &mut sends, &mut typing, &mut reads)).await
+                        let span = frame_span(frame.label());
+                        Box::pin(handle(gw, conn, frame, &mut sends, &mut typing, &mut reads))
+                            .instrument(span)
+                            .await
                     }
                     Err(e) => Err(e),
                 };
@@ -621,6 +625,22 @@ fn reauth(gw: &Gateway, conn: &ConnShared, token: &str) -> Result<i64, FrameErro
     Ok(claims.exp)
 }
 
+/// The span of one client frame, the root of its trace (none while tracing is off).
+fn frame_span(label: &'static str) -> tracing::Span {
+    if !shared::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "ws.frame",
+        otel.name = %format_args!("ws {label}"),
+        otel.kind = "server",
+        frame = label,
+        trace_id = tracing::field::Empty,
+    );
+    shared::telemetry::continue_trace(&span, None);
+    span
+}
+
 async fn handle(
     gw: &Arc<Gateway>,
     conn: &Arc<ConnShared>,
@@ -673,6 +693,7 @@ async fn handle(
                 message_type: m.message_type,
                 reply_to_id: m.reply_to_id,
                 attachment_id: m.attachment_id,
+                traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
             };
             gw.bus.sends.send(conn, command).await.map_err(|_| {
                 refuse(
@@ -727,17 +748,20 @@ async fn handle(
             }
             let gw = gw.clone();
             let conn = conn.clone();
-            tokio::spawn(async move {
-                let request = ReadRequest {
-                    user_id: conn.user,
-                    chat_type: r.chat_type,
-                    chat_id: r.chat_id,
-                    seq: r.seq,
-                };
-                if let Err(e) = gw.hub.chat().mark_read(&request).await {
-                    reply_error(&conn, &call_error(e));
+            tokio::spawn(
+                async move {
+                    let request = ReadRequest {
+                        user_id: conn.user,
+                        chat_type: r.chat_type,
+                        chat_id: r.chat_id,
+                        seq: r.seq,
+                    };
+                    if let Err(e) = gw.hub.chat().mark_read(&request).await {
+                        reply_error(&conn, &call_error(e));
+                    }
                 }
-            });
+                .in_current_span(),
+            );
             Ok(())
         }
         ClientFrame::Sync(s) => {
@@ -755,11 +779,14 @@ async fn handle(
                 ));
             }
             let (gw, conn) = (gw.clone(), conn.clone());
-            tokio::spawn(async move {
-                sync(gw, conn.clone(), positions).await;
-                conn.syncing
-                    .store(false, std::sync::atomic::Ordering::Release);
-            });
+            tokio::spawn(
+                async move {
+                    sync(gw, conn.clone(), positions).await;
+                    conn.syncing
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
+                .in_current_span(),
+            );
             Ok(())
         }
     }

@@ -109,6 +109,25 @@ fn chat_id_for(
     }
 }
 
+/// The span of one event's fan-out on this node, in the trace of the send it comes from; none
+/// while tracing is off or when the event carries no trace.
+fn delivery_span(kind: &'static str, traceparent: Option<&str>) -> tracing::Span {
+    match traceparent {
+        Some(parent) if shared::telemetry::enabled() => {
+            let span = tracing::info_span!(
+                "deliver",
+                otel.name = %format_args!("deliver {kind}"),
+                otel.kind = "consumer",
+                event = kind,
+                trace_id = tracing::field::Empty,
+            );
+            shared::telemetry::continue_trace(&span, Some(parent));
+            span
+        }
+        _ => tracing::Span::none(),
+    }
+}
+
 impl Hub {
     pub(super) fn handle_event(&self, channel: &str, event: Event) {
         match event {
@@ -117,7 +136,11 @@ impl Hub {
                 conversation_id,
                 message,
                 published_at_us,
-            } => self.offer_message(channel, conversation_id, message, published_at_us),
+                traceparent,
+            } => {
+                let _delivering = delivery_span("message", traceparent.as_deref()).entered();
+                self.offer_message(channel, conversation_id, message, published_at_us)
+            }
             Event::MessageEdited { message, .. } => {
                 let mut frame = SharedFrame::new("message_edited", &message);
                 for conn in self.receivers(channel, None) {
@@ -235,7 +258,9 @@ impl Hub {
                 session_id,
                 client_id,
                 message,
+                traceparent,
             } => {
+                let _delivering = delivery_span("ack", traceparent.as_deref()).entered();
                 for conn in self
                     .receivers(channel, None)
                     .into_iter()

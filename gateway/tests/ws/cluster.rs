@@ -168,6 +168,7 @@ fn room_partition(room: Uuid) -> u16 {
         message_type: shared::chat::MessageType::Text,
         reply_to_id: None,
         attachment_id: None,
+        traceparent: None,
     }
     .partition(4)
 }

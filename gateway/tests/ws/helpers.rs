@@ -101,7 +101,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
 
 /// One chat-service and `gateways` gateways, each adjusted by `adjust`.
 pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConfig)) -> Stack {
-    shared::telemetry::init(true);
+    let _ = shared::telemetry::init(true, "test", false);
     let prefix = format!("test:{}:", Uuid::new_v4());
     // One deployment, one send rate: chat-service's REST sends take from the same buckets.
     let send_rate = {

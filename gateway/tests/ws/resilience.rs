@@ -120,6 +120,7 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
                 message_type: shared::chat::MessageType::Text,
                 reply_to_id: None,
                 attachment_id: None,
+                traceparent: None,
             };
             let _: String = admin
                 .xadd(
@@ -507,6 +508,7 @@ fn room_command(user: Uuid, i: usize) -> shared::chat::SendCommand {
         message_type: shared::chat::MessageType::Text,
         reply_to_id: None,
         attachment_id: None,
+        traceparent: None,
     }
 }
 
