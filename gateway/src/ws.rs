@@ -213,7 +213,9 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
             }
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
-                gateway.presence.release_socket(user, &session).await;
+                // Boxed, as in `connection::run`: a Redis call's future is large, and inline it
+                // would be part of every connection task for the connection's whole life.
+                Box::pin(gateway.presence.release_socket(user, &session)).await;
             }
         }
     });

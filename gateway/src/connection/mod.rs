@@ -165,7 +165,7 @@ pub async fn run(
     let user = admitted.user;
     let Some(conn) = Box::pin(open(&gw, &mut ws, user, session.clone(), encoding, info)).await
     else {
-        gw.presence.release_socket(user, &session).await;
+        Box::pin(gw.presence.release_socket(user, &session)).await;
         return;
     };
     conn.set_login(admitted.sid);
