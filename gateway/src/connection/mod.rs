@@ -926,3 +926,24 @@ fn release_held(conn: &ConnShared, cursors: &mut state::Cursors, known: &[Option
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future `f` returns, without calling it.
+    fn returned_size<F, A, B, C, D, E, G, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E, G) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// A connection's task lives as long as the connection, and is as large as the largest
+    /// state it can be suspended in: a Redis or HTTP call awaited inline anywhere in it (even on
+    /// a path never taken) makes every idle connection carry that call's future. Such calls are
+    /// boxed; this keeps the next one from slipping in unnoticed.
+    #[test]
+    fn the_connection_task_stays_small() {
+        let size = returned_size(super::run);
+        assert!(size <= 2048, "connection::run's future is {size} bytes");
+    }
+}
