@@ -133,7 +133,10 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         )
         .into_response();
     };
-    let admitted = match admit(&gw, credential).await {
+    let admitting = std::time::Instant::now();
+    let admitted = admit(&gw, credential).await;
+    connection::stage_done("admit", admitting);
+    let admitted = match admitted {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -174,7 +177,10 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         Encoding::Json
     };
     // What the user belongs to, before the upgrade: if chat-service is away, the client learns it now.
-    let info = match gw.hub.chat().conversations(user).await {
+    let listing = std::time::Instant::now();
+    let info = gw.hub.chat().conversations(user).await;
+    connection::stage_done("conversations", listing);
+    let info = match info {
         Ok(info) => info,
         Err(e) => {
             tracing::warn!(error = %e, "could not load the user's conversations");
@@ -190,11 +196,13 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
     };
     // The per-user cap counts the user's sockets on every gateway.
     let session = session_id();
-    if !gw
+    let reserving = std::time::Instant::now();
+    let reserved = gw
         .presence
         .reserve_socket(user, &session, gw.config.max_connections_per_user)
-        .await
-    {
+        .await;
+    connection::stage_done("reserve", reserving);
+    if !reserved {
         return ApiError::too_many_requests("too many connections for this user", 5)
             .into_response();
     }

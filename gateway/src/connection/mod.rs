@@ -208,7 +208,10 @@ async fn open(
             heartbeat_interval_ms: gw.config.heartbeat_interval.as_millis() as u64,
         },
     );
-    let first = match gw.hub.register(conn.clone(), info).await {
+    let registering = Instant::now();
+    let registered = gw.hub.register(conn.clone(), info).await;
+    stage_done("register", registering);
+    let first = match registered {
         Ok(first) => first,
         Err(refusal) => {
             tracing::info!(?refusal, "connection refused after upgrade");
@@ -217,6 +220,7 @@ async fn open(
         }
     };
     if first {
+        let claiming = Instant::now();
         match gw.presence.claim(user).await {
             Ok(true) => {
                 gw.presence
@@ -226,9 +230,20 @@ async fn open(
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "presence claim failed"),
         }
+        stage_done("presence", claiming);
     }
     metrics::counter!("gateway_connections_opened_total").increment(1);
     Some(conn)
+}
+
+/// Records how long one stage of opening a connection took (`gateway_upgrade_stage_seconds`):
+/// `admit` (the token or ticket), `conversations` (chat-service's list of the user's
+/// conversations), `reserve` (the user's socket slot in Redis), `register` (the hub, with the
+/// channels' subscriptions), `presence`, and the client's first and later `sync` calls. Under a
+/// reconnect storm they tell which dependency holds upgrades up.
+pub(crate) fn stage_done(stage: &'static str, since: Instant) {
+    metrics::histogram!("gateway_upgrade_stage_seconds", "stage" => stage)
+        .record(since.elapsed().as_secs_f64());
 }
 
 /// Sends the close frame, if any, unregisters the connection and withdraws presence.
@@ -853,7 +868,9 @@ async fn sync(
         positions: positions.clone(),
         limit: SYNC_PER_POSITION,
     };
+    let asked = Instant::now();
     let answer = gw.hub.chat().sync(&request).await;
+    stage_done("sync", asked);
     let mut cursors = conn.cursors();
     let results = match answer {
         Ok(a) => a.results,
