@@ -934,7 +934,8 @@ fn release_held(conn: &ConnShared, cursors: &mut state::Cursors, known: &[Option
         held.sort_by_key(|(seq, _)| *seq);
         for (seq, out) in held {
             if seq > c.last {
-                if c.first == 0 {
+                // As in `deliver_message`: after a jump (a sync cut short), the run restarts.
+                if c.first == 0 || seq > c.last + 1 {
                     c.first = seq;
                 }
                 c.last = seq;

@@ -364,7 +364,11 @@ impl ConnShared {
             metrics::counter!("gateway_duplicates_dropped_total").increment(1);
             return;
         }
-        if cursor.first == 0 || cursor.first > seq {
+        // `first..=last` must be seqs this connection really has: a sync leaves out exactly
+        // those. After a jump (the messages published between loading the user's conversations
+        // and registering the connection went to the node's other connections, not this one),
+        // the run starts again here; otherwise a sync would leave out the skipped ones too.
+        if cursor.first == 0 || cursor.first > seq || seq > cursor.last + 1 {
             cursor.first = seq;
         }
         cursor.last = seq;
@@ -411,6 +415,31 @@ mod tests {
         assert!(cursors.get(&ids[5]).is_none());
         assert!(cursors.get_mut(&ids[6]).is_some());
         assert!(cursors.get(&Uuid::new_v4()).is_none());
+    }
+
+    #[test]
+    fn a_jump_restarts_the_run_of_seqs_the_connection_has() {
+        let c = conn(8, Duration::from_secs(1));
+        let conv = Uuid::new_v4();
+        // Registered knowing seq 10; 11 and 12 went out before it was registered.
+        c.track(conv, 10);
+        c.deliver_message(conv, 13, frame(false));
+        c.deliver_message(conv, 14, frame(false));
+        let cursor = |c: &ConnShared| {
+            let cursors = c.cursors();
+            cursors.get(&conv).map(|k| (k.first, k.last))
+        };
+        // A sync leaves out 13..=14 only: 11 and 12 are still owed.
+        assert_eq!(cursor(&c), Some((13, 14)));
+        // In order from there: the run grows.
+        c.deliver_message(conv, 15, frame(false));
+        assert_eq!(cursor(&c), Some((13, 15)));
+        // Nothing skipped: the run starts where tracking began.
+        let other = Uuid::new_v4();
+        c.track(other, 3);
+        c.deliver_message(other, 4, frame(false));
+        let cursors = c.cursors();
+        assert_eq!(cursors.get(&other).map(|k| (k.first, k.last)), Some((4, 4)));
     }
 
     fn conn(capacity: usize, grace: Duration) -> ConnShared {
