@@ -178,7 +178,6 @@ impl Hub {
                 new_channels.push(user_channel.clone());
             }
             for m in &info.conversations {
-                conn.track(m.conversation_id, m.last_seq);
                 let name = match m.chat_type {
                     ChatType::Private => user_channel.clone(),
                     _ => self.keys.conversation_channel(m.conversation_id),
@@ -188,9 +187,18 @@ impl Hub {
                 }
                 // A conversation new to the node is forwarded from the seq the user was at.
                 if let Some(ch) = channels.get_mut(&name) {
-                    ch.streams
+                    let order = ch
+                        .streams
                         .entry(m.conversation_id)
                         .or_insert_with(|| Order::new(m.last_seq));
+                    // Only a node that has not yet forwarded up to the seq the user's list
+                    // was read at can still hand this connection messages its client had
+                    // (on the connection it replaces): then they are marked as had. Otherwise
+                    // the connection's cursor begins with its first message, and an idle
+                    // connection keeps no cursor at all.
+                    if order.last() < m.last_seq {
+                        conn.track(m.conversation_id, m.last_seq);
+                    }
                 }
             }
             (first, new_channels)
