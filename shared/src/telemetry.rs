@@ -1,8 +1,9 @@
 //! Logs and traces.
 //!
 //! **Logs**: human-readable lines when `DEBUG=true`, JSON lines otherwise; `RUST_LOG` overrides
-//! the default filter. A line written inside a traced span carries the trace's id (`trace_id`,
-//! in the span fields of the line).
+//! the default filter (of the logs only: spans are exported at info level whatever it says). A
+//! line written inside a traced span carries the trace's id (`trace_id`, in the span fields of
+//! the line).
 //!
 //! **Traces**: OpenTelemetry, exported over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, and off otherwise (or with
@@ -33,7 +34,8 @@ use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerPro
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    fmt::writer::BoxMakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+    filter::FilterExt, fmt::writer::BoxMakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
+    EnvFilter, Layer,
 };
 
 /// The filter when `RUST_LOG` is not set.
@@ -142,10 +144,8 @@ pub fn init(debug: bool, service: &'static str, traced: bool) -> anyhow::Result<
 
 /// [`init`] with explicit settings.
 pub fn install(setup: Setup) -> anyhow::Result<Telemetry> {
-    let filter = |what: &str| {
-        EnvFilter::try_new(&setup.filter)
-            .with_context(|| format!("the log filter {:?} ({what})", setup.filter))
-    };
+    let logs_filter = EnvFilter::try_new(&setup.filter)
+        .with_context(|| format!("the log filter {:?}", setup.filter))?;
     let writer = setup
         .writer
         .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
@@ -155,17 +155,23 @@ pub fn install(setup: Setup) -> anyhow::Result<Telemetry> {
     } else {
         fmt.json().flatten_event(true).boxed()
     };
-    let logs = fmt.with_filter(filter("logs")?);
+    // Info spans stay known to the log lines whatever the filter, so that a line passed by it
+    // still carries the request's or the send's fields (its trace id among them).
+    let spans_too = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_span() && *meta.level() <= tracing::Level::INFO
+    });
+    let logs = fmt.with_filter(logs_filter.or(spans_too));
     let Some(traces) = setup.traces else {
         let _ = tracing_subscriber::registry().with(logs).try_init();
         return Ok(Telemetry::default());
     };
     let provider = provider(&traces, setup.service)?;
     let tracer = provider.tracer(setup.service);
+    // Spans follow their own filter, not `RUST_LOG`: quieter logs must not empty the traces.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
-        .with_filter(filter("traces")?);
+        .with_filter(EnvFilter::new(DEFAULT_FILTER));
     if tracing_subscriber::registry()
         .with(logs)
         .with(spans)
