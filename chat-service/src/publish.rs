@@ -91,16 +91,14 @@ impl Publisher {
         events: &[(String, Vec<u8>)],
         turn: Option<PublishTurn>,
     ) {
-        let span = if shared::telemetry::enabled() {
+        let span = shared::telemetry::traced(None, || {
             tracing::info_span!(
                 "redis.publish",
                 otel.kind = "producer",
                 messaging.system = "redis",
                 channels = events.len(),
             )
-        } else {
-            tracing::Span::none()
-        };
+        });
         // Instrumented futures poll their inner one on their own first poll: the order on the
         // wire is unchanged.
         self.publish_in_order(events, turn).instrument(span).await

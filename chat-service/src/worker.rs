@@ -820,39 +820,35 @@ impl SendWorker {
 /// links to the others' (a batch persists many sends at once; each send's own trace goes on
 /// from its gateway frame to the gateways that deliver it). No span while tracing is off.
 fn batch_span(commands: &[Option<SendCommand>]) -> tracing::Span {
-    if !shared::telemetry::enabled() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        "send.batch",
-        otel.kind = "consumer",
-        commands = commands.len(),
-        trace_id = tracing::field::Empty,
-    );
     let mut traced = commands
         .iter()
         .flatten()
         .filter_map(|c| c.traceparent.as_deref());
-    let first = traced.next();
+    let span = shared::telemetry::traced(traced.next(), || {
+        tracing::info_span!(
+            "send.batch",
+            otel.kind = "consumer",
+            commands = commands.len(),
+            trace_id = tracing::field::Empty,
+        )
+    });
     for other in traced {
         shared::telemetry::link(&span, other);
     }
-    shared::telemetry::continue_trace(&span, first);
     span
 }
 
 /// A span for one of a batch's Postgres statements (none while tracing is off).
 fn db_span(operation: &'static str, rows: usize) -> tracing::Span {
-    if !shared::telemetry::enabled() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        "postgres",
-        otel.name = operation,
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        rows,
-    )
+    shared::telemetry::traced(None, || {
+        tracing::info_span!(
+            "postgres",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            rows,
+        )
+    })
 }
 
 /// How many entries to read next so that a read holds about `batch_size` commands, given that

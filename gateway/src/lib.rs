@@ -29,6 +29,7 @@ use fred::prelude::*;
 use shared::{health::HealthState, http::EdgeConfig, jwt::JwtKeys, keys::Keys};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::Instrument;
 
 pub use config::GatewayConfig;
 
@@ -42,7 +43,17 @@ pub struct Bus {
 impl Bus {
     /// Publishes an ephemeral event (typing).
     pub async fn publish(&self, channel: String, bytes: Vec<u8>) {
-        let sent = shared::redis::publish(&self.redis, &channel, bytes).await;
+        let span = shared::telemetry::traced(None, || {
+            tracing::info_span!(
+                "redis.publish",
+                otel.kind = "producer",
+                messaging.system = "redis",
+                channels = 1,
+            )
+        });
+        let sent = shared::redis::publish(&self.redis, &channel, bytes)
+            .instrument(span)
+            .await;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "ephemeral publish failed");
         }

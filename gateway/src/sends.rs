@@ -38,6 +38,7 @@ use shared::{
     limits::{self, Rate},
 };
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{connection::reply_error, connection::state::ConnShared, protocol::FrameError};
@@ -334,6 +335,22 @@ impl Io {
             }
         };
         let (field, bytes) = encoded.map_err(|e| Error::new(ErrorKind::Parse, e.to_string()))?;
+        // In the trace of the entry's first traced send, linked to the others'.
+        let mut traced = gathered
+            .iter()
+            .filter_map(|p| p.command.traceparent.as_deref());
+        let span = shared::telemetry::traced(traced.next(), || {
+            tracing::info_span!(
+                "send.append",
+                otel.kind = "producer",
+                messaging.system = "redis",
+                commands = gathered.len(),
+                trace_id = tracing::field::Empty,
+            )
+        });
+        for other in traced {
+            shared::telemetry::link(&span, other);
+        }
         let _: String = self
             .redis
             .xadd(
@@ -343,6 +360,7 @@ impl Io {
                 "*",
                 vec![(field, bytes)],
             )
+            .instrument(span)
             .await?;
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! Tracing end to end: a deployment (chat-service and two gateways) exporting over OTLP/HTTP to
 //! a collector endpoint served by this test. One `send_message` must be one connected trace
-//! — the sender's frame on one gateway, chat-service's batch with its Postgres statements and
-//! its Redis publish, and the delivery on both gateways — and a REST request continues the
-//! trace of its `traceparent` header, its log lines carrying the trace's id.
+//! — the sender's frame on one gateway, its append to the send stream, chat-service's batch
+//! with its Postgres statements and its Redis publish, and the delivery on both gateways — and
+//! a REST request continues the trace of its `traceparent` header, its log lines carrying the
+//! trace's id.
 //!
 //! Its own test binary: tracing is installed once per process.
 
@@ -131,6 +132,7 @@ async fn send_trace(collector: &Collector, telemetry: &shared::telemetry::Teleme
             let complete = named(&ours, "deliver message").len() >= 2
                 && named(&ours, "deliver ack").len() == 1
                 && named(&ours, "send.batch").len() == 1
+                && named(&ours, "send.append").len() == 1
                 && named(&ours, "redis.publish").len() == 1;
             if complete {
                 // Anything late would still show up.
@@ -206,6 +208,11 @@ async fn one_send_is_one_connected_trace(db: PgPool) {
     assert!(
         frame.parent_span_id.is_empty(),
         "the frame begins the trace"
+    );
+    assert_eq!(
+        one("send.append").parent_span_id,
+        frame.span_id,
+        "the gateway's XADD continues the frame"
     );
     let batch = one("send.batch");
     assert_eq!(

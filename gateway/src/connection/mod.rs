@@ -642,18 +642,15 @@ fn reauth(gw: &Gateway, conn: &ConnShared, token: &str) -> Result<i64, FrameErro
 
 /// The span of one client frame, the root of its trace (none while tracing is off).
 fn frame_span(label: &'static str) -> tracing::Span {
-    if !shared::telemetry::enabled() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        "ws.frame",
-        otel.name = %format_args!("ws {label}"),
-        otel.kind = "server",
-        frame = label,
-        trace_id = tracing::field::Empty,
-    );
-    shared::telemetry::continue_trace(&span, None);
-    span
+    shared::telemetry::traced(None, || {
+        tracing::info_span!(
+            "ws.frame",
+            otel.name = %format_args!("ws {label}"),
+            otel.kind = "server",
+            frame = label,
+            trace_id = tracing::field::Empty,
+        )
+    })
 }
 
 async fn handle(
@@ -934,11 +931,7 @@ fn release_held(conn: &ConnShared, cursors: &mut state::Cursors, known: &[Option
         held.sort_by_key(|(seq, _)| *seq);
         for (seq, out) in held {
             if seq > c.last {
-                // As in `deliver_message`: after a jump (a sync cut short), the run restarts.
-                if c.first == 0 || seq > c.last + 1 {
-                    c.first = seq;
-                }
-                c.last = seq;
+                c.had(seq);
                 conn.push(out);
             }
         }

@@ -55,6 +55,20 @@ pub struct Cursor {
     pub held: Option<Vec<(i64, Outbound)>>,
 }
 
+impl Cursor {
+    /// Records that the connection now has `seq`, which comes after `last`. `first..=last` must
+    /// be seqs the connection really has (a sync leaves out exactly those): after a jump — the
+    /// messages published between loading the user's conversations and registering the
+    /// connection went to the node's other connections, or a sync was cut short — the run
+    /// starts again at `seq`; otherwise a sync would leave out the skipped ones too.
+    pub fn had(&mut self, seq: i64) {
+        if self.first == 0 || seq > self.last + 1 {
+            self.first = seq;
+        }
+        self.last = seq;
+    }
+}
+
 /// A connection's cursors by conversation: a vector sorted by conversation id. A user's 30
 /// conversations take 30 entries' room, where a hash map takes 64 buckets (about 2 KiB more per
 /// connection); a lookup is a binary search of a few comparisons.
@@ -364,14 +378,7 @@ impl ConnShared {
             metrics::counter!("gateway_duplicates_dropped_total").increment(1);
             return;
         }
-        // `first..=last` must be seqs this connection really has: a sync leaves out exactly
-        // those. After a jump (the messages published between loading the user's conversations
-        // and registering the connection went to the node's other connections, not this one),
-        // the run starts again here; otherwise a sync would leave out the skipped ones too.
-        if cursor.first == 0 || cursor.first > seq || seq > cursor.last + 1 {
-            cursor.first = seq;
-        }
-        cursor.last = seq;
+        cursor.had(seq);
         // Queued under the lock, so a sync finishing concurrently cannot reorder frames.
         self.push(out);
     }

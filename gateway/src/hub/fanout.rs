@@ -112,20 +112,18 @@ fn chat_id_for(
 /// The span of one event's fan-out on this node, in the trace of the send it comes from; none
 /// while tracing is off or when the event carries no trace.
 fn delivery_span(kind: &'static str, traceparent: Option<&str>) -> tracing::Span {
-    match traceparent {
-        Some(parent) if shared::telemetry::enabled() => {
-            let span = tracing::info_span!(
-                "deliver",
-                otel.name = %format_args!("deliver {kind}"),
-                otel.kind = "consumer",
-                event = kind,
-                trace_id = tracing::field::Empty,
-            );
-            shared::telemetry::continue_trace(&span, Some(parent));
-            span
-        }
-        _ => tracing::Span::none(),
-    }
+    let Some(parent) = traceparent else {
+        return tracing::Span::none();
+    };
+    shared::telemetry::traced(Some(parent), || {
+        tracing::info_span!(
+            "deliver",
+            otel.name = %format_args!("deliver {kind}"),
+            otel.kind = "consumer",
+            event = kind,
+            trace_id = tracing::field::Empty,
+        )
+    })
 }
 
 impl Hub {
