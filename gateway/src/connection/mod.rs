@@ -718,7 +718,8 @@ async fn handle(
             if !typing.take() {
                 return Err(FrameError::new("rate_limited", "typing too often"));
             }
-            let Some(membership) = gw.hub.conversation_of(conn.user, t.chat_type, t.chat_id) else {
+            let Some(conversation_id) = gw.hub.conversation_of(conn.user, t.chat_type, t.chat_id)
+            else {
                 return Err(FrameError::new(
                     "forbidden",
                     "you are not in that conversation",
@@ -727,16 +728,14 @@ async fn handle(
             let (channel, chat_id) = match t.chat_type {
                 ChatType::Private => (gw.hub.keys().user_channel(t.chat_id), conn.user),
                 _ => (
-                    gw.hub
-                        .keys()
-                        .conversation_channel(membership.conversation_id),
+                    gw.hub.keys().conversation_channel(conversation_id),
                     t.chat_id,
                 ),
             };
             let event = Event::Typing {
                 user_id: conn.user,
                 chat_type: t.chat_type,
-                conversation_id: membership.conversation_id,
+                conversation_id,
                 chat_id,
             };
             if let Ok(bytes) = encode_event(&event) {
@@ -845,11 +844,7 @@ async fn sync(
 ) {
     let known: Vec<Option<Uuid>> = positions
         .iter()
-        .map(|p| {
-            gw.hub
-                .conversation_of(conn.user, p.chat_type, p.chat_id)
-                .map(|m| m.conversation_id)
-        })
+        .map(|p| gw.hub.conversation_of(conn.user, p.chat_type, p.chat_id))
         .collect();
     {
         let mut cursors = conn.cursors();

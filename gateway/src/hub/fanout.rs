@@ -459,7 +459,7 @@ impl Hub {
                 let State { registry, channels } = &mut *state;
                 let conns = registry.conns_of(user_id);
                 if let Some(entry) = registry.users.get_mut(&user_id) {
-                    entry.add_conversation(Membership {
+                    entry.conversations.add(&Membership {
                         conversation_id: chat_id,
                         chat_type,
                         chat_id,
@@ -479,7 +479,7 @@ impl Hub {
                 let State { registry, channels } = &mut *state;
                 let conns = registry.conns_of(user_id);
                 if let Some(entry) = registry.users.get_mut(&user_id) {
-                    entry.remove_conversation(chat_id);
+                    entry.conversations.remove(chat_id);
                 }
                 for id in &conns {
                     if let Some(c) = registry.conns.get(id) {

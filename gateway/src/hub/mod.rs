@@ -16,6 +16,7 @@
 
 mod channels;
 mod fanout;
+mod memberships;
 pub mod ordering;
 mod registry;
 pub mod repair;
@@ -29,7 +30,7 @@ use std::sync::{
 use fred::prelude::Client;
 use shared::{
     chat::{decode, ChatType, Event, Message},
-    internal::{Membership, UserConversations},
+    internal::UserConversations,
     keys::Keys,
     revocation::Revocations,
 };
@@ -132,21 +133,15 @@ impl Hub {
         self.state().registry.admit(user)
     }
 
-    /// The conversation `(chat_type, chat_id)` of `user`, if the node knows they belong to it.
-    pub fn conversation_of(
-        &self,
-        user: Uuid,
-        chat_type: ChatType,
-        chat_id: Uuid,
-    ) -> Option<Membership> {
+    /// The conversation of the chat `(chat_type, chat_id)` of `user`, if the node knows they
+    /// belong to it.
+    pub fn conversation_of(&self, user: Uuid, chat_type: ChatType, chat_id: Uuid) -> Option<Uuid> {
         self.state()
             .registry
             .users
             .get(&user)?
             .conversations
-            .iter()
-            .find(|m| m.chat_type == chat_type && m.chat_id == chat_id)
-            .cloned()
+            .conversation(chat_type, chat_id)
     }
 
     /// Users who share a private chat or group with `user`.
@@ -185,20 +180,32 @@ impl Hub {
                 if channels.join(&name, conn.id, None) {
                     new_channels.push(name.clone());
                 }
-                // A conversation new to the node is forwarded from the seq the user was at.
-                if let Some(ch) = channels.get_mut(&name) {
-                    let order = ch
+                let Some(ch) = channels.get_mut(&name) else {
+                    continue;
+                };
+                // Where the node's order for the conversation is. A room or group new to the
+                // node is forwarded from the seq the user was at. A private chat's order is made
+                // only when a message of it arrives (most never see one while connected), from
+                // the seq of the user's first list on this node, kept with its memberships.
+                let forwarded = match (ch.streams.get(&m.conversation_id), m.chat_type) {
+                    (Some(order), _) => order.last(),
+                    (None, ChatType::Private) => registry
+                        .users
+                        .get(&user)
+                        .and_then(|u| u.conversations.private_start(m.conversation_id))
+                        .unwrap_or(m.last_seq),
+                    (None, _) => ch
                         .streams
                         .entry(m.conversation_id)
-                        .or_insert_with(|| Order::new(m.last_seq));
-                    // Only a node that has not yet forwarded up to the seq the user's list
-                    // was read at can still hand this connection messages its client had
-                    // (on the connection it replaces): then they are marked as had. Otherwise
-                    // the connection's cursor begins with its first message, and an idle
-                    // connection keeps no cursor at all.
-                    if order.last() < m.last_seq {
-                        conn.track(m.conversation_id, m.last_seq);
-                    }
+                        .or_insert_with(|| Order::new(m.last_seq))
+                        .last(),
+                };
+                // Only a node that has not yet forwarded up to the seq the user's list was read
+                // at can still hand this connection messages its client had (on the connection
+                // it replaces): then they are marked as had. Otherwise the connection's cursor
+                // begins with its first message, and an idle connection keeps no cursor at all.
+                if forwarded < m.last_seq {
+                    conn.track(m.conversation_id, m.last_seq);
                 }
             }
             (first, new_channels)
@@ -255,15 +262,29 @@ impl Hub {
     }
 
     /// Puts every conversation on `channels` not under repair already under repair; returns
-    /// `(channel, conversation, last seq forwarded)` of each.
+    /// `(channel, conversation, last seq forwarded)` of each. A user channel's private chats
+    /// without an order yet are asked for too, from the seq of the user's list, but stay without
+    /// one unless the answer has messages (see [`Hub::finish_repair`]).
     pub(crate) fn begin_catch_up(&self, channels: &[String]) -> Vec<(String, Uuid, i64)> {
-        let mut state = self.state();
+        let mut guard = self.state();
+        let State {
+            registry,
+            channels: subscribed,
+        } = &mut *guard;
         let mut wanted = Vec::new();
         for name in channels {
-            if let Some(ch) = state.channels.get_mut(name) {
-                for (conv, order) in ch.streams.iter_mut() {
-                    if let Some(after) = order.begin_repair() {
-                        wanted.push((name.clone(), *conv, after));
+            let Some(ch) = subscribed.get_mut(name) else {
+                continue;
+            };
+            for (conv, order) in ch.streams.iter_mut() {
+                if let Some(after) = order.begin_repair() {
+                    wanted.push((name.clone(), *conv, after));
+                }
+            }
+            if let Some(entry) = ch.user.and_then(|u| registry.users.get(&u)) {
+                for (conv, after) in entry.conversations.private() {
+                    if !ch.streams.contains_key(&conv) {
+                        wanted.push((name.clone(), conv, after));
                     }
                 }
             }
@@ -271,18 +292,26 @@ impl Hub {
         wanted
     }
 
-    /// Ends the repair of `conv` on `channel` with what chat-service returned, forwarding it
-    /// and what was held meanwhile, in order.
-    pub(crate) fn finish_repair(&self, channel: &str, conv: Uuid, fetched: Vec<Message>) {
+    /// Ends the repair of `conv` on `channel` (asked for after `after`) with what chat-service
+    /// returned, forwarding it and what was held meanwhile, in order. A private chat without an
+    /// order gets one, from `after`, only if messages came back.
+    pub(crate) fn finish_repair(
+        &self,
+        channel: &str,
+        conv: Uuid,
+        after: i64,
+        fetched: Vec<Message>,
+    ) {
         let (out, receivers) = {
             let mut guard = self.state();
             let State { registry, channels } = &mut *guard;
             let Some(ch) = channels.get_mut(channel) else {
                 return;
             };
-            let Some(order) = ch.streams.get_mut(&conv) else {
+            if fetched.is_empty() && !ch.streams.contains_key(&conv) {
                 return;
-            };
+            }
+            let order = ch.streams.entry(conv).or_insert_with(|| Order::new(after));
             let out = order.finish_repair(fetched.into_iter().map(|m| {
                 (
                     m.seq,
@@ -314,13 +343,19 @@ impl Hub {
                 return;
             };
             if !ch.streams.contains_key(&conv) {
-                // A private chat that began while its user is connected: it is theirs now.
+                // A private chat's first message on this node: its order starts where the
+                // user's list was read, or, for a chat that began while its user is
+                // connected, just before this message (and the chat is theirs now).
+                let mut start = seq - 1;
                 if let (ChatType::Private, Some(user)) = (message.chat_type, ch.user) {
                     if let Some(entry) = registry.users.get_mut(&user) {
-                        entry.learn_private(conv, &message, user);
+                        match entry.conversations.private_start(conv) {
+                            Some(known) => start = known,
+                            None => entry.learn_private(conv, &message, user),
+                        }
                     }
                 }
-                ch.streams.insert(conv, Order::new(seq - 1));
+                ch.streams.insert(conv, Order::new(start));
             }
             let Some(order) = ch.streams.get_mut(&conv) else {
                 return;
@@ -417,5 +452,200 @@ fn deliver(receivers: &[Arc<ConnShared>], conv: Uuid, message: &Message, publish
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use fred::prelude::Builder;
+    use shared::{
+        chat::{encode, MessageType},
+        config::JwtConfig,
+        internal::Membership,
+        jwt::JwtKeys,
+    };
+
+    use super::*;
+    use crate::protocol::Encoding;
+
+    /// A hub with no Redis behind it (nothing here subscribes) and its repair queue.
+    fn hub() -> (Hub, RepairJobs) {
+        let redis = Builder::default_centralized()
+            .build()
+            .expect("a client that never connects");
+        let keys = Keys::new("t:");
+        let jwt = Arc::new(JwtKeys::new(&JwtConfig {
+            secret_key: "k".repeat(32),
+            access_token_expire_minutes: 30,
+            revocation_poll: Duration::from_secs(1),
+        }));
+        let chat = ChatClient::new("http://127.0.0.1:9", jwt).expect("a client");
+        let revocations =
+            Revocations::new(redis.clone(), keys.clone(), 1800, Duration::from_secs(1));
+        let (hub, tasks) = Hub::new(redis, keys, chat, 10, 10, revocations);
+        // With the subscriber gone, `register` does not wait for subscriptions.
+        drop(tasks.subscriber);
+        (hub, tasks.repairs)
+    }
+
+    fn private_message(seq: i64, from: Uuid, to: Uuid) -> Message {
+        Message {
+            id: Uuid::new_v4(),
+            seq,
+            chat_type: ChatType::Private,
+            from_user_id: from,
+            to_user_id: Some(to),
+            room_id: None,
+            group_id: None,
+            content: format!("m{seq}"),
+            message_type: MessageType::Text,
+            reply_to_id: None,
+            client_id: None,
+            is_edited: false,
+            is_deleted: false,
+            created_at: Utc::now(),
+            edited_at: None,
+            reactions: Vec::new(),
+            mentions: Vec::new(),
+            mentions_all: false,
+            attachment: None,
+        }
+    }
+
+    fn connection(hub: &Hub, user: Uuid) -> Arc<ConnShared> {
+        Arc::new(ConnShared::new(
+            hub.next_id(),
+            user,
+            "s".into(),
+            Encoding::Json,
+            64,
+            Duration::from_secs(1),
+        ))
+    }
+
+    /// A user's list with one private chat, with `peer`, read at `last_seq`.
+    fn private_chat(conv: Uuid, peer: Uuid, last_seq: i64) -> UserConversations {
+        UserConversations {
+            conversations: vec![Membership {
+                conversation_id: conv,
+                chat_type: ChatType::Private,
+                chat_id: peer,
+                last_seq,
+            }],
+            contacts: vec![peer],
+            blocked: Vec::new(),
+        }
+    }
+
+    fn publish(hub: &Hub, channel: &str, conv: Uuid, message: Message) {
+        let event = Event::Message {
+            conversation_id: conv,
+            message,
+            published_at_us: 0,
+            traceparent: None,
+        };
+        hub.dispatch(channel, &encode(&event).expect("encodes"));
+    }
+
+    /// The seqs queued on `conn`, in order.
+    fn seqs(conn: &ConnShared) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        while let Some(out) = conn.pop() {
+            let frame: serde_json::Value =
+                serde_json::from_slice(out.frame.payload()).expect("a JSON frame");
+            seqs.push(frame["data"]["seq"].as_i64().unwrap_or(-1));
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn a_private_chat_gets_its_order_with_its_first_message_from_the_lists_seq() {
+        let (hub, mut jobs) = hub();
+        let (bob, alice, conv) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let conn = connection(&hub, bob);
+        let info = private_chat(conv, alice, 5);
+        assert_eq!(hub.register(conn.clone(), info).await, Ok(true));
+        let channel = hub.keys().user_channel(bob);
+        let streams = |hub: &Hub| {
+            hub.state()
+                .channels
+                .get(&channel)
+                .map(|c| c.streams.len())
+                .unwrap_or(usize::MAX)
+        };
+        assert_eq!(streams(&hub), 0, "an idle private chat has no order");
+        assert_eq!(
+            hub.conversation_of(bob, ChatType::Private, alice),
+            Some(conv)
+        );
+
+        // A catch-up asks for it from the list's seq; an empty answer leaves it without one.
+        assert_eq!(
+            hub.begin_catch_up(std::slice::from_ref(&channel)),
+            vec![(channel.clone(), conv, 5)]
+        );
+        hub.finish_repair(&channel, conv, 5, Vec::new());
+        assert_eq!(streams(&hub), 0);
+
+        // Its first message is seq 7: 6 is missing since the list was read, and is repaired.
+        publish(&hub, &channel, conv, private_message(7, alice, bob));
+        assert_eq!(streams(&hub), 1);
+        assert!(seqs(&conn).is_empty(), "7 waits for 6");
+        match jobs.try_recv() {
+            Ok(Job::Gap { after, upto, .. }) => assert_eq!((after, upto), (5, 7)),
+            other => panic!("expected a gap job, got {other:?}"),
+        }
+        hub.finish_repair(&channel, conv, 5, vec![private_message(6, alice, bob)]);
+        publish(&hub, &channel, conv, private_message(8, alice, bob));
+        assert_eq!(seqs(&conn), vec![6, 7, 8]);
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_that_finds_messages_makes_the_order() {
+        let (hub, _jobs) = hub();
+        let (bob, alice, conv) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let conn = connection(&hub, bob);
+        let info = private_chat(conv, alice, 2);
+        hub.register(conn.clone(), info).await.expect("registered");
+        let channel = hub.keys().user_channel(bob);
+        // Messages 3 and 4 were published while the subscription was down.
+        let wanted = hub.begin_catch_up(std::slice::from_ref(&channel));
+        assert_eq!(wanted, vec![(channel.clone(), conv, 2)]);
+        hub.finish_repair(
+            &channel,
+            conv,
+            2,
+            vec![
+                private_message(4, alice, bob),
+                private_message(3, alice, bob),
+            ],
+        );
+        publish(&hub, &channel, conv, private_message(4, alice, bob));
+        publish(&hub, &channel, conv, private_message(5, alice, bob));
+        assert_eq!(seqs(&conn), vec![3, 4, 5], "in order, each once");
+    }
+
+    #[tokio::test]
+    async fn a_private_chat_begun_while_connected_is_learned() {
+        let (hub, _jobs) = hub();
+        let (bob, carol, conv) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let conn = connection(&hub, bob);
+        let none = UserConversations {
+            conversations: Vec::new(),
+            contacts: Vec::new(),
+            blocked: Vec::new(),
+        };
+        hub.register(conn.clone(), none).await.expect("registered");
+        let channel = hub.keys().user_channel(bob);
+        publish(&hub, &channel, conv, private_message(1, carol, bob));
+        assert_eq!(seqs(&conn), vec![1]);
+        assert_eq!(
+            hub.conversation_of(bob, ChatType::Private, carol),
+            Some(conv)
+        );
+        assert_eq!(hub.contacts_of(bob), vec![carol]);
     }
 }

@@ -11,6 +11,7 @@ use shared::{
 };
 use uuid::Uuid;
 
+use super::memberships::Memberships;
 use crate::connection::state::{ConnId, ConnShared};
 
 /// Why a connection was not registered.
@@ -24,38 +25,21 @@ pub enum Refusal {
 #[derive(Default)]
 pub struct UserEntry {
     pub conns: Vec<ConnId>,
-    /// The user's conversations: a vector, not a map (30 entries where a map takes 64 buckets,
-    /// for every connected user); looked up by a scan, off the delivery path.
-    pub conversations: Vec<Membership>,
+    /// The user's conversations, looked up by a scan, off the delivery path.
+    pub conversations: Memberships,
     /// Users this user blocked: their typing and presence are not passed on.
     pub blocked: Vec<Uuid>,
     pub contacts: Vec<Uuid>,
 }
 
 impl UserEntry {
-    /// Adds `m` unless the user's conversations have it already.
-    pub fn add_conversation(&mut self, m: Membership) {
-        if !self
-            .conversations
-            .iter()
-            .any(|c| c.conversation_id == m.conversation_id)
-        {
-            self.conversations.push(m);
-        }
-    }
-
-    pub fn remove_conversation(&mut self, conversation: Uuid) {
-        self.conversations
-            .retain(|c| c.conversation_id != conversation);
-    }
-
     /// Adds the private chat `conv` that `message` belongs to, seen from `user`, and its other
     /// user as a contact (they get each other's presence from now on).
     pub fn learn_private(&mut self, conv: Uuid, message: &Message, user: Uuid) {
         let Some(peer) = message.chat_id_for(user) else {
             return;
         };
-        self.add_conversation(Membership {
+        self.conversations.add(&Membership {
             conversation_id: conv,
             chat_type: ChatType::Private,
             chat_id: peer,
@@ -71,9 +55,8 @@ impl UserEntry {
         let mut names = vec![keys.user_channel(user)];
         names.extend(
             self.conversations
-                .iter()
-                .filter(|m| m.chat_type != ChatType::Private)
-                .map(|m| keys.conversation_channel(m.conversation_id)),
+                .with_channel()
+                .map(|id| keys.conversation_channel(id)),
         );
         names
     }
@@ -125,7 +108,7 @@ impl Registry {
         // (a membership event newer than this connection's list) stays known, so that
         // `remove` finds every channel the user's connections are on.
         for m in &info.conversations {
-            entry.add_conversation(m.clone());
+            entry.conversations.add(m);
         }
         entry.conversations.shrink_to_fit();
         entry.contacts.clone_from(&info.contacts);

@@ -99,8 +99,8 @@ async fn repair(gw: &Gateway, job: Job) {
             HashMap::new()
         }
     };
-    for (channel, conv, _) in wanted {
+    for (channel, conv, after) in wanted {
         let messages = fetched.get(&conv).cloned().unwrap_or_default();
-        gw.hub.finish_repair(&channel, conv, messages);
+        gw.hub.finish_repair(&channel, conv, after, messages);
     }
 }
