@@ -66,7 +66,9 @@ impl Channel {
 
 #[derive(Default)]
 pub struct Channels {
-    map: HashMap<String, Channel>,
+    /// Boxed: a map's table has up to twice as many slots as entries, and every user's own
+    /// channel is an entry; a pointer per slot, not a channel, keeps the empty ones small.
+    map: HashMap<String, Box<Channel>>,
 }
 
 impl Channels {
@@ -79,11 +81,11 @@ impl Channels {
     }
 
     pub fn get(&self, name: &str) -> Option<&Channel> {
-        self.map.get(name)
+        self.map.get(name).map(|c| &**c)
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Channel> {
-        self.map.get_mut(name)
+        self.map.get_mut(name).map(|c| &mut **c)
     }
 
     /// Whose user channel `name` is, if it is one.
@@ -98,7 +100,7 @@ impl Channels {
             None => (
                 self.map
                     .entry(name.to_owned())
-                    .or_insert_with(|| Channel::new(user)),
+                    .or_insert_with(|| Box::new(Channel::new(user))),
                 true,
             ),
         };

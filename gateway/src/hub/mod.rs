@@ -1,6 +1,7 @@
 //! The node's subscriptions and fan-out, in parts:
 //!
 //! - [`registry`] — the node's connections and what it knows of their users.
+//! - [`memberships`] — the conversations of each connected user, kept small.
 //! - [`channels`] — the channels the node is subscribed to and whom each one feeds.
 //! - [`subscriber`] — the subscriptions at Redis, made in order and in batches by one task.
 //! - [`ordering`] — each conversation's messages once and in order; gaps held until repaired.

@@ -64,7 +64,8 @@ impl UserEntry {
 
 pub struct Registry {
     pub conns: HashMap<ConnId, Arc<ConnShared>>,
-    pub users: HashMap<Uuid, UserEntry>,
+    /// Boxed, as the channels are (a table slot per entry or more, for every connected user).
+    pub users: HashMap<Uuid, Box<UserEntry>>,
     max_connections: usize,
     max_per_user: usize,
 }
