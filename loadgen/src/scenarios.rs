@@ -415,7 +415,7 @@ pub async fn ingest(
     let rate = acked as f64 / elapsed;
     // What a persisted message cost the whole machine (stack and generator), which moves less
     // with the machine's speed than the rate does.
-    let machine_us_per_message = machine.map(|m| m.busy_cores / rate * 1e6);
+    let machine_us_per_message = machine.as_ref().map(|m| m.busy_cores / rate * 1e6);
     let per_message = machine_us_per_message
         .map(|us| format!("; {us:.0} machine CPU-µs per message"))
         .unwrap_or_default();

@@ -1,5 +1,7 @@
 //! Latency percentiles and process figures from /proc.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 
 /// Percentiles of a set of samples in microseconds, reported in milliseconds.
@@ -45,28 +47,75 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// CPU seconds (user + system) a process has used. Assumes the usual 100 clock ticks a second.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_pid_stat(&stat).map(|(_, seconds)| seconds)
+}
+
+/// The command name and CPU seconds (user + system) in a `/proc/PID/stat` line.
+fn parse_pid_stat(stat: &str) -> Option<(String, f64)> {
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    Some((name.to_owned(), (utime + stime) / 100.0))
+}
+
+/// Every process's command name and CPU seconds, by pid.
+fn processes() -> HashMap<u32, (String, f64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            Some((pid, parse_pid_stat(&stat)?))
+        })
+        .collect()
+}
+
+/// Cores' worth of CPU each command name used between two readings of [`processes`] taken
+/// `wall` seconds apart; a process that appeared meanwhile counts from zero, names under
+/// 0.005 cores are left out.
+fn by_name(
+    before: &HashMap<u32, (String, f64)>,
+    after: &HashMap<u32, (String, f64)>,
+    wall: f64,
+) -> BTreeMap<String, f64> {
+    let mut cores: BTreeMap<String, f64> = BTreeMap::new();
+    if wall <= 0.0 {
+        return cores;
+    }
+    for (pid, (name, seconds)) in after {
+        let earlier = before
+            .get(pid)
+            .filter(|(n, _)| n == name)
+            .map_or(0.0, |(_, s)| *s);
+        *cores.entry(name.clone()).or_default() += (seconds - earlier).max(0.0) / wall;
+    }
+    cores.retain(|_, c| *c >= 0.005);
+    for c in cores.values_mut() {
+        *c = (*c * 1000.0).round() / 1000.0;
+    }
+    cores
 }
 
 /// CPU time of the whole machine (all cores together, the first line of /proc/stat) and of this
 /// process, at one moment, in clock ticks (assumed 100 a second, as in [`cpu_seconds`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuSnapshot {
     busy: u64,
     steal: u64,
     total: u64,
     own_seconds: f64,
+    processes: HashMap<u32, (String, f64)>,
     at: std::time::Instant,
 }
 
 /// How busy the machine was between two [`CpuSnapshot`]s, in cores: every figure here that is
 /// bound by CPU depends on it, as the load generator shares the machine with the stack.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MachineCpu {
     /// Cores the machine has.
     pub cores: usize,
@@ -76,6 +125,10 @@ pub struct MachineCpu {
     pub steal_cores: f64,
     /// Cores' worth of time this load generator used (part of `busy_cores`).
     pub generator_cores: f64,
+    /// Cores' worth of time by command name (`gateway`, `postgres`, `redis-server`, …), each
+    /// name's processes summed. Softirq work the kernel does outside a process's context is in
+    /// `busy_cores` only.
+    pub by_process: BTreeMap<String, f64>,
 }
 
 /// Busy, steal and total ticks from the aggregate `cpu` line of /proc/stat: `user nice system
@@ -104,6 +157,7 @@ impl CpuSnapshot {
             steal,
             total,
             own_seconds: cpu_seconds(std::process::id())?,
+            processes: processes(),
             at: std::time::Instant::now(),
         })
     }
@@ -126,6 +180,7 @@ impl CpuSnapshot {
             } else {
                 0.0
             },
+            by_process: by_name(&self.processes, &later.processes, wall),
         })
     }
 }
@@ -201,5 +256,44 @@ mod tests {
         assert!(cpu.busy_cores > 0.0, "{cpu:?}");
         assert!(cpu.busy_cores <= cpu.cores as f64 + 0.01, "{cpu:?}");
         assert!(cpu.describe().starts_with("machine "));
+        // This process shows under its own command name (the test binary's).
+        let name = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| parse_pid_stat(&s))
+            .map(|(name, _)| name)
+            .expect("/proc/self/stat parses");
+        assert!(
+            cpu.by_process.get(&name).is_some_and(|c| *c > 0.0),
+            "{name}: {cpu:?}"
+        );
+    }
+
+    #[test]
+    fn cpu_is_summed_by_command_name_over_the_window() {
+        let p = |name: &str, s: f64| (name.to_owned(), s);
+        let before = HashMap::from([
+            (1, p("gateway", 10.0)),
+            (2, p("gateway", 4.0)),
+            (3, p("postgres", 1.0)),
+        ]);
+        // Pid 3 was reused by another program; pid 4 is new.
+        let after = HashMap::from([
+            (1, p("gateway", 12.0)),
+            (2, p("gateway", 5.0)),
+            (3, p("redis-server", 0.5)),
+            (4, p("postgres", 1.0)),
+        ]);
+        let cores = by_name(&before, &after, 2.0);
+        assert_eq!(
+            cores,
+            BTreeMap::from([
+                ("gateway".to_owned(), 1.5),
+                ("postgres".to_owned(), 0.5),
+                ("redis-server".to_owned(), 0.25)
+            ])
+        );
+        assert!(by_name(&before, &after, 0.0).is_empty());
+        let stat = "42 (chat service) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(parse_pid_stat(stat), Some(("chat service".to_owned(), 3.0)));
     }
 }
