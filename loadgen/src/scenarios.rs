@@ -140,6 +140,7 @@ pub async fn fanout(
             .collect();
         room_ids.push(setup.room(&ids).await?);
     }
+    setup.analyze().await?;
     let deliveries = Arc::new(AtomicU64::new(0));
     let samples: Arc<std::sync::Mutex<Vec<u64>>> = Arc::new(std::sync::Mutex::new(Vec::new()));
     // Every 16th delivery is split at the frame's `timestamp` (when the gateway encoded it, on
@@ -340,6 +341,7 @@ pub async fn ingest(
     for u in &users {
         rooms.push(setup.room(&[u.id]).await?);
     }
+    setup.analyze().await?;
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&setup.db)
         .await?;

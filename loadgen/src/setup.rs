@@ -72,6 +72,17 @@ impl Setup {
             .collect()
     }
 
+    /// Refreshes the planner's statistics of the tables the setup fills. A benchmark database
+    /// grows by hundreds of thousands of users and memberships at once, and a Postgres whose
+    /// autovacuum is off (as on the benchmark machine) would otherwise plan every membership
+    /// lookup for the tables as they were when empty.
+    pub async fn analyze(&self) -> anyhow::Result<()> {
+        sqlx::query("ANALYZE users, rooms, conversations, conversation_members")
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// A room with `members` (the first is its creator).
     pub async fn room(&self, members: &[Uuid]) -> anyhow::Result<Uuid> {
         let id = Uuid::now_v7();
@@ -159,7 +170,7 @@ impl Setup {
             .await?;
             tx.commit().await?;
         }
-        Ok(())
+        self.analyze().await
     }
 
     /// Fills a room with `n` messages (seq 1..=n) in one statement.

@@ -70,6 +70,7 @@ pub async fn storm(
         members.push(users[clients + r].id);
         room_ids.push(setup.room(&members).await?);
     }
+    setup.analyze().await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let came_back = Arc::new(std::sync::atomic::AtomicUsize::new(0));
