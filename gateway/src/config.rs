@@ -53,8 +53,8 @@ pub struct GatewayConfig {
     /// than it still arrive, the buffer grows for them).
     pub ws_read_buffer_bytes: usize,
     /// `WS_WRITE_BUFFER_BYTES`: tungstenite's write buffer, which now carries only its control
-    /// frames (pings, pongs, close; default 16384). Data frames bypass it: the queued frames go
-    /// to the socket in one write.
+    /// frames (pings, pongs, close; default 16384). Data frames bypass it (see
+    /// `connection::wire`).
     pub ws_write_buffer_bytes: usize,
     /// `MAX_FRAME_BYTES`: a larger incoming frame closes the connection with 1009 (default 65536).
     pub max_frame_bytes: usize,

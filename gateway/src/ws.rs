@@ -9,12 +9,13 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use hyper_util::rt::TokioIo;
-use shared::ApiError;
-use tokio_tungstenite::{
-    tungstenite::{handshake::derive_accept_key, protocol::Role},
-    WebSocketStream,
+use hyper_util::{
+    rt::TokioIo,
+    server::conn::auto::upgrade::{downcast, Parts},
 };
+use shared::ApiError;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
     connection::{self, session_id, Admitted},
@@ -206,25 +207,28 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         return ApiError::too_many_requests("too many connections for this user", 5)
             .into_response();
     }
-    let ws_config = gw.ws_config();
     let gateway = gw.clone();
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                connection::run(gateway, socket, admitted, session, encoding, info).await;
-            }
+        let socket = match on_upgrade.await {
+            Ok(upgraded) => downcast::<TokioIo<TcpStream>>(upgraded).map_err(|_| {
+                tracing::error!("an upgraded connection is not a TCP stream; closed");
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
-                // Boxed, as in `connection::run`: a Redis call's future is large, and inline it
-                // would be part of every connection task for the connection's whole life.
-                Box::pin(gateway.presence.release_socket(user, &session)).await;
+                Err(())
             }
+        };
+        match socket {
+            Ok(Parts { io, read_buf, .. }) => {
+                let accepted = connection::Accepted {
+                    socket: io.into_inner(),
+                    read_ahead: read_buf,
+                };
+                connection::run(gateway, accepted, admitted, session, encoding, info).await;
+            }
+            // Boxed, as in `connection::run`: a Redis call's future is large, and inline it
+            // would be part of every connection task for the connection's whole life.
+            Err(()) => Box::pin(gateway.presence.release_socket(user, &session)).await,
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -1,8 +1,10 @@
 //! One WebSocket connection: a single task whose `select!` loop reads client frames, writes
-//! queued frames (all that are waiting, in one flush), pings, and watches for overflow and
-//! shutdown. Every exit path unregisters the connection and withdraws its presence.
+//! what the socket did not take at once (all that is queued, in one write; see [`wire`]),
+//! pings, and watches for overflow and shutdown. Every exit path unregisters the connection
+//! and withdraws its presence.
 
 pub mod state;
+pub mod wire;
 
 use std::{
     sync::Arc,
@@ -11,16 +13,16 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use shared::{
     chat::{encode as encode_event, ChatType, Event, Message, SendCommand},
     internal::{ReadRequest, SyncRequest, UserConversations},
 };
+use tokio::net::TcpStream;
 use tokio_tungstenite::{
     tungstenite::{
         error::{CapacityError, Error as WsError},
-        protocol::{frame::coding::CloseCode, CloseFrame},
+        protocol::{frame::coding::CloseCode, CloseFrame, Role},
         Message as WsMessage,
     },
     WebSocketStream,
@@ -35,7 +37,13 @@ use crate::{
     Gateway,
 };
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Socket = WebSocketStream<wire::Stream>;
+
+/// An upgraded connection's socket and what was read from it past the upgrade request.
+pub struct Accepted {
+    pub socket: TcpStream,
+    pub read_ahead: Bytes,
+}
 
 /// Who a connection belongs to and how long it may live: what `GET /ws` admitted.
 #[derive(Debug, Clone, Copy)]
@@ -130,14 +138,14 @@ struct Synced {
     results: Vec<SyncedResult>,
 }
 
-fn reply<D: Serialize>(conn: &ConnShared, kind: &'static str, data: &D) {
+fn reply<D: Serialize>(conn: &Arc<ConnShared>, kind: &'static str, data: &D) {
     match protocol::encode(conn.encoding, kind, data) {
         Ok(frame) => conn.push(Outbound::reply(frame, kind)),
         Err(e) => tracing::error!(error = %e, "could not encode a reply"),
     }
 }
 
-pub(crate) fn reply_error(conn: &ConnShared, e: &FrameError) {
+pub(crate) fn reply_error(conn: &Arc<ConnShared>, e: &FrameError) {
     reply(
         conn,
         "error",
@@ -156,19 +164,37 @@ pub(crate) fn reply_error(conn: &ConnShared, e: &FrameError) {
 /// what stays allocated per connection is the socket and the loop's own state.
 pub async fn run(
     gw: Arc<Gateway>,
-    mut ws: Socket,
+    accepted: Accepted,
     admitted: Admitted,
     session: String,
     encoding: Encoding,
     info: UserConversations,
 ) {
     let user = admitted.user;
-    let Some(conn) = Box::pin(open(&gw, &mut ws, user, session.clone(), encoding, info)).await
-    else {
+    let conn = Arc::new(ConnShared::new(
+        gw.hub.next_id(),
+        user,
+        session.clone(),
+        encoding,
+        gw.config.outbound_queue,
+        gw.config.slow_consumer_grace,
+    ));
+    conn.set_login(admitted.sid);
+    let socket = Arc::new(accepted.socket);
+    let mut ws = WebSocketStream::from_partially_read(
+        wire::Stream::new(socket.clone(), conn.clone()),
+        accepted.read_ahead.to_vec(),
+        Role::Server,
+        Some(gw.ws_config()),
+    )
+    .await;
+    if !Box::pin(open(&gw, &mut ws, &conn, info)).await {
         Box::pin(gw.presence.release_socket(user, &session)).await;
         return;
-    };
-    conn.set_login(admitted.sid);
+    }
+    // From here frames may go to the socket straight from the dispatcher, behind what is
+    // queued (`ready` first).
+    conn.attach(socket, admitted.exp);
     // Write `ready` (and whatever came meanwhile) now and give the queue's memory back: most
     // connections then sit idle with nothing allocated for their queue.
     let close = match write_queued(&mut ws, &conn).await {
@@ -181,26 +207,17 @@ pub async fn run(
     Box::pin(finish(&gw, ws, &conn, close)).await;
 }
 
-/// Registers the connection, claims presence, queues `ready`; `None` if the node filled up.
+/// Registers the connection, claims presence, queues `ready`; false if the node filled up.
 async fn open(
     gw: &Arc<Gateway>,
     ws: &mut Socket,
-    user: Uuid,
-    session: String,
-    encoding: Encoding,
+    conn: &Arc<ConnShared>,
     info: UserConversations,
-) -> Option<Arc<ConnShared>> {
-    let conn = Arc::new(ConnShared::new(
-        gw.hub.next_id(),
-        user,
-        session,
-        encoding,
-        gw.config.outbound_queue,
-        gw.config.slow_consumer_grace,
-    ));
+) -> bool {
+    let user = conn.user;
     // Queued before the hub knows the connection, so `ready` is the first frame it gets.
     reply(
-        &conn,
+        conn,
         "ready",
         &Ready {
             user_id: user,
@@ -216,7 +233,7 @@ async fn open(
         Err(refusal) => {
             tracing::info!(?refusal, "connection refused after upgrade");
             close_gracefully(ws, CloseCode::Again, "gateway full").await;
-            return None;
+            return false;
         }
     };
     if first {
@@ -233,7 +250,7 @@ async fn open(
         stage_done("presence", claiming);
     }
     metrics::counter!("gateway_connections_opened_total").increment(1);
-    Some(conn)
+    true
 }
 
 /// Records how long one stage of opening a connection took (`gateway_upgrade_stage_seconds`):
@@ -253,6 +270,8 @@ async fn finish(
     conn: &Arc<ConnShared>,
     close: Option<(CloseCode, &'static str)>,
 ) {
+    // Nothing goes out after the close frame.
+    conn.detach();
     if let Some((code, reason)) = close {
         close_gracefully(&mut ws, code, reason).await;
     }
@@ -513,69 +532,12 @@ async fn serve(
 /// Writes the queued frames (at most [`WRITE_BATCH`]) in one write to the socket.
 ///
 /// Frames are framed once when encoded ([`protocol::WireFrame`]), so they go to the socket as
-/// they are, not through tungstenite's per-connection buffer: one frame is written from the
-/// shared bytes, several are joined first. What tungstenite itself holds (a ping, the pong to a
-/// client's ping) is flushed first, whole, so no frame lands inside another.
+/// they are, not through tungstenite's per-connection buffer. What tungstenite itself holds (a
+/// ping, the pong to a client's ping) is flushed first, whole, so no frame lands inside another.
 async fn write_queued(ws: &mut Socket, conn: &ConnShared) -> Result<(), WsError> {
-    use tokio::io::AsyncWriteExt;
-
     ws.flush().await?;
-    let mut latest_publish = 0;
-    let mut first: Option<Bytes> = None;
-    // Several frames are joined in the thread's scratch buffer, not in a new allocation.
-    let mut joined = SCRATCH.take();
-    joined.clear();
-    // Frames are counted per run of one type: one counter update per write, not per frame.
-    let mut run: (&'static str, u64) = ("", 0);
-    conn.take_queued(WRITE_BATCH, |out| {
-        if out.label != run.0 {
-            count_frames_out(run);
-            run = (out.label, 0);
-        }
-        run.1 += 1;
-        latest_publish = latest_publish.max(out.published_at_us);
-        let bytes = out.frame.bytes();
-        match &first {
-            None => first = Some(bytes.clone()),
-            Some(one) => {
-                if joined.is_empty() {
-                    joined.extend_from_slice(one);
-                }
-                joined.extend_from_slice(bytes);
-            }
-        }
-    });
-    count_frames_out(run);
-    let socket = ws.get_mut();
-    match first {
-        None => return Ok(()),
-        Some(one) if joined.is_empty() => socket.write_all(&one).await?,
-        Some(_) => socket.write_all(&joined).await?,
-    }
-    if joined.capacity() <= SCRATCH_KEPT {
-        SCRATCH.set(joined);
-    }
-    socket.flush().await?;
-    if latest_publish > 0 {
-        let micros = shared::chat::now_us() - latest_publish;
-        metrics::histogram!("gateway_fanout_latency_seconds").record(micros.max(0) as f64 / 1e6);
-    }
+    std::future::poll_fn(|cx| conn.poll_write_queued(cx, WRITE_BATCH)).await?;
     Ok(())
-}
-
-thread_local! {
-    /// Where a connection joins the frames of one write; taken for the write and put back
-    /// after (a connection that waits on a full socket keeps it, and the next takes a new one).
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// The largest scratch buffer kept for the next write.
-const SCRATCH_KEPT: usize = 64 * 1024;
-
-fn count_frames_out((label, frames): (&'static str, u64)) {
-    if frames > 0 {
-        metrics::counter!("gateway_frames_out_total", "type" => label).increment(frames);
-    }
 }
 
 /// On shutdown: wait a random share of the spread window (so clients do not all reconnect at
@@ -603,7 +565,7 @@ async fn drain_then_close(
             incoming = ws.next() => if !matches!(incoming, Some(Ok(_))) { return None },
         }
     }
-    while conn.queued_len() > 0 {
+    while conn.has_work() {
         if write_queued(ws, conn).await.is_err() {
             return None;
         }
@@ -637,6 +599,7 @@ fn reauth(gw: &Gateway, conn: &ConnShared, token: &str) -> Result<i64, FrameErro
         ));
     }
     conn.set_login(claims.sid);
+    conn.set_expiry(claims.exp);
     Ok(claims.exp)
 }
 
@@ -915,7 +878,7 @@ async fn sync(
 }
 
 /// Sends the frames held during a sync that come after what the client now has, in order.
-fn release_held(conn: &ConnShared, cursors: &mut state::Cursors, known: &[Option<Uuid>]) {
+fn release_held(conn: &Arc<ConnShared>, cursors: &mut state::Cursors, known: &[Option<Uuid>]) {
     for conv in known.iter().flatten() {
         let Some(c) = cursors.get_mut(conv) else {
             continue;

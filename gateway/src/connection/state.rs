@@ -1,5 +1,6 @@
-//! What the dispatcher and a connection's task share about one connection: its bounded
-//! outbound queue and its per-conversation cursors (which `seq`s it has been sent).
+//! What the dispatcher and a connection's task share about one connection: its way out (the
+//! socket and a bounded outbound queue, see [`super::wire`]) and its per-conversation cursors
+//! (which `seq`s it has been sent).
 //!
 //! The queue is a `VecDeque` behind a mutex rather than a channel: an idle connection's queue
 //! holds no allocation at all (a bounded tokio channel allocates a block of 32 slots up front),
@@ -8,16 +9,18 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use futures_util::task::AtomicWaker;
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
+use super::wire::{Direct, Outgoing};
 use crate::protocol::{Encoding, WireFrame};
 
 /// Node-local connection id.
@@ -140,10 +143,11 @@ pub struct ConnShared {
     pub user: Uuid,
     pub session: String,
     pub encoding: Encoding,
-    queue: Mutex<VecDeque<Outbound>>,
-    /// The connection's task, woken when `queue` gets a frame or the connection overflows. One
-    /// slot, no registration list: the task registers on each poll and a wake takes it out, so
-    /// the frames queued for a busy connection cost no wake each.
+    outgoing: Mutex<Outgoing>,
+    /// The connection's task, woken when a frame is queued (or one is half written) or the
+    /// connection overflows or is revoked. One slot, no registration list: the task registers
+    /// on each poll and a wake takes it out, so the frames queued for a busy connection cost no
+    /// wake each.
     waker: AtomicWaker,
     capacity: usize,
     /// How long the queue may stay over `capacity` before the client counts as too slow.
@@ -156,6 +160,9 @@ pub struct ConnShared {
     /// The login (`sid`) of the token the connection lives on; a `reauth` may move it.
     login: Mutex<Uuid>,
     revoked: AtomicBool,
+    /// When the connection's token expires (Unix seconds): nothing is written straight to the
+    /// socket from then on, and the task closes the connection.
+    expires_at: AtomicI64,
     cursors: Mutex<Cursors>,
 }
 
@@ -173,7 +180,7 @@ impl ConnShared {
             user,
             session,
             encoding,
-            queue: Mutex::new(VecDeque::new()),
+            outgoing: Mutex::new(Outgoing::default()),
             waker: AtomicWaker::new(),
             capacity: capacity.max(1),
             grace,
@@ -182,6 +189,7 @@ impl ConnShared {
             syncing: AtomicBool::new(false),
             login: Mutex::new(Uuid::nil()),
             revoked: AtomicBool::new(false),
+            expires_at: AtomicI64::new(i64::MAX),
             cursors: Mutex::new(Cursors::default()),
         }
     }
@@ -202,28 +210,69 @@ impl ConnShared {
         }
     }
 
+    /// Wakes the connection's task (it looks for work).
+    pub(super) fn wake(&self) {
+        self.waker.wake();
+    }
+
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Relaxed)
     }
 
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn outgoing(&self) -> MutexGuard<'_, Outgoing> {
+        self.outgoing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets frames go to `socket` straight from whoever delivers them, once nothing queued is
+    /// ahead of them; until `expires_at` (the token's expiry, Unix seconds).
+    pub fn attach(&self, socket: Arc<TcpStream>, expires_at: i64) {
+        self.set_expiry(expires_at);
+        self.outgoing().attach(socket);
+    }
+
+    /// Nothing more goes to the socket but what tungstenite writes itself (the close frame).
+    pub fn detach(&self) {
+        self.outgoing().detach();
+    }
+
+    /// The token the connection lives on now expires at `at` (Unix seconds).
+    pub fn set_expiry(&self, at: i64) {
+        self.expires_at.store(at, Ordering::Relaxed);
+    }
+
+    fn expired(&self) -> bool {
+        chrono::Utc::now().timestamp() >= self.expires_at.load(Ordering::Relaxed)
     }
 
     pub fn is_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Relaxed)
     }
 
-    /// Queues a frame without waiting. Ephemeral frames are dropped once the queue is half
-    /// full. A full queue may still grow, to [`BURST_FACTOR`] times its capacity, for as long
-    /// as the grace period: a burst (a batch of a busy room's messages arrives at once) is not
-    /// a slow client. A frame that finds the queue over capacity for longer than that, or at
-    /// the burst limit, marks the client as too slow (closed with 4008); nothing more queues.
-    pub fn push(&self, out: Outbound) {
-        if self.is_overflowed() {
+    /// Sends a frame without waiting: straight to the socket when nothing is queued ahead of it
+    /// and the socket has room (see [`super::wire`]), queued otherwise. Nothing goes to a
+    /// connection that overflowed, was revoked, or whose token expired.
+    ///
+    /// Ephemeral frames are dropped once the queue is half full. A full queue may still grow,
+    /// to [`BURST_FACTOR`] times its capacity, for as long as the grace period: a burst (a
+    /// batch of a busy room's messages arrives at once) is not a slow client. A frame that
+    /// finds the queue over capacity for longer than that, or at the burst limit, marks the
+    /// client as too slow (closed with 4008); nothing more queues.
+    pub fn push(self: &Arc<Self>, out: Outbound) {
+        if self.is_overflowed() || self.is_revoked() {
             return;
         }
-        let mut queue = self.queue();
+        let mut outgoing = self.outgoing();
+        let expired = self.expired();
+        let out = match outgoing.write_now(out, expired, self) {
+            Direct::Written => return,
+            Direct::Started => {
+                drop(outgoing);
+                self.waker.wake();
+                return;
+            }
+            Direct::Queue(out) => out,
+        };
+        let queue = &mut outgoing.queue;
         if out.ephemeral && queue.len() >= self.capacity / 2 {
             metrics::counter!("gateway_ephemeral_dropped_total").increment(1);
             return;
@@ -239,7 +288,7 @@ impl ConnShared {
             };
             let too_long = now.saturating_sub(since) > self.grace.as_millis() as u64;
             if too_long || queue.len() >= self.capacity.saturating_mul(BURST_FACTOR) {
-                drop(queue);
+                drop(outgoing);
                 if !self.overflowed.swap(true, Ordering::Relaxed) {
                     metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
                     self.waker.wake();
@@ -248,8 +297,11 @@ impl ConnShared {
             }
         }
         queue.push_back(out);
-        drop(queue);
-        self.waker.wake();
+        let corked = outgoing.is_corked();
+        drop(outgoing);
+        if !corked {
+            self.waker.wake();
+        }
     }
 
     /// What the connection's task has to do: close (overflowed) or write (frames queued).
@@ -287,61 +339,57 @@ impl ConnShared {
     fn work(&self) -> Option<Work> {
         if let Some(why) = self.closing() {
             Some(why)
-        } else if !self.queue().is_empty() {
+        } else if self.outgoing().has_work() {
             Some(Work::Write)
         } else {
             None
         }
     }
 
-    /// Waits until at least one frame is queued. Cancel-safe: it takes nothing.
+    /// Waits until something is to be written (a frame queued, or the rest of one). Cancel-safe:
+    /// it takes nothing.
     pub async fn wait_queued(&self) {
         std::future::poll_fn(|cx| {
-            if !self.queue().is_empty() {
+            if self.has_work() {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            if self.queue().is_empty() {
-                Poll::Pending
-            } else {
+            if self.has_work() {
                 Poll::Ready(())
+            } else {
+                Poll::Pending
             }
         })
         .await
     }
 
+    /// Whether frames (or the rest of one) wait for the connection's task to write them.
+    pub fn has_work(&self) -> bool {
+        self.outgoing().has_work()
+    }
+
     pub fn queued_len(&self) -> usize {
-        self.queue().len()
+        self.outgoing().queue.len()
     }
 
     /// The oldest queued frame, if any.
     pub fn pop(&self) -> Option<Outbound> {
-        let mut queue = self.queue();
-        let out = queue.pop_front();
-        if queue.len() < self.capacity {
-            // Caught up (again): the grace period starts over the next time it fills.
-            self.over_since.store(0, Ordering::Relaxed);
-        }
+        let mut outgoing = self.outgoing();
+        let out = outgoing.queue.pop_front();
+        self.caught_up(&outgoing);
         out
     }
 
-    /// Takes up to `max` queued frames, oldest first, handing each to `take` under one lock;
-    /// returns how many it took.
-    pub fn take_queued(&self, max: usize, mut take: impl FnMut(Outbound)) -> usize {
-        let mut queue = self.queue();
-        let n = queue.len().min(max);
-        for out in queue.drain(..n) {
-            take(out);
-        }
-        if queue.len() < self.capacity {
+    /// Below capacity (again): the grace period starts over the next time the queue fills.
+    pub(super) fn caught_up(&self, outgoing: &Outgoing) {
+        if outgoing.queue.len() < self.capacity {
             self.over_since.store(0, Ordering::Relaxed);
         }
-        n
     }
 
     /// Gives back the queue's memory if it is empty (called when the connection is idle).
     pub fn compact(&self) {
-        let mut queue = self.queue();
+        let queue = &mut self.outgoing().queue;
         if queue.is_empty() && queue.capacity() > 0 {
             *queue = VecDeque::new();
         }
@@ -367,7 +415,7 @@ impl ConnShared {
 
     /// Delivers `message` number `seq` of `conversation`: never twice, never out of order, held
     /// back while a sync of that conversation is under way.
-    pub fn deliver_message(&self, conversation: Uuid, seq: i64, out: Outbound) {
+    pub fn deliver_message(self: &Arc<Self>, conversation: Uuid, seq: i64, out: Outbound) {
         let mut cursors = self.cursors();
         let cursor = cursors.get_or_insert_with(conversation, Cursor::default);
         if let Some(held) = &mut cursor.held {
@@ -449,15 +497,15 @@ mod tests {
         assert_eq!(cursors.get(&other).map(|k| (k.first, k.last)), Some((4, 4)));
     }
 
-    fn conn(capacity: usize, grace: Duration) -> ConnShared {
-        ConnShared::new(
+    fn conn(capacity: usize, grace: Duration) -> Arc<ConnShared> {
+        Arc::new(ConnShared::new(
             1,
             Uuid::new_v4(),
             "s".into(),
             Encoding::Json,
             capacity,
             grace,
-        )
+        ))
     }
 
     #[test]
@@ -516,7 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_task_is_woken_and_an_idle_queue_holds_no_memory() {
-        let conn = std::sync::Arc::new(conn(64, Duration::from_secs(5)));
+        let conn = conn(64, Duration::from_secs(5));
         let waiter = {
             let conn = conn.clone();
             tokio::spawn(async move {
@@ -527,7 +575,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "nothing queued yet");
         assert_eq!(
-            conn.queue().capacity(),
+            conn.outgoing().queue.capacity(),
             0,
             "an unused queue holds no memory"
         );
@@ -537,7 +585,7 @@ mod tests {
         assert!(conn.pop().is_some() && conn.pop().is_none());
         conn.compact();
         assert_eq!(
-            conn.queue().capacity(),
+            conn.outgoing().queue.capacity(),
             0,
             "an empty queue gives its memory back"
         );

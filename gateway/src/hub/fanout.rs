@@ -386,7 +386,13 @@ impl Hub {
         }
     }
 
-    fn send<D: Serialize>(&self, conn: &ConnShared, kind: &'static str, data: &D, ephemeral: bool) {
+    fn send<D: Serialize>(
+        &self,
+        conn: &Arc<ConnShared>,
+        kind: &'static str,
+        data: &D,
+        ephemeral: bool,
+    ) {
         match crate::protocol::encode(conn.encoding, kind, data) {
             Ok(frame) => conn.push(Outbound {
                 frame,

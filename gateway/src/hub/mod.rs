@@ -47,7 +47,10 @@ use self::{
 };
 use crate::{
     chat_client::ChatClient,
-    connection::state::{ConnId, ConnShared, Outbound},
+    connection::{
+        state::{ConnId, ConnShared, Outbound},
+        wire,
+    },
     protocol::SharedFrame,
 };
 
@@ -397,11 +400,12 @@ impl Hub {
             }
         };
         match event {
-            Event::Batch(events) => {
+            // A batch's frames for one connection go out in one write (see `wire::corked`).
+            Event::Batch(events) => wire::corked(|| {
                 for event in events {
                     self.handle_event(channel, event);
                 }
-            }
+            }),
             event => self.handle_event(channel, event),
         }
     }
