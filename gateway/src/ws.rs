@@ -220,10 +220,7 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         };
         match socket {
             Ok(Parts { io, read_buf, .. }) => {
-                let accepted = connection::Accepted {
-                    socket: io.into_inner(),
-                    read_ahead: read_buf,
-                };
+                let accepted = connection::Accepted::new(io.into_inner(), read_buf);
                 connection::run(gateway, accepted, admitted, session, encoding, info).await;
             }
             // Boxed, as in `connection::run`: a Redis call's future is large, and inline it

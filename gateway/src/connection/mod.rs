@@ -41,8 +41,19 @@ type Socket = WebSocketStream<wire::Stream>;
 
 /// An upgraded connection's socket and what was read from it past the upgrade request.
 pub struct Accepted {
-    pub socket: TcpStream,
-    pub read_ahead: Bytes,
+    socket: TcpStream,
+    read_ahead: Vec<u8>,
+}
+
+impl Accepted {
+    /// `read_ahead` is copied: the bytes hyper hands over share its whole read buffer (kilobytes),
+    /// which would otherwise stay allocated for the connection's life.
+    pub fn new(socket: TcpStream, read_ahead: Bytes) -> Self {
+        Self {
+            socket,
+            read_ahead: read_ahead.to_vec(),
+        }
+    }
 }
 
 /// Who a connection belongs to and how long it may live: what `GET /ws` admitted.
@@ -180,10 +191,11 @@ pub async fn run(
         gw.config.slow_consumer_grace,
     ));
     conn.set_login(admitted.sid);
-    let socket = Arc::new(accepted.socket);
+    let Accepted { socket, read_ahead } = accepted;
+    let socket = Arc::new(socket);
     let mut ws = WebSocketStream::from_partially_read(
         wire::Stream::new(socket.clone(), conn.clone()),
-        accepted.read_ahead.to_vec(),
+        read_ahead,
         Role::Server,
         Some(gw.ws_config()),
     )

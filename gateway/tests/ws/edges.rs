@@ -254,3 +254,54 @@ async fn a_full_node_refuses_with_503(db: PgPool) {
     let r = Client::connect(s.gateways[0].port, &bob.token, None, None).await;
     assert_eq!(http_status(r.err().unwrap()), 503);
 }
+
+/// A client may send its first frame in the same packet as the upgrade request: the bytes
+/// read past the request reach the WebSocket, not lost with the HTTP connection.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_frame_sent_with_the_upgrade_request_is_read(db: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::{
+        tungstenite::protocol::{
+            frame::{coding::OpCode, Frame},
+            Role,
+        },
+        MaybeTlsStream, WebSocketStream,
+    };
+
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let port = s.gateways[0].port;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut packet = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        alice.token
+    )
+    .into_bytes();
+    let mut ping = Frame::message(
+        json!({"type": "ping", "data": {}}).to_string().into_bytes(),
+        OpCode::Data(tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text),
+        true,
+    );
+    ping.header_mut().mask = Some([7, 1, 9, 3]);
+    ping.format(&mut packet).unwrap();
+    tcp.write_all(&packet).await.unwrap();
+    // The response head, byte by byte: nothing of the frames after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let ws = WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(tcp), Role::Client, None).await;
+    let mut client = Client { ws, msgpack: false };
+    client.expect("ready").await;
+    let pong = tokio::time::timeout(Duration::from_secs(5), client.expect("pong")).await;
+    assert!(pong.is_ok(), "the ping sent with the request was answered");
+}
