@@ -291,26 +291,56 @@ impl Application {
 }
 
 /// Reads every event from the node's subscriber connection and fans it out.
+///
+/// What has arrived by the time the dispatcher wakes (up to [`DISPATCH_RUN`] payloads) is
+/// delivered corked (see [`connection::wire::corked`]): each connection's frames from all of it
+/// leave in one write, as many as a busy moment brings, while a quiet moment's single event goes
+/// out at once.
 async fn dispatch(gw: Arc<Gateway>, subscriber: Client) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
     let mut messages = subscriber.message_rx();
     loop {
-        match messages.recv().await {
-            Ok(m) => {
-                let channel = m.channel.to_string();
-                match m.value.as_bytes() {
-                    Some(bytes) => gw.hub.dispatch(&channel, bytes),
-                    None => tracing::warn!(%channel, "non-binary event dropped"),
+        let first = messages.recv().await;
+        let open = connection::wire::corked(|| {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(received) = next.take() {
+                match received {
+                    Ok(m) => {
+                        let channel = m.channel.to_string();
+                        match m.value.as_bytes() {
+                            Some(bytes) => gw.hub.dispatch(&channel, bytes),
+                            None => tracing::warn!(%channel, "non-binary event dropped"),
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "dispatcher lagged; repairing from history");
+                        metrics::counter!("gateway_dispatch_lagged_total").increment(1);
+                        gw.hub.repair_all();
+                    }
+                    Err(RecvError::Closed) => return false,
+                }
+                taken += 1;
+                if taken < DISPATCH_RUN {
+                    next = match messages.try_recv() {
+                        Ok(m) => Some(Ok(m)),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                    };
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "dispatcher lagged; repairing from history");
-                metrics::counter!("gateway_dispatch_lagged_total").increment(1);
-                gw.hub.repair_all();
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            true
+        });
+        if !open {
+            return;
         }
     }
 }
+
+/// The most payloads delivered under one cork: the first one's frames wait for the rest.
+const DISPATCH_RUN: usize = 64;
 
 /// After the subscriber connection comes back, subscribe again and repair what was missed.
 async fn watch_reconnects(gw: Arc<Gateway>, subscriber: Client) {
