@@ -355,7 +355,7 @@ fn closing(why: Work) -> (CloseCode, &'static str) {
 }
 
 fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
+    shared::chat::now_us() / 1_000_000
 }
 
 /// The instant `at` (Unix seconds) falls on.

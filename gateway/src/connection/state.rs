@@ -240,8 +240,8 @@ impl ConnShared {
         self.expires_at.store(at, Ordering::Relaxed);
     }
 
-    fn expired(&self) -> bool {
-        chrono::Utc::now().timestamp() >= self.expires_at.load(Ordering::Relaxed)
+    pub(super) fn expired(&self) -> bool {
+        shared::chat::now_us() / 1_000_000 >= self.expires_at.load(Ordering::Relaxed)
     }
 
     pub fn is_overflowed(&self) -> bool {
@@ -262,8 +262,7 @@ impl ConnShared {
             return;
         }
         let mut outgoing = self.outgoing();
-        let expired = self.expired();
-        let out = match outgoing.write_now(out, expired, self) {
+        let out = match outgoing.write_now(out, self) {
             Direct::Written => return,
             Direct::Started => {
                 drop(outgoing);

@@ -79,20 +79,16 @@ impl Outgoing {
     /// Writes `out` to the socket now if nothing goes before it and the socket has room. While
     /// this thread's writes are held back ([`corked`]) it is to be queued instead, and the
     /// connection (`conn`, whose way out this is) is written when they go.
-    pub(super) fn write_now(
-        &mut self,
-        out: Outbound,
-        expired: bool,
-        conn: &Arc<ConnShared>,
-    ) -> Direct {
+    pub(super) fn write_now(&mut self, out: Outbound, conn: &Arc<ConnShared>) -> Direct {
         let Some(wire) = &self.wire else {
             return Direct::Queue(out);
         };
         if self.corked
-            || expired
             || !self.queue.is_empty()
             || self.partial.is_some()
             || self.control_partial
+            // The clock is read only for a frame that would go out now.
+            || conn.expired()
         {
             return Direct::Queue(out);
         }
