@@ -130,6 +130,7 @@ pub async fn fanout(
     members: usize,
     rate: u64,
     seconds: u64,
+    readers: usize,
 ) -> anyhow::Result<Outcome> {
     let users = setup.users(rooms * members, "x").await?;
     let mut room_ids = Vec::with_capacity(rooms);
@@ -142,13 +143,7 @@ pub async fn fanout(
     }
     setup.analyze().await?;
     let deliveries = Arc::new(AtomicU64::new(0));
-    let samples: Arc<std::sync::Mutex<Vec<u64>>> = Arc::new(std::sync::Mutex::new(Vec::new()));
-    // Every 16th delivery is split at the frame's `timestamp` (when the gateway encoded it, on
-    // receiving the event): send → gateway, and gateway → client.
-    let splits: Arc<std::sync::Mutex<(Vec<u64>, Vec<u64>)>> = Arc::default();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::with_capacity(rooms);
-    let mut readers = Vec::new();
     let gate = Arc::new(Semaphore::new(128));
     let mut connecting = Vec::new();
     for (i, user) in users.iter().enumerate() {
@@ -160,65 +155,19 @@ pub async fn fanout(
             raw::connect(gateway, &token, ws::source(i)).await
         }));
     }
+    let mut connections = Vec::with_capacity(users.len());
     for (i, c) in connecting.into_iter().enumerate() {
         // The lean client (`raw`): at 200k frames a second the generator's own reading is a
         // large share of the two cores it shares with the stack.
-        let (mut reader, writer) = c.await??;
+        let connection = c.await??;
         // Each room's first member sends; with an even member count they are all on the first
         // gateway. Spreading them over the gateways was measured: worse (docs/BENCHMARKS.md).
         if i % members == 0 {
-            senders.push(writer.clone());
+            senders.push(connection.writer());
         }
-        let deliveries = deliveries.clone();
-        let samples = samples.clone();
-        let splits = splits.clone();
-        let mut stop = stop_rx.clone();
-        readers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let (mut to_gateway, mut from_gateway) = (Vec::new(), Vec::new());
-            let content = memchr::memmem::Finder::new(b"\"content\":\"t");
-            loop {
-                let frame = tokio::select! {
-                    _ = stop.changed() => break,
-                    f = reader.next() => f,
-                };
-                match frame {
-                    // Only `message` frames (an `ack` carries the message too).
-                    Ok(Some(raw::Incoming::Text(t))) if t.starts_with(b"{\"type\":\"message\"") => {
-                        let Some(at) = content.find(t) else { continue };
-                        let Some(sent) = leading_number(&t[at + content.needle().len()..]) else {
-                            continue;
-                        };
-                        let now = now_us();
-                        mine.push(now.saturating_sub(sent));
-                        deliveries.fetch_add(1, Ordering::Relaxed);
-                        if mine.len() % 16 == 0 {
-                            if let Some(at) =
-                                std::str::from_utf8(t).ok().and_then(frame_timestamp_us)
-                            {
-                                to_gateway.push(at.saturating_sub(sent));
-                                from_gateway.push(now.saturating_sub(at));
-                            }
-                        }
-                    }
-                    Ok(Some(raw::Incoming::Ping(payload))) => {
-                        if raw::pong(&writer, payload).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Some(raw::Incoming::Text(_) | raw::Incoming::Other)) => {}
-                    Ok(Some(raw::Incoming::Close) | None) | Err(_) => break,
-                }
-            }
-            if let Ok(mut all) = samples.lock() {
-                all.extend(mine);
-            }
-            if let Ok(mut all) = splits.lock() {
-                all.0.extend(to_gateway);
-                all.1.extend(from_gateway);
-            }
-        }));
+        connections.push(connection);
     }
+    let readers = raw::read_on_threads(connections, readers, |_| Received::new(&deliveries))?;
     let cpu_before: Vec<f64> = pids
         .iter()
         .map(|p| cpu_seconds(*p).unwrap_or(0.0))
@@ -233,10 +182,8 @@ pub async fn fanout(
         ticker.tick().await;
         let r = (sent as usize) % rooms;
         let frame = json!({"type": "send_message", "data": {"content": format!("t{}", now_us()), "chat_type": "room", "chat_id": room_ids[r], "client_id": format!("f{sent}")}});
-        let sender = senders[r].clone();
-        tokio::spawn(async move {
-            let _ = raw::send_text(&sender, frame.to_string().as_bytes()).await;
-        });
+        // A frame this small goes into the socket's buffer at once: the write does not wait.
+        let _ = raw::send_text(&senders[r], frame.to_string().as_bytes());
         sent += 1;
     }
     let window = started.elapsed().as_secs_f64();
@@ -251,10 +198,7 @@ pub async fn fanout(
         .map(|p| cpu_seconds(*p).unwrap_or(0.0))
         .collect();
     let machine = machine_cpu_since(machine_before);
-    let _ = stop_tx.send(true);
-    for r in readers {
-        let _ = r.await;
-    }
+    let received = readers.stop();
     let delivered = deliveries.load(Ordering::Relaxed);
     let cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
     let per_million = if delivered > 0 {
@@ -262,10 +206,13 @@ pub async fn fanout(
     } else {
         0.0
     };
-    let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let (mut samples, mut to_gateway, mut from_gateway) = (Vec::new(), Vec::new(), Vec::new());
+    for r in received {
+        samples.extend(r.e2e);
+        to_gateway.extend(r.to_gateway);
+        from_gateway.extend(r.from_gateway);
+    }
     let l = latency(samples);
-    let (to_gateway, from_gateway) =
-        std::mem::take(&mut *splits.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let rate_achieved = delivered as f64 / window;
     // What a delivery cost the machine, the generator's own CPU left out.
     let stack_us_per_delivery = machine
@@ -292,6 +239,53 @@ pub async fn fanout(
             fanout_target(rooms, members as u64 * rate)
         ),
     })
+}
+
+/// A reader thread's tally of the `message` frames it reads: each one's e2e latency (from the
+/// send time in its content to now), and every 16th split at the frame's `timestamp` (when the
+/// gateway encoded it, on receiving the event): send → gateway, and gateway → client.
+struct Received {
+    deliveries: Arc<AtomicU64>,
+    content: memchr::memmem::Finder<'static>,
+    e2e: Vec<u64>,
+    to_gateway: Vec<u64>,
+    from_gateway: Vec<u64>,
+}
+
+impl Received {
+    fn new(deliveries: &Arc<AtomicU64>) -> Self {
+        Self {
+            deliveries: deliveries.clone(),
+            content: memchr::memmem::Finder::new(b"\"content\":\"t"),
+            e2e: Vec::new(),
+            to_gateway: Vec::new(),
+            from_gateway: Vec::new(),
+        }
+    }
+}
+
+impl raw::Tally for Received {
+    fn text(&mut self, t: &[u8]) {
+        // Only `message` frames (an `ack` carries the message too).
+        if !t.starts_with(b"{\"type\":\"message\"") {
+            return;
+        }
+        let Some(at) = self.content.find(t) else {
+            return;
+        };
+        let Some(sent) = leading_number(&t[at + self.content.needle().len()..]) else {
+            return;
+        };
+        let now = now_us();
+        self.e2e.push(now.saturating_sub(sent));
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        if self.e2e.len() % 16 == 0 {
+            if let Some(at) = std::str::from_utf8(t).ok().and_then(frame_timestamp_us) {
+                self.to_gateway.push(at.saturating_sub(sent));
+                self.from_gateway.push(now.saturating_sub(at));
+            }
+        }
+    }
 }
 
 /// The targets a fan-out run answers to, by its shape and nominal deliveries per second.
