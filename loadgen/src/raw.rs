@@ -340,12 +340,16 @@ fn read_loop(
 }
 
 impl<T> Readers<T> {
-    /// Stops the threads and returns their tallies.
-    pub fn stop(self) -> Vec<T> {
+    /// Stops the threads and returns their tallies; an error if one of them panicked (its
+    /// samples would be missing from the figures).
+    pub fn stop(self) -> anyhow::Result<Vec<T>> {
         self.stop.store(true, Ordering::Relaxed);
         self.threads
             .into_iter()
-            .filter_map(|t| t.join().ok())
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a reader thread panicked"))
+            })
             .collect()
     }
 }
@@ -537,7 +541,7 @@ mod tests {
         );
         send_text(&writer, b"sent").unwrap();
         server.await.unwrap();
-        assert_eq!(readers.stop().len(), 1);
+        assert_eq!(readers.stop().unwrap().len(), 1);
     }
 
     #[tokio::test]

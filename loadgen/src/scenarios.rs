@@ -198,7 +198,7 @@ pub async fn fanout(
         .map(|p| cpu_seconds(*p).unwrap_or(0.0))
         .collect();
     let machine = machine_cpu_since(machine_before);
-    let received = readers.stop();
+    let received = readers.stop()?;
     let delivered = deliveries.load(Ordering::Relaxed);
     let cpu: f64 = cpu_after.iter().zip(&cpu_before).map(|(a, b)| a - b).sum();
     let per_million = if delivered > 0 {
