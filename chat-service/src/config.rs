@@ -30,7 +30,7 @@ pub struct ChatConfig {
     pub auth_service_url: Option<String>,
     /// `SEND_BATCH_SIZE` (default 256), `SEND_CLAIM_IDLE_MS` (default 30000),
     /// `SEND_PARTITIONS` (default 1), `SEND_LEASE_MS` (default 5000),
-    /// `SEND_BATCH_INTERVAL_MS` (default 10, per partition) and `SEND_MAX_DELIVERIES`
+    /// `SEND_BATCH_INTERVAL_MS` (default 20, per partition) and `SEND_MAX_DELIVERIES`
     /// (default 10, at least 2).
     pub worker: WorkerConfig,
     /// `SEND_RATE_PER_SECOND`, `SEND_BURST`: each user's send rate, the bucket gateways share.
@@ -100,7 +100,7 @@ impl ChatConfig {
                 lease: std::time::Duration::from_millis(
                     config::parsed("SEND_LEASE_MS", 5_000u64)?.max(300),
                 ),
-                batch_interval: batch_interval(config::parsed("SEND_BATCH_INTERVAL_MS", 10u64)?)?,
+                batch_interval: batch_interval(config::parsed("SEND_BATCH_INTERVAL_MS", 20u64)?)?,
                 max_deliveries: config::parsed::<u64>("SEND_MAX_DELIVERIES", 10)?.max(2),
             },
             send_rate: config::send_rate()?,

@@ -65,9 +65,9 @@ pub struct WorkerConfig {
     /// How long a replica's lease on a partition lasts unless renewed (`SEND_LEASE_MS`): the
     /// partitions of a replica that died move within it.
     pub lease: Duration,
-    /// The shortest time between the starts of two of a loop's batches under load
-    /// (`SEND_BATCH_INTERVAL_MS`); see [`Pacer`]. Zero reads
-    /// again as soon as a batch is done.
+    /// How far apart a loop's batches begin under heavy load (`SEND_BATCH_INTERVAL_MS`); under
+    /// lighter load, a fraction of it or nothing; see [`Pacer`]. Zero reads again as soon as a
+    /// batch is done, whatever the load.
     pub batch_interval: Duration,
     /// Deliveries after which an entry goes to the dead-letter stream (`SEND_MAX_DELIVERIES`).
     pub max_deliveries: u64,
@@ -77,12 +77,16 @@ pub struct WorkerConfig {
 /// would come to fewer than [`LIGHT_LOAD`] per `interval`, the loop reads again as soon as a batch
 /// is done, blocking on the stream: a send that finds the loop idle is taken at once, and
 /// batches grow only by what arrived while one was in flight. Above that rate, a loop that has
-/// just finished a batch in less than `interval` takes the next free slot, `interval` after the
-/// latest batch began, and waits for it, so a busy partition runs one larger batch per interval
-/// rather than many small ones (each batch costs a transaction and a publish per channel, and
-/// the gateways' CPU follows the batch rate). A loop whose batch outlasted the interval reads
-/// again at once, and so does one whose read came back full (more is waiting, and waiting
-/// longer would only cap the rate at a batch per interval).
+/// just finished a batch waits for the next free slot, one *spacing* after the latest batch
+/// began, so a busy partition runs fewer, larger batches (each batch costs a transaction and a
+/// publish per channel, and the gateways' CPU follows the batch rate: a member gets about one
+/// socket write per batch that touched its room). The spacing is half the `interval` from
+/// [`LIGHT_LOAD`] on and grows in proportion to the load past half of [`HEAVY_LOAD`], to the
+/// whole interval at [`HEAVY_LOAD`] sends per interval: a moderately busy partition waits no
+/// longer than it must for its batches to pay off, and a heavily loaded one batches twice as
+/// much, when the writes that saves are what the machine is short of. A loop whose batch
+/// outlasted the spacing reads again at once, and so does one whose read came back full (more
+/// is waiting, and waiting longer would only cap the rate at a batch per spacing).
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
@@ -90,9 +94,14 @@ pub struct Pacer {
 }
 
 /// Below this many sends per interval (averaged over the last [`RATE_WINDOW`]) a loop does not
-/// wait between batches: at the default 10 ms, below 400 sends/s a partition persists every send
+/// wait between batches: at the default 20 ms, below 400 sends/s a partition persists every send
 /// as it arrives, and a quiet conversation pays no batching delay at all.
-pub const LIGHT_LOAD: f64 = 4.0;
+pub const LIGHT_LOAD: f64 = 8.0;
+
+/// From this many sends per interval on, batches begin a whole interval apart (at the default
+/// 20 ms, from 2,000 sends/s); from [`LIGHT_LOAD`] to half of this, half an interval apart
+/// (400 to 1,000 sends/s), and in proportion to the load between.
+pub const HEAVY_LOAD: f64 = 40.0;
 
 /// The span of time the send rate is averaged over.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
@@ -125,6 +134,17 @@ impl Pacer {
         self.state().per_interval
     }
 
+    /// How far apart batches begin at the present load: nothing below [`LIGHT_LOAD`], then half
+    /// the interval, growing in proportion to the load to the whole of it at [`HEAVY_LOAD`].
+    pub fn spacing(&self) -> Duration {
+        let load = self.load();
+        if load >= LIGHT_LOAD {
+            self.interval.mul_f64((load / HEAVY_LOAD).clamp(0.5, 1.0))
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// When a loop whose last batch began at `began` reads again; `full` when that batch's read
     /// came back with as many entries as it asked for.
     pub fn next_read(&self, began: tokio::time::Instant, full: bool) -> tokio::time::Instant {
@@ -137,21 +157,22 @@ impl Pacer {
         full: bool,
         now: tokio::time::Instant,
     ) -> tokio::time::Instant {
-        if full || self.load() < LIGHT_LOAD {
+        let spacing = self.spacing();
+        if full || spacing.is_zero() {
             return now;
         }
-        match began.checked_add(self.interval) {
-            Some(own) if own > now => self.claim_at(now),
+        match began.checked_add(spacing) {
+            Some(own) if own > now => self.claim_at(now, spacing),
             _ => now,
         }
     }
 
-    /// Claims the next slot: `interval` after the latest start, or now if that has passed.
-    fn claim_at(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+    /// Claims the next slot: `spacing` after the latest start, or now if that has passed.
+    fn claim_at(&self, now: tokio::time::Instant, spacing: Duration) -> tokio::time::Instant {
         let mut state = self.state();
         let slot = state
             .latest
-            .and_then(|at| at.checked_add(self.interval))
+            .and_then(|at| at.checked_add(spacing))
             .map_or(now, |next| next.max(now));
         state.latest = Some(slot);
         slot
@@ -950,7 +971,8 @@ mod tests {
     use super::*;
     use shared::chat::{encode, MessageType};
 
-    /// A pacer that has seen heavy load (far above [`LIGHT_LOAD`]).
+    /// A pacer that has seen heavy load (above [`HEAVY_LOAD`]): it spaces batches a whole
+    /// interval apart.
     fn loaded(interval: Duration) -> Pacer {
         let pacer = Pacer::new(interval);
         pacer.state().per_interval = 50.0;
@@ -992,28 +1014,53 @@ mod tests {
         let ms = Duration::from_millis;
         let pacer = loaded(ms(10));
         let t0 = tokio::time::Instant::now();
+        let spacing = pacer.spacing();
+        assert_eq!(spacing, ms(10));
         // Nothing ran yet: the first slot is now.
-        assert_eq!(pacer.claim_at(t0), t0);
+        assert_eq!(pacer.claim_at(t0, spacing), t0);
         // Two claims at once get successive slots, not the same one.
-        assert_eq!(pacer.claim_at(t0 + ms(1)), t0 + ms(10));
-        assert_eq!(pacer.claim_at(t0 + ms(1)), t0 + ms(20));
+        assert_eq!(pacer.claim_at(t0 + ms(1), spacing), t0 + ms(10));
+        assert_eq!(pacer.claim_at(t0 + ms(1), spacing), t0 + ms(20));
         // A batch begun at once (by an idle loop) moves the next slot only forward.
         pacer.began(t0 + ms(5), 1);
-        assert_eq!(pacer.claim_at(t0 + ms(6)), t0 + ms(30));
+        assert_eq!(pacer.claim_at(t0 + ms(6), spacing), t0 + ms(30));
         pacer.began(t0 + ms(35), 1);
-        assert_eq!(pacer.claim_at(t0 + ms(36)), t0 + ms(45));
-        // Once the latest start is more than an interval ago, a claim is now.
-        assert_eq!(pacer.claim_at(t0 + ms(100)), t0 + ms(100));
-        // With no interval, every claim is now.
+        assert_eq!(pacer.claim_at(t0 + ms(36), spacing), t0 + ms(45));
+        // Once the latest start is more than a spacing ago, a claim is now.
+        assert_eq!(pacer.claim_at(t0 + ms(100), spacing), t0 + ms(100));
+        // With no interval there is no spacing, and every claim is now.
         let unpaced = Pacer::new(Duration::ZERO);
         unpaced.began(t0 + ms(50), 1);
-        assert_eq!(unpaced.claim_at(t0 + ms(60)), t0 + ms(60));
+        assert_eq!(unpaced.spacing(), Duration::ZERO);
+        assert_eq!(unpaced.claim_at(t0 + ms(60), Duration::ZERO), t0 + ms(60));
+    }
+
+    #[test]
+    fn the_spacing_is_half_the_interval_under_load_and_grows_to_all_of_it() {
+        let ms = Duration::from_millis;
+        let pacer = Pacer::new(ms(20));
+        let at = |load: f64| {
+            pacer.state().per_interval = load;
+            pacer.spacing()
+        };
+        assert_eq!(at(0.0), Duration::ZERO);
+        assert_eq!(at(LIGHT_LOAD - 0.1), Duration::ZERO);
+        assert_eq!(at(LIGHT_LOAD), ms(10));
+        assert_eq!(at(HEAVY_LOAD / 2.0), ms(10));
+        assert_eq!(at(HEAVY_LOAD * 3.0 / 4.0), ms(15));
+        assert_eq!(at(HEAVY_LOAD), ms(20));
+        assert_eq!(at(HEAVY_LOAD * 10.0), ms(20));
+        // At three quarters of the heavy load, a loop reads 15 ms after its batch began.
+        pacer.state().per_interval = HEAVY_LOAD * 3.0 / 4.0;
+        let t0 = tokio::time::Instant::now();
+        pacer.state().latest = Some(t0);
+        assert_eq!(pacer.next_read_at(t0, false, t0 + ms(1)), t0 + ms(15));
     }
 
     #[test]
     fn a_quiet_partition_never_waits_and_a_busy_one_does() {
         let ms = Duration::from_millis;
-        let pacer = Pacer::new(ms(10));
+        let pacer = Pacer::new(ms(20));
         let t0 = tokio::time::Instant::now();
         // 200 sends/s, one per batch, each batch 1 ms long: every read is at once.
         for i in 0..50u64 {
@@ -1025,14 +1072,15 @@ mod tests {
             );
         }
         assert!(pacer.load() < LIGHT_LOAD, "{}", pacer.load());
-        // Then 2,000 sends/s, each batch taking what arrived since the previous one began and
+        // Then 3,000 sends/s, each batch taking what arrived since the previous one began and
         // lasting 1 ms: batches run back to back at first; once the estimate passes the
-        // threshold (within the averaging window), the loop waits for its slot and batches grow.
+        // threshold (within the averaging window), the loop waits for its slot and batches grow,
+        // until they begin a whole interval apart.
         let t1 = t0 + ms(1000);
         let (mut previous, mut at) = (t1, t1 + ms(1));
         let mut waits = 0;
         for _ in 0..100 {
-            let arrived = 2 * at.duration_since(previous).as_millis() as usize;
+            let arrived = 3 * at.duration_since(previous).as_millis() as usize;
             pacer.began(at, arrived.max(1));
             let next = pacer.next_read_at(at, false, at + ms(1));
             if next > at + ms(1) {
@@ -1040,8 +1088,10 @@ mod tests {
             }
             (previous, at) = (at, next);
         }
-        assert!(pacer.load() >= LIGHT_LOAD, "{}", pacer.load());
+        assert!(pacer.load() >= HEAVY_LOAD, "{}", pacer.load());
         assert!(waits > 50, "{waits}");
+        assert_eq!(pacer.spacing(), ms(20));
+        assert_eq!(pacer.next_read_at(at, false, at + ms(1)), at + ms(20));
         // A second of silence: the next send goes at once again.
         let later = at + ms(1000);
         pacer.began(later, 1);

@@ -478,8 +478,8 @@ async fn ack_of(watcher: &mut crate::helpers::Watcher, client_id: &str) -> i64 {
 }
 
 /// Group commit: while sends are few (fewer than `LIGHT_LOAD` per interval) each is taken as it
-/// comes; once they come faster the loop waits for its interval and batches them; after a quiet
-/// spell a send is taken at once again.
+/// comes; once they come fast (at least `HEAVY_LOAD` per interval) the loop waits for its whole
+/// interval and batches them; after a quiet spell a send is taken at once again.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn quiet_sends_go_at_once_and_busy_ones_wait_for_the_interval(db: PgPool) {
     const INTERVAL: Duration = Duration::from_millis(1000);
@@ -499,7 +499,6 @@ async fn quiet_sends_go_at_once_and_busy_ones_wait_for_the_interval(db: PgPool) 
     let pushed = std::time::Instant::now();
     push(&redis, &app, &[send("a")]).await;
     assert_eq!(ack_of(&mut watcher, "a").await, 1);
-    let b_pushed = std::time::Instant::now();
     push(&redis, &app, &[send("b")]).await;
     assert_eq!(ack_of(&mut watcher, "b").await, 2);
     assert!(
@@ -507,17 +506,31 @@ async fn quiet_sends_go_at_once_and_busy_ones_wait_for_the_interval(db: PgPool) 
         "two sends on an idle loop took {:?}",
         pushed.elapsed()
     );
-    // Two sends a few milliseconds apart are far above 4 per second: now the loop waits for its
-    // interval, and the next two go together.
+    // Then 20 sends in one entry, milliseconds later: far above 40 a second (HEAVY_LOAD per
+    // interval). They go at once (the loop was not waiting), and the next two wait for the
+    // whole interval after them and go together.
+    let burst: Vec<SendCommand> = (0..20).map(|i| send(&format!("burst{i}"))).collect();
+    let burst_pushed = std::time::Instant::now();
+    let _: String = redis
+        .xadd(
+            app.keys.send_stream(burst[0].partition(PARTITIONS)),
+            false,
+            None,
+            "*",
+            vec![(BATCH_FIELD, encode(&burst).unwrap())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack_of(&mut watcher, "burst19").await, 22);
     push(&redis, &app, &[send("c")]).await;
     push(&redis, &app, &[send("d")]).await;
-    assert_eq!(ack_of(&mut watcher, "c").await, 3);
+    assert_eq!(ack_of(&mut watcher, "c").await, 23);
     assert!(
-        b_pushed.elapsed() >= INTERVAL,
-        "the batch after b began {:?} after b was pushed",
-        b_pushed.elapsed()
+        burst_pushed.elapsed() >= INTERVAL,
+        "the batch after the burst began {:?} after it was pushed",
+        burst_pushed.elapsed()
     );
-    assert_eq!(ack_of(&mut watcher, "d").await, 4);
+    assert_eq!(ack_of(&mut watcher, "d").await, 24);
     // `created_at` is the transaction's start: one value per batch.
     let batches: Vec<i64> =
         sqlx::query_scalar("SELECT count(*) FROM messages GROUP BY created_at ORDER BY min(seq)")
@@ -526,7 +539,7 @@ async fn quiet_sends_go_at_once_and_busy_ones_wait_for_the_interval(db: PgPool) 
             .unwrap();
     assert_eq!(
         batches,
-        vec![1, 1, 2],
+        vec![1, 1, 20, 2],
         "c and d were persisted in one batch"
     );
 
@@ -534,7 +547,7 @@ async fn quiet_sends_go_at_once_and_busy_ones_wait_for_the_interval(db: PgPool) 
     tokio::time::sleep(INTERVAL + Duration::from_millis(200)).await;
     let lone = std::time::Instant::now();
     push(&redis, &app, &[send("e")]).await;
-    assert_eq!(ack_of(&mut watcher, "e").await, 5);
+    assert_eq!(ack_of(&mut watcher, "e").await, 25);
     assert!(
         lone.elapsed() < INTERVAL / 2,
         "a send after a quiet spell waited {:?}",
