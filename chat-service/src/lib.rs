@@ -165,8 +165,15 @@ impl Application {
             limits: config.uploads.clone(),
         };
         let partitions = config.run_send_worker.then(|| {
+            // The send loops' own connections, which plan their statements generically (see
+            // `generic_plan_pool`): two per partition (a batch's target lookup runs beside its
+            // `BEGIN`), as many as this replica could hold.
+            let send_db = shared::db::generic_plan_pool(
+                &db,
+                u32::from(config.worker.partitions).saturating_mul(2).max(2),
+            );
             let (db, publisher, worker, revocations, files) = (
-                db.clone(),
+                send_db,
                 publisher.clone(),
                 config.worker.clone(),
                 revocations.clone(),

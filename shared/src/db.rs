@@ -22,8 +22,30 @@ const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// [`PING_IDLE_AFTER`] is pinged again: one that died while it sat idle (Postgres restarted,
 /// the link dropped) is replaced before anyone gets it, and a busy pool pays nothing.
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    pool_options(config.max_connections).connect_lazy(&config.url)
+}
+
+/// A second pool to `pool`'s database, of at most `max_connections`, whose connections plan
+/// each prepared statement once, generically (`plan_cache_mode = force_generic_plan`), for a
+/// path that runs the same few statements many times a second.
+///
+/// By default Postgres plans a prepared statement afresh at every execution while a generic
+/// plan looks costlier than the custom plans it has made so far, and for statements whose
+/// parameters are arrays (a batch's targets, a batch's rows) its estimate of the generic plan
+/// is no guide: on the send path the target lookup was planned afresh for every batch (0.16 ms
+/// of Postgres CPU, executing took 0.03), and the insert went the same way once the tables had
+/// grown (0.39 ms planning, 0.22 executing). The other pool keeps the default, for queries
+/// whose best plan does depend on their parameters (search, history pages).
+pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    pool_options(max_connections).connect_lazy_with(options)
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
         .test_before_acquire(false)
@@ -35,7 +57,6 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
                 Ok(true)
             })
         })
-        .connect_lazy(&config.url)
 }
 
 /// Waits until Postgres answers, for at most `limit`, so services can start before it does.
@@ -106,5 +127,39 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(again, pid);
+    }
+
+    /// The same statement, run again and again: planned afresh at first on the default pool,
+    /// once and generically on the generic-plan pool.
+    #[tokio::test]
+    async fn the_generic_plan_pool_plans_a_statement_once() {
+        const STATEMENT: &str = "SELECT count(*) FROM pg_class WHERE oid = ANY($1)";
+        let default = pool(&DatabaseConfig {
+            url: url(),
+            max_connections: 1,
+        })
+        .unwrap();
+        let generic = generic_plan_pool(&default, 1);
+        let mut plans = Vec::new();
+        for pool in [&default, &generic] {
+            for i in 0..10u32 {
+                let _: i64 = sqlx::query_scalar(STATEMENT)
+                    .bind(vec![sqlx::postgres::types::Oid(i)])
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            }
+            let (generic_plans, custom_plans): (i64, i64) = sqlx::query_as(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+                 WHERE statement = $1",
+            )
+            .bind(STATEMENT)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            plans.push((generic_plans, custom_plans));
+        }
+        assert!(plans[0].1 >= 5, "the default pool: {:?}", plans[0]);
+        assert_eq!(plans[1], (10, 0), "the generic-plan pool");
     }
 }
