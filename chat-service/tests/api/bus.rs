@@ -611,7 +611,21 @@ async fn a_killed_replicas_partitions_move_and_each_room_keeps_its_order(db: PgP
             )
         })
         .collect();
-    push(&redis, &app, &commands).await;
+    // Appended in one round trip, so the backlog is there before the replicas can drain it
+    // (one XADD at a time, a busy machine's replicas kept up with the pushing).
+    let pipe = redis.pipeline();
+    for c in &commands {
+        pipe.xadd::<(), _, _, _, _>(
+            app.keys.send_stream(c.partition(PARTITIONS)),
+            false,
+            None,
+            "*",
+            vec![(COMMAND_FIELD, encode(c).unwrap())],
+        )
+        .await
+        .unwrap();
+    }
+    pipe.all::<()>().await.unwrap();
     let stored = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages")
             .fetch_one(&db)
