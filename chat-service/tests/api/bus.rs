@@ -71,17 +71,29 @@ pub(crate) async fn stream_length(redis: &Client, app: &TestApp) -> i64 {
 
 async fn push(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
     for c in commands {
-        let _: String = redis
-            .xadd(
-                app.keys.send_stream(c.partition(PARTITIONS)),
-                false,
-                None,
-                "*",
-                vec![(COMMAND_FIELD, encode(c).unwrap())],
-            )
+        let (stream, fields) = entry(app, c);
+        let _: String = redis.xadd(stream, false, None, "*", fields).await.unwrap();
+    }
+}
+
+/// As [`push`], in one round trip: the whole backlog is in place before a replica reads any.
+async fn push_at_once(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
+    let pipe = redis.pipeline();
+    for c in commands {
+        let (stream, fields) = entry(app, c);
+        pipe.xadd::<(), _, _, _, _>(stream, false, None, "*", fields)
             .await
             .unwrap();
     }
+    pipe.all::<()>().await.unwrap();
+}
+
+/// The stream a gateway appends `c` to, and the entry's fields.
+fn entry(app: &TestApp, c: &SendCommand) -> (String, Vec<(&'static str, Vec<u8>)>) {
+    (
+        app.keys.send_stream(c.partition(PARTITIONS)),
+        vec![(COMMAND_FIELD, encode(c).unwrap())],
+    )
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -613,19 +625,7 @@ async fn a_killed_replicas_partitions_move_and_each_room_keeps_its_order(db: PgP
         .collect();
     // Appended in one round trip, so the backlog is there before the replicas can drain it
     // (one XADD at a time, a busy machine's replicas kept up with the pushing).
-    let pipe = redis.pipeline();
-    for c in &commands {
-        pipe.xadd::<(), _, _, _, _>(
-            app.keys.send_stream(c.partition(PARTITIONS)),
-            false,
-            None,
-            "*",
-            vec![(COMMAND_FIELD, encode(c).unwrap())],
-        )
-        .await
-        .unwrap();
-    }
-    pipe.all::<()>().await.unwrap();
+    push_at_once(&redis, &app, &commands).await;
     let stored = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages")
             .fetch_one(&db)
