@@ -19,13 +19,14 @@
 use std::net::IpAddr;
 
 use fred::prelude::*;
-use shared::{keys::Keys, ApiError};
+use shared::{keys::Keys, lua::Script, ApiError};
 
 /// Reserves an attempt. KEYS[1]: the account's hash (`n` attempts not yet cleared, `last`
 /// attempt in Unix ms); KEYS[2] (optional): the address's counter. ARGV: free attempts, the
 /// longest delay (ms), the window (s), the address limit. Returns {0, 0} when reserved, else
 /// {1 (account) or 2 (address), seconds to wait}.
-const RESERVE: &str = r#"
+static RESERVE: Script = Script::new(
+    r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local free = tonumber(ARGV[1])
@@ -51,16 +52,19 @@ end
 redis.call('HSET', KEYS[1], 'n', n + 1, 'last', now)
 redis.call('EXPIRE', KEYS[1], window)
 return {0, 0}
-"#;
+"#,
+);
 
 /// A successful attempt: the account starts over, the address gets its attempt back.
-const SUCCEEDED: &str = r#"
+static SUCCEEDED: Script = Script::new(
+    r#"
 redis.call('DEL', KEYS[1])
 if KEYS[2] and tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
   redis.call('DECR', KEYS[2])
 end
 return 0
-"#;
+"#,
+);
 
 pub struct LoginThrottle {
     redis: Client,
@@ -101,10 +105,9 @@ impl LoginThrottle {
     /// Reserves one attempt for `account` from `address`, before its password is checked:
     /// 429 with `Retry-After` when the account must wait or the address is over its limit.
     pub async fn reserve(&self, account: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
-        let answer: Result<(i64, i64), Error> = self
-            .redis
-            .eval(
-                RESERVE,
+        let answer: Result<(i64, i64), Error> = RESERVE
+            .run(
+                &self.redis,
                 self.keys_for(account, address),
                 vec![
                     self.free_per_account.to_string(),
@@ -132,10 +135,9 @@ impl LoginThrottle {
 
     /// The reserved attempt succeeded.
     pub async fn succeeded(&self, account: &str, address: Option<IpAddr>) {
-        let done: Result<i64, Error> = self
-            .redis
-            .eval(
-                SUCCEEDED,
+        let done: Result<i64, Error> = SUCCEEDED
+            .run(
+                &self.redis,
                 self.keys_for(account, address),
                 Vec::<String>::new(),
             )

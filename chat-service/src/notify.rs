@@ -22,6 +22,7 @@ use shared::{
     chat::{ChatType, Message},
     config::{self, ConfigError},
     keys::Keys,
+    lua::Script,
 };
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -133,11 +134,13 @@ pub async fn enqueue(redis: &Client, keys: &Keys, messages: &[&Message]) {
 }
 
 /// Takes up to ARGV[3] ids due by ARGV[1] and moves each one's score to ARGV[2] (its lease).
-const CLAIM: &str = r"
+static CLAIM: Script = Script::new(
+    r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id) end
 return due
-";
+",
+);
 
 /// How long a claimed id stays with its claimer before anyone may take it again.
 const LEASE: Duration = Duration::from_secs(60);
@@ -211,9 +214,9 @@ impl Notifier {
 
     async fn claim(&self) -> Result<Vec<String>, Error> {
         let now = now_ms();
-        self.redis
-            .eval(
-                CLAIM,
+        CLAIM
+            .run(
+                &self.redis,
                 vec![self.keys.notify_queue()],
                 vec![
                     now.to_string(),

@@ -18,25 +18,29 @@ use fred::{
     prelude::*,
     types::{Expiration, SetOptions},
 };
-use shared::keys::Keys;
+use shared::{keys::Keys, lua::Script};
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
 use crate::worker::SendWorker;
 
 /// Extends the lease at `KEYS[1]` by `ARGV[2]` ms if `ARGV[1]` holds it; 1 when it does.
-const RENEW: &str = r"
+static RENEW: Script = Script::new(
+    r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-";
+",
+);
 
 /// Deletes the lease at `KEYS[1]` if `ARGV[1]` holds it.
-const RELEASE: &str = r"
+static RELEASE: Script = Script::new(
+    r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-";
+",
+);
 
 /// Builds the loop of one partition.
 pub type MakeWorker = Arc<dyn Fn(u16) -> SendWorker + Send + Sync>;
@@ -133,10 +137,9 @@ impl Partitions {
         // Renew; a lease lost (this replica stalled past it) stops its loop at once.
         let mut lost = Vec::new();
         for &partition in held.keys() {
-            let renewed: i64 = self
-                .redis
-                .eval(
-                    RENEW,
+            let renewed: i64 = RENEW
+                .run(
+                    &self.redis,
                     vec![self.keys.send_lease(partition)],
                     vec![self.replica.clone(), lease_ms.clone()],
                 )
@@ -193,10 +196,9 @@ impl Partitions {
     async fn give_back(&self, partition: u16, h: Held) {
         let _ = h.stop.send(true);
         let _ = h.task.await;
-        let released: Result<i64, Error> = self
-            .redis
-            .eval(
-                RELEASE,
+        let released: Result<i64, Error> = RELEASE
+            .run(
+                &self.redis,
                 vec![self.keys.send_lease(partition)],
                 vec![self.replica.clone()],
             )

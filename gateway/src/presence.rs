@@ -10,10 +10,12 @@ use fred::prelude::*;
 use shared::{
     chat::{encode, Event},
     keys::Keys,
+    lua::Script,
 };
 use uuid::Uuid;
 
-const CLAIM: &str = r#"
+static CLAIM: Script = Script::new(
+    r#"
 local others = 0
 local f = redis.call('HGETALL', KEYS[1])
 for i = 1, #f, 2 do
@@ -23,9 +25,11 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[4])
 return others
-"#;
+"#,
+);
 
-const WITHDRAW: &str = r#"
+static WITHDRAW: Script = Script::new(
+    r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
 local others = 0
 local f = redis.call('HGETALL', KEYS[1])
@@ -37,17 +41,20 @@ if others == 0 then
   redis.call('ZREM', KEYS[2], ARGV[3])
 end
 return others
-"#;
+"#,
+);
 
 /// Reserves a socket for `ARGV[1]` (session id) in the user's set `KEYS[1]` if fewer than
 /// `ARGV[4]` unexpired sockets are there; returns 1 when reserved, 0 when full.
-const RESERVE_SOCKET: &str = r#"
+static RESERVE_SOCKET: Script = Script::new(
+    r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
-"#;
+"#,
+);
 
 /// Renewals in flight at once.
 const REFRESH_IN_FLIGHT: usize = 128;
@@ -81,10 +88,9 @@ impl Presence {
     /// Claims `user` for this node; true when no other gateway had them (they came online).
     pub async fn claim(&self, user: Uuid) -> Result<bool, Error> {
         let now = now_ms();
-        let others: i64 = self
-            .redis
-            .eval(
-                CLAIM,
+        let others: i64 = CLAIM
+            .run(
+                &self.redis,
                 vec![self.keys.presence_user(user), self.keys.online_users(user)],
                 vec![
                     self.node.clone(),
@@ -100,10 +106,9 @@ impl Presence {
 
     /// Withdraws this node's claim; true when no other gateway holds them (they went offline).
     pub async fn withdraw(&self, user: Uuid) -> Result<bool, Error> {
-        let others: i64 = self
-            .redis
-            .eval(
-                WITHDRAW,
+        let others: i64 = WITHDRAW
+            .run(
+                &self.redis,
                 vec![self.keys.presence_user(user), self.keys.online_users(user)],
                 vec![self.node.clone(), now_ms().to_string(), user.to_string()],
             )
@@ -172,10 +177,9 @@ impl Presence {
     /// node's own per-user cap still holds).
     pub async fn reserve_socket(&self, user: Uuid, session: &str, max: usize) -> bool {
         let now = now_ms();
-        let reserved: Result<i64, Error> = self
-            .redis
-            .eval(
-                RESERVE_SOCKET,
+        let reserved: Result<i64, Error> = RESERVE_SOCKET
+            .run(
+                &self.redis,
                 vec![self.keys.user_sockets(user)],
                 vec![
                     session.to_owned(),

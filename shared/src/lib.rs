@@ -5,6 +5,7 @@
 //! - [`extract`] — axum extractors that turn malformed input into contract errors instead of panics.
 //! - [`jwt`] — access-token claims, issuing and verification (HS256, pinned), and the [`jwt::AuthUser`] extractor.
 //! - [`keys`] — every Redis key name, under one configurable prefix.
+//! - [`limits`] — per-user token buckets and quotas in Redis; [`lua`] — the scripts behind them (and every other one), run by hash.
 //! - [`db`], [`redis`] — connection pools, migrations, readiness waits.
 //! - [`http`] — the layers every REST router gets (CORS, body limit, JSON 404/405, metrics, request tracing).
 //! - [`health`], [`metrics`], [`telemetry`], [`shutdown`] — operations plumbing.
@@ -24,6 +25,7 @@ pub mod internal;
 pub mod jwt;
 pub mod keys;
 pub mod limits;
+pub mod lua;
 pub mod metrics;
 pub mod presence;
 pub mod redis;

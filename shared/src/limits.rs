@@ -6,13 +6,14 @@
 
 use fred::prelude::*;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, lua::Script};
 
 /// Takes up to `ARGV[2 + i]` tokens from the bucket at `KEYS[i]` (rate `ARGV[1]` per second,
 /// capacity `ARGV[2]`), for each key in order; returns how many each got. A bucket is one
 /// string, "millitokens:ms": two commands per key (a `GET`, a `SET … PX`), integers only — it
 /// runs once per gathered stream entry on the send path, so it is kept lean.
-const TAKE: &str = r#"
+static TAKE: Script = Script::new(
+    r#"
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2]) * 1000
 local t = redis.call('TIME')
@@ -37,11 +38,13 @@ for i, key in ipairs(KEYS) do
   out[i] = granted / 1000
 end
 return out
-"#;
+"#,
+);
 
 /// Counts one use of the window at `KEYS[1]` (`ARGV[1]` uses per `ARGV[2]` seconds); returns
 /// 0 when allowed, else the window's remaining seconds.
-const QUOTA: &str = r#"
+static QUOTA: Script = Script::new(
+    r#"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if n > tonumber(ARGV[1]) then
@@ -51,7 +54,8 @@ if n > tonumber(ARGV[1]) then
   return ttl
 end
 return 0
-"#;
+"#,
+);
 
 /// A rate: `rate` per second, bursts of `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +107,7 @@ async fn take_in_one_slot(
         rate.burst.max(1).to_string(),
     ];
     args.extend(wants.iter().map(|(_, n)| n.to_string()));
-    let granted: Vec<i64> = redis.eval(TAKE, keys, args).await?;
+    let granted: Vec<i64> = TAKE.run(redis, keys, args).await?;
     Ok(granted
         .into_iter()
         .map(|g| u32::try_from(g).unwrap_or(0))
@@ -132,9 +136,9 @@ pub async fn quota(
     window_seconds: u64,
     detail: &str,
 ) -> Result<(), ApiError> {
-    let wait: i64 = redis
-        .eval(
-            QUOTA,
+    let wait: i64 = QUOTA
+        .run(
+            redis,
             vec![key],
             vec![limit.to_string(), window_seconds.max(1).to_string()],
         )
