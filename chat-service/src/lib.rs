@@ -10,6 +10,7 @@
 //! - [`partitions`] — which replica persists which partition of it (leases).
 //! - [`notify`] — webhooks for people who are away.
 //! - [`attachments`] — uploads checked when used, thumbnails, clean-up.
+//! - [`search_index`] — the search index's pending list merged in the background.
 //! - [`model`] — rows and their API shapes.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod notify;
 pub mod partitions;
 pub mod pipeline;
 pub mod publish;
+pub mod search_index;
 pub mod worker;
 
 use std::{sync::Arc, time::Duration};
@@ -142,6 +144,7 @@ impl Application {
             "chat_send_batch_failures_total",
             "chat_send_batches_isolated_total",
             "chat_send_entries_claimed_total",
+            "chat_search_index_pages_merged_total",
             "chat_internal_calls_shed_total",
         ]);
         let redis = shared::redis::connect(&config.redis).context("REDIS_URL")?;
@@ -260,6 +263,11 @@ impl Application {
             .map(|p| tokio::spawn(p.run(stopped.clone())));
         let notifier = self.notifier.map(|n| tokio::spawn(n.run(stopped.clone())));
         let (db, files) = self.clean_up;
+        let search_index = tokio::spawn(search_index::flush_loop(
+            db.clone(),
+            search_index::FLUSH_EVERY,
+            stopped.clone(),
+        ));
         let clean_up = tokio::spawn(attachments::clean_up_loop(
             db,
             files,
@@ -275,6 +283,7 @@ impl Application {
             let _ = n.await;
         }
         let _ = clean_up.await;
+        let _ = search_index.await;
         served
     }
 }

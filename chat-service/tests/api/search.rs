@@ -287,3 +287,67 @@ async fn common_words_walk_conversations_with_the_same_answers(db: PgPool) {
     .await;
     assert_eq!(contents(&one), vec!["common word 9", "common word 8"]);
 }
+
+/// Rows wait in the search index's pending list until merged; the background task merges them
+/// (so no send's insert has to), and [`flush`] finds nothing to do when the index is gone.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_pending_list_is_merged_off_the_send_path(db: PgPool) {
+    use chat_service::search_index::flush;
+
+    let app = spawn_app(db.clone()).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "mine", &[]).await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .execute(&db)
+        .await
+        .unwrap();
+    let pending = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pending_pages FROM pgstatginindex('messages_search_idx')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
+         SELECT gen_random_uuid(), $1, s, $2, $1, 'pending word ' || s, 'TEXT', 'ROOM', now() - make_interval(secs => (3000 - s)::double precision)
+         FROM generate_series(1, 3000) AS s",
+    )
+    .bind(room)
+    .bind(alice.id)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE conversations SET last_seq = 3000 WHERE id = $1")
+        .bind(room)
+        .execute(&db)
+        .await
+        .unwrap();
+    // Well under the 4 MB limit, no insert merges them: left alone they would wait for
+    // autovacuum. The app's own task merges them within its period.
+    let deadline = std::time::Instant::now() + chat_service::search_index::FLUSH_EVERY * 3;
+    while pending().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background task merged nothing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(flush(&db).await.unwrap(), Some(0), "nothing left to merge");
+    let found = search(&app, &alice, "q=pending&limit=1").await;
+    assert_eq!(
+        contents(&found),
+        vec!["pending word 3000"],
+        "merged rows are found"
+    );
+    sqlx::query("DROP INDEX messages_search_idx")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        flush(&db).await.unwrap(),
+        None,
+        "no index: nothing to do, no error"
+    );
+}
