@@ -9,7 +9,11 @@
 //! loadgen history --chat http://127.0.0.1:8002 --messages 1000000 --workers 4 --seconds 10
 //! loadgen search --chat http://127.0.0.1:8002 --messages 1000000 --rooms 50 --workers 4 --seconds 10
 //! loadgen login   --auth http://127.0.0.1:8001 --users 100 --workers 8 --seconds 10
+//! loadgen floor   --sockets 500 --group 500 --frames 4 --rate 50 --seconds 10
 //! ```
+//!
+//! `floor` needs no stack: it measures what the kernel charges a writer for the gateway's
+//! pattern of loopback writes (see its module).
 //!
 //! `fanout` and `ingest` also report how busy the whole machine was over their window
 //! (`machine_cpu`: busy and stolen cores, and the generator's own share, from /proc), and
@@ -31,6 +35,7 @@
 //! access tokens, as any service does). Gateways must allow the send rate the scenario uses
 //! (`SEND_RATE_PER_SECOND`, `SEND_BURST`).
 
+mod floor;
 mod raw;
 mod scenarios;
 mod setup;
@@ -90,6 +95,19 @@ impl Args {
 }
 
 async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> {
+    if scenario == "floor" {
+        let pattern = floor::Pattern {
+            sockets: args.get("sockets", 500)?,
+            group: args.get("group", 500)?,
+            frames: args.get("frames", 4)?,
+            rate: args.get("rate", 50)?,
+            frame_bytes: args.get("frame-bytes", 520)?,
+            seconds: args.get("seconds", 10)?,
+            readers: args.get("readers", cores())?,
+        };
+        // Threads of its own: nothing else runs on the runtime meanwhile.
+        return floor::floor(&pattern);
+    }
     let setup = setup::Setup::from_env().await?;
     match scenario {
         "idle" => {
@@ -171,17 +189,17 @@ async fn run(scenario: &str, args: &Args) -> anyhow::Result<scenarios::Outcome> 
         }
         other => {
             anyhow::bail!(
-                "unknown scenario {other:?}: idle, fanout, storm, ingest, history, search or login"
+                "unknown scenario {other:?}: idle, fanout, storm, ingest, history, search, login or floor"
             )
         }
     }
 }
 
-/// The runtime's threads when `--threads` is not given: one for `fanout` (see the header),
-/// one per core for the rest.
+/// The runtime's threads when `--threads` is not given: one for `fanout` (see the header) and
+/// `floor` (which only waits on it), one per core for the rest.
 fn default_threads(scenario: &str) -> usize {
     match scenario {
-        "fanout" => 1,
+        "fanout" | "floor" => 1,
         _ => cores(),
     }
 }
@@ -209,7 +227,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(scenario) = argv.first().cloned() else {
-        eprintln!("usage: loadgen idle|fanout|storm|ingest|history|search|login [--option value ...] (see the source's header)");
+        eprintln!("usage: loadgen idle|fanout|storm|ingest|history|search|login|floor [--option value ...] (see the source's header)");
         return ExitCode::FAILURE;
     };
     let prepared = Args::parse(&argv[1..]).and_then(|args| {

@@ -133,6 +133,22 @@ pub async fn connect(
     })
 }
 
+/// A connection with no handshake, whose peer writes server frames straight away (the `floor`
+/// scenario's sockets).
+pub fn unwrapped(socket: std::net::TcpStream) -> anyhow::Result<Connection> {
+    socket.set_nonblocking(true)?;
+    let writer = Arc::new(Mutex::new(socket.try_clone()?));
+    Ok(Connection {
+        socket,
+        frames: Frames {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        },
+        writer,
+    })
+}
+
 /// Reads more bytes during the handshake; `false` at the end of the stream.
 async fn fill(stream: &mut TcpStream, frames: &mut Frames) -> anyhow::Result<bool> {
     let n = stream.read(frames.spare()).await?;

@@ -50,6 +50,12 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_pid_stat(&stat).map(|(_, seconds)| seconds)
 }
 
+/// CPU seconds (user + system) the calling thread has used.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    parse_pid_stat(&stat).map(|(_, seconds)| seconds)
+}
+
 /// The command name and CPU seconds (user + system) in a `/proc/PID/stat` line.
 fn parse_pid_stat(stat: &str) -> Option<(String, f64)> {
     let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
@@ -224,6 +230,7 @@ mod tests {
         let me = std::process::id();
         assert!(rss_kib(me).is_some_and(|k| k > 0));
         assert!(cpu_seconds(me).is_some());
+        assert!(thread_cpu_seconds().is_some());
     }
 
     #[test]
