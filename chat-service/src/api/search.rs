@@ -26,8 +26,24 @@ use crate::{
 const MAX_QUERY_CHARS: usize = 200;
 /// The most terms (whitespace-separated) a query may have.
 const MAX_TERMS: usize = 10;
-/// A query matching at most this many messages anywhere is answered from the index alone.
-const RARE: i64 = 20_000;
+/// What answering a match through the index costs, in rows walked: the index plan visits each
+/// match's page wherever it lies, keeps the whole row and sorts them all, while the walk reads a
+/// conversation's rows in order. Over 1M messages (2026-12-05) a match cost 3.5–9 µs that way and
+/// a walked row 1.0–2.4 µs.
+const INDEX_ROW_COST: f64 = 2.5;
+
+/// Which plan answers a query: every match from the index (then sorted), or each conversation
+/// walked newest first until enough rows match, whichever costs less. The index plan reads the
+/// query's `matches` (all of them, anywhere), the walk about `take / frequency` rows per
+/// conversation, the frequency being `matches / messages`. `conversations` is how many the
+/// search covers.
+pub fn from_index(matches: f64, messages: f64, conversations: f64, take: f64) -> bool {
+    if matches <= 0.0 {
+        return true;
+    }
+    let walked = conversations.max(1.0) * take * messages.max(matches) / matches;
+    matches * INDEX_ROW_COST <= walked
+}
 
 /// A query split into what each index matches.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -224,23 +240,53 @@ pub async fn search(
     };
 
     let take = limit + 1;
-    // Two plans, chosen by how many messages match anywhere (at most RARE + 1 counted, through
-    // the full-text index). A rare query: every match through the index, then the caller's
-    // conversations, newest first. A common one: each conversation's messages walked newest
-    // first, each checked, so a few rows per conversation find the newest matches (a LATERAL
-    // per membership across conversations). Left to itself the planner cannot tell the two
-    // apart (it does not estimate prefix matches well) and did the worst of each: for a common
-    // word it sorted hundreds of thousands of matches, for a rare one it walked every row.
+    // Two plans, chosen by [`from_index`] from the planner's estimate of the query's matches
+    // (migration 20261205000001; counting them cost as much as the cheaper plan). A rare query:
+    // every match through the index, then the caller's conversations, newest first. A common
+    // one: each conversation's messages walked newest first, each checked, so a few rows per
+    // conversation find the newest matches (a LATERAL per membership across conversations).
+    // Left to itself the planner did the worst of each: for a common word it sorted hundreds of
+    // thousands of matches, for a rare one it walked every row.
     let mut tx = state.db.begin().await?;
     sqlx::query("SET LOCAL enable_seqscan = off")
         .execute(&mut *tx)
         .await?;
-    let mut count: QueryBuilder<Postgres> =
-        QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM messages m WHERE true");
-    push_matching(&mut count, &terms);
-    count.push(" LIMIT ").push_bind(RARE + 1).push(") c");
-    let matches: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
-    let rare = matches <= RARE;
+    // The query as Postgres parses it (as it parsed the messages: the same function and
+    // `simple` configuration), its estimated matches, the table's size and the conversations
+    // searched, in one round trip.
+    let mut first: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT q::text, search_match_estimate(q), \
+         (SELECT reltuples::float8 FROM pg_class WHERE oid = 'messages'::regclass), ",
+    );
+    match scope {
+        Scope::One(_) => first.push("1::int8"),
+        Scope::Mine(user) => first
+            .push("(SELECT count(*) FROM conversation_members WHERE user_id = ")
+            .push_bind(user)
+            .push(")"),
+    };
+    first.push(" FROM (SELECT ");
+    push_tsquery(&mut first, &terms);
+    first.push(" AS q) parsed");
+    let (tsquery, estimate, table_rows, conversations): (Option<String>, Option<i64>, f64, i64) =
+        first.build_query_as().fetch_one(&mut *tx).await?;
+    // Words the parser finds no lexeme in match nothing.
+    let Some(tsquery) = tsquery else {
+        return Ok(Json(SearchResults {
+            messages: vec![],
+            has_more: false,
+        }));
+    };
+    let rare = from_index(
+        estimate.unwrap_or(0) as f64,
+        table_rows,
+        conversations as f64,
+        take as f64,
+    );
+    let matching = Matching {
+        terms: &terms,
+        tsquery: &tsquery,
+    };
     if !rare {
         // Walk, checking each row (the prefilter first): a bitmap of the index's matches in
         // every conversation is what this plan is there to avoid.
@@ -252,7 +298,7 @@ pub async fn search(
     let mut sql: QueryBuilder<Postgres> = QueryBuilder::new("");
     if rare {
         sql.push("WITH hits AS MATERIALIZED (SELECT m.* FROM messages m WHERE true");
-        push_matching(&mut sql, &terms);
+        push_matching(&mut sql, matching);
         sql.push(") SELECT m.* FROM hits m WHERE ");
         match scope {
             Scope::One(conversation) => {
@@ -272,14 +318,14 @@ pub async fn search(
         (Scope::One(conversation), false) => {
             sql.push("SELECT m.* FROM messages m WHERE m.conversation_id = ")
                 .push_bind(conversation);
-            push_matching(&mut sql, &terms);
+            push_matching(&mut sql, matching);
         }
         (Scope::Mine(user), false) => {
             sql.push(
                 "SELECT m.* FROM conversation_members cm CROSS JOIN LATERAL \
                  (SELECT m.* FROM messages m WHERE m.conversation_id = cm.conversation_id",
             );
-            push_matching(&mut sql, &terms);
+            push_matching(&mut sql, matching);
             push_before_id(&mut sql, before_id);
             sql.push(" ORDER BY m.seq DESC LIMIT ")
                 .push_bind(take)
@@ -309,34 +355,53 @@ pub async fn search(
     Ok(Json(SearchResults { messages, has_more }))
 }
 
-/// The conditions on `m` that make it a match: undeleted, and every term. Postgres parses the
-/// terms as it parsed the messages (the same function and `simple` configuration): each lexeme
-/// of the words becomes a prefix term, each unspaced term a phrase.
-fn push_matching(sql: &mut QueryBuilder<'_, Postgres>, terms: &Terms) {
-    sql.push(" AND NOT m.is_deleted");
-    for pattern in &terms.prefilter {
-        sql.push(" AND m.content ILIKE ").push_bind(pattern.clone());
-    }
-    // The characters themselves, consecutive: a phrase of single characters also matches
-    // when punctuation stands between them.
-    for term in &terms.substrings {
-        sql.push(" AND m.content LIKE ")
-            .push_bind(like_pattern(term));
-    }
+/// The query as one `tsquery`: each lexeme of the words a prefix term, each unspaced term a
+/// phrase of its characters, all of them required. NULL when the words hold no lexeme.
+fn push_tsquery(sql: &mut QueryBuilder<'_, Postgres>, terms: &Terms) {
+    let mut parts = 0;
     if let Some(words) = &terms.words {
         sql.push(
-            " AND to_tsvector('simple', search_text(m.content)) @@ (SELECT to_tsquery('simple', \
+            "(SELECT to_tsquery('simple', \
              string_agg('''' || translate(lexeme, '''\\', '') || ''':*', ' & ')) \
              FROM unnest(to_tsvector('simple', ",
         )
         .push_bind(words.clone())
         .push(")))");
+        parts += 1;
     }
     for term in &terms.substrings {
-        sql.push(" AND to_tsvector('simple', search_text(m.content)) @@ phraseto_tsquery('simple', search_text(")
+        if parts > 0 {
+            sql.push(" && ");
+        }
+        sql.push("phraseto_tsquery('simple', search_text(")
             .push_bind(term.clone())
             .push("))");
+        parts += 1;
     }
+}
+
+/// A parsed query and the `tsquery` Postgres made of it.
+#[derive(Clone, Copy)]
+struct Matching<'a> {
+    terms: &'a Terms,
+    tsquery: &'a str,
+}
+
+/// The conditions on `m` that make it a match: undeleted, and every term.
+fn push_matching(sql: &mut QueryBuilder<'_, Postgres>, matching: Matching<'_>) {
+    sql.push(" AND NOT m.is_deleted");
+    for pattern in &matching.terms.prefilter {
+        sql.push(" AND m.content ILIKE ").push_bind(pattern.clone());
+    }
+    // The characters themselves, consecutive: a phrase of single characters also matches
+    // when punctuation stands between them.
+    for term in &matching.terms.substrings {
+        sql.push(" AND m.content LIKE ")
+            .push_bind(like_pattern(term));
+    }
+    sql.push(" AND to_tsvector('simple', search_text(m.content)) @@ ")
+        .push_bind(matching.tsquery.to_owned())
+        .push("::tsquery");
 }
 
 /// Across conversations, matches older than the message `before_id`.
@@ -368,6 +433,21 @@ mod tests {
         assert_eq!(like_pattern("50%_東\\"), "%50\\%\\_東\\\\%");
         let t = parse("O'Neil's café 3.14").unwrap();
         assert_eq!(t.prefilter, vec!["%o%", "%neil%", "%s%", "%3%", "%14%"]);
+    }
+
+    #[test]
+    fn the_plan_that_reads_fewer_rows_is_chosen() {
+        // 1M messages, 21 rows wanted from one conversation: the walk reads 21M / matches, the
+        // index 2.5 × matches.
+        assert!(from_index(2_800.0, 1e6, 1.0, 21.0));
+        assert!(!from_index(3_000.0, 1e6, 1.0, 21.0));
+        // Across 50 conversations the walk reads 50 times as much.
+        assert!(from_index(20_000.0, 1e6, 50.0, 21.0));
+        assert!(!from_index(21_000.0, 1e6, 50.0, 21.0));
+        // Nothing matches: the index says so at once. A table whose size is not known yet
+        // (never analyzed) counts as holding the matches.
+        assert!(from_index(0.0, 1e6, 50.0, 21.0));
+        assert!(from_index(3.0, -1.0, 1.0, 21.0));
     }
 
     #[test]
