@@ -81,9 +81,20 @@ fn processes() -> HashMap<u32, (String, f64)> {
         .collect()
 }
 
-/// Cores' worth of CPU each command name used between two readings of [`processes`] taken
-/// `wall` seconds apart; a process that appeared meanwhile counts from zero, names under
-/// 0.005 cores are left out.
+/// The program a command name stands for: a kernel worker renames itself after the work queue it
+/// serves (`kworker/u8:0-writeback`, then `kworker/u8:0-events_unbound`), and stays the same
+/// thread.
+fn program(name: &str) -> &str {
+    if name.starts_with("kworker/") {
+        name.split('-').next().unwrap_or(name)
+    } else {
+        name
+    }
+}
+
+/// Cores' worth of CPU each program used between two readings of [`processes`] taken `wall`
+/// seconds apart; a process that appeared meanwhile counts from zero, programs under 0.005
+/// cores are left out.
 fn by_name(
     before: &HashMap<u32, (String, f64)>,
     after: &HashMap<u32, (String, f64)>,
@@ -94,11 +105,12 @@ fn by_name(
         return cores;
     }
     for (pid, (name, seconds)) in after {
+        let name = program(name);
         let earlier = before
             .get(pid)
-            .filter(|(n, _)| n == name)
+            .filter(|(n, _)| program(n) == name)
             .map_or(0.0, |(_, s)| *s);
-        *cores.entry(name.clone()).or_default() += (seconds - earlier).max(0.0) / wall;
+        *cores.entry(name.to_owned()).or_default() += (seconds - earlier).max(0.0) / wall;
     }
     cores.retain(|_, c| *c >= 0.005);
     for c in cores.values_mut() {
@@ -282,24 +294,30 @@ mod tests {
             (1, p("gateway", 10.0)),
             (2, p("gateway", 4.0)),
             (3, p("postgres", 1.0)),
+            (5, p("kworker/u8:0-flush-254:0", 30.0)),
         ]);
-        // Pid 3 was reused by another program; pid 4 is new.
+        // Pid 3 was reused by another program; pid 4 is new; kernel worker 5 took other work.
         let after = HashMap::from([
             (1, p("gateway", 12.0)),
             (2, p("gateway", 5.0)),
             (3, p("redis-server", 0.5)),
             (4, p("postgres", 1.0)),
+            (5, p("kworker/u8:0-writeback", 30.2)),
         ]);
         let cores = by_name(&before, &after, 2.0);
         assert_eq!(
             cores,
             BTreeMap::from([
                 ("gateway".to_owned(), 1.5),
+                ("kworker/u8:0".to_owned(), 0.1),
                 ("postgres".to_owned(), 0.5),
                 ("redis-server".to_owned(), 0.25)
             ])
         );
         assert!(by_name(&before, &after, 0.0).is_empty());
+        assert_eq!(program("kworker/1:1H-events_highpri"), "kworker/1:1H");
+        assert_eq!(program("kworker/0:2"), "kworker/0:2");
+        assert_eq!(program("chat-service"), "chat-service");
         let stat = "42 (chat service) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
         assert_eq!(parse_pid_stat(stat), Some(("chat service".to_owned(), 3.0)));
     }
