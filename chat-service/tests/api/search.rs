@@ -3,6 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::helpers::{assert_error, spawn_app, TestApp, User};
 
@@ -19,6 +20,29 @@ fn contents(v: &Value) -> Vec<String> {
         .iter()
         .map(|m| m["content"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Fills `room` with `n` messages by `author`: seq 1 to `n`, a second apart up to now, each
+/// one's content the SQL expression `content` of its seq `s`; the room's `last_seq` follows.
+async fn fill(db: &PgPool, room: Uuid, author: Uuid, n: i64, content: &str) {
+    sqlx::query(&format!(
+        "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
+         SELECT gen_random_uuid(), $1, s, $2, $1, {content}, 'TEXT', 'ROOM',
+                now() - make_interval(secs => ($3 - s)::double precision)
+         FROM generate_series(1, $3::bigint) AS s"
+    ))
+    .bind(room)
+    .bind(author)
+    .bind(n)
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
+        .bind(room)
+        .bind(n)
+        .execute(db)
+        .await
+        .unwrap();
 }
 
 /// Percent-encodes a query value.
@@ -249,40 +273,14 @@ async fn common_words_walk_conversations_with_the_same_answers(db: PgPool) {
     let bob = app.user("bob").await;
     let mine = app.room(&alice, "mine", &[]).await;
     let theirs = app.room(&bob, "theirs", &[]).await;
-    for (room, author, n) in [(mine, alice.id, 6000i64), (theirs, bob.id, 6000)] {
-        sqlx::query(
-            "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
-             SELECT gen_random_uuid(), $1, s, $2, $1,
-                    'common word ' || s || CASE WHEN s % 1000 = 500 THEN ' zebra' ELSE '' END,
-                    'TEXT', 'ROOM', now() - make_interval(secs => ($3 - s)::double precision)
-             FROM generate_series(1, $3::bigint) AS s",
-        )
-        .bind(room)
-        .bind(author)
-        .bind(n)
-        .execute(&db)
-        .await
-        .unwrap();
-        sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
-            .bind(room)
-            .bind(n)
-            .execute(&db)
-            .await
-            .unwrap();
+    for (room, author) in [(mine, alice.id), (theirs, bob.id)] {
+        let content = "'common word ' || s || CASE WHEN s % 1000 = 500 THEN ' zebra' ELSE '' END";
+        fill(&db, room, author, 6000, content).await;
     }
     // Other talk, in 200 words: the planner estimates a prefix from the most common lexemes only
     // when it knows at least 100 of them, as any real table's messages give it.
     let elsewhere = app.room(&bob, "elsewhere", &[]).await;
-    sqlx::query(
-        "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type)
-         SELECT gen_random_uuid(), $1, s, $2, $1, 'talk t' || (s % 200), 'TEXT', 'ROOM'
-         FROM generate_series(1, 2000) AS s",
-    )
-    .bind(elsewhere)
-    .bind(bob.id)
-    .execute(&db)
-    .await
-    .unwrap();
+    fill(&db, elsewhere, bob.id, 2000, "'talk t' || (s % 200)").await;
     sqlx::query("ANALYZE messages").execute(&db).await.unwrap();
     let estimate = |q: &'static str| {
         let db = db.clone();
@@ -368,21 +366,7 @@ async fn the_pending_list_is_merged_off_the_send_path(db: PgPool) {
         .await
         .unwrap()
     };
-    sqlx::query(
-        "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
-         SELECT gen_random_uuid(), $1, s, $2, $1, 'pending word ' || s, 'TEXT', 'ROOM', now() - make_interval(secs => (3000 - s)::double precision)
-         FROM generate_series(1, 3000) AS s",
-    )
-    .bind(room)
-    .bind(alice.id)
-    .execute(&db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE conversations SET last_seq = 3000 WHERE id = $1")
-        .bind(room)
-        .execute(&db)
-        .await
-        .unwrap();
+    fill(&db, room, alice.id, 3000, "'pending word ' || s").await;
     // Well under the 4 MB limit, no insert merges them: left alone they would wait for
     // autovacuum. The app's own task merges them within its period.
     let deadline = std::time::Instant::now() + chat_service::search_index::FLUSH_EVERY * 3;
