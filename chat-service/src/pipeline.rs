@@ -504,12 +504,15 @@ async fn insert(
                    UPDATE uploads SET used_at = now()
                    WHERE id IN (SELECT attachment_id FROM inserted WHERE attachment_id IS NOT NULL)
                ),
+               -- The arrays restrict `m` before the join: without them, a members table small
+               -- enough to look cheap to scan was read whole (and hashed) on every batch.
                read_positions AS (
                    UPDATE conversation_members m
                    SET last_read_seq = GREATEST(m.last_read_seq, r.seq)
                    FROM (SELECT conversation_id, from_user_id, max(seq) AS seq
                          FROM inserted GROUP BY conversation_id, from_user_id) r
                    WHERE m.conversation_id = r.conversation_id AND m.user_id = r.from_user_id
+                     AND m.user_id = ANY($4::uuid[]) AND m.conversation_id = ANY($2::uuid[])
                )
                SELECT id AS "id!", seq AS "seq!", created_at AS "created_at!"
                FROM inserted"#,
