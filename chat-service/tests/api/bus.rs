@@ -173,6 +173,45 @@ async fn commands_are_persisted_and_acknowledged(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_worker_whose_connections_died_persists_on_new_ones(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = redis().await;
+    let mut seqs = Vec::new();
+    for (i, kill) in [false, true, false].into_iter().enumerate() {
+        if kill {
+            // Every connection to the test database but this one: the send loops' pooled
+            // ones among them, taken again at once (a pool checks only those idle for a
+            // second), so the next batch meets a dead connection and is retried.
+            let killed: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+            assert!(killed.len() >= 2, "the services' pools hold connections");
+        }
+        let c = command(alice.id, ChatType::Room, room, &format!("k{i}"), "hello");
+        push(&redis, &app, &[c]).await;
+        let ack = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if let Event::Ack { message, .. } = watcher.next().await.1 {
+                    break message.seq;
+                }
+            }
+        })
+        .await
+        .expect("acknowledged once the worker has new connections");
+        seqs.push(ack);
+    }
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(pending(&redis, &app).await, 0);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn refused_commands_get_send_failed_and_garbage_is_dropped(db: PgPool) {
     let app = spawn_app(db).await;
     let alice = app.user("alice").await;
