@@ -32,7 +32,7 @@ use shared::{
     keys::Keys,
     ApiError,
 };
-use sqlx::PgPool;
+use sqlx::{pool::PoolConnection, PgPool, Postgres};
 use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -216,6 +216,8 @@ pub struct SendWorker {
     notify: bool,
     /// Where attachments are checked.
     files: crate::attachments::Files,
+    /// The connection the loop writes on.
+    writer: tokio::sync::Mutex<Kept>,
 }
 
 /// A stream entry: its id and fields.
@@ -262,6 +264,7 @@ impl SendWorker {
             revocations,
             notify: false,
             files,
+            writer: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -721,12 +724,13 @@ impl SendWorker {
         targets.dedup();
         let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
         let resolving = std::time::Instant::now();
-        // The write's transaction is begun while the targets are resolved (on another of the
-        // pool's connections): one round trip less before the statement.
-        let (resolutions, tx) = tokio::join!(
+        // The loop's writing connection (see `Kept`) is made ready while the targets are
+        // resolved; on an error it goes back to the pool.
+        let mut kept = self.writer.lock().await;
+        let (resolutions, writer) = tokio::join!(
             conversation::for_sending_many(&self.db, &targets)
                 .instrument(db_span("resolve targets", targets.len())),
-            self.db.begin()
+            ready(&self.db, kept.take())
         );
         let resolutions = match resolutions {
             Ok(r) => r,
@@ -737,7 +741,7 @@ impl SendWorker {
                 .map(|_| Err(ApiError::new(e.status, e.code, e.detail.clone())))
                 .collect(),
         };
-        let mut tx = Some(tx?);
+        let mut writer = writer?;
         stage("resolve", resolving);
         for (target, result) in targets.iter().zip(resolutions) {
             let r = match result {
@@ -806,7 +810,7 @@ impl SendWorker {
         if !drafts.is_empty() {
             let writing = std::time::Instant::now();
             let persisted =
-                match pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take())
+                match pipeline::persist_on(&self.db, Some(&mut writer), &self.publisher, &drafts)
                     .instrument(db_span("insert messages", drafts.len()))
                     .await
                 {
@@ -831,12 +835,33 @@ impl SendWorker {
                 });
             }
         }
+        *kept = Some((writer, tokio::time::Instant::now()));
         let verdicts = verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Garbage))
             .collect();
         Ok((verdicts, turn))
     }
+}
+
+/// The connection a send loop writes on, kept from one batch to the next with when it was last
+/// used. sqlx checks a connection with a round trip to Postgres each time it goes back to the
+/// pool: at one batch per message (light load) that was one of a send's four. A kept
+/// connection idle for [`shared::db::PING_IDLE_AFTER`] is checked before use, as the pool
+/// would; a batch that fails gives it back to the pool, which closes it if it is broken.
+type Kept = Option<(PoolConnection<Postgres>, tokio::time::Instant)>;
+
+/// The kept connection, checked first if it has been idle; else (or if the check fails) one
+/// from the pool.
+async fn ready(db: &PgPool, kept: Kept) -> Result<PoolConnection<Postgres>, ApiError> {
+    if let Some((mut conn, since)) = kept {
+        if since.elapsed() < shared::db::PING_IDLE_AFTER
+            || sqlx::Connection::ping(&mut *conn).await.is_ok()
+        {
+            return Ok(conn);
+        }
+    }
+    Ok(db.acquire().await?)
 }
 
 /// The span of one batch: it continues the trace of the first command that carries one and
