@@ -6,7 +6,7 @@
 //!   created with the first message; before that it reads as empty.
 
 use shared::{chat::ChatType, ApiError};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// A resolved conversation, seen from one user.
@@ -283,9 +283,11 @@ pub async fn for_marking_read(
     }
 }
 
-/// [`for_sending`] for many sends at once: every room and group target is checked in one query;
-/// private chats one by one (they may need creating). One result per target, in order.
+/// [`for_sending`] for many sends at once: every room and group target is checked in one query
+/// on `lookup`; private chats one by one on `db` (they may need creating). One result per
+/// target, in order.
 pub async fn for_sending_many(
+    lookup: &mut PgConnection,
     db: &PgPool,
     targets: &[(Uuid, ChatType, Uuid)],
 ) -> Result<Vec<Result<Conversation, ApiError>>, ApiError> {
@@ -313,7 +315,7 @@ pub async fn for_sending_many(
         &users,
         &chats
     )
-    .fetch_all(db)
+    .fetch_all(lookup)
     .await?;
     let mut results: Vec<Option<Result<Conversation, ApiError>>> =
         targets.iter().map(|_| None).collect();

@@ -217,7 +217,8 @@ pub struct SendWorker {
     /// Where attachments are checked.
     files: crate::attachments::Files,
     /// The connection the loop writes on.
-    writer: tokio::sync::Mutex<Kept>,
+    /// The connections the loop keeps between batches.
+    kept: tokio::sync::Mutex<Kept>,
 }
 
 /// A stream entry: its id and fields.
@@ -264,7 +265,7 @@ impl SendWorker {
             revocations,
             notify: false,
             files,
-            writer: tokio::sync::Mutex::new(None),
+            kept: tokio::sync::Mutex::default(),
         }
     }
 
@@ -724,14 +725,14 @@ impl SendWorker {
         targets.dedup();
         let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
         let resolving = std::time::Instant::now();
-        // The loop's writing connection (see `Kept`) is made ready while the targets are
-        // resolved; on an error it goes back to the pool.
-        let mut kept = self.writer.lock().await;
-        let (resolutions, writer) = tokio::join!(
-            conversation::for_sending_many(&self.db, &targets)
-                .instrument(db_span("resolve targets", targets.len())),
-            ready(&self.db, kept.take())
-        );
+        // The loop's connections (see `Kept`); on an error they go back to the pool.
+        let mut kept = self.kept.lock().await;
+        let (lookup, writer) = (kept.lookup.take(), kept.writer.take());
+        let (mut lookup, mut writer) =
+            tokio::try_join!(ready(&self.db, lookup), ready(&self.db, writer))?;
+        let resolutions = conversation::for_sending_many(&mut lookup, &self.db, &targets)
+            .instrument(db_span("resolve targets", targets.len()))
+            .await;
         let resolutions = match resolutions {
             Ok(r) => r,
             Err(e) if e.is_transient() => return Err(e),
@@ -741,7 +742,6 @@ impl SendWorker {
                 .map(|_| Err(ApiError::new(e.status, e.code, e.detail.clone())))
                 .collect(),
         };
-        let mut writer = writer?;
         stage("resolve", resolving);
         for (target, result) in targets.iter().zip(resolutions) {
             let r = match result {
@@ -835,7 +835,11 @@ impl SendWorker {
                 });
             }
         }
-        *kept = Some((writer, tokio::time::Instant::now()));
+        let now = tokio::time::Instant::now();
+        *kept = Kept {
+            lookup: Some((lookup, now)),
+            writer: Some((writer, now)),
+        };
         let verdicts = verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Garbage))
@@ -844,16 +848,25 @@ impl SendWorker {
     }
 }
 
-/// The connection a send loop writes on, kept from one batch to the next with when it was last
-/// used. sqlx checks a connection with a round trip to Postgres each time it goes back to the
-/// pool: at one batch per message (light load) that was one of a send's four. A kept
-/// connection idle for [`shared::db::PING_IDLE_AFTER`] is checked before use, as the pool
-/// would; a batch that fails gives it back to the pool, which closes it if it is broken.
-type Kept = Option<(PoolConnection<Postgres>, tokio::time::Instant)>;
+/// The two connections a send loop keeps from one batch to the next, each with when it was
+/// last used: one for the targets' lookup, one to write on. sqlx checks a connection with a
+/// round trip to Postgres each time it goes back to the pool: at one batch per message (light
+/// load) that was two of a send's four. A kept connection idle for
+/// [`shared::db::PING_IDLE_AFTER`] is checked before use, as the pool would; a batch that fails
+/// gives both back to the pool, which closes a broken one. The pool holds a third per loop for
+/// a batch's other queries (mentions, duplicates, attachments, private chats).
+#[derive(Default)]
+struct Kept {
+    lookup: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
+    writer: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
+}
 
 /// The kept connection, checked first if it has been idle; else (or if the check fails) one
 /// from the pool.
-async fn ready(db: &PgPool, kept: Kept) -> Result<PoolConnection<Postgres>, ApiError> {
+async fn ready(
+    db: &PgPool,
+    kept: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
+) -> Result<PoolConnection<Postgres>, ApiError> {
     if let Some((mut conn, since)) = kept {
         if since.elapsed() < shared::db::PING_IDLE_AFTER
             || sqlx::Connection::ping(&mut *conn).await.is_ok()
