@@ -194,17 +194,12 @@ async fn a_worker_whose_connections_died_persists_on_new_ones(db: PgPool) {
             .unwrap();
             assert!(killed.len() >= 2, "the services' pools hold connections");
         }
-        let c = command(alice.id, ChatType::Room, room, &format!("k{i}"), "hello");
+        let client_id = format!("k{i}");
+        let c = command(alice.id, ChatType::Room, room, &client_id, "hello");
         push(&redis, &app, &[c]).await;
-        let ack = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                if let Event::Ack { message, .. } = watcher.next().await.1 {
-                    break message.seq;
-                }
-            }
-        })
-        .await
-        .expect("acknowledged once the worker has new connections");
+        let ack = tokio::time::timeout(Duration::from_secs(15), ack_of(&mut watcher, &client_id))
+            .await
+            .expect("acknowledged once the worker has new connections");
         seqs.push(ack);
     }
     assert_eq!(seqs, vec![1, 2, 3]);
