@@ -52,8 +52,9 @@ pub use shared::chat::SEND_FIELD as COMMAND_FIELD;
 /// Settings of the send worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Commands per batch, about (`SEND_BATCH_SIZE`): entries are read whole, and how many to
-    /// read is set from the commands per entry of the previous read.
+    /// Commands per batch (`SEND_BATCH_SIZE`): entries are read and persisted whole, how many
+    /// to read is set from the commands per entry of the previous read, and a read that brings
+    /// more than this is persisted as several batches (an entry larger than it, alone).
     pub batch_size: u64,
     /// Entries pending this long on another consumer are taken over (`SEND_CLAIM_IDLE_MS`).
     pub claim_idle_ms: u64,
@@ -537,20 +538,31 @@ impl SendWorker {
         Ok(())
     }
 
-    /// Persists a batch, publishes its events, then acknowledges it; returns how many commands
-    /// the entries held. An error leaves the whole batch pending.
+    /// Persists the entries read, publishes their events, then acknowledges them, as batches
+    /// of about `SEND_BATCH_SIZE` commands one after the other (see [`batch_ends`]); returns how
+    /// many commands the entries held. An error leaves its batch and the ones after it pending.
     pub async fn process(&self, entries: Vec<StreamEntry>) -> Result<usize, ApiError> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let commands: Vec<Option<SendCommand>> = entries
+        let decoded: Vec<Vec<Option<SendCommand>>> = entries
             .iter()
-            .flat_map(|(id, fields)| decode_entry(id, fields))
+            .map(|(id, fields)| decode_entry(id, fields))
             .collect();
-        let span = batch_span(&commands);
-        self.process_commands(entries, commands)
-            .instrument(span)
-            .await
+        let sizes: Vec<usize> = decoded.iter().map(Vec::len).collect();
+        let mut entries = entries.into_iter();
+        let mut decoded = decoded.into_iter();
+        let mut start = 0;
+        let mut total = 0;
+        for end in batch_ends(&sizes, self.config.batch_size as usize) {
+            let batch: Vec<StreamEntry> = entries.by_ref().take(end - start).collect();
+            let commands: Vec<Option<SendCommand>> =
+                decoded.by_ref().take(end - start).flatten().collect();
+            start = end;
+            let span = batch_span(&commands);
+            total += self
+                .process_commands(batch, commands)
+                .instrument(span)
+                .await?;
+        }
+        Ok(total)
     }
 
     async fn process_commands(
@@ -884,6 +896,29 @@ fn entries_per_read(batch_size: u64, read: usize, commands: usize) -> Option<u64
     Some(((batch_size as f64 / per_entry).round() as u64).clamp(1, batch_size.max(1)))
 }
 
+/// Where the batches end among entries holding `sizes` commands each: every batch holds whole
+/// entries, at least one, and no more than `batch_size` commands unless its one entry does.
+/// A read may bring far more than a batch's worth (the next read is sized from the last one's
+/// entries, and gateways' entries grow while the stream is backed up): persisted as one batch,
+/// the whole in-flight window would move in one wave, the gateways and clients idle while it
+/// is persisted and the worker idle while they answer; as batches, the first one's
+/// acknowledgements go out while the next is persisted.
+fn batch_ends(sizes: &[usize], batch_size: usize) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut held = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        if held > 0 && held + size > batch_size {
+            ends.push(i);
+            held = 0;
+        }
+        held += size;
+    }
+    if !sizes.is_empty() {
+        ends.push(sizes.len());
+    }
+    ends
+}
+
 /// The commands of one stream entry: one (`c`), or the several a gateway gathered (`b`); an
 /// entry that cannot be decoded counts as one command nobody can be told about.
 fn decode_entry(id: &str, fields: &HashMap<String, Vec<u8>>) -> Vec<Option<SendCommand>> {
@@ -1102,6 +1137,18 @@ mod tests {
             pacer.next_read_at(later, false, later + ms(1)),
             later + ms(1)
         );
+    }
+
+    #[test]
+    fn a_read_is_persisted_as_batches_of_whole_entries() {
+        assert_eq!(batch_ends(&[], 512), Vec::<usize>::new());
+        assert_eq!(batch_ends(&[16], 512), vec![1]);
+        assert_eq!(batch_ends(&[200; 8], 512), vec![2, 4, 6, 8]);
+        assert_eq!(batch_ends(&[256, 256, 1], 512), vec![2, 3]);
+        // An entry larger than a batch is a batch of its own.
+        assert_eq!(batch_ends(&[10, 5000, 10], 512), vec![1, 2, 3]);
+        // Entries that hold nothing decodable still count (each is one command).
+        assert_eq!(batch_ends(&[1, 1, 1], 2), vec![2, 3]);
     }
 
     #[test]
