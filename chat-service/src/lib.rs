@@ -169,11 +169,12 @@ impl Application {
         };
         let partitions = config.run_send_worker.then(|| {
             // The send loops' own connections, which plan their statements generically (see
-            // `generic_plan_pool`): two per partition (a batch's target lookup runs beside its
-            // `BEGIN`), as many as this replica could hold.
+            // `generic_plan_pool`): three per partition (each loop keeps two, see
+            // `worker::Kept`, and a batch's other queries take a third), as many as this
+            // replica could hold.
             let send_db = shared::db::generic_plan_pool(
                 &db,
-                u32::from(config.worker.partitions).saturating_mul(2).max(2),
+                u32::from(config.worker.partitions).saturating_mul(3).max(3),
             );
             let (db, publisher, worker, revocations, files) = (
                 send_db,

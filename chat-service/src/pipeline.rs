@@ -20,7 +20,7 @@ use shared::{
     chat::{Message, MessageType},
     ApiError,
 };
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -156,20 +156,21 @@ pub async fn persist(
     publisher: &Publisher,
     drafts: &[Draft],
 ) -> Result<Persisted, ApiError> {
-    persist_in(db, publisher, drafts, None).await
+    persist_on(db, None, publisher, drafts).await
 }
 
-/// As [`persist`], the first attempt in `begun` when given: a transaction begun (and nothing
-/// else done in it) while the caller did something else.
-pub async fn persist_in(
+/// As [`persist`], the statement on `writer` when given (a connection the caller keeps), else
+/// on one of `db`'s. After an error `writer` may hold a rolled-back transaction's `ROLLBACK`
+/// unsent: give it back to the pool, which flushes it.
+pub async fn persist_on(
     db: &PgPool,
+    mut writer: Option<&mut PgConnection>,
     publisher: &Publisher,
     drafts: &[Draft],
-    mut begun: Option<Transaction<'static, Postgres>>,
 ) -> Result<Persisted, ApiError> {
     let mut check_stored = false;
     for _ in 0..ATTEMPTS {
-        match try_persist(db, publisher, drafts, check_stored, begun.take()).await? {
+        match try_persist(db, writer.as_deref_mut(), publisher, drafts, check_stored).await? {
             Some(persisted) => return Ok(persisted),
             None => {
                 metrics::counter!("chat_persist_retries_total").increment(1);
@@ -190,10 +191,10 @@ fn is_duplicate_send(e: &sqlx::Error) -> bool {
 /// `None` when a draft turned out to be stored already (then nothing was written).
 async fn try_persist(
     db: &PgPool,
+    writer: Option<&mut PgConnection>,
     publisher: &Publisher,
     drafts: &[Draft],
     check_stored: bool,
-    begun: Option<Transaction<'static, Postgres>>,
 ) -> Result<Option<Persisted>, ApiError> {
     let mut results: Vec<Option<Result<Outcome, ApiError>>> =
         (0..drafts.len()).map(|_| None).collect();
@@ -270,18 +271,8 @@ async fn try_persist(
     let mut turn = None;
     if !new.is_empty() {
         let ids: Vec<Uuid> = new.iter().map(|_| Uuid::now_v7()).collect();
-        // 3–5 in one statement (see `insert`). It runs in a transaction of its own, outside
-        // the publisher's turn, so statements of this process overlap; the turn is taken for
-        // the COMMIT and held until the events are queued, so this process still publishes in
-        // commit order. The holder of the turn never waits for a row lock (it only commits and
-        // queues), so a batch that holds row locks while it waits for the turn cannot deadlock
-        // with it.
-        let mut tx = match begun {
-            Some(tx) => tx,
-            None => db.begin().await?,
-        };
-        // Mentions are resolved before the transaction's statement (one query, and none when
-        // no content has an `@`).
+        // Mentions are resolved before the statement (one query, and none when no content has
+        // an `@`).
         let items: Vec<(Uuid, shared::chat::ChatType, &str)> = new
             .iter()
             .map(|&i| {
@@ -300,24 +291,39 @@ async fn try_persist(
             .zip(&mentions)
             .map(|((&i, &id), m)| (&drafts[i], id, m))
             .collect();
-        let rows = match insert(&mut tx, &all).await {
+        // 3–5 in one statement (see `insert`), a transaction of its own (no `BEGIN`, no
+        // `COMMIT`: two round trips fewer), run in the publisher's turn, which is held until
+        // the events are queued: this process publishes in commit order. Nothing waits for the
+        // turn while holding a row lock, so its holder may wait for one.
+        let waiting = std::time::Instant::now();
+        let my_turn = publisher.turn().await;
+        metrics::histogram!("chat_send_stage_seconds", "stage" => "turn")
+            .record(waiting.elapsed().as_secs_f64());
+        let mut pooled: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+        let conn: &mut PgConnection = match writer {
+            Some(conn) => conn,
+            None => pooled.insert(db.acquire().await?),
+        };
+        let rows = match insert(conn, &all).await {
             Ok(rows) => rows,
             Err(e) if is_duplicate_send(&e) => return Ok(None),
             Err(e) if shared::error::is_transient(&e) => return Err(e.into()),
             Err(e) => {
                 // Something in the batch the database refuses for good. It must not take the
                 // others down: store them one by one, each behind a savepoint, in one
-                // transaction (and so one turn), and refuse the ones that fail.
+                // transaction (in the same turn), and refuse the ones that fail.
                 tracing::warn!(error = %e, drafts = all.len(), "a send batch was refused; storing its sends one by one");
                 metrics::counter!("chat_send_batches_isolated_total").increment(1);
-                drop(tx);
-                tx = db.begin().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 let mut rows = Vec::with_capacity(all.len());
                 for (k, one) in all.iter().enumerate() {
                     sqlx::query("SAVEPOINT one_send").execute(&mut *tx).await?;
                     match insert(&mut tx, std::slice::from_ref(one)).await {
                         Ok(mut row) => rows.append(&mut row),
-                        Err(e) if is_duplicate_send(&e) => return Ok(None),
+                        Err(e) if is_duplicate_send(&e) => {
+                            tx.rollback().await?;
+                            return Ok(None);
+                        }
                         Err(e) if shared::error::is_transient(&e) => return Err(e.into()),
                         Err(e) => {
                             tracing::warn!(error = %e, sender = %one.0.sender, "a send was refused by the database");
@@ -332,14 +338,10 @@ async fn try_persist(
                         }
                     }
                 }
+                tx.commit().await?;
                 rows
             }
         };
-        let waiting = std::time::Instant::now();
-        let my_turn = publisher.turn().await;
-        metrics::histogram!("chat_send_stage_seconds", "stage" => "turn")
-            .record(waiting.elapsed().as_secs_f64());
-        tx.commit().await?;
         turn = Some(my_turn);
         // A draft without a row: its conversation was deleted meanwhile (the rest were
         // written, with gap-free seqs). Only what the database chose comes back (seq, the
@@ -412,7 +414,7 @@ struct Written {
 /// newest message. A duplicate `client_id` fails it whole. A draft whose conversation was
 /// deleted meanwhile gets no row.
 async fn insert(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut PgConnection,
     new: &[(&Draft, Uuid, &crate::mentions::Mentions)],
 ) -> sqlx::Result<Vec<Written>> {
     // Each new message's place among the batch's new messages of its conversation (1, 2, …):
@@ -504,12 +506,18 @@ async fn insert(
                    UPDATE uploads SET used_at = now()
                    WHERE id IN (SELECT attachment_id FROM inserted WHERE attachment_id IS NOT NULL)
                ),
+               -- The senders' array restricts `m` before the join (through the members'
+               -- (user_id, conversation_id) index): without it, a members table small enough
+               -- to look cheap to scan was read whole (and hashed) on every batch. Not the
+               -- conversations' array too: then Postgres may search the index once per pair
+               -- of the two arrays' elements.
                read_positions AS (
                    UPDATE conversation_members m
                    SET last_read_seq = GREATEST(m.last_read_seq, r.seq)
                    FROM (SELECT conversation_id, from_user_id, max(seq) AS seq
                          FROM inserted GROUP BY conversation_id, from_user_id) r
                    WHERE m.conversation_id = r.conversation_id AND m.user_id = r.from_user_id
+                     AND m.user_id = ANY($4::uuid[])
                )
                SELECT id AS "id!", seq AS "seq!", created_at AS "created_at!"
                FROM inserted"#,
@@ -529,7 +537,7 @@ async fn insert(
         &everyone,
         &attachments as &[Option<Uuid>]
     )
-    .fetch_all(&mut **tx)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()

@@ -22,12 +22,10 @@ pub struct Publisher {
     order: Arc<Mutex<()>>,
 }
 
-/// Held from just before a send's COMMIT until its events are queued for publishing (on the
-/// one Redis connection, which keeps their order): within one process, REST sends and the send
-/// workers then publish a conversation's messages in `seq` order (a later batch of the same
-/// conversation waits on the row lock until this one commits, so it reaches the turn after).
-/// Its holder only commits and queues, never waits for a row lock, so batches that hold row
-/// locks while they wait for it cannot deadlock with it.
+/// Held from just before a send's statement (a transaction of its own) until its events are
+/// queued for publishing (on the one Redis connection, which keeps their order): within one
+/// process, REST sends and the send workers then publish a conversation's messages in `seq`
+/// order. Nothing waits for it while holding a row lock, so its holder may wait for one.
 pub type PublishTurn = OwnedMutexGuard<()>;
 
 impl Publisher {

@@ -32,7 +32,7 @@ use shared::{
     keys::Keys,
     ApiError,
 };
-use sqlx::PgPool;
+use sqlx::{pool::PoolConnection, PgPool, Postgres};
 use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -217,6 +217,8 @@ pub struct SendWorker {
     notify: bool,
     /// Where attachments are checked.
     files: crate::attachments::Files,
+    /// The connections the loop keeps between batches.
+    kept: tokio::sync::Mutex<Kept>,
 }
 
 /// A stream entry: its id and fields.
@@ -263,6 +265,7 @@ impl SendWorker {
             revocations,
             notify: false,
             files,
+            kept: tokio::sync::Mutex::default(),
         }
     }
 
@@ -733,13 +736,14 @@ impl SendWorker {
         targets.dedup();
         let mut resolved: HashMap<(Uuid, ChatType, Uuid), Resolution> = HashMap::new();
         let resolving = std::time::Instant::now();
-        // The write's transaction is begun while the targets are resolved (on another of the
-        // pool's connections): one round trip less before the statement.
-        let (resolutions, tx) = tokio::join!(
-            conversation::for_sending_many(&self.db, &targets)
-                .instrument(db_span("resolve targets", targets.len())),
-            self.db.begin()
-        );
+        // The loop's connections (see `Kept`); on an error they go back to the pool.
+        let mut kept = self.kept.lock().await;
+        let (lookup, writer) = (kept.lookup.take(), kept.writer.take());
+        let (mut lookup, mut writer) =
+            tokio::try_join!(ready(&self.db, lookup), ready(&self.db, writer))?;
+        let resolutions = conversation::for_sending_many(&mut lookup, &self.db, &targets)
+            .instrument(db_span("resolve targets", targets.len()))
+            .await;
         let resolutions = match resolutions {
             Ok(r) => r,
             Err(e) if e.is_transient() => return Err(e),
@@ -749,7 +753,6 @@ impl SendWorker {
                 .map(|_| Err(ApiError::new(e.status, e.code, e.detail.clone())))
                 .collect(),
         };
-        let mut tx = Some(tx?);
         stage("resolve", resolving);
         for (target, result) in targets.iter().zip(resolutions) {
             let r = match result {
@@ -818,7 +821,7 @@ impl SendWorker {
         if !drafts.is_empty() {
             let writing = std::time::Instant::now();
             let persisted =
-                match pipeline::persist_in(&self.db, &self.publisher, &drafts, tx.take())
+                match pipeline::persist_on(&self.db, Some(&mut writer), &self.publisher, &drafts)
                     .instrument(db_span("insert messages", drafts.len()))
                     .await
                 {
@@ -843,12 +846,46 @@ impl SendWorker {
                 });
             }
         }
+        let now = tokio::time::Instant::now();
+        *kept = Kept {
+            lookup: Some((lookup, now)),
+            writer: Some((writer, now)),
+        };
         let verdicts = verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Garbage))
             .collect();
         Ok((verdicts, turn))
     }
+}
+
+/// The two connections a send loop keeps from one batch to the next, each with when it was
+/// last used: one for the targets' lookup, one to write on. sqlx checks a connection with a
+/// round trip to Postgres each time it goes back to the pool: at one batch per message (light
+/// load) that was two of a send's four. A kept connection idle for
+/// [`shared::db::PING_IDLE_AFTER`] is checked before use, as the pool would; a batch that fails
+/// gives both back to the pool, which closes a broken one. The pool holds a third per loop for
+/// a batch's other queries (mentions, duplicates, attachments, private chats).
+#[derive(Default)]
+struct Kept {
+    lookup: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
+    writer: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
+}
+
+/// The kept connection, checked first if it has been idle; else (or if the check fails) one
+/// from the pool.
+async fn ready(
+    db: &PgPool,
+    kept: Option<(PoolConnection<Postgres>, tokio::time::Instant)>,
+) -> Result<PoolConnection<Postgres>, ApiError> {
+    if let Some((mut conn, since)) = kept {
+        if since.elapsed() < shared::db::PING_IDLE_AFTER
+            || sqlx::Connection::ping(&mut *conn).await.is_ok()
+        {
+            return Ok(conn);
+        }
+    }
+    Ok(db.acquire().await?)
 }
 
 /// The span of one batch: it continues the trace of the first command that carries one and

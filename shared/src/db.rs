@@ -11,7 +11,7 @@ use crate::config::DatabaseConfig;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// A pooled connection idle for longer than this is pinged before it is handed out.
-const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// A pool that connects on first use. Acquiring waits at most 3 s, so an outage is answered
 /// with 503 quickly instead of piling requests up.

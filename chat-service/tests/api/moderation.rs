@@ -342,7 +342,9 @@ async fn a_mute_refuses_sends_on_rest_and_the_bus_until_lifted(db: PgPool) {
         .await;
     assert_error(r, StatusCode::FORBIDDEN, "muted").await;
     // The send stream's batch check refuses it too.
+    let mut lookup = db.acquire().await.unwrap();
     let results = chat_service::conversation::for_sending_many(
+        &mut lookup,
         &db,
         &[
             (bob.id, ChatType::Room, room),
