@@ -21,6 +21,7 @@ pub mod docs;
 pub mod mentions;
 pub mod model;
 pub mod notify;
+pub mod pacer;
 pub mod partitions;
 pub mod pipeline;
 pub mod publish;
