@@ -96,6 +96,14 @@ fn entry(app: &TestApp, c: &SendCommand) -> (String, Vec<(&'static str, Vec<u8>)
     )
 }
 
+/// As [`entry`], for commands a gateway gathered into one entry (all of one conversation).
+fn gathered(app: &TestApp, commands: &[SendCommand]) -> (String, Vec<(&'static str, Vec<u8>)>) {
+    (
+        app.keys.send_stream(commands[0].partition(PARTITIONS)),
+        vec![(BATCH_FIELD, encode(&commands).unwrap())],
+    )
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn commands_are_persisted_and_acknowledged(db: PgPool) {
     let app = spawn_app(db).await;
@@ -342,6 +350,59 @@ async fn an_entry_of_several_commands_is_judged_command_by_command(db: PgPool) {
     assert_eq!(pending(&redis, &app).await, 0, "every entry acknowledged");
 }
 
+/// A read that brings more than `SEND_BATCH_SIZE` commands is persisted as several batches of
+/// whole entries, in stream order: with batches of 4 and entries of 3 commands, every entry is
+/// a transaction of its own (its messages share one `created_at`, the entries' all differ).
+/// The entries wait in the stream before any worker runs, so the first read takes all four.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_large_read_is_persisted_as_batches_in_order(db: PgPool) {
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let app = spawn_app_with(db.clone(), &prefix, |c| c.run_send_worker = false).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = redis().await;
+    let pipe = redis.pipeline();
+    for e in 0..4 {
+        let commands: Vec<SendCommand> = (0..3)
+            .map(|i| command(alice.id, ChatType::Room, room, &format!("e{e}c{i}"), "hi"))
+            .collect();
+        let (stream, fields) = gathered(&app, &commands);
+        pipe.xadd::<(), _, _, _, _>(stream, false, None, "*", fields)
+            .await
+            .unwrap();
+    }
+    pipe.all::<()>().await.unwrap();
+    let _worker = spawn_app_with(db, &prefix, |c| c.worker.batch_size = 4).await;
+    let mut acked = 0;
+    while acked < 12 {
+        if let Event::Ack { .. } = watcher.next().await.1 {
+            acked += 1;
+        }
+    }
+    let stored: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT client_id, seq, created_at FROM messages ORDER BY seq")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let order: Vec<String> = stored.iter().map(|(c, _, _)| c.clone()).collect();
+    let expected: Vec<String> = (0..4)
+        .flat_map(|e| (0..3).map(move |i| format!("e{e}c{i}")))
+        .collect();
+    assert_eq!(order, expected, "stored once each, in stream order");
+    for entry in stored.chunks(3) {
+        assert!(
+            entry.iter().all(|(_, _, at)| *at == entry[0].2),
+            "an entry is one batch: {entry:?}"
+        );
+    }
+    let mut times: Vec<_> = stored.iter().map(|(_, _, at)| *at).collect();
+    times.dedup();
+    assert_eq!(times.len(), 4, "each entry a batch of its own: {stored:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pending(&redis, &app).await, 0, "every entry acknowledged");
+}
+
 /// The chat-service binary as a replica of `prefix`'s deployment on the test's database, its
 /// output discarded; the caller adds settings and spawns it.
 fn chat_service_binary(db: &PgPool, prefix: &str) -> std::process::Command {
@@ -557,16 +618,8 @@ async fn quiet_sends_go_at_once_and_busy_ones_wait_for_the_interval(db: PgPool) 
     // whole interval after them and go together.
     let burst: Vec<SendCommand> = (0..20).map(|i| send(&format!("burst{i}"))).collect();
     let burst_pushed = std::time::Instant::now();
-    let _: String = redis
-        .xadd(
-            app.keys.send_stream(burst[0].partition(PARTITIONS)),
-            false,
-            None,
-            "*",
-            vec![(BATCH_FIELD, encode(&burst).unwrap())],
-        )
-        .await
-        .unwrap();
+    let (stream, fields) = gathered(&app, &burst);
+    let _: String = redis.xadd(stream, false, None, "*", fields).await.unwrap();
     assert_eq!(ack_of(&mut watcher, "burst19").await, 22);
     push(&redis, &app, &[send("c")]).await;
     push(&redis, &app, &[send("d")]).await;
