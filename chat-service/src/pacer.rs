@@ -4,26 +4,28 @@
 
 use std::time::Duration;
 
-/// Spaces a worker loop's batches, but only under load (group commit). While the sends arriving
+/// Spaces a send loop's batches, but only under load (group commit). While the sends arriving
 /// would come to fewer than [`LIGHT_LOAD`] per `interval`, the loop reads again as soon as a batch
 /// is done, blocking on the stream: a send that finds the loop idle is taken at once, and
 /// batches grow only by what arrived while one was in flight. Above that rate, a loop that has
-/// just finished a batch waits for the next free slot, one *spacing* after the latest batch
-/// began, so a busy partition runs fewer, larger batches (each batch costs a transaction and a
-/// publish per channel, and the gateways' CPU follows the batch rate: a member gets about one
-/// socket write per batch that touched its room). The spacing is half the `interval` from
-/// [`LIGHT_LOAD`] on and grows in proportion to the load past half of [`HEAVY_LOAD`], to the
-/// whole interval at [`HEAVY_LOAD`] sends per interval. Half an interval is the least that
-/// pays: batches of one or two sends cost what unbatched ones do (a spacing growing from
-/// nothing nearly doubled the CPU per delivery at 500 sends/s); a heavily loaded partition
-/// batches twice as much, as the writes that saves are then what the machine is short of. A
-/// loop whose batch outlasted the spacing reads again at once, and so does one whose read came
-/// back full (more is waiting, and waiting longer would only cap the rate at a batch per
-/// spacing).
+/// just finished a batch waits until one *spacing* after that batch began, so a busy partition
+/// runs fewer, larger batches (each batch costs a transaction and a publish per channel, and
+/// the gateways' CPU follows the batch rate: a member gets about one socket write per batch
+/// that touched its room). The spacing is half the `interval` from [`LIGHT_LOAD`] on and grows
+/// in proportion to the load past half of [`HEAVY_LOAD`], to the whole interval at
+/// [`HEAVY_LOAD`] sends per interval. Half an interval is the least that pays: batches of one or
+/// two sends cost what unbatched ones do (a spacing growing from nothing nearly doubled the CPU
+/// per delivery at 500 sends/s); a heavily loaded partition batches twice as much, as the
+/// writes that saves are then what the machine is short of. A loop whose batch outlasted the
+/// spacing reads again at once, and so does one whose read came back full (more is waiting, and
+/// waiting longer would only cap the rate at a batch per spacing).
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
-    state: std::sync::Mutex<PacerState>,
+    /// When the previous batch that had work began, to estimate the arrival rate.
+    previous: Option<tokio::time::Instant>,
+    /// Sends arriving per interval, a moving average over the last [`RATE_WINDOW`].
+    per_interval: f64,
 }
 
 /// Below this many sends per interval (averaged over the last [`RATE_WINDOW`]) a loop does not
@@ -39,32 +41,18 @@ pub const HEAVY_LOAD: f64 = 40.0;
 /// The span of time the send rate is averaged over.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Default)]
-struct PacerState {
-    /// The latest batch start, begun or claimed.
-    latest: Option<tokio::time::Instant>,
-    /// When the previous batch that had work began, to estimate the arrival rate.
-    previous: Option<tokio::time::Instant>,
-    /// Sends arriving per interval, a moving average over the last [`RATE_WINDOW`].
-    per_interval: f64,
-}
-
 impl Pacer {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            state: std::sync::Mutex::new(PacerState::default()),
+            previous: None,
+            per_interval: 0.0,
         }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, PacerState> {
-        // A poisoned lock only means another loop panicked mid-update; the state is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends per interval, as estimated from the batches so far.
     pub fn load(&self) -> f64 {
-        self.state().per_interval
+        self.per_interval
     }
 
     /// How far apart batches begin at the present load: nothing below [`LIGHT_LOAD`], then half
@@ -94,39 +82,23 @@ impl Pacer {
         if full || spacing.is_zero() {
             return now;
         }
-        match began.checked_add(spacing) {
-            Some(own) if own > now => self.claim_at(now, spacing),
-            _ => now,
-        }
+        began.checked_add(spacing).map_or(now, |slot| slot.max(now))
     }
 
-    /// Claims the next slot: `spacing` after the latest start, or now if that has passed.
-    fn claim_at(&self, now: tokio::time::Instant, spacing: Duration) -> tokio::time::Instant {
-        let mut state = self.state();
-        let slot = state
-            .latest
-            .and_then(|at| at.checked_add(spacing))
-            .map_or(now, |next| next.max(now));
-        state.latest = Some(slot);
-        slot
-    }
-
-    /// A batch of `commands` sends began at `at`, whether in a claimed slot or not. The sends it
-    /// took arrived since the previous batch began: that gives the rate.
-    pub fn began(&self, at: tokio::time::Instant, commands: usize) {
-        let mut state = self.state();
-        state.latest = Some(state.latest.map_or(at, |l| l.max(at)));
-        if let Some(previous) = state.previous {
+    /// A batch of `commands` sends began at `at`. The sends it took arrived since the previous
+    /// batch began: that gives the rate.
+    pub fn began(&mut self, at: tokio::time::Instant, commands: usize) {
+        if let Some(previous) = self.previous {
             let gap = at.saturating_duration_since(previous).as_secs_f64();
             if gap > 0.0 {
                 // A moving average over about the last `RATE_WINDOW` of time, whatever the
                 // batches' lengths: after a long silence the estimate is this batch's alone.
                 let sample = commands as f64 * self.interval.as_secs_f64() / gap;
                 let weight = 1.0 - (-gap / RATE_WINDOW.as_secs_f64()).exp();
-                state.per_interval += weight * (sample - state.per_interval);
+                self.per_interval += weight * (sample - self.per_interval);
             }
         }
-        state.previous = Some(at);
+        self.previous = Some(at);
     }
 }
 
@@ -137,31 +109,24 @@ mod tests {
     /// A pacer that has seen heavy load (above [`HEAVY_LOAD`]): it spaces batches a whole
     /// interval apart.
     fn loaded(interval: Duration) -> Pacer {
-        let pacer = Pacer::new(interval);
-        pacer.state().per_interval = 50.0;
+        let mut pacer = Pacer::new(interval);
+        pacer.per_interval = 50.0;
         pacer
     }
 
     #[test]
-    fn under_load_short_batches_take_turns_and_long_ones_overlap() {
+    fn under_load_a_short_batch_waits_and_a_long_or_full_one_does_not() {
         let ms = Duration::from_millis;
         let pacer = loaded(ms(10));
         let t0 = tokio::time::Instant::now();
-        // Loop A's batch began at 0 and took 4 ms; loop B's began at 2 and took 4 ms.
-        pacer.state().latest = Some(t0 + ms(2));
-        assert_eq!(pacer.next_read_at(t0, false, t0 + ms(4)), t0 + ms(12));
-        assert_eq!(
-            pacer.next_read_at(t0 + ms(2), false, t0 + ms(6)),
-            t0 + ms(22)
-        );
-        // A batch that began at 12 and took 15 ms: that loop reads again at once, not at 32.
-        pacer.state().latest = Some(t0 + ms(22));
+        // A batch that began at 0 and took 4 ms: the next read is one spacing after it began.
+        assert_eq!(pacer.next_read_at(t0, false, t0 + ms(4)), t0 + ms(10));
+        // A batch that began at 12 and took 15 ms: the loop reads again at once, not at 22.
         assert_eq!(
             pacer.next_read_at(t0 + ms(12), false, t0 + ms(27)),
             t0 + ms(27)
         );
         // A short batch whose read came back full: more is waiting, so it reads at once too.
-        pacer.state().latest = Some(t0 + ms(30));
         assert_eq!(
             pacer.next_read_at(t0 + ms(30), true, t0 + ms(33)),
             t0 + ms(33)
@@ -170,40 +135,19 @@ mod tests {
             pacer.next_read_at(t0 + ms(30), false, t0 + ms(33)),
             t0 + ms(40)
         );
-    }
-
-    #[test]
-    fn slots_follow_one_another_and_only_move_forward() {
-        let ms = Duration::from_millis;
-        let pacer = loaded(ms(10));
-        let t0 = tokio::time::Instant::now();
-        let spacing = pacer.spacing();
-        assert_eq!(spacing, ms(10));
-        // Nothing ran yet: the first slot is now.
-        assert_eq!(pacer.claim_at(t0, spacing), t0);
-        // Two claims at once get successive slots, not the same one.
-        assert_eq!(pacer.claim_at(t0 + ms(1), spacing), t0 + ms(10));
-        assert_eq!(pacer.claim_at(t0 + ms(1), spacing), t0 + ms(20));
-        // A batch begun at once (by an idle loop) moves the next slot only forward.
-        pacer.began(t0 + ms(5), 1);
-        assert_eq!(pacer.claim_at(t0 + ms(6), spacing), t0 + ms(30));
-        pacer.began(t0 + ms(35), 1);
-        assert_eq!(pacer.claim_at(t0 + ms(36), spacing), t0 + ms(45));
-        // Once the latest start is more than a spacing ago, a claim is now.
-        assert_eq!(pacer.claim_at(t0 + ms(100), spacing), t0 + ms(100));
-        // With no interval there is no spacing, and every claim is now.
-        let unpaced = Pacer::new(Duration::ZERO);
-        unpaced.began(t0 + ms(50), 1);
+        // With no interval there is no spacing, whatever the load.
+        let mut unpaced = Pacer::new(Duration::ZERO);
+        unpaced.per_interval = 50.0;
         assert_eq!(unpaced.spacing(), Duration::ZERO);
-        assert_eq!(unpaced.claim_at(t0 + ms(60), Duration::ZERO), t0 + ms(60));
+        assert_eq!(unpaced.next_read_at(t0, false, t0 + ms(1)), t0 + ms(1));
     }
 
     #[test]
     fn the_spacing_is_half_the_interval_under_load_and_grows_to_all_of_it() {
         let ms = Duration::from_millis;
-        let pacer = Pacer::new(ms(20));
-        let at = |load: f64| {
-            pacer.state().per_interval = load;
+        let mut pacer = Pacer::new(ms(20));
+        let mut at = |load: f64| {
+            pacer.per_interval = load;
             pacer.spacing()
         };
         assert_eq!(at(0.0), Duration::ZERO);
@@ -214,16 +158,15 @@ mod tests {
         assert_eq!(at(HEAVY_LOAD), ms(20));
         assert_eq!(at(HEAVY_LOAD * 10.0), ms(20));
         // At three quarters of the heavy load, a loop reads 15 ms after its batch began.
-        pacer.state().per_interval = HEAVY_LOAD * 3.0 / 4.0;
+        pacer.per_interval = HEAVY_LOAD * 3.0 / 4.0;
         let t0 = tokio::time::Instant::now();
-        pacer.state().latest = Some(t0);
         assert_eq!(pacer.next_read_at(t0, false, t0 + ms(1)), t0 + ms(15));
     }
 
     #[test]
     fn a_quiet_partition_never_waits_and_a_busy_one_does() {
         let ms = Duration::from_millis;
-        let pacer = Pacer::new(ms(20));
+        let mut pacer = Pacer::new(ms(20));
         let t0 = tokio::time::Instant::now();
         // 200 sends/s, one per batch, each batch 1 ms long: every read is at once.
         for i in 0..50u64 {

@@ -84,8 +84,6 @@ pub struct SendWorker {
     stream: String,
     consumer: String,
     config: WorkerConfig,
-    /// Spaces this loop's batches.
-    pacer: std::sync::Arc<Pacer>,
     /// Sends of deactivated accounts are refused.
     revocations: std::sync::Arc<shared::revocation::Revocations>,
     /// Queue new messages for [`crate::notify`].
@@ -127,7 +125,6 @@ impl SendWorker {
     ) -> Self {
         let reader = publisher.client().clone_new();
         reader.connect();
-        let pacer = std::sync::Arc::new(Pacer::new(config.batch_interval));
         Self {
             db,
             reader,
@@ -136,7 +133,6 @@ impl SendWorker {
             publisher,
             consumer: format!("chat-{}", Uuid::new_v4().simple()),
             config,
-            pacer,
             revocations,
             notify: false,
             files,
@@ -180,12 +176,13 @@ impl SendWorker {
         // tells how many commands an entry holds.
         let mut count = self.config.batch_size.max(1);
         // When this loop's last batch began, if it had work, and whether its read came back
-        // full: then the loop may wait for a slot (see `Pacer`) before reading again; otherwise
+        // full: then the loop may wait (see `Pacer`) before reading again; otherwise
         // it reads (blocking) at once.
         let mut last_batch: Option<(tokio::time::Instant, bool)> = None;
+        let mut pacer = Pacer::new(self.config.batch_interval);
         while !*shutdown.borrow() {
             if let Some((began, full)) = last_batch.take() {
-                let slot = self.pacer.next_read(began, full);
+                let slot = pacer.next_read(began, full);
                 if slot > tokio::time::Instant::now() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(slot) => {}
@@ -239,7 +236,7 @@ impl SendWorker {
                 Ok((read, commands, started)) => {
                     backoff = Duration::from_millis(200);
                     if read > 0 && !self.config.batch_interval.is_zero() {
-                        self.pacer.began(started, commands);
+                        pacer.began(started, commands);
                         last_batch = Some((started, read as u64 >= count));
                     }
                     count =
