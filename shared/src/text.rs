@@ -1,7 +1,9 @@
 //! The one rule every client text passes before it is used or stored (contract, "Text fields"):
 //! no C0 (U+0000–U+001F) or C1 (U+0080–U+009F) control character except tab, line feed and
-//! carriage return. Postgres refuses U+0000 in `text` outright, and the other controls are
-//! never wanted in a chat: they hide text, break terminals and log lines.
+//! carriage return, and no DEL (U+007F) either: Unicode classes it a control with the other two
+//! sets (general category Cc, Rust's `char::is_control`), and a client that filters "control
+//! characters" drops it too. Postgres refuses U+0000 in `text` outright, and the other controls
+//! are never wanted in a chat: they hide text, break terminals and log lines.
 //!
 //! Handlers check their own fields with [`check`]; the JSON, query and WebSocket decoders run
 //! [`find_in_json`] over everything a client sent, so no field, present or future, reaches
@@ -9,9 +11,10 @@
 
 use serde_json::Value;
 
-/// Whether `c` is a control character the contract refuses.
+/// Whether `c` is a control character the contract refuses: every one of Unicode's (C0, DEL,
+/// C1) but tab, line feed and carriage return.
 pub fn is_refused(c: char) -> bool {
-    matches!(c, '\u{0}'..='\u{1f}' | '\u{80}'..='\u{9f}') && !matches!(c, '\t' | '\n' | '\r')
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
 }
 
 /// `Ok` when `value` holds no refused control character; otherwise the problem, as a sentence
@@ -85,11 +88,12 @@ mod tests {
             "\u{1f}",
             "x\u{80}",
             "\u{9f}",
+            "x\u{7f}y",
         ] {
             assert!(check(bad).is_err(), "{bad:?}");
         }
-        // DEL and the characters just past C1 are not C0 or C1 controls.
-        assert!(check("\u{7f}\u{a0}").is_ok());
+        // Just past C1: a no-break space, and formatting characters that are not controls.
+        assert!(check("\u{a0}\u{200d}\u{ad}").is_ok());
         let problem = check("ab\u{0}").unwrap_err();
         assert!(problem.contains("U+0000 at character 3"), "{problem}");
     }

@@ -25,8 +25,9 @@ async fn every_text_field_refuses_control_characters(db: PgPool) {
     let nul = "a\u{0}b";
     let esc = "x\u{1b}[2J";
     let c1 = "y\u{85}";
+    let del = "z\u{7f}";
 
-    for bad in [nul, esc, c1] {
+    for bad in [nul, esc, c1, del] {
         assert_names(
             app.post(&alice, "/chat/rooms", json!({"name": bad})).await,
             "name",
