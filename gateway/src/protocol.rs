@@ -154,16 +154,13 @@ fn data<T: serde::de::DeserializeOwned>(kind: &str, data: Value) -> Result<T, Fr
     })
 }
 
-/// The largest `seq` a client may send, exclusive: 2^53, the integers every JSON parser keeps exact.
-pub const SEQ_LIMIT: i64 = 1 << 53;
-
 fn check_seq(field: &str, seq: i64) -> Result<(), FrameError> {
-    if (0..SEQ_LIMIT).contains(&seq) {
+    if shared::chat::is_client_seq(seq) {
         Ok(())
     } else {
         Err(FrameError::new(
             "invalid_payload",
-            format!("{field}: must be an integer from 0 to 2^53 - 1"),
+            format!("{field}: {}", shared::chat::SEQ_RANGE),
         ))
     }
 }

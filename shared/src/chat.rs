@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// The largest `seq` a client may send, exclusive: 2^53, the integers every JSON parser keeps
+/// exact (contract, "WebSocket limits and closing"). REST parameters and bodies take the same
+/// range, so a position is valid or not whichever way it arrives.
+pub const SEQ_LIMIT: i64 = 1 << 53;
+
+/// Whether a client's `seq` is in range: 0 ≤ seq < 2^53.
+pub fn is_client_seq(seq: i64) -> bool {
+    (0..SEQ_LIMIT).contains(&seq)
+}
+
+/// What a client is told when its `seq` is out of range.
+pub const SEQ_RANGE: &str = "must be a whole number from 0 to 2^53 - 1";
+
 /// `room`, `private` or `group` on the wire; `ROOM`, `PRIVATE`, `GROUP` in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

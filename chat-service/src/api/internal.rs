@@ -168,8 +168,8 @@ pub async fn read(
     _: ServiceCaller,
     ApiJson(req): ApiJson<ReadRequest>,
 ) -> ApiResult<StatusCode> {
-    if req.seq < 0 {
-        return Err(ApiError::invalid_field("seq", "must be 0 or more"));
+    if !shared::chat::is_client_seq(req.seq) {
+        return Err(ApiError::invalid_field("seq", shared::chat::SEQ_RANGE));
     }
     let c =
         conversation::for_marking_read(&state.db, req.user_id, req.chat_type, req.chat_id).await?;

@@ -45,11 +45,8 @@ pub struct PageQuery {
 fn parse_bound(field: &str, value: Option<&str>) -> ApiResult<Option<i64>> {
     match value.map(str::parse::<i64>) {
         None => Ok(None),
-        Some(Ok(n)) if n >= 0 => Ok(Some(n)),
-        Some(_) => Err(ApiError::invalid_field(
-            field,
-            "must be a whole number, 0 or more",
-        )),
+        Some(Ok(n)) if shared::chat::is_client_seq(n) => Ok(Some(n)),
+        Some(_) => Err(ApiError::invalid_field(field, shared::chat::SEQ_RANGE)),
     }
 }
 
@@ -444,8 +441,8 @@ pub async fn mark_read(
     ApiJson(req): ApiJson<ReadRequest>,
 ) -> ApiResult<StatusCode> {
     let (chat_type, chat_id) = parse_chat(&chat_type, &chat_id)?;
-    if req.seq < 0 {
-        return Err(ApiError::invalid_field("seq", "must be 0 or more"));
+    if !shared::chat::is_client_seq(req.seq) {
+        return Err(ApiError::invalid_field("seq", shared::chat::SEQ_RANGE));
     }
     let conversation =
         conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await?;

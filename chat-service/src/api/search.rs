@@ -189,11 +189,11 @@ pub async fn search(
     };
     let before_seq = match p.before_seq.as_deref().map(str::parse::<i64>) {
         None => None,
-        Some(Ok(n)) if n >= 0 => Some(n),
+        Some(Ok(n)) if shared::chat::is_client_seq(n) => Some(n),
         Some(_) => {
             return Err(ApiError::invalid_field(
                 "before_seq",
-                "must be a whole number, 0 or more",
+                shared::chat::SEQ_RANGE,
             ))
         }
     };

@@ -107,6 +107,65 @@ async fn every_text_field_refuses_control_characters(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_seq_is_refused_outside_zero_to_two_to_the_53(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    app.send(&alice, &format!("room/{room}"), "one").await;
+    let too_big = 1_i64 << 53;
+
+    for seq in [json!(too_big), json!(-1), json!(1.5), json!("1")] {
+        assert_names(
+            app.post(
+                &alice,
+                &format!("/chat/read/room/{room}"),
+                json!({ "seq": seq }),
+            )
+            .await,
+            "seq",
+        )
+        .await;
+    }
+    for query in [
+        format!("before={too_big}"),
+        format!("after={too_big}"),
+        "after=-1".to_owned(),
+    ] {
+        let field = query.split('=').next().unwrap().to_owned();
+        let r = app
+            .get(&alice, &format!("/chat/messages/room/{room}?{query}"))
+            .await;
+        assert_names(r, &field).await;
+    }
+    let r = app
+        .get(&alice, &format!("/chat/search?q=one&before_seq={too_big}"))
+        .await;
+    assert_names(r, "before_seq").await;
+
+    // The largest valid seq is taken, and a read position stops at the newest message.
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/read/room/{room}"),
+            json!({ "seq": too_big - 1 }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let page = app
+        .get(
+            &alice,
+            &format!("/chat/messages/room/{room}?before={}", too_big - 1),
+        )
+        .await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let stored: i64 = sqlx::query_scalar("SELECT last_read_seq FROM conversation_members")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_removed_member_can_no_longer_edit_or_delete(db: PgPool) {
     let app = spawn_app(db).await;
     let alice = app.user("alice").await;
