@@ -56,6 +56,14 @@ pub struct GatewayConfig {
     /// frames (pings, pongs, close; default 16384). Data frames bypass it (see
     /// `connection::wire`).
     pub ws_write_buffer_bytes: usize,
+    /// `SOCKET_SEND_BUFFER_BYTES`: the kernel's send buffer of each connection's socket
+    /// (`SO_SNDBUF`; default 131072, which Linux doubles for its bookkeeping; 0 leaves it to
+    /// the kernel's autotuning). Fixed, it keeps what a client has not read in the outbound
+    /// queue, where `OUTBOUND_QUEUE` bounds it and a client that stops reading is closed with
+    /// 4008; autotuned, the kernel holds up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default)
+    /// per socket first, memory no setting of this process bounds. A chat connection needs far
+    /// less: even a full `synced` frame leaves it in a few round trips.
+    pub socket_send_buffer_bytes: usize,
     /// `MAX_FRAME_BYTES`: a larger incoming frame closes the connection with 1009 (default 65536).
     pub max_frame_bytes: usize,
     /// `PRESENCE_TTL_SECONDS`: a gateway's claim on its users lasts this long unless renewed
@@ -108,6 +116,7 @@ impl GatewayConfig {
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
             ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 1024)?,
             ws_write_buffer_bytes: config::parsed("WS_WRITE_BUFFER_BYTES", 16 * 1024)?,
+            socket_send_buffer_bytes: config::parsed("SOCKET_SEND_BUFFER_BYTES", 128 * 1024)?,
             max_frame_bytes: config::parsed("MAX_FRAME_BYTES", 64 * 1024)?,
             presence_ttl: Duration::from_secs(config::parsed(
                 "PRESENCE_TTL_SECONDS",

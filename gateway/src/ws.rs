@@ -220,7 +220,9 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         };
         match socket {
             Ok(Parts { io, read_buf, .. }) => {
-                let accepted = connection::Accepted::new(io.into_inner(), read_buf);
+                let socket = io.into_inner();
+                limit_send_buffer(&socket, gateway.config.socket_send_buffer_bytes);
+                let accepted = connection::Accepted::new(socket, read_buf);
                 connection::run(gateway, accepted, admitted, session, encoding, info).await;
             }
             // Boxed, as in `connection::run`: a Redis call's future is large, and inline it
@@ -242,4 +244,17 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         );
     }
     response
+}
+
+/// Fixes the socket's kernel send buffer at `bytes` (0: leaves the kernel's autotuning), so
+/// that what a client does not read waits in the bounded outbound queue rather than in kernel
+/// memory (`SOCKET_SEND_BUFFER_BYTES`). A refusal is logged and the connection goes on with
+/// the kernel's buffer.
+fn limit_send_buffer(socket: &TcpStream, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    if let Err(e) = socket2::SockRef::from(socket).set_send_buffer_size(bytes) {
+        tracing::warn!(error = %e, bytes, "could not set the socket's send buffer");
+    }
 }

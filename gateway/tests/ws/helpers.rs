@@ -89,6 +89,7 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
         typing_rate_per_second: 4,
         ws_read_buffer_bytes: 4096,
         ws_write_buffer_bytes: 16384,
+        socket_send_buffer_bytes: 128 * 1024,
         max_frame_bytes: 65536,
         presence_ttl: Duration::from_secs(45),
         reauth_notice: Duration::from_secs(60),

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, message_seqs, redis_url, stack, Client, SECRET};
+use crate::helpers::{eventually, message_seqs, redis_url, stack, Client, Stack, SECRET};
 
 async fn redis() -> fred::prelude::Client {
     let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
@@ -84,6 +84,22 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
     // A small queue, so the silent client is found out soon; bursts of a whole send batch (64
     // here) still fit in what a connection catching up may hold.
     let s = stack(db, 1, |c| c.outbound_queue = 32).await;
+    never_reading_client_is_closed(s, 2000).await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn what_a_silent_client_has_not_read_is_bounded_by_the_queue_not_the_kernel(db: PgPool) {
+    // The default queue (256 frames) and socket send buffer. An autotuned kernel send buffer
+    // (up to 4 MiB) would take about a thousand of these 3.5 KB frames before the queue saw
+    // any, so that 1,500 of them never reach the queue's burst limit (1,024) and the client is
+    // never found out; with the buffer fixed they do, and it is closed.
+    let s = stack(db, 1, |_| {}).await;
+    never_reading_client_is_closed(s, 1500).await;
+}
+
+/// A member that upgrades and then never reads a byte, while `count` large messages go to its
+/// room: the reading member gets every one, in order, and the silent one is closed.
+async fn never_reading_client_is_closed(s: Stack, count: i64) {
     let alice = s.user("alice").await;
     let slow = s.user("slow").await;
     let room = s.room(&alice, "r", &[&slow]).await;
@@ -102,14 +118,13 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
     let hub = &s.gateways[0].gateway.hub;
     assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 2).await);
 
-    // Bulk sends straight onto the bus: 2,000 messages of 3,500 characters, more than the
-    // kernel's socket buffers hold. Sent from another task, so the reading client reads while
+    // Bulk sends straight onto the bus: `count` messages of 3,500 characters. Sent from another task, so the reading client reads while
     // they go out (a reader that waited for the last send would itself be a slow consumer).
     let admin = redis().await;
     let keys = shared::keys::Keys::new(s.prefix.clone());
     let sender_id = alice.id;
     let bulk = tokio::spawn(async move {
-        for i in 0..2000 {
+        for i in 0..count {
             let command = shared::chat::SendCommand {
                 user_id: sender_id,
                 session_id: "bulk".into(),
@@ -136,7 +151,7 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
     });
     let mut seqs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seqs.len() < 2000 && tokio::time::Instant::now() < deadline {
+    while (seqs.len() as i64) < count && tokio::time::Instant::now() < deadline {
         seqs.extend(message_seqs(
             &a.drain(Duration::from_millis(200)).await,
             room,
@@ -144,7 +159,7 @@ async fn a_client_that_never_reads_is_closed_and_delays_nobody(db: PgPool) {
     }
     assert_eq!(
         seqs,
-        (1..=2000).collect::<Vec<_>>(),
+        (1..=count).collect::<Vec<_>>(),
         "the reading client got everything"
     );
     bulk.await.unwrap();
