@@ -448,9 +448,20 @@ async fn serve(
                 }
                 wrote_since_tick = true;
                 let write = write_queued(ws, conn);
+                // While a write waits for the socket, nothing else of this loop runs (pings,
+                // the silence check): a client that stops reading with frames still due would
+                // hold its connection and queue for good. So a write (one batch of at most
+                // WRITE_BATCH frames) not done within three heartbeat intervals, the silence
+                // the contract allows, closes it as too slow. Biased: a write that
+                // finishes at once never polls (and so never registers) the timer.
                 tokio::select! {
+                    biased;
                     r = write => if r.is_err() { return None },
                     _ = std::future::poll_fn(|cx| conn.poll_closing(cx)) => return None,
+                    () = tokio::time::sleep(interval * 3) => {
+                        metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
+                        return Some(TOO_SLOW);
+                    }
                 }
             }
             incoming = ws.next() => {

@@ -97,6 +97,97 @@ async fn what_a_silent_client_has_not_read_is_bounded_by_the_queue_not_the_kerne
     never_reading_client_is_closed(s, 1500).await;
 }
 
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_client_that_stops_reading_with_frames_due_is_closed_once_the_room_is_quiet(db: PgPool) {
+    // Short heartbeats, and a grace the queue never outlasts: 300 frames of 3.5 KB fill the
+    // socket's buffers and leave the queue under its capacity (256), so only the stalled write
+    // can tell. While it waits, the connection's loop does nothing else: without a limit on
+    // the write, no ping and no silence check ever ran again.
+    let s = stack(db, 1, |c| {
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.slow_consumer_grace = Duration::from_secs(600);
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let slow = s.user("slow").await;
+    let room = s.room(&alice, "r", &[&slow]).await;
+    let mut a = s.connect(0, &alice).await;
+    let _slow_ws = silent_client(&s, &slow).await;
+    let hub = &s.gateways[0].gateway.hub;
+    assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 2).await);
+
+    push_bulk(&s, alice.id, room, 300).await;
+    // The reader keeps reading (and answering pings) while the silent one is judged.
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline && (seqs.len() < 300 || hub.connection_count() > 1)
+    {
+        seqs.extend(message_seqs(
+            &a.drain(Duration::from_millis(200)).await,
+            room,
+        ));
+    }
+    assert_eq!(
+        seqs,
+        (1..=300).collect::<Vec<_>>(),
+        "the reader got everything"
+    );
+    assert_eq!(hub.connection_count(), 1, "the silent client was closed");
+}
+
+/// A client of `user` on the first gateway that upgrades, then never reads a byte (its receive
+/// buffer small, so the gateway's writes soon block).
+async fn silent_client(
+    s: &Stack,
+    user: &crate::helpers::User,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{}", s.gateways[0].port).parse().unwrap())
+        .await
+        .unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("ws://127.0.0.1/ws?token={}", user.token), stream)
+            .await
+            .unwrap();
+    ws
+}
+
+async fn push_bulk(s: &Stack, sender: Uuid, room: Uuid, count: i64) {
+    push_bulk_to(&s.prefix, sender, room, count).await;
+}
+
+/// `count` sends of 3,500 characters from `sender` to `room`, straight onto the send stream.
+async fn push_bulk_to(prefix: &str, sender: Uuid, room: Uuid, count: i64) {
+    let admin = redis().await;
+    let keys = shared::keys::Keys::new(prefix.to_owned());
+    for i in 0..count {
+        let command = shared::chat::SendCommand {
+            user_id: sender,
+            session_id: "bulk".into(),
+            client_id: format!("bulk-{i}"),
+            chat_type: shared::chat::ChatType::Room,
+            chat_id: room,
+            content: "x".repeat(3500),
+            message_type: shared::chat::MessageType::Text,
+            reply_to_id: None,
+            attachment_id: None,
+            traceparent: None,
+        };
+        let _: String = admin
+            .xadd(
+                keys.send_stream(command.partition(4)),
+                false,
+                None,
+                "*",
+                vec![("c", shared::chat::encode(&command).unwrap())],
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// A member that upgrades and then never reads a byte, while `count` large messages go to its
 /// room: the reading member gets every one, in order, and the silent one is closed.
 async fn never_reading_client_is_closed(s: Stack, count: i64) {
@@ -105,49 +196,15 @@ async fn never_reading_client_is_closed(s: Stack, count: i64) {
     let room = s.room(&alice, "r", &[&slow]).await;
     let mut a = s.connect(0, &alice).await;
     // The slow client upgrades, then never reads a byte.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(format!("127.0.0.1:{}", s.gateways[0].port).parse().unwrap())
-        .await
-        .unwrap();
-    let (_slow_ws, _) =
-        tokio_tungstenite::client_async(format!("ws://127.0.0.1/ws?token={}", slow.token), stream)
-            .await
-            .unwrap();
+    let _slow_ws = silent_client(&s, &slow).await;
     let hub = &s.gateways[0].gateway.hub;
     assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 2).await);
 
     // Bulk sends straight onto the bus: `count` messages of 3,500 characters. Sent from another task, so the reading client reads while
     // they go out (a reader that waited for the last send would itself be a slow consumer).
-    let admin = redis().await;
-    let keys = shared::keys::Keys::new(s.prefix.clone());
-    let sender_id = alice.id;
-    let bulk = tokio::spawn(async move {
-        for i in 0..count {
-            let command = shared::chat::SendCommand {
-                user_id: sender_id,
-                session_id: "bulk".into(),
-                client_id: format!("bulk-{i}"),
-                chat_type: shared::chat::ChatType::Room,
-                chat_id: room,
-                content: "x".repeat(3500),
-                message_type: shared::chat::MessageType::Text,
-                reply_to_id: None,
-                attachment_id: None,
-                traceparent: None,
-            };
-            let _: String = admin
-                .xadd(
-                    keys.send_stream(command.partition(4)),
-                    false,
-                    None,
-                    "*",
-                    vec![("c", shared::chat::encode(&command).unwrap())],
-                )
-                .await
-                .unwrap();
-        }
+    let bulk = tokio::spawn({
+        let (prefix, sender) = (s.prefix.clone(), alice.id);
+        async move { push_bulk_to(&prefix, sender, room, count).await }
     });
     let mut seqs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
