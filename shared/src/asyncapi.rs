@@ -365,7 +365,7 @@ fn with_seq(mut chat: Value) -> Value {
 }
 
 fn seq() -> Value {
-    json!({"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_i64})
+    json!({"type": "integer", "minimum": 0, "maximum": crate::chat::SEQ_LIMIT - 1})
 }
 
 fn uuid(description: &str) -> Value {

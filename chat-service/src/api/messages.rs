@@ -35,10 +35,10 @@ pub struct PageQuery {
     #[param(value_type = Option<i64>)]
     limit: Option<String>,
     /// The page just before this seq.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9007199254740991.0)]
     before: Option<String>,
     /// The page just after this seq.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9007199254740991.0)]
     after: Option<String>,
 }
 
@@ -418,7 +418,8 @@ pub async fn delete_message(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReadRequest {
-    /// The caller has read every message up to this seq.
+    /// The caller has read every message up to this seq (0 to 2^53 - 1).
+    #[schema(minimum = 0, maximum = 9007199254740991.0)]
     pub seq: i64,
 }
 
@@ -433,6 +434,7 @@ pub struct ReadRequest {
         (status = 204, description = "Stored. Read positions only move forwards and stop at the newest message."),
         (status = 403, description = "Not a member", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
+        (status = 422, description = "Invalid path or seq", body = ErrorBody),
     ))]
 pub async fn mark_read(
     State(state): State<AppState>,

@@ -138,7 +138,7 @@ pub struct SearchQuery {
     #[param(value_type = Option<i64>)]
     limit: Option<String>,
     /// With a conversation: matches older than this seq.
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9007199254740991.0)]
     before_seq: Option<String>,
     /// Without a conversation: matches older than this message (the last of the previous page).
     #[param(value_type = Option<Uuid>)]

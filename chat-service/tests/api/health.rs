@@ -26,15 +26,7 @@ async fn health_metrics_and_docs(db: PgPool) {
         .unwrap();
     assert!(metrics.contains(r#"route="/chat/rooms""#), "{metrics}");
 
-    let spec: Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec = app.openapi().await;
     for path in [
         "/chat/rooms",
         "/chat/rooms/{id}/join",

@@ -131,6 +131,17 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// The service's OpenAPI document, as served.
+    pub async fn openapi(&self) -> Value {
+        let r = self
+            .http
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+
     /// Inserts an active user and mints an access token for it.
     pub async fn user(&self, name: &str) -> User {
         let id = Uuid::now_v7();

@@ -163,6 +163,24 @@ async fn a_seq_is_refused_outside_zero_to_two_to_the_53(db: PgPool) {
         .await
         .unwrap();
     assert_eq!(stored, 1);
+
+    // The OpenAPI document states the same range.
+    let spec = app.openapi().await;
+    let largest = (too_big - 1) as f64;
+    let seq = &spec["components"]["schemas"]["ReadRequest"]["properties"]["seq"];
+    assert_eq!(
+        (seq["minimum"].as_f64(), seq["maximum"].as_f64()),
+        (Some(0.0), Some(largest))
+    );
+    let params = spec["paths"]["/chat/messages/{chat_type}/{chat_id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let before = params.iter().find(|p| p["name"] == "before").unwrap();
+    assert_eq!(
+        before["schema"]["maximum"].as_f64(),
+        Some(largest),
+        "{before}"
+    );
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
