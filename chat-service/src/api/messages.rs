@@ -434,7 +434,6 @@ pub struct ReadRequest {
         (status = 204, description = "Stored. Read positions only move forwards and stop at the newest message."),
         (status = 403, description = "Not a member", body = ErrorBody),
         (status = 404, description = "No such conversation", body = ErrorBody),
-        (status = 422, description = "Invalid path or seq", body = ErrorBody),
     ))]
 pub async fn mark_read(
     State(state): State<AppState>,

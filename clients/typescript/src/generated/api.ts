@@ -1012,7 +1012,7 @@ export interface components {
         ReadRequest: {
             /**
              * Format: int64
-             * @description The caller has read every message up to this seq.
+             * @description The caller has read every message up to this seq (0 to 2^53 - 1).
              */
             seq: number;
         };
