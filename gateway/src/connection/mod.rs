@@ -7,6 +7,7 @@ pub mod state;
 pub mod wire;
 
 use std::{
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -447,21 +448,8 @@ async fn serve(
                     return Some(closing(work));
                 }
                 wrote_since_tick = true;
-                let write = write_queued(ws, conn);
-                // While a write waits for the socket, nothing else of this loop runs (pings,
-                // the silence check): a client that stops reading with frames still due would
-                // hold its connection and queue for good. So a write (one batch of at most
-                // WRITE_BATCH frames) not done within three heartbeat intervals, the silence
-                // the contract allows, closes it as too slow. Biased: a write that
-                // finishes at once never polls (and so never registers) the timer.
-                tokio::select! {
-                    biased;
-                    r = write => if r.is_err() { return None },
-                    _ = std::future::poll_fn(|cx| conn.poll_closing(cx)) => return None,
-                    () = tokio::time::sleep(interval * 3) => {
-                        metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
-                        return Some(TOO_SLOW);
-                    }
+                if let Err(close) = within_limit(conn, interval, life.exp, write_queued(ws, conn)).await {
+                    return close;
                 }
             }
             incoming = ws.next() => {
@@ -487,8 +475,8 @@ async fn serve(
                     (WsMessage::Close(_), _) => return None,
                     // Pings are answered by tungstenite on the next flush.
                     (WsMessage::Ping(_), _) => {
-                        if ws.flush().await.is_err() {
-                            return None;
+                        if let Err(close) = within_limit(conn, interval, life.exp, ws.flush()).await {
+                            return close;
                         }
                         continue;
                     }
@@ -539,8 +527,9 @@ async fn serve(
                     metrics::counter!("gateway_dead_connections_reaped_total").increment(1);
                     return None;
                 }
-                if ws.send(WsMessage::Ping(Default::default())).await.is_err() {
-                    return None;
+                let ping = ws.send(WsMessage::Ping(Default::default()));
+                if let Err(close) = within_limit(conn, interval, life.exp, ping).await {
+                    return close;
                 }
                 // Nothing written since the last tick: give back what busier moments grew.
                 if !wrote_since_tick {
@@ -549,6 +538,43 @@ async fn serve(
                 wrote_since_tick = false;
             }
         }
+    }
+}
+
+/// Runs one of the loop's writes to the socket (queued frames, a pong, a ping) to its end, or
+/// gives up on the connection: `Err` holds the close frame to send, if any.
+///
+/// While a write waits for the socket nothing else of the loop runs (no ping, no silence
+/// check, no token expiry): a client that stops reading with anything still to be written
+/// would hold its connection and queue for good. So a write not done within three heartbeat
+/// intervals, the silence the contract allows, closes the connection as too slow (4008); one
+/// still waiting when the token expires closes it with 4001; a revocation or an overflowing
+/// queue meanwhile closes it at once. Biased: a write that finishes at once never polls (and
+/// so never registers) the timer.
+async fn within_limit(
+    conn: &ConnShared,
+    interval: Duration,
+    exp: i64,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), Option<(CloseCode, &'static str)>> {
+    let stalled = tokio::time::Instant::now() + interval * 3;
+    let expiry = instant_at(exp);
+    let (limit, expires) = if expiry < stalled {
+        (expiry, true)
+    } else {
+        (stalled, false)
+    };
+    tokio::select! {
+        biased;
+        r = write => r.map_err(|_| None),
+        why = std::future::poll_fn(|cx| conn.poll_closing(cx)) => Err(Some(closing(why))),
+        () = tokio::time::sleep_until(limit) => Err(Some(if expires {
+            metrics::counter!("gateway_token_expiry_closes_total").increment(1);
+            EXPIRED
+        } else {
+            metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
+            TOO_SLOW
+        })),
     }
 }
 

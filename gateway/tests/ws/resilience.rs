@@ -1,6 +1,7 @@
 use std::{process::Stdio, time::Duration};
 
 use fred::prelude::*;
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -133,6 +134,34 @@ async fn a_client_that_stops_reading_with_frames_due_is_closed_once_the_room_is_
         "the reader got everything"
     );
     assert_eq!(hub.connection_count(), 1, "the silent client was closed");
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_client_that_pings_and_never_reads_its_pongs_is_closed(db: PgPool) {
+    // Every ping is answered by a pong the gateway writes at once. A client that sends pings
+    // and reads nothing fills its socket's buffers with pongs, and the next pong's write
+    // waits for good: no message is due, so only a limit on every write of the connection's
+    // loop (pongs and the gateway's own pings too, not only queued frames) can tell.
+    let s = stack(db, 1, |c| c.heartbeat_interval = Duration::from_secs(1)).await;
+    let slow = s.user("slow").await;
+    let mut ws = silent_client(&s, &slow).await;
+    let hub = &s.gateways[0].gateway.hub;
+    assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 1).await);
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        let ping = tokio_tungstenite::tungstenite::Message::Ping(vec![7u8; 125].into());
+        // Once the gateway stops reading (its loop waits on a pong), the client's own
+        // buffers fill and its sends block too.
+        match tokio::time::timeout(Duration::from_millis(200), ws.send(ping)).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    assert!(sent > 100, "the gateway read some pings first ({sent})");
+    assert!(
+        eventually(Duration::from_secs(10), || hub.connection_count() == 0).await,
+        "the client that never read its pongs was closed ({sent} pings sent)"
+    );
 }
 
 /// A client of `user` on the first gateway that upgrades, then never reads a byte (its receive
