@@ -63,7 +63,7 @@ impl AuthConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let config = Self {
-            server: ServerConfig::from_env(8001)?,
+            server: ServerConfig::from_env(8001, 75)?,
             database: DatabaseConfig::from_env()?,
             redis: RedisConfig::from_env()?,
             jwt: JwtConfig::from_env()?,

@@ -72,6 +72,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    header_timeout: Duration,
     purge: tokens::RefreshTokens,
 }
 
@@ -152,11 +153,12 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
             },
         );
-        let (listener, port) = shared::http::bind(&config.server).await?;
+        let (listener, port) = shared::server::bind(&config.server).await?;
         Ok(Self {
             listener,
             router,
             port,
+            header_timeout: config.server.header_timeout,
             purge: refresh_tokens,
         })
     }
@@ -181,7 +183,7 @@ impl Application {
             }
         });
         tracing::info!(port = self.port, "auth-service listening");
-        let served = shared::http::serve(self.listener, self.router).await;
+        let served = shared::server::serve(self.listener, self.router, self.header_timeout).await;
         purger.abort();
         served
     }

@@ -81,7 +81,7 @@ impl ChatConfig {
             }
         }
         Ok(Self {
-            server: ServerConfig::from_env(8002)?,
+            server: ServerConfig::from_env(8002, 75)?,
             database: DatabaseConfig::from_env()?,
             redis: RedisConfig::from_env()?,
             jwt: JwtConfig::from_env()?,

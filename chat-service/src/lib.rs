@@ -121,6 +121,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    header_timeout: Duration,
     /// The send-stream partitions this replica persists, when it takes sends (`SEND_WORKER`).
     partitions: Option<partitions::Partitions>,
     notifier: Option<notify::Notifier>,
@@ -240,11 +241,12 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
             },
         );
-        let (listener, port) = shared::http::bind(&config.server).await?;
+        let (listener, port) = shared::server::bind(&config.server).await?;
         Ok(Self {
             listener,
             router,
             port,
+            header_timeout: config.server.header_timeout,
             partitions,
             notifier,
             clean_up: (db_for_clean_up, files),
@@ -276,7 +278,7 @@ impl Application {
             Duration::from_secs(300),
             stopped.clone(),
         ));
-        let served = shared::http::serve(self.listener, self.router).await;
+        let served = shared::server::serve(self.listener, self.router, self.header_timeout).await;
         let _ = stop.send(true);
         if let Some(p) = partitions {
             let _ = p.await;

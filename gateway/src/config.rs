@@ -91,7 +91,7 @@ impl GatewayConfig {
         let grace: u64 = config::parsed("SHUTDOWN_GRACE_SECONDS", 20)?;
         let spread: u64 = config::parsed("SHUTDOWN_SPREAD_SECONDS", 10)?;
         let c = Self {
-            server: ServerConfig::from_env(8003)?,
+            server: ServerConfig::from_env(8003, 10)?,
             redis: RedisConfig::from_env()?,
             jwt: JwtConfig::from_env()?,
             allowed_origins: config::allowed_origins()?,

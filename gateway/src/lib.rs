@@ -206,7 +206,7 @@ impl Application {
                 max_body_bytes: 64 * 1024,
             },
         );
-        let (listener, port) = shared::http::bind(&config.server).await?;
+        let (listener, port) = shared::server::bind(&config.server).await?;
         Ok(Self {
             listener,
             router,
@@ -261,15 +261,15 @@ impl Application {
             tokio::spawn(self.writer.run()),
         ];
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let served = axum::serve(
-            shared::http::without_delay(self.listener),
-            self.router
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        let served = shared::server::serve_until(
+            self.listener,
+            self.router,
+            gw.config.server.header_timeout,
+            async move {
+                stop.await;
+                let _ = stopping_tx.send(());
+            },
         )
-        .with_graceful_shutdown(async move {
-            stop.await;
-            let _ = stopping_tx.send(());
-        })
         .await;
         let _ = stopping_rx.await;
         tracing::info!(

@@ -9,10 +9,8 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use hyper_util::{
-    rt::TokioIo,
-    server::conn::auto::upgrade::{downcast, Parts},
-};
+use hyper::upgrade::Parts;
+use hyper_util::rt::TokioIo;
 use shared::ApiError;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -210,7 +208,7 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
     let gateway = gw.clone();
     tokio::spawn(async move {
         let socket = match on_upgrade.await {
-            Ok(upgraded) => downcast::<TokioIo<TcpStream>>(upgraded).map_err(|_| {
+            Ok(upgraded) => upgraded.downcast::<TokioIo<TcpStream>>().map_err(|_| {
                 tracing::error!("an upgraded connection is not a TCP stream; closed");
             }),
             Err(e) => {

@@ -112,7 +112,7 @@ pub fn send_partitions() -> Result<u16, ConfigError> {
     Ok(n)
 }
 
-/// Where a service listens: `HOST` and `PORT`.
+/// Where a service listens: `HOST` and `PORT`, and how its accept loop treats connections.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `HOST`, the address to bind (default `0.0.0.0`).
@@ -122,14 +122,29 @@ pub struct ServerConfig {
     /// `READY_GRACE_SECONDS`: how long Postgres or Redis may fail before `/health/ready` says
     /// so (default 30; see [`crate::health`]).
     pub ready_grace: std::time::Duration,
+    /// `HTTP_HEADER_TIMEOUT_SECONDS`: how long a connection may take to deliver a request's
+    /// head once it is ready for one (accepted, or its last response sent) before it is closed;
+    /// idle keep-alive connections end with it too (see [`crate::server`]). The default is the
+    /// service's own.
+    pub header_timeout: std::time::Duration,
 }
 
 impl ServerConfig {
-    pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+    /// Reads the settings, with `default_port` and `default_header_timeout` (seconds) for the
+    /// service.
+    pub fn from_env(default_port: u16, default_header_timeout: u64) -> Result<Self, ConfigError> {
+        let header_timeout: u64 = parsed("HTTP_HEADER_TIMEOUT_SECONDS", default_header_timeout)?;
+        if header_timeout == 0 {
+            return Err(ConfigError::new(
+                "HTTP_HEADER_TIMEOUT_SECONDS",
+                "is invalid: must be at least 1",
+            ));
+        }
         Ok(Self {
             host: string("HOST", "0.0.0.0")?,
             port: parsed("PORT", default_port)?,
             ready_grace: std::time::Duration::from_secs(parsed("READY_GRACE_SECONDS", 30)?),
+            header_timeout: std::time::Duration::from_secs(header_timeout),
         })
     }
 
@@ -139,6 +154,7 @@ impl ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,
             ready_grace: std::time::Duration::from_secs(30),
+            header_timeout: std::time::Duration::from_secs(75),
         }
     }
 

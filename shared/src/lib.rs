@@ -8,6 +8,7 @@
 //! - [`limits`] — per-user token buckets and quotas in Redis; [`lua`] — the scripts behind them (and every other one), run by hash.
 //! - [`db`], [`redis`] — connection pools, migrations, readiness waits.
 //! - [`http`] — the layers every REST router gets (CORS, body limit, JSON 404/405, metrics, request tracing).
+//! - [`server`] — every service's accept loop (binding, `TCP_NODELAY`, the header read timeout, graceful stop).
 //! - [`health`], [`metrics`], [`telemetry`], [`shutdown`] — operations plumbing.
 //! - `storage` (feature `storage`) — object storage (S3 or a local directory) and images.
 
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod presence;
 pub mod redis;
 pub mod revocation;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 #[cfg(feature = "storage")]
