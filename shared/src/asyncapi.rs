@@ -202,7 +202,7 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "synced",
-            "The answer to `sync`: per position, the messages after it that this connection has not already had, ascending (at most 500 each, 5,000 in all; `has_more` marks a position cut short).",
+            "The answer to `sync`: per position, the messages after it that this connection has not already had, ascending (at most 500 each, 5,000 and about 4 MiB in all, positions filled in order; `has_more` marks a position cut short).",
             object(
                 &[(
                     "results",

@@ -167,6 +167,26 @@ pub struct Reaction {
 }
 
 impl Message {
+    /// About how many bytes the message's JSON takes: its fixed fields (ids, times, names),
+    /// its content, mentions, reactions and attachment. An estimate for budgets, never less
+    /// than the encoding by more than the escapes in its strings.
+    pub fn approx_encoded_len(&self) -> usize {
+        const FIXED: usize = 520;
+        FIXED
+            + self.content.len()
+            + self.client_id.as_ref().map_or(0, String::len)
+            + self.mentions.len() * 39
+            + self
+                .reactions
+                .iter()
+                .map(|r| r.emoji.len() + 40)
+                .sum::<usize>()
+            + self
+                .attachment
+                .as_ref()
+                .map_or(0, |a| a.filename.len() + a.content_type.len() + 140)
+    }
+
     /// The conversation's `chat_id` as `viewer` sees it: the room or group id, or for a
     /// private chat the other user's id.
     pub fn chat_id_for(&self, viewer: Uuid) -> Option<Uuid> {

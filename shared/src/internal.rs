@@ -97,7 +97,18 @@ pub struct SyncPosition {
     pub seq: i64,
 }
 
-/// `POST /internal/sync`
+/// The most messages one `synced` frame carries.
+pub const SYNC_PER_FRAME: usize = 5000;
+
+/// About the most bytes of messages one `synced` frame carries (their JSON encoding, estimated
+/// by [`Message::approx_encoded_len`]). 5,000 messages of the longest content would be some
+/// 80 MB, held by chat-service, the gateway and the client's queue at once, for every sync a
+/// client cares to repeat: a sync that reaches this much stops there, and `has_more` marks
+/// every position cut short, as with the message count.
+pub const SYNC_FRAME_BYTES: usize = 4 << 20;
+
+/// `POST /internal/sync`: answered within [`SYNC_PER_FRAME`] and [`SYNC_FRAME_BYTES`] in all,
+/// taking positions in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub user_id: Uuid,

@@ -9,7 +9,7 @@ use shared::{
     extract::{ApiJson, ApiPath},
     internal::{
         Membership, ReadRequest, RepairRequest, RepairResponse, RepairResult, ServiceCaller,
-        SyncRequest, SyncResponse, SyncResult, UserConversations,
+        SyncRequest, SyncResponse, SyncResult, UserConversations, SYNC_FRAME_BYTES, SYNC_PER_FRAME,
     },
     ApiError, ApiResult,
 };
@@ -88,6 +88,9 @@ pub async fn sync(
 ) -> ApiResult<Json<SyncResponse>> {
     let limit = req.limit.clamp(1, MAX_LIMIT);
     let mut results = Vec::with_capacity(req.positions.len());
+    // What is left of the frame's budget: messages and (about) bytes.
+    let mut count_left = SYNC_PER_FRAME;
+    let mut bytes_left = SYNC_FRAME_BYTES;
     for p in req.positions {
         let mut result = SyncResult {
             chat_type: p.chat_type,
@@ -99,12 +102,25 @@ pub async fn sync(
         };
         match conversation::for_reading(&state.db, req.user_id, p.chat_type, p.chat_id).await {
             Ok(Some(c)) => {
-                let mut page =
-                    messages::page(&state, c.id, limit, None, Some(p.seq.max(0))).await?;
-                crate::api::enrich(&state, req.user_id, &mut page.messages).await?;
+                let after = p.seq.max(0);
                 result.conversation_id = Some(c.id);
-                result.messages = page.messages;
-                result.has_more = page.has_more;
+                if count_left == 0 || bytes_left == 0 {
+                    // The frame is full: nothing more is read, and the position is cut short
+                    // if anything follows it.
+                    result.has_more = messages::any_after(&state.db, c.id, after).await?;
+                } else {
+                    let take = limit.min(i64::try_from(count_left).unwrap_or(MAX_LIMIT));
+                    let mut page = messages::page(&state, c.id, take, None, Some(after)).await?;
+                    crate::api::enrich(&state, req.user_id, &mut page.messages).await?;
+                    let kept = within_bytes(&page.messages, &mut bytes_left);
+                    if kept < page.messages.len() {
+                        page.messages.truncate(kept);
+                        page.has_more = true;
+                    }
+                    count_left -= kept;
+                    result.messages = page.messages;
+                    result.has_more = page.has_more;
+                }
             }
             Ok(None) => {}
             Err(e) if e.status.is_server_error() => return Err(e),
@@ -122,6 +138,22 @@ pub async fn sync(
         results.push(result);
     }
     Ok(Json(SyncResponse { results }))
+}
+
+/// How many of `messages` fit in `bytes_left` (which they then use up); once it is spent, none.
+fn within_bytes(messages: &[shared::chat::Message], bytes_left: &mut usize) -> usize {
+    let mut kept = 0;
+    for m in messages {
+        let size = m.approx_encoded_len();
+        if size > *bytes_left {
+            // The budget is spent: later positions get nothing more.
+            *bytes_left = 0;
+            break;
+        }
+        *bytes_left -= size;
+        kept += 1;
+    }
+    kept
 }
 
 /// `POST /internal/repair`: each conversation's last seq and the messages after a seq.

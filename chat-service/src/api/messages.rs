@@ -95,6 +95,17 @@ pub async fn history(
     Ok(Json(page))
 }
 
+/// Whether the conversation holds a message after `seq`.
+pub async fn any_after(db: &sqlx::PgPool, conversation_id: Uuid, seq: i64) -> ApiResult<bool> {
+    let last = sqlx::query_scalar!(
+        "SELECT last_seq FROM conversations WHERE id = $1",
+        conversation_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(last.is_some_and(|last| last > seq))
+}
+
 /// Reads one page: `after` walks forwards, otherwise backwards from `before` (or the end).
 pub async fn page(
     state: &AppState,

@@ -81,8 +81,6 @@ const ABUSE_LIMIT: u32 = 60;
 const MAX_SYNC_POSITIONS: usize = 100;
 /// The most messages per position of a `sync`.
 const SYNC_PER_POSITION: i64 = 500;
-/// The most messages one `synced` frame carries.
-const SYNC_PER_FRAME: usize = 5000;
 /// `mark_read` frames per second per connection (bursts as large).
 const MARK_READ_RATE: u32 = 10;
 /// How long a closing connection waits for the client's close frame.
@@ -888,7 +886,7 @@ async fn sync(
     let mut synced = Vec::with_capacity(results.len());
     let mut batch_max: Vec<(Uuid, i64, bool, i64)> = Vec::new();
     // What is left of the frame's SYNC_PER_FRAME messages.
-    let mut room = SYNC_PER_FRAME;
+    let mut room = shared::internal::SYNC_PER_FRAME;
     for (r, position) in results.into_iter().zip(&positions) {
         let mut messages = r.messages;
         let mut has_more = r.has_more;

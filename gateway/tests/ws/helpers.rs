@@ -473,3 +473,45 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     }
     check()
 }
+
+/// A client of the tests' Redis.
+pub async fn redis() -> fred::prelude::Client {
+    use fred::prelude::*;
+    let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+/// `count` sends of `chars` characters from `sender` to `room`, straight onto the send stream
+/// (no rate limit, no socket): what a busy room brings.
+pub async fn push_bulk(prefix: &str, sender: Uuid, room: Uuid, count: i64, chars: usize) {
+    use fred::prelude::*;
+    let admin = redis().await;
+    let keys = shared::keys::Keys::new(prefix.to_owned());
+    for i in 0..count {
+        let command = shared::chat::SendCommand {
+            user_id: sender,
+            session_id: "bulk".into(),
+            client_id: format!("bulk-{room}-{i}"),
+            chat_type: shared::chat::ChatType::Room,
+            chat_id: room,
+            content: "x".repeat(chars),
+            message_type: shared::chat::MessageType::Text,
+            reply_to_id: None,
+            attachment_id: None,
+            traceparent: None,
+        };
+        let _: String = admin
+            .xadd(
+                keys.send_stream(command.partition(4)),
+                false,
+                None,
+                "*",
+                vec![("c", shared::chat::encode(&command).unwrap())],
+            )
+            .await
+            .unwrap();
+    }
+}

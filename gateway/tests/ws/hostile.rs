@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{stack, Client};
+use crate::helpers::{push_bulk, stack, Client};
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn control_characters_are_invalid_payload_and_the_socket_stays(db: PgPool) {
@@ -218,6 +218,95 @@ async fn sync_is_bounded(db: PgPool) {
     // Once it is done, another is taken.
     c.send("sync", json!({ "positions": [] })).await;
     c.expect("synced").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_sync_stops_at_the_frames_byte_budget(db: PgPool) {
+    // 500 messages of the longest content in each of two rooms (about 4.5 MB as JSON): within
+    // the contract's counts (500 a position, 5,000 a frame), but past the frame's byte budget.
+    // Without one, a client repeating such a sync on each of its sockets made chat-service and
+    // the gateway hold some 80 MB per sync at the longest content.
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let rooms = [
+        s.room(&alice, "a", &[]).await,
+        s.room(&alice, "b", &[]).await,
+        s.room(&alice, "c", &[]).await,
+        s.room(&alice, "d", &[]).await,
+    ];
+    push_bulk(&s.prefix, alice.id, rooms[0], 500, 4000).await;
+    push_bulk(&s.prefix, alice.id, rooms[1], 500, 4000).await;
+    s.send_rest(&alice, &format!("room/{}", rooms[2]), "one")
+        .await;
+    for room in &rooms[..2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let page = s
+                .rest(
+                    &alice,
+                    reqwest::Method::GET,
+                    &format!("/chat/messages/room/{room}?limit=1"),
+                    serde_json::Value::Null,
+                )
+                .await;
+            if page["messages"][0]["seq"] == 500 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "500 persisted");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut c = s.connect(0, &alice).await;
+    let position =
+        |room: &uuid::Uuid, seq: i64| json!({"chat_type": "room", "chat_id": room, "seq": seq});
+    let mut got: Vec<Vec<i64>> = vec![Vec::new(); 4];
+    let mut at = [0i64; 4];
+    let mut syncs = 0;
+    loop {
+        c.send(
+            "sync",
+            json!({ "positions": rooms.iter().zip(at).map(|(r, seq)| position(r, seq)).collect::<Vec<_>>() }),
+        )
+        .await;
+        let frame = c.expect("synced").await;
+        syncs += 1;
+        let size = frame.to_string().len();
+        assert!(
+            size <= shared::internal::SYNC_FRAME_BYTES,
+            "a synced frame of {size} bytes"
+        );
+        let results = frame["data"]["results"].as_array().unwrap();
+        let mut more = false;
+        for (i, r) in results.iter().enumerate() {
+            for m in r["messages"].as_array().unwrap() {
+                got[i].push(m["seq"].as_i64().unwrap());
+            }
+            at[i] = got[i].last().copied().unwrap_or(at[i]);
+            more |= r["has_more"] == true;
+        }
+        if syncs == 1 {
+            // The first room whole, the second cut short, the third not read but marked, the
+            // fourth (nothing in it) not marked.
+            assert_eq!(got[0].len(), 500);
+            assert_eq!(results[0]["has_more"], false);
+            assert!(got[1].len() < 500 && !got[1].is_empty(), "{}", got[1].len());
+            assert_eq!(results[1]["has_more"], true);
+            assert!(got[2].is_empty());
+            assert_eq!(results[2]["has_more"], true);
+            assert_eq!(results[3]["has_more"], false);
+        }
+        if !more {
+            break;
+        }
+        assert!(syncs < 5, "the rest comes in a few more syncs");
+    }
+    for (i, want) in [500, 500, 1, 0].into_iter().enumerate() {
+        assert_eq!(
+            got[i],
+            (1..=want).collect::<Vec<_>>(),
+            "room {i}: each once, in order"
+        );
+    }
 }
 
 /// A private chat that begins while both users are connected is live on both sides at once:

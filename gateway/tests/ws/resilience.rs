@@ -6,15 +6,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, message_seqs, redis_url, stack, Client, Stack, SECRET};
-
-async fn redis() -> fred::prelude::Client {
-    let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
-        .build()
-        .unwrap();
-    c.init().await.unwrap();
-    c
-}
+use crate::helpers::{
+    eventually, message_seqs, push_bulk, redis, redis_url, stack, Client, Stack, SECRET,
+};
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_redis_reconnect_loses_nothing(db: PgPool) {
@@ -117,7 +111,7 @@ async fn a_client_that_stops_reading_with_frames_due_is_closed_once_the_room_is_
     let hub = &s.gateways[0].gateway.hub;
     assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 2).await);
 
-    push_bulk(&s, alice.id, room, 300).await;
+    push_bulk(&s.prefix, alice.id, room, 300, 3500).await;
     // The reader keeps reading (and answering pings) while the silent one is judged.
     let mut seqs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -183,40 +177,6 @@ async fn silent_client(
     ws
 }
 
-async fn push_bulk(s: &Stack, sender: Uuid, room: Uuid, count: i64) {
-    push_bulk_to(&s.prefix, sender, room, count).await;
-}
-
-/// `count` sends of 3,500 characters from `sender` to `room`, straight onto the send stream.
-async fn push_bulk_to(prefix: &str, sender: Uuid, room: Uuid, count: i64) {
-    let admin = redis().await;
-    let keys = shared::keys::Keys::new(prefix.to_owned());
-    for i in 0..count {
-        let command = shared::chat::SendCommand {
-            user_id: sender,
-            session_id: "bulk".into(),
-            client_id: format!("bulk-{i}"),
-            chat_type: shared::chat::ChatType::Room,
-            chat_id: room,
-            content: "x".repeat(3500),
-            message_type: shared::chat::MessageType::Text,
-            reply_to_id: None,
-            attachment_id: None,
-            traceparent: None,
-        };
-        let _: String = admin
-            .xadd(
-                keys.send_stream(command.partition(4)),
-                false,
-                None,
-                "*",
-                vec![("c", shared::chat::encode(&command).unwrap())],
-            )
-            .await
-            .unwrap();
-    }
-}
-
 /// A member that upgrades and then never reads a byte, while `count` large messages go to its
 /// room: the reading member gets every one, in order, and the silent one is closed.
 async fn never_reading_client_is_closed(s: Stack, count: i64) {
@@ -233,7 +193,7 @@ async fn never_reading_client_is_closed(s: Stack, count: i64) {
     // they go out (a reader that waited for the last send would itself be a slow consumer).
     let bulk = tokio::spawn({
         let (prefix, sender) = (s.prefix.clone(), alice.id);
-        async move { push_bulk_to(&prefix, sender, room, count).await }
+        async move { push_bulk(&prefix, sender, room, count, 3500).await }
     });
     let mut seqs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
