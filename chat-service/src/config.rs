@@ -37,6 +37,8 @@ pub struct ChatConfig {
     pub send_rate: shared::limits::Rate,
     /// Creation quotas per user.
     pub quotas: Quotas,
+    /// `SEARCH_RATE_PER_SECOND`, `SEARCH_BURST`, `SEARCH_MAX_IN_FLIGHT`.
+    pub search: SearchLimits,
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).
     pub internal_max_in_flight: usize,
@@ -46,6 +48,50 @@ pub struct ChatConfig {
     pub storage: shared::storage::StorageConfig,
     /// `MAX_UPLOAD_BYTES`, `ALLOWED_UPLOAD_TYPES` and the URLs' lives.
     pub uploads: shared::storage::UploadLimits,
+}
+
+/// What searching may cost: each query can read thousands of rows, so one user's rate
+/// (`SEARCH_RATE_PER_SECOND`, default 2, bursts of `SEARCH_BURST`, default 10: 429 past it)
+/// and the searches one process runs at once (`SEARCH_MAX_IN_FLIGHT`, default 4: 503 `busy`
+/// past it) are bounded, so searching never takes the database from sends and history.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchLimits {
+    pub rate: shared::limits::Rate,
+    pub max_in_flight: usize,
+}
+
+impl Default for SearchLimits {
+    fn default() -> Self {
+        Self {
+            rate: shared::limits::Rate {
+                per_second: 2,
+                burst: 10,
+            },
+            max_in_flight: 4,
+        }
+    }
+}
+
+impl SearchLimits {
+    fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let per_second = config::parsed("SEARCH_RATE_PER_SECOND", d.rate.per_second)?;
+        let burst = config::parsed("SEARCH_BURST", d.rate.burst)?;
+        let max_in_flight = config::parsed("SEARCH_MAX_IN_FLIGHT", d.max_in_flight)?;
+        for (name, v) in [
+            ("SEARCH_RATE_PER_SECOND", per_second as usize),
+            ("SEARCH_BURST", burst as usize),
+            ("SEARCH_MAX_IN_FLIGHT", max_in_flight),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
+            }
+        }
+        Ok(Self {
+            rate: shared::limits::Rate { per_second, burst },
+            max_in_flight,
+        })
+    }
 }
 
 /// How much one user may create (`ROOMS_PER_HOUR`, default 10; `GROUPS_PER_HOUR`, default 30),
@@ -104,6 +150,7 @@ impl ChatConfig {
                 max_deliveries: config::parsed::<u64>("SEND_MAX_DELIVERIES", 10)?.max(2),
             },
             send_rate: config::send_rate()?,
+            search: SearchLimits::from_env()?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
             webhook: crate::notify::WebhookConfig::from_env()?,
             storage: shared::storage::StorageConfig::from_env()?,

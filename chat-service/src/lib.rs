@@ -51,6 +51,8 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub revocations: Arc<Revocations>,
     pub internal_slots: shared::internal::InternalSlots,
+    /// Searches this process runs at once (`SEARCH_MAX_IN_FLIGHT`).
+    pub search_slots: Arc<tokio::sync::Semaphore>,
     pub config: Arc<ChatConfig>,
     /// Object storage for attachments.
     pub files: attachments::Files,
@@ -81,6 +83,20 @@ impl AppState {
             &self.redis,
             self.config.send_rate,
             self.publisher.keys().send_rate(user),
+            "send",
+            "too many messages; slow down",
+        )
+        .await
+    }
+
+    /// Takes one token from `user`'s search bucket: 429 past it.
+    pub async fn search_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        shared::limits::take_one(
+            &self.redis,
+            self.config.search.rate,
+            self.publisher.keys().search_rate(user),
+            "search",
+            "too many searches; slow down",
         )
         .await
     }
@@ -216,6 +232,7 @@ impl Application {
             jwt,
             revocations,
             internal_slots: shared::internal::InternalSlots::new(config.internal_max_in_flight),
+            search_slots: Arc::new(tokio::sync::Semaphore::new(config.search.max_in_flight)),
             config: Arc::new(config.clone()),
             files: files.clone(),
         };

@@ -115,6 +115,11 @@ impl Keys {
         format!("{}rate:send:{{{}}}", self.prefix, user_id)
     }
 
+    /// The search token bucket of one user, shared by every chat-service replica.
+    pub fn search_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:search:{{{}}}", self.prefix, user_id)
+    }
+
     /// A fixed-window quota: `kind` (`rooms`, `groups`, `register`) for one subject (a user
     /// id or a client address).
     pub fn quota(&self, kind: &str, subject: &str) -> String {

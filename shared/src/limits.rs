@@ -114,14 +114,21 @@ async fn take_in_one_slot(
         .collect())
 }
 
-/// One token from one bucket: `Ok` or 429 `rate_limited` with `Retry-After`.
-pub async fn take_one(redis: &Client, rate: Rate, key: String) -> Result<(), ApiError> {
+/// One token from one bucket: `Ok` or 429 `rate_limited` with `Retry-After` and `detail`;
+/// `limit` labels `rate_limited_total` (`send`, `search`).
+pub async fn take_one(
+    redis: &Client,
+    rate: Rate,
+    key: String,
+    limit: &'static str,
+    detail: &str,
+) -> Result<(), ApiError> {
     let granted = take(redis, rate, &[(key, 1)]).await?;
     if granted.first().copied().unwrap_or(0) >= 1 {
         Ok(())
     } else {
-        metrics::counter!("rate_limited_total", "limit" => "send").increment(1);
-        let mut e = ApiError::too_many_requests("too many messages; slow down", 1);
+        metrics::counter!("rate_limited_total", "limit" => limit).increment(1);
+        let mut e = ApiError::too_many_requests(detail, 1);
         e.code = "rate_limited";
         Err(e)
     }

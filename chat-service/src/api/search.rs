@@ -170,6 +170,8 @@ enum Scope {
         (status = 403, description = "Not a member of the group", body = ErrorBody),
         (status = 404, description = "No such room, group or user", body = ErrorBody),
         (status = 422, description = "Invalid parameters: `q` missing, too long, too many words or without a letter or digit; `chat_type` without `chat_id`; `before_seq` without a conversation", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: more searches than the user's rate (2 a second, bursts of 10, by default); `Retry-After` says when to try again", body = ErrorBody),
+        (status = 503, description = "`busy`: the service is running as many searches as it takes at once; or a dependency (Postgres, Redis) is unavailable. Retry after `Retry-After`", body = ErrorBody),
     ))]
 pub async fn search(
     State(state): State<AppState>,
@@ -238,6 +240,13 @@ pub async fn search(
             ))
         }
     };
+    // Checked once the request is known to be good: a malformed one costs no token. The slot
+    // is held until the answer is built.
+    state.search_rate(caller.user_id).await?;
+    let _slot = state.search_slots.try_acquire().map_err(|_| {
+        metrics::counter!("chat_searches_shed_total").increment(1);
+        ApiError::unavailable("busy", "too many searches at once; retry shortly")
+    })?;
 
     let take = limit + 1;
     // Two plans, chosen by [`from_index`] from the planner's estimate of the query's matches

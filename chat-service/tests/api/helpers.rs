@@ -66,6 +66,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         },
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
+        search: chat_service::config::SearchLimits::default(),
         webhook: None,
         // A directory of this test's own: the local store, served by chat-service.
         storage: shared::storage::StorageConfig::Local {

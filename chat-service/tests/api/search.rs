@@ -394,3 +394,50 @@ async fn the_pending_list_is_merged_off_the_send_path(db: PgPool) {
         "no index: nothing to do, no error"
     );
 }
+
+/// Searching can read thousands of rows a query: each user has a rate (429 past it, with
+/// `Retry-After`), others keep theirs, and a malformed query costs no token.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn searches_are_limited_per_user(db: PgPool) {
+    let app = crate::helpers::spawn_app_with(db, &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.search.rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 3,
+        }
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    for _ in 0..5 {
+        let r = app.get(&alice, "/chat/search?q=%21%21").await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    for _ in 0..3 {
+        search(&app, &alice, "q=hello").await;
+    }
+    let r = app.get(&alice, "/chat/search?q=hello").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    search(&app, &bob, "q=hello").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    search(&app, &alice, "q=hello").await;
+}
+
+/// Past `SEARCH_MAX_IN_FLIGHT` searches at once, a search is refused at once (503 `busy`,
+/// `Retry-After`) rather than queued for the database; history still answers.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn searches_past_the_bound_are_shed(db: PgPool) {
+    let app = crate::helpers::spawn_app_with(db, &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.search.max_in_flight = 0
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let r = app.get(&alice, "/chat/search?q=hello").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "busy").await;
+    let r = app
+        .get(&alice, &format!("/chat/messages/room/{room}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}

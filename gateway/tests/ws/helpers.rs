@@ -143,6 +143,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         send_rate,
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
+        search: chat_service::config::SearchLimits::default(),
         webhook: None,
         // A directory of this test's own: the local store, served by chat-service.
         storage: shared::storage::StorageConfig::Local {

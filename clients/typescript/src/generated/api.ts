@@ -4771,7 +4771,16 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
+            /** @description `rate_limited`: more searches than the user's rate (2 a second, bursts of 10, by default); `Retry-After` says when to try again */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `busy`: the service is running as many searches as it takes at once; or a dependency (Postgres, Redis) is unavailable. Retry after `Retry-After` */
             503: {
                 headers: {
                     [name: string]: unknown;
