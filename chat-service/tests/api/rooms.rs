@@ -45,6 +45,28 @@ async fn create_list_join_leave_and_members(db: PgPool) {
         assert_eq!(room["member_count"], 2, "joining twice counts once");
         assert_eq!(room["is_member"], true);
     }
+    // The list counts and places each caller the same way, another room beside it.
+    app.post(&alice, "/chat/rooms", json!({"name": "quiet"}))
+        .await;
+    let rooms: Vec<Value> = app.get(&bob, "/chat/rooms").await.json().await.unwrap();
+    let seen: Vec<(&str, i64, bool, &Value)> = rooms
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["member_count"].as_i64().unwrap(),
+                r["is_member"].as_bool().unwrap(),
+                &r["my_role"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("General", 2, true, &json!("member")),
+            ("quiet", 1, false, &Value::Null)
+        ]
+    );
     let members: Vec<Value> = app
         .get(&bob, &format!("/chat/rooms/{id}/members"))
         .await
@@ -67,6 +89,8 @@ async fn create_list_join_leave_and_members(db: PgPool) {
     let rooms: Vec<Value> = app.get(&bob, "/chat/rooms").await.json().await.unwrap();
     assert_eq!(rooms[0]["member_count"], 1);
     assert_eq!(rooms[0]["is_member"], false);
+    let rooms: Vec<Value> = app.get(&alice, "/chat/rooms").await.json().await.unwrap();
+    assert_eq!(rooms[0]["my_role"], "owner");
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
