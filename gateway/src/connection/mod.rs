@@ -409,6 +409,8 @@ async fn serve(
     let interval = gw.config.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
+    // The token's expiry as an instant, for a write that waits past it.
+    let mut expiry = instant_at(life.exp);
     // A first line before the user's shared bucket in Redis: one socket never gets more than
     // the whole user's budget, so a flood from one socket costs no Redis work.
     let mut sends = Bucket::new(gw.config.send_rate.per_second, gw.config.send_rate.burst);
@@ -446,8 +448,11 @@ async fn serve(
                     return Some(closing(work));
                 }
                 wrote_since_tick = true;
-                if let Err(close) = within_limit(conn, interval, life.exp, write_queued(ws, conn)).await {
-                    return close;
+                match within_limit(conn, interval, expiry, write_queued(ws, conn)).await {
+                    // The client read what waited for it: it is there, if silent.
+                    Ok(true) => last_heard = Instant::now(),
+                    Ok(false) => {}
+                    Err(close) => return close,
                 }
             }
             incoming = ws.next() => {
@@ -473,7 +478,7 @@ async fn serve(
                     (WsMessage::Close(_), _) => return None,
                     // Pings are answered by tungstenite on the next flush.
                     (WsMessage::Ping(_), _) => {
-                        if let Err(close) = within_limit(conn, interval, life.exp, ws.flush()).await {
+                        if let Err(close) = within_limit(conn, interval, expiry, ws.flush()).await {
                             return close;
                         }
                         continue;
@@ -487,6 +492,7 @@ async fn serve(
                         match reauth(gw, conn, &r.token) {
                             Ok(new_exp) => {
                                 life = TokenLife { exp: new_exp, noticed: false, ..life };
+                                expiry = instant_at(new_exp);
                                 token_timer.as_mut().reset(life.due());
                                 reply(conn, "reauthed", &ExpiresAt { expires_at: rfc3339(new_exp) });
                                 Ok(())
@@ -526,7 +532,7 @@ async fn serve(
                     return None;
                 }
                 let ping = ws.send(WsMessage::Ping(Default::default()));
-                if let Err(close) = within_limit(conn, interval, life.exp, ping).await {
+                if let Err(close) = within_limit(conn, interval, expiry, ping).await {
                     return close;
                 }
                 // Nothing written since the last tick: give back what busier moments grew.
@@ -540,39 +546,53 @@ async fn serve(
 }
 
 /// Runs one of the loop's writes to the socket (queued frames, a pong, a ping) to its end, or
-/// gives up on the connection: `Err` holds the close frame to send, if any.
+/// gives up on the connection: `Err` holds the close frame to send, if any; `Ok(true)` says the
+/// write had to wait for the client to read.
 ///
 /// While a write waits for the socket nothing else of the loop runs (no ping, no silence
 /// check, no token expiry): a client that stops reading with anything still to be written
-/// would hold its connection and queue for good. So a write not done within three heartbeat
-/// intervals, the silence the contract allows, closes the connection as too slow (4008); one
-/// still waiting when the token expires closes it with 4001; a revocation or an overflowing
-/// queue meanwhile closes it at once. Biased: a write that finishes at once never polls (and
-/// so never registers) the timer.
+/// would hold its connection and queue for good. So a write during which the socket takes
+/// nothing for three heartbeat intervals, the silence the contract allows, closes the
+/// connection as too slow (4008); one still waiting when the token expires (`expiry`) closes
+/// it with 4001; a revocation or an overflowing queue meanwhile closes it at once. A client
+/// that reads slowly but steadily (a large `synced` frame over a slow link) keeps its
+/// connection however long the write takes. A write the socket takes at once (nearly all)
+/// costs no timer.
 async fn within_limit(
     conn: &ConnShared,
     interval: Duration,
-    exp: i64,
+    expiry: tokio::time::Instant,
     write: impl Future<Output = Result<(), WsError>>,
-) -> Result<(), Option<(CloseCode, &'static str)>> {
-    let stalled = tokio::time::Instant::now() + interval * 3;
-    let expiry = instant_at(exp);
-    let (limit, expires) = if expiry < stalled {
-        (expiry, true)
-    } else {
-        (stalled, false)
-    };
-    tokio::select! {
-        biased;
-        r = write => r.map_err(|_| None),
-        why = std::future::poll_fn(|cx| conn.poll_closing(cx)) => Err(Some(closing(why))),
-        () = tokio::time::sleep_until(limit) => Err(Some(if expires {
-            metrics::counter!("gateway_token_expiry_closes_total").increment(1);
-            EXPIRED
-        } else {
-            metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
-            TOO_SLOW
-        })),
+) -> Result<bool, Option<(CloseCode, &'static str)>> {
+    tokio::pin!(write);
+    if let std::task::Poll::Ready(r) =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return r.map(|()| false).map_err(|_| None);
+    }
+    let stall = interval * 3;
+    let mut check = tokio::time::Instant::now() + stall;
+    loop {
+        let expires = expiry <= check;
+        tokio::select! {
+            biased;
+            r = &mut write => return r.map(|()| true).map_err(|_| None),
+            why = std::future::poll_fn(|cx| conn.poll_closing(cx)) => return Err(Some(closing(why))),
+            () = tokio::time::sleep_until(if expires { expiry } else { check }) => {
+                if expires {
+                    metrics::counter!("gateway_token_expiry_closes_total").increment(1);
+                    return Err(Some(EXPIRED));
+                }
+                // Stalled only if the socket took nothing over the last `stall`.
+                match conn.progressed().map(tokio::time::Instant::from_std) {
+                    Some(at) if at + stall > tokio::time::Instant::now() => check = at + stall,
+                    _ => {
+                        metrics::counter!("gateway_slow_consumer_closes_total").increment(1);
+                        return Err(Some(TOO_SLOW));
+                    }
+                }
+            }
+        }
     }
 }
 

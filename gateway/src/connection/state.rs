@@ -223,6 +223,11 @@ impl ConnShared {
         self.outgoing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// When the socket last took part of a write it could not take whole.
+    pub(super) fn progressed(&self) -> Option<std::time::Instant> {
+        self.outgoing().progressed()
+    }
+
     /// Lets frames go to `socket` straight from whoever delivers them, once nothing queued is
     /// ahead of them; until `expires_at` (the token's expiry, Unix seconds).
     pub fn attach(&self, socket: Arc<TcpStream>, expires_at: i64) {

@@ -44,6 +44,9 @@ pub struct Outgoing {
     wire: Option<Arc<TcpStream>>,
     /// What is queued waits for the [`corked`] section that queued it to end.
     corked: bool,
+    /// When the socket last took part of a write it could not take whole: while the client
+    /// reads slowly, this moves; while it reads nothing, it does not.
+    progressed: Option<std::time::Instant>,
 }
 
 /// What became of a frame offered for writing straight away.
@@ -68,6 +71,12 @@ impl Outgoing {
     /// Whether anything waits for the connection's task: queued frames or a frame's rest.
     pub(super) fn has_work(&self) -> bool {
         !self.queue.is_empty() || self.partial.is_some()
+    }
+
+    /// When the socket last took bytes of a write it could not take whole at once (see the
+    /// connection loop's limit on a blocked write).
+    pub(super) fn progressed(&self) -> Option<std::time::Instant> {
+        self.progressed
     }
 
     /// Whether what is queued waits for a [`corked`] section (whose end writes it), not for the
@@ -161,6 +170,9 @@ impl Outgoing {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
         };
+        if from > 0 {
+            self.progressed = Some(std::time::Instant::now());
+        }
         self.partial = Some(rest(from));
         Err(io::ErrorKind::WouldBlock.into())
     }
@@ -172,6 +184,7 @@ impl Outgoing {
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            self.progressed = Some(std::time::Instant::now());
             rest.advance(written);
             if rest.is_empty() {
                 self.partial = None;
@@ -338,6 +351,9 @@ impl AsyncWrite for Stream {
                     Ok(n) => {
                         // tungstenite hands over whole frames (what is left of its buffer):
                         // all of it taken means the socket is between frames again.
+                        if out.control_partial || n < buf.len() {
+                            out.progressed = Some(std::time::Instant::now());
+                        }
                         out.control_partial = n < buf.len();
                         return Poll::Ready(Ok(n));
                     }

@@ -158,6 +158,56 @@ async fn a_client_that_pings_and_never_reads_its_pongs_is_closed(db: PgPool) {
     );
 }
 
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_client_that_reads_slowly_but_steadily_keeps_its_connection(db: PgPool) {
+    // 1 s heartbeats: a write the socket takes nothing of for 3 s is a stall. 80 frames of
+    // 4,000 characters (about 350 KB; a batch of 64 of them is one write) read at about 50 KB/s
+    // take some 7 s, a batch over 5 s: the client is slow, never stalled, and must get every
+    // frame. Before, a write not done within three intervals closed it (4008), and a client
+    // silent while a long write waited was reaped as dead once it was done. A small socket
+    // buffer (16 KiB) makes the socket report room, and so progress, every few hundred ms at
+    // that pace (the kernel wakes a writer once about half its buffer has drained), far inside
+    // the 3 s even on a busy machine.
+    let s = stack(db, 1, |c| {
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.slow_consumer_grace = Duration::from_secs(600);
+        c.socket_send_buffer_bytes = 16 * 1024;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let slow = s.user("slow").await;
+    let room = s.room(&alice, "r", &[&slow]).await;
+    let ws = silent_client(&s, &slow).await;
+    let hub = &s.gateways[0].gateway.hub;
+    assert!(eventually(Duration::from_secs(2), || hub.connection_count() == 1).await);
+    push_bulk(&s.prefix, alice.id, room, 80, 4000).await;
+    // Read the raw bytes, 1 KB every 20 ms; the frames' JSON is in them as sent.
+    let mut stream = ws.into_inner();
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let messages = |bytes: &[u8]| {
+        bytes
+            .windows(16)
+            .filter(|w| w == b"\"type\":\"message\"")
+            .count()
+    };
+    while messages(&read) < 80 && tokio::time::Instant::now() < deadline {
+        match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        messages(&read),
+        80,
+        "every frame reached the slow reader before any close ({} bytes, ending {:?})",
+        read.len(),
+        String::from_utf8_lossy(&read[read.len().saturating_sub(40)..])
+    );
+}
+
 /// A client of `user` on the first gateway that upgrades, then never reads a byte (its receive
 /// buffer small, so the gateway's writes soon block).
 async fn silent_client(
