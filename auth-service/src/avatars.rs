@@ -76,8 +76,9 @@ pub async fn set_avatar(
     {
         return Err(unusable(problem));
     }
+    let slot = storage::DecodeSlot::acquire().await;
     let bytes = state.storage.get(&u.object_key).await?;
-    let (_, _, small) = storage::shrink_image(bytes, AVATAR_SIDE)
+    let (_, _, small) = storage::shrink_image(slot, bytes, AVATAR_SIDE)
         .await
         .map_err(|e| unusable(format!("the image could not be read: {e}")))?;
     let key = format!("avatars/{}", req.upload_id);

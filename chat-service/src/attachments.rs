@@ -162,8 +162,9 @@ pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<St
     if !u.content_type.starts_with("image/") {
         return Ok(None);
     }
+    let slot = storage::DecodeSlot::acquire().await;
     let bytes = files.storage.get(&u.object_key).await?;
-    let (width, height, small) = match storage::shrink_image(bytes, THUMBNAIL_SIDE).await {
+    let (width, height, small) = match storage::shrink_image(slot, bytes, THUMBNAIL_SIDE).await {
         Ok(made) => made,
         Err(e) => {
             tracing::info!(upload = %id, error = %e, "an image upload could not be decoded");
