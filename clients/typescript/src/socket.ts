@@ -116,6 +116,8 @@ export class ChatSocket extends Emitter<SocketEvents> {
   private readonly outbox = new Map<string, Pending>();
   private readonly syncWanted = new Set<string>();
   private syncInFlight = false;
+  /** The conversations (keys) of the sync in flight: asked for again if it fails. */
+  private syncing: string[] = [];
   private readonly reads = new Map<string, ChatRef & { seq: number }>();
   private readTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly typingSent = new Map<string, number>();
@@ -272,6 +274,7 @@ export class ChatSocket extends Emitter<SocketEvents> {
   private onClosed(code: number, reason: string): void {
     this.clearTimers();
     this.syncInFlight = false;
+    this.syncing = [];
     this.emit("close", code, reason);
     if (this.stoppedByUser) return;
     if (code === CloseCode.AuthFailed) {
@@ -410,8 +413,12 @@ export class ChatSocket extends Emitter<SocketEvents> {
     const error = new ChatSphereError(data.code, data.detail);
     const pending = data.client_id ? this.outbox.get(data.client_id) : undefined;
     if (!pending) {
-      if (data.code === "rate_limited" && this.syncInFlight) {
+      if (this.syncInFlight) {
+        // An error without a client_id while a sync is under way is most likely its answer
+        // (chat-service unavailable, busy, a second sync refused): its conversations are
+        // asked for again shortly. Were it another frame's, the sync is only asked twice.
         this.syncInFlight = false;
+        for (const key of this.syncing.splice(0)) this.syncWanted.add(key);
         setTimeout(() => this.requestSync([]), RATE_LIMITED_RETRY_MS);
       }
       this.emit("error", error);
@@ -478,11 +485,13 @@ export class ChatSocket extends Emitter<SocketEvents> {
     }
     if (positions.length === 0) return;
     this.syncInFlight = true;
+    this.syncing = positions.map((p) => chatKey(p));
     this.write({ type: "sync", data: { positions } });
   }
 
   private onSynced(data: ServerEvents["synced"]): void {
     this.syncInFlight = false;
+    this.syncing = [];
     for (const result of data.results) {
       const key = chatKey(result);
       const t = this.tracks.get(key);

@@ -1,8 +1,25 @@
 // The socket client against the real stack (see stack.ts for what it needs).
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 
-import { ChatSocket, unwrap, type ChatRef, type Message } from "../src/index.js";
-import { baseUrl, eventually, Gateway, register, signIn, sleep, wsBase, type TestUser } from "./stack.js";
+import {
+  ChatSocket,
+  unwrap,
+  type ChatRef,
+  type Message,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "../src/index.js";
+import {
+  baseUrl,
+  eventually,
+  Gateway,
+  NodeWebSocket,
+  register,
+  signIn,
+  sleep,
+  wsBase,
+  type TestUser,
+} from "./stack.js";
 
 let aliceUser: TestUser;
 let bobUser: TestUser;
@@ -33,6 +50,51 @@ function record(socket: ChatSocket): Message[] {
 
 async function ready(socket: ChatSocket): Promise<void> {
   await eventually(() => socket.state === "open");
+}
+
+/**
+ * A real WebSocket whose first `sync` goes out malformed, so the gateway answers it with an
+ * `error` frame and nothing else, as it does when chat-service cannot answer a sync (down, or
+ * shedding load: `unavailable`).
+ */
+function firstSyncFails(): WebSocketConstructor {
+  let failed = false;
+  return class implements WebSocketLike {
+    private readonly inner: WebSocketLike;
+    onopen: WebSocketLike["onopen"] = null;
+    onmessage: WebSocketLike["onmessage"] = null;
+    onclose: WebSocketLike["onclose"] = null;
+    onerror: WebSocketLike["onerror"] = null;
+    constructor(url: string, protocols?: string | string[]) {
+      this.inner = new NodeWebSocket(url, protocols);
+      this.inner.onopen = (ev) => this.onopen?.(ev);
+      this.inner.onclose = (ev) => this.onclose?.(ev);
+      this.inner.onerror = (ev) => this.onerror?.(ev);
+      this.inner.onmessage = (ev) => this.onmessage?.(ev);
+    }
+    get binaryType(): string {
+      return this.inner.binaryType;
+    }
+    set binaryType(kind: string) {
+      this.inner.binaryType = kind;
+    }
+    get readyState(): number {
+      return this.inner.readyState;
+    }
+    get protocol(): string {
+      return this.inner.protocol;
+    }
+    send(data: string | ArrayBufferLike | Uint8Array): void {
+      if (!failed && typeof data === "string" && JSON.parse(data).type === "sync") {
+        failed = true;
+        return this.inner.send(JSON.stringify({ type: "sync", data: { positions: "none" } }));
+      }
+      this.inner.send(data);
+    }
+    close(code?: number, reason?: string): void {
+      this.inner.close(code, reason);
+    }
+  };
 }
 
 function expectGapless(messages: Message[], count: number): void {
@@ -123,6 +185,35 @@ describe("ChatSocket on the real stack", () => {
       [4, "four"],
     ]);
     expect(a.positions()).toEqual([{ ...chat, seq: 4 }]);
+  });
+
+  it("asks again for a sync the server could not answer", async () => {
+    const alice = await as(aliceOf, { WebSocket: firstSyncFails() });
+    const bob = await as(bobOf);
+    const room = unwrap(await alice.cs.rest.POST("/chat/rooms", { body: { name: `sdk-${crypto.randomUUID().slice(0, 8)}` } }));
+    unwrap(await bob.cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: room.id } } }));
+    const chat: ChatRef = { chat_type: "room", chat_id: room.id };
+    for (const content of ["one", "two", "three"]) {
+      unwrap(
+        await bob.cs.rest.POST("/chat/messages/{chat_type}/{chat_id}", {
+          params: { path: { chat_type: "room", chat_id: room.id } },
+          body: { content },
+        }),
+      );
+    }
+    // Its first sync is answered with an error: the positions are asked for again, and the
+    // messages come with the answer to that.
+    const a = alice.cs.connect({ positions: [{ ...chat, seq: 1 }] });
+    cleanup.push(() => a.close());
+    const errors: string[] = [];
+    a.on("error", (e) => errors.push(e.code));
+    const got = record(a);
+    await eventually(() => got.length === 2);
+    expect(errors).toEqual(["invalid_payload"]);
+    expect(got.map((m) => [m.seq, m.content])).toEqual([
+      [2, "two"],
+      [3, "three"],
+    ]);
   });
 
   it("answers token_expiring with reauth and stays connected", async () => {
