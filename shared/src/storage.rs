@@ -557,7 +557,11 @@ mod tests {
         header.extend_from_slice(&[8, 6, 0, 0, 0]);
         chunk(&mut png, b"IHDR", &header);
         // An empty zlib stream: no pixel data at all.
-        chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+        chunk(
+            &mut png,
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        );
         chunk(&mut png, b"IEND", &[]);
         png
     }
