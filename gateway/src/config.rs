@@ -41,6 +41,10 @@ pub struct GatewayConfig {
     /// `SEND_RATE_PER_SECOND` and `SEND_BURST`: the send rate per user, across their sockets
     /// on every gateway and REST sends (20, 40).
     pub send_rate: shared::limits::Rate,
+    /// `SYNC_RATE_PER_SECOND` and `SYNC_BURST`: `sync`s per user across their sockets on every
+    /// gateway (5 a second, bursts of 40: every tab of a user reconnecting at once, and the
+    /// pages of a long catch-up). One sync of 100 positions is hundreds of queries.
+    pub sync_rate: shared::limits::Rate,
     /// `SEND_STREAM_MAX_ENTRIES`: while the send stream holds more entries than this (its
     /// consumers are behind: Postgres down, say), sends are refused with `unavailable`
     /// (default 20000).
@@ -112,6 +116,7 @@ impl GatewayConfig {
             send_entry_max_commands: config::parsed::<usize>("SEND_ENTRY_MAX_COMMANDS", 64)?
                 .clamp(1, 1024),
             send_rate: config::send_rate()?,
+            sync_rate: sync_rate()?,
             send_stream_max_entries: config::parsed("SEND_STREAM_MAX_ENTRIES", 20_000)?,
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
             ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 1024)?,
@@ -164,4 +169,16 @@ impl GatewayConfig {
         }
         Ok(c)
     }
+}
+
+/// `SYNC_RATE_PER_SECOND` (default 5) and `SYNC_BURST` (default 40), each at least 1.
+fn sync_rate() -> Result<shared::limits::Rate, ConfigError> {
+    let per_second: u32 = config::parsed("SYNC_RATE_PER_SECOND", 5)?;
+    let burst: u32 = config::parsed("SYNC_BURST", 40)?;
+    for (name, v) in [("SYNC_RATE_PER_SECOND", per_second), ("SYNC_BURST", burst)] {
+        if v == 0 {
+            return Err(ConfigError::new(name, "is invalid: must be at least 1"));
+        }
+    }
+    Ok(shared::limits::Rate { per_second, burst })
 }

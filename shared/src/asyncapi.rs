@@ -65,7 +65,7 @@ pub fn client_frames() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "sync",
-            "Catch up after a reconnect: answered with `synced`. One in flight per connection; at most 100 positions.",
+            "Catch up after a reconnect: answered with `synced`. One in flight per connection, 5 a second per user across their sockets (bursts of 40; `rate_limited` beyond); at most 100 positions.",
             object(
                 &[(
                     "positions",

@@ -115,6 +115,11 @@ impl Keys {
         format!("{}rate:send:{{{}}}", self.prefix, user_id)
     }
 
+    /// The `sync` token bucket of one user, shared by all of their sockets on every gateway.
+    pub fn sync_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:sync:{{{}}}", self.prefix, user_id)
+    }
+
     /// The search token bucket of one user, shared by every chat-service replica.
     pub fn search_rate(&self, user_id: Uuid) -> String {
         format!("{}rate:search:{{{}}}", self.prefix, user_id)

@@ -822,13 +822,39 @@ async fn handle(
             let (gw, conn) = (gw.clone(), conn.clone());
             tokio::spawn(
                 async move {
-                    sync(gw, conn.clone(), positions).await;
+                    if sync_allowed(&gw, conn.user).await {
+                        sync(gw, conn.clone(), positions).await;
+                    } else {
+                        reply_error(
+                            &conn,
+                            &FrameError::new("rate_limited", "too many syncs; retry in a second"),
+                        );
+                    }
                     conn.syncing
                         .store(false, std::sync::atomic::Ordering::Release);
                 }
                 .in_current_span(),
             );
             Ok(())
+        }
+    }
+}
+
+/// Takes a token from the user's `sync` bucket (`SYNC_RATE_PER_SECOND`, shared by their sockets
+/// on every gateway): a sync of 100 positions is hundreds of queries, and one in flight per
+/// socket alone lets a user repeat them back to back on 20 sockets. With Redis away the sync
+/// goes ahead: it needs only chat-service, and a reconnecting client needs it most.
+async fn sync_allowed(gw: &Gateway, user: Uuid) -> bool {
+    let key = gw.hub.keys().sync_rate(user);
+    match shared::limits::take(&gw.bus.redis, gw.config.sync_rate, &[(key, 1)]).await {
+        Ok(granted) if granted.first().copied().unwrap_or(0) == 0 => {
+            metrics::counter!("gateway_syncs_rate_limited_total").increment(1);
+            false
+        }
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "sync bucket unavailable; sync allowed");
+            true
         }
     }
 }

@@ -221,6 +221,39 @@ async fn sync_is_bounded(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn syncs_are_limited_per_user_across_sockets_and_gateways(db: PgPool) {
+    let s = stack(db, 2, |c| {
+        c.sync_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 2,
+        }
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[&bob]).await;
+    let mut a1 = s.connect(0, &alice).await;
+    let mut a2 = s.connect(1, &alice).await;
+    let mut b = s.connect(0, &bob).await;
+    let at = json!({"positions": [{"chat_type": "room", "chat_id": room, "seq": 0}]});
+    a1.send("sync", at.clone()).await;
+    a1.expect("synced").await;
+    a2.send("sync", at.clone()).await;
+    a2.expect("synced").await;
+    // Alice's two are spent, one on each gateway.
+    a1.send("sync", at.clone()).await;
+    let refused = a1.expect("error").await;
+    assert_eq!(refused["data"]["code"], "rate_limited");
+    // Bob keeps his.
+    b.send("sync", at.clone()).await;
+    b.expect("synced").await;
+    // One comes back within a second; the refusal left the connection open.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a1.send("sync", at).await;
+    a1.expect("synced").await;
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_sync_stops_at_the_frames_byte_budget(db: PgPool) {
     // 500 messages of the longest content in each of two rooms (about 4.5 MB as JSON): within
     // the contract's counts (500 a position, 5,000 a frame), but past the frame's byte budget.
