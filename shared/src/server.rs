@@ -127,9 +127,7 @@ fn without_delay(stream: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use std::{net::SocketAddr, time::Duration};
+    use std::{io, net::SocketAddr, time::Duration};
 
     use axum::{extract::ConnectInfo, routing::get, Router};
     use tokio::{
@@ -137,10 +135,11 @@ mod tests {
         net::{TcpListener, TcpStream},
     };
 
-    /// A server on a free port with a one-second header timeout; stops when the sender drops.
-    async fn server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// A server on a free port with a one-second header timeout; stops when the sender sends
+    /// or drops.
+    async fn server() -> io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let router = Router::new().route(
             "/peer",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
@@ -154,78 +153,77 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        (addr, stop)
+        Ok((addr, stop))
     }
 
-    /// Reads until the server closes the connection; `None` if it is still open after `limit`.
-    async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    /// A connection to `addr` that has sent `request` (whole or not).
+    async fn sent(addr: SocketAddr, request: &[u8]) -> io::Result<TcpStream> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.write_all(request).await?;
+        Ok(stream)
+    }
+
+    /// Reads until the server closes the connection; `None` if it is still open after 5 s.
+    async fn read_to_close(stream: &mut TcpStream) -> Option<String> {
         let mut all = Vec::new();
-        match tokio::time::timeout(limit, stream.read_to_end(&mut all)).await {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await {
             Ok(_) => Some(String::from_utf8_lossy(&all).into_owned()),
             Err(_) => None,
         }
     }
 
     #[tokio::test]
-    async fn a_connection_that_never_completes_a_request_head_is_closed() {
-        let (addr, _stop) = server().await;
-        let mut silent = TcpStream::connect(addr).await.unwrap();
-        let mut partial = TcpStream::connect(addr).await.unwrap();
-        partial
-            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
+    async fn a_connection_that_never_completes_a_request_head_is_closed() -> io::Result<()> {
+        let (addr, _stop) = server().await?;
+        let mut silent = sent(addr, b"").await?;
+        let mut partial = sent(addr, b"GET /peer HTTP/1.1\r\nHost: x\r\n").await?;
         for stream in [&mut silent, &mut partial] {
             assert!(
-                read_to_close(stream, Duration::from_secs(5))
-                    .await
-                    .is_some(),
+                read_to_close(stream).await.is_some(),
                 "closed after the header timeout"
             );
         }
+        Ok(())
     }
 
     #[tokio::test]
-    async fn requests_are_answered_with_the_peer_address_and_without_delay() {
-        let (addr, _stop) = server().await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let local = client.local_addr().unwrap();
-        client
-            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_to_close(&mut client, Duration::from_secs(5))
-            .await
-            .unwrap();
+    async fn requests_are_answered_with_the_peer_address_and_without_delay() -> io::Result<()> {
+        let (addr, _stop) = server().await?;
+        let request = b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut client = sent(addr, request).await?;
+        let local = client.local_addr()?;
+        let answer = read_to_close(&mut client).await.unwrap_or_default();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&local.to_string()), "{answer}");
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::spawn(TcpStream::connect(listener.local_addr().unwrap()));
-        let (accepted, _) = listener.accept().await.unwrap();
-        assert!(!accepted.nodelay().unwrap(), "the OS default: Nagle on");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?);
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let ((accepted, _), _client) = (accepted?, client?);
+        assert!(!accepted.nodelay()?, "the OS default: Nagle on");
         super::without_delay(&accepted);
-        assert!(accepted.nodelay().unwrap());
-        client.await.unwrap().unwrap();
+        assert!(accepted.nodelay()?);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn an_idle_keep_alive_connection_is_closed_and_stopping_waits_for_none() {
-        let (addr, stop) = server().await;
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_to_close(&mut client, Duration::from_secs(5))
-            .await
-            .expect("an idle keep-alive connection is closed after the header timeout");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        stop.send(()).unwrap();
+    async fn an_idle_keep_alive_connection_is_closed_and_stopping_waits_for_none() -> io::Result<()>
+    {
+        let (addr, stop) = server().await?;
+        let mut client = sent(addr, b"GET /peer HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let answer = read_to_close(&mut client).await;
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+            "answered, then closed after the header timeout: {answer:?}"
+        );
+        assert!(stop.send(()).is_ok(), "the server is still running");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "nothing is accepted once stopped"
         );
+        Ok(())
     }
 }
