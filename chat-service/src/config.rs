@@ -75,20 +75,16 @@ impl Default for SearchLimits {
 impl SearchLimits {
     fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
-        let per_second = config::parsed("SEARCH_RATE_PER_SECOND", d.rate.per_second)?;
-        let burst = config::parsed("SEARCH_BURST", d.rate.burst)?;
+        let rate = config::rate("SEARCH_RATE_PER_SECOND", "SEARCH_BURST", d.rate)?;
         let max_in_flight = config::parsed("SEARCH_MAX_IN_FLIGHT", d.max_in_flight)?;
-        for (name, v) in [
-            ("SEARCH_RATE_PER_SECOND", per_second as usize),
-            ("SEARCH_BURST", burst as usize),
-            ("SEARCH_MAX_IN_FLIGHT", max_in_flight),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
-            }
+        if max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "SEARCH_MAX_IN_FLIGHT",
+                "is invalid: must be at least 1",
+            ));
         }
         Ok(Self {
-            rate: shared::limits::Rate { per_second, burst },
+            rate,
             max_in_flight,
         })
     }

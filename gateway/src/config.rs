@@ -173,12 +173,12 @@ impl GatewayConfig {
 
 /// `SYNC_RATE_PER_SECOND` (default 5) and `SYNC_BURST` (default 40), each at least 1.
 fn sync_rate() -> Result<shared::limits::Rate, ConfigError> {
-    let per_second: u32 = config::parsed("SYNC_RATE_PER_SECOND", 5)?;
-    let burst: u32 = config::parsed("SYNC_BURST", 40)?;
-    for (name, v) in [("SYNC_RATE_PER_SECOND", per_second), ("SYNC_BURST", burst)] {
-        if v == 0 {
-            return Err(ConfigError::new(name, "is invalid: must be at least 1"));
-        }
-    }
-    Ok(shared::limits::Rate { per_second, burst })
+    config::rate(
+        "SYNC_RATE_PER_SECOND",
+        "SYNC_BURST",
+        shared::limits::Rate {
+            per_second: 5,
+            burst: 40,
+        },
+    )
 }

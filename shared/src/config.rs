@@ -83,17 +83,33 @@ pub fn string(name: &'static str, default: &str) -> Result<String, ConfigError> 
     Ok(raw(name)?.unwrap_or_else(|| default.to_owned()))
 }
 
-/// `SEND_RATE_PER_SECOND` (default 20) and `SEND_BURST` (default 40): each user's send rate,
-/// read by every process that takes sends (gateways, chat-service's REST sends).
-pub fn send_rate() -> Result<crate::limits::Rate, ConfigError> {
-    let per_second: u32 = parsed("SEND_RATE_PER_SECOND", 20)?;
-    let burst: u32 = parsed("SEND_BURST", 40)?;
-    for (name, v) in [("SEND_RATE_PER_SECOND", per_second), ("SEND_BURST", burst)] {
+/// A rate setting: `per_second_name` per second, bursts of `burst_name`, each at least 1.
+pub fn rate(
+    per_second_name: &'static str,
+    burst_name: &'static str,
+    default: crate::limits::Rate,
+) -> Result<crate::limits::Rate, ConfigError> {
+    let per_second: u32 = parsed(per_second_name, default.per_second)?;
+    let burst: u32 = parsed(burst_name, default.burst)?;
+    for (name, v) in [(per_second_name, per_second), (burst_name, burst)] {
         if v == 0 {
             return Err(ConfigError::new(name, "is invalid: must be at least 1"));
         }
     }
     Ok(crate::limits::Rate { per_second, burst })
+}
+
+/// `SEND_RATE_PER_SECOND` (default 20) and `SEND_BURST` (default 40): each user's send rate,
+/// read by every process that takes sends (gateways, chat-service's REST sends).
+pub fn send_rate() -> Result<crate::limits::Rate, ConfigError> {
+    rate(
+        "SEND_RATE_PER_SECOND",
+        "SEND_BURST",
+        crate::limits::Rate {
+            per_second: 20,
+            burst: 40,
+        },
+    )
 }
 
 /// `SEND_PARTITIONS` (default 1, at most 1024): how many partitions the send stream has. Gateways
