@@ -39,6 +39,9 @@ pub struct ChatConfig {
     pub quotas: Quotas,
     /// `SEARCH_RATE_PER_SECOND`, `SEARCH_BURST`, `SEARCH_MAX_IN_FLIGHT`.
     pub search: SearchLimits,
+    /// `ACTION_RATE_PER_SECOND`, `ACTION_BURST`: each user's rate of the other writes that
+    /// reach other people's sockets (see [`crate::api::acting`]; 10 a second, bursts of 40).
+    pub action_rate: shared::limits::Rate,
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).
     pub internal_max_in_flight: usize,
@@ -49,6 +52,13 @@ pub struct ChatConfig {
     /// `MAX_UPLOAD_BYTES`, `ALLOWED_UPLOAD_TYPES` and the URLs' lives.
     pub uploads: shared::storage::UploadLimits,
 }
+
+/// Each user's changes that reach others, by default: 10 a second, bursts of 40 (a moderator
+/// clearing a burst of spam, a quick run of reactions).
+pub const DEFAULT_ACTION_RATE: shared::limits::Rate = shared::limits::Rate {
+    per_second: 10,
+    burst: 40,
+};
 
 /// What searching may cost: each query can read thousands of rows, so one user's rate
 /// (`SEARCH_RATE_PER_SECOND`, default 2, bursts of `SEARCH_BURST`, default 10: 429 past it)
@@ -147,6 +157,11 @@ impl ChatConfig {
             },
             send_rate: config::send_rate()?,
             search: SearchLimits::from_env()?,
+            action_rate: config::rate(
+                "ACTION_RATE_PER_SECOND",
+                "ACTION_BURST",
+                DEFAULT_ACTION_RATE,
+            )?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
             webhook: crate::notify::WebhookConfig::from_env()?,
             storage: shared::storage::StorageConfig::from_env()?,

@@ -101,6 +101,19 @@ impl AppState {
         .await
     }
 
+    /// Takes one token from `user`'s action bucket (edits, deletes, reactions, pins,
+    /// membership, moderation): 429 past it.
+    pub async fn action_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        shared::limits::take_one(
+            &self.redis,
+            self.config.action_rate,
+            self.publisher.keys().action_rate(user),
+            "action",
+            "too many changes; slow down",
+        )
+        .await
+    }
+
     /// Writes that publish events refuse up front, with nothing written, while Redis is away.
     pub fn require_events(&self) -> Result<(), ApiError> {
         if self.publisher.is_connected() {

@@ -125,6 +125,13 @@ impl Keys {
         format!("{}rate:search:{{{}}}", self.prefix, user_id)
     }
 
+    /// The bucket of one user's actions that reach other people (edits, deletes, reactions,
+    /// pins, joins and leaves, group membership, moderation), shared by every chat-service
+    /// replica.
+    pub fn action_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:action:{{{}}}", self.prefix, user_id)
+    }
+
     /// A fixed-window quota: `kind` (`rooms`, `groups`, `register`) for one subject (a user
     /// id or a client address).
     pub fn quota(&self, kind: &str, subject: &str) -> String {

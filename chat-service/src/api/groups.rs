@@ -15,6 +15,7 @@ use shared::{
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::acting::Acting;
 use crate::{model::UserSummary, AppState};
 
 /// The most members one request may add.
@@ -222,10 +223,11 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
         (status = 403, description = "Only the owner adds members", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody),
         (status = 422, description = "Unknown users", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn add_members(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<AddMembers>,
 ) -> ApiResult<Json<Group>> {
@@ -267,10 +269,11 @@ pub async fn add_members(
         (status = 204, description = "Removed"),
         (status = 403, description = "Neither the owner nor the member itself", body = ErrorBody),
         (status = 404, description = "No such group, or not a member", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn remove_member(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     let group = row(&state, id).await?;

@@ -12,6 +12,7 @@ use shared::{
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::acting::Acting;
 use crate::{
     api::{moderation, parse_chat},
     conversation,
@@ -286,10 +287,11 @@ async fn own_message(state: &AppState, id: Uuid, caller: Uuid) -> ApiResult<Mess
         (status = 403, description = "Not the author, or no longer a member of the conversation", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 409, description = "The message was deleted", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn edit(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<EditRequest>,
 ) -> ApiResult<Json<Message>> {
@@ -355,10 +357,11 @@ pub async fn edit(
         (status = 204, description = "Deleted: it stays in history, emptied, with is_deleted (deleting twice is harmless). A room's owner and moderators delete anyone's message there; that deletion is in the room's audit log"),
         (status = 403, description = "Not the author (nor moderating the room), or no longer a member of the conversation", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     delete_message(&state, caller.user_id, id, false).await

@@ -1,5 +1,6 @@
 //! The `/chat` endpoints and their OpenAPI description.
 
+pub mod acting;
 pub mod admin;
 pub mod conversations;
 pub mod groups;

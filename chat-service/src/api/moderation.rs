@@ -19,6 +19,7 @@ use sqlx::{PgExecutor, Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::acting::Acting;
 use crate::{api::rooms::announce_by, AppState};
 
 /// A user's standing in a room.
@@ -247,10 +248,11 @@ fn check_reason(reason: Option<&str>) -> ApiResult<Option<&str>> {
         (status = 403, description = "Not the room's owner", body = ErrorBody),
         (status = 404, description = "No such room, or the user is not a member", body = ErrorBody),
         (status = 422, description = "The owner themself", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn promote(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     if role(&state.db, id, caller.user_id).await? != Role::Owner {
@@ -303,10 +305,11 @@ pub async fn promote(
         (status = 204, description = "No longer a moderator (twice is harmless); a `membership` event with `demoted` when they were one"),
         (status = 403, description = "Not the room's owner", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn demote(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     if role(&state.db, id, caller.user_id).await? != Role::Owner {
@@ -353,10 +356,11 @@ pub struct BanRequest {
         (status = 403, description = "Not the owner or a moderator, or the target is the owner (or a moderator, for a moderator)", body = ErrorBody),
         (status = 404, description = "No such room or user", body = ErrorBody),
         (status = 422, description = "Invalid fields: yourself, `until` in the past, a long reason", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn ban(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<BanRequest>,
 ) -> ApiResult<StatusCode> {
@@ -416,10 +420,11 @@ pub async fn ban(
         (status = 204, description = "The ban is lifted (twice is harmless); they may join again. A `membership` event with `unbanned` when there was a ban"),
         (status = 403, description = "Not the owner or a moderator", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn unban(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     lift(&state, id, caller.user_id, user, Lift::Ban).await
@@ -440,10 +445,11 @@ pub struct MuteRequest {
         (status = 403, description = "Not the owner or a moderator, or the target is the owner (or a moderator, for a moderator)", body = ErrorBody),
         (status = 404, description = "No such room or user", body = ErrorBody),
         (status = 422, description = "Invalid fields: yourself, `until` missing or in the past", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn mute(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<MuteRequest>,
 ) -> ApiResult<StatusCode> {
@@ -485,10 +491,11 @@ pub async fn mute(
         (status = 204, description = "The mute is lifted (twice is harmless); a `membership` event with `unmuted` when there was one"),
         (status = 403, description = "Not the owner or a moderator", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn unmute(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     lift(&state, id, caller.user_id, user, Lift::Mute).await

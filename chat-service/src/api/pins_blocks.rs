@@ -10,6 +10,7 @@ use shared::{
 };
 use uuid::Uuid;
 
+use super::acting::Acting;
 use crate::{
     api::parse_chat,
     conversation,
@@ -113,10 +114,11 @@ async fn set_pin(state: &AppState, caller: Uuid, id: Uuid, pinned: bool) -> ApiR
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "Invalid path", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn pin(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     set_pin(&state, caller.user_id, id, true).await
@@ -131,10 +133,11 @@ pub async fn pin(
         (status = 403, description = "Not allowed to pin here", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 422, description = "Invalid path", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn unpin(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     set_pin(&state, caller.user_id, id, false).await

@@ -8,11 +8,11 @@ use shared::{
     chat::{Event, Message, Reaction},
     error::ErrorBody,
     extract::ApiPath,
-    jwt::AuthUser,
     ApiError, ApiResult,
 };
 use uuid::Uuid;
 
+use super::acting::Acting;
 use crate::{model::MessageRow, AppState};
 
 /// Distinct emoji one message may carry.
@@ -132,10 +132,11 @@ async fn set_reaction(
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "An invalid emoji, or a 21st distinct one", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn add(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, emoji)): ApiPath<(Uuid, String)>,
 ) -> ApiResult<StatusCode> {
     set_reaction(&state, caller.user_id, id, emoji, true).await
@@ -153,10 +154,11 @@ pub async fn add(
         (status = 403, description = "Not a member of the message's conversation", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
         (status = 422, description = "An invalid emoji", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn remove(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath((id, emoji)): ApiPath<(Uuid, String)>,
 ) -> ApiResult<StatusCode> {
     set_reaction(&state, caller.user_id, id, emoji, false).await

@@ -13,6 +13,7 @@ use shared::{
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::acting::Acting;
 use crate::{model::UserSummary, AppState};
 
 /// A public room.
@@ -200,10 +201,11 @@ pub(crate) async fn announce_by(
         (status = 200, description = "Joined (joining twice is harmless)", body = Room),
         (status = 403, description = "Banned from the room (`banned`; the detail says until when)", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn join(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Room>> {
     load(&state, id, caller.user_id).await?;
@@ -229,10 +231,11 @@ pub async fn join(
     responses(
         (status = 204, description = "Left (leaving twice is harmless)"),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn leave(
     State(state): State<AppState>,
-    caller: AuthUser,
+    Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     load(&state, id, caller.user_id).await?;

@@ -1,6 +1,7 @@
 //! Client text and quotas at the REST edge: every text field refuses control characters with a
-//! 422 naming the field (never a 500), creation is limited per user per hour, and a member who
-//! left can no longer change what they wrote there.
+//! 422 naming the field (never a 500), creation is limited per user per hour, the changes that
+//! reach others per user per second, and a member who left can no longer change what they wrote
+//! there.
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -283,4 +284,85 @@ async fn rooms_and_groups_created_per_hour_are_limited(db: PgPool) {
         .await
         .unwrap();
     assert_eq!(groups, 1);
+}
+
+/// Every change that reaches the other members (reactions, edits, deletes, pins, joins and
+/// leaves, group membership, moderation) takes a token from the user's action bucket: past it,
+/// 429 `rate_limited` with `Retry-After`, nothing stored and no event; other users keep their
+/// own bucket, and the tokens come back.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn changes_that_reach_others_are_limited_per_user(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.action_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 3,
+        };
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let join = format!("/chat/rooms/{room}/join");
+    assert_eq!(
+        app.post(&bob, &join, json!({})).await.status(),
+        StatusCode::OK
+    );
+    let message = app.send(&alice, &format!("room/{room}"), "hello").await;
+    let id = message["id"].as_str().unwrap().to_owned();
+    let mut watcher = app.watch(vec![app.keys.conversation_channel(room)]).await;
+
+    // Three of alice's changes of three kinds go through; the fourth, a fifth of another kind,
+    // are refused.
+    for path in ["reactions/%F0%9F%91%8D", "reactions/%F0%9F%8E%89", "pin"] {
+        let r = app
+            .put(&alice, &format!("/chat/messages/{id}/{path}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{path}");
+    }
+    let r = app
+        .put(&alice, &format!("/chat/messages/{id}/reactions/%E2%9D%A4"))
+        .await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let r = app
+        .patch(
+            &alice,
+            &format!("/chat/messages/{id}"),
+            json!({"content": "edited"}),
+        )
+        .await;
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    // Nothing of the refused ones was stored or published.
+    let reactions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM message_reactions WHERE user_id = $1")
+            .bind(alice.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(reactions, 2);
+    let edited: bool = sqlx::query_scalar("SELECT is_edited FROM messages WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&id).unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(!edited);
+    let events = watcher.drain(std::time::Duration::from_millis(300)).await;
+    assert_eq!(events.len(), 3, "two reactions and a pin: {events:?}");
+
+    // Bob's bucket is his own.
+    let r = app
+        .put(&bob, &format!("/chat/messages/{id}/reactions/%E2%9D%A4"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // A second later alice has a token again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = app
+        .patch(
+            &alice,
+            &format!("/chat/messages/{id}"),
+            json!({"content": "edited"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
