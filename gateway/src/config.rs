@@ -49,6 +49,10 @@ pub struct GatewayConfig {
     /// consumers are behind: Postgres down, say), sends are refused with `unavailable`
     /// (default 20000).
     pub send_stream_max_entries: u64,
+    /// `INBOUND_FRAME_RATE_PER_SECOND` and `INBOUND_FRAME_BURST`: the pace at which each
+    /// connection's frames are read (100 a second, bursts of 200; a frame counts one more per
+    /// 8 KiB of payload). Past it the socket is read more slowly; nothing is refused.
+    pub inbound_frame_rate: shared::limits::Rate,
     /// `TYPING_RATE_PER_SECOND`: `typing` frames per connection (default 4, bursts of 8).
     pub typing_rate_per_second: u32,
     /// `WS_READ_BUFFER_BYTES`: tungstenite's read buffer per connection, allocated when the
@@ -118,6 +122,14 @@ impl GatewayConfig {
             send_rate: config::send_rate()?,
             sync_rate: sync_rate()?,
             send_stream_max_entries: config::parsed("SEND_STREAM_MAX_ENTRIES", 20_000)?,
+            inbound_frame_rate: config::rate(
+                "INBOUND_FRAME_RATE_PER_SECOND",
+                "INBOUND_FRAME_BURST",
+                shared::limits::Rate {
+                    per_second: 100,
+                    burst: 200,
+                },
+            )?,
             typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
             ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 1024)?,
             ws_write_buffer_bytes: config::parsed("WS_WRITE_BUFFER_BYTES", 16 * 1024)?,

@@ -116,6 +116,23 @@ impl Bucket {
             false
         }
     }
+
+    /// Takes `cost` tokens even when there are not that many: the bucket goes into debt, and
+    /// the answer is how long until the debt is paid, the wait before doing what was paid for.
+    fn pace(&mut self, cost: f64) -> Option<Duration> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
+            .min(self.burst)
+            - cost;
+        self.at = now;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+/// What reading a frame costs against a connection's pace: one token, and one per 8 KiB of
+/// payload (parsing a 64 KiB frame is the work of many small ones).
+fn frame_cost(frame: &WsMessage) -> f64 {
+    1.0 + (frame.len() / 8192) as f64
 }
 
 #[derive(Serialize)]
@@ -419,6 +436,11 @@ async fn serve(
         gw.config.typing_rate_per_second * 2,
     );
     let mut reads = Bucket::new(MARK_READ_RATE, MARK_READ_RATE);
+    // Every frame read, whatever it is, is work: past this pace the socket is read more slowly.
+    let mut inbound = Bucket::new(
+        gw.config.inbound_frame_rate.per_second,
+        gw.config.inbound_frame_rate.burst,
+    );
     let mut abuse = (0u32, Instant::now());
     let mut shutdown = gw.shutdown.clone();
     // Grows with what is queued; given back when the connection is idle.
@@ -465,6 +487,14 @@ async fn serve(
                     }
                     Some(Err(_)) => return None,
                 };
+                if let Some(wait) = inbound.pace(frame_cost(&message)) {
+                    metrics::counter!("gateway_frames_paced_total").increment(1);
+                    tokio::select! {
+                        biased;
+                        why = std::future::poll_fn(|cx| conn.poll_closing(cx)) => return Some(closing(why)),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
                 let bytes = match (&message, conn.encoding) {
                     (WsMessage::Text(t), Encoding::Json) => t.as_bytes(),
                     (WsMessage::Binary(b), Encoding::MsgPack) => &b[..],

@@ -89,6 +89,10 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
             per_second: 5,
             burst: 40,
         },
+        inbound_frame_rate: shared::limits::Rate {
+            per_second: 100,
+            burst: 200,
+        },
         send_stream_max_entries: 20_000,
         typing_rate_per_second: 4,
         ws_read_buffer_bytes: 4096,

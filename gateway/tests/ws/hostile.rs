@@ -639,3 +639,52 @@ async fn a_blocker_gets_no_typing_or_presence_from_the_blocked(db: PgPool) {
     assert_eq!(pb["data"]["by"], alice.id.to_string());
     assert_eq!(pb["data"]["seq"], 1);
 }
+
+/// A connection's frames are read at a pace (`INBOUND_FRAME_RATE_PER_SECOND`, bursts of
+/// `INBOUND_FRAME_BURST`): every frame costs the gateway work (a `ping` a `pong`, a refused
+/// `typing` an error frame, each parsed and written), and without a pace one socket flooding
+/// frames kept a gateway's thread busy for everyone on it. Past the budget the gateway reads
+/// that socket more slowly: nothing is refused or dropped, and other clients are answered at
+/// once meanwhile.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_flood_of_frames_is_read_at_a_pace(db: PgPool) {
+    let s = stack(db, 1, |c| {
+        c.inbound_frame_rate = shared::limits::Rate {
+            per_second: 50,
+            burst: 20,
+        };
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut flood = s.connect(0, &alice).await;
+    let mut other = s.connect(0, &bob).await;
+    let started = std::time::Instant::now();
+    const PINGS: usize = 120;
+    for _ in 0..PINGS {
+        flood.send("ping", json!({})).await;
+    }
+    // Bob is answered while alice's pings are still being read.
+    other.send("ping", json!({})).await;
+    other.expect("pong").await;
+    let pongs_by_then = flood.drain(Duration::from_millis(1)).await.len();
+    assert!(
+        pongs_by_then < PINGS,
+        "bob's pong came before the flood was all answered ({pongs_by_then})"
+    );
+    let mut pongs = pongs_by_then;
+    while pongs < PINGS {
+        assert_eq!(flood.expect("pong").await["type"], "pong");
+        pongs += 1;
+    }
+    // 100 frames past the burst at 50 a second: two seconds at least, however fast the
+    // machine (without the pace, a few milliseconds).
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800),
+        "{PINGS} pings answered in {took:?}"
+    );
+    // Paced, not refused: the socket is open and answers.
+    flood.send("ping", json!({})).await;
+    flood.expect("pong").await;
+}

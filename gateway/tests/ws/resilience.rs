@@ -136,7 +136,15 @@ async fn a_client_that_pings_and_never_reads_its_pongs_is_closed(db: PgPool) {
     // and reads nothing fills its socket's buffers with pongs, and the next pong's write
     // waits for good: no message is due, so only a limit on every write of the connection's
     // loop (pongs and the gateway's own pings too, not only queued frames) can tell.
-    let s = stack(db, 1, |c| c.heartbeat_interval = Duration::from_secs(1)).await;
+    // Read at any pace: this is about the writes, not the reads.
+    let s = stack(db, 1, |c| {
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.inbound_frame_rate = shared::limits::Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+    })
+    .await;
     let slow = s.user("slow").await;
     let mut ws = silent_client(&s, &slow).await;
     let hub = &s.gateways[0].gateway.hub;
