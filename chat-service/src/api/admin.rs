@@ -66,9 +66,9 @@ pub async fn rooms(
     let pattern = format!("{}%", shared::db::like_literal(&prefix.to_lowercase()));
     let rooms = sqlx::query_as::<_, AdminRoom>(
         r#"SELECT r.id, r.name, r.description, r.created_by, r.created_at,
-                  (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id) AS member_count
+                  r.member_count
            FROM rooms r WHERE lower(r.name) LIKE $1
-           ORDER BY member_count DESC, lower(r.name) LIMIT $2 OFFSET $3"#,
+           ORDER BY r.member_count DESC, lower(r.name) LIMIT $2 OFFSET $3"#,
     )
     .bind(pattern)
     .bind(limit)

@@ -139,3 +139,114 @@ async fn bad_room_requests(db: PgPool) {
     let r = app.http.get(app.url("/chat/rooms")).send().await.unwrap();
     assert_error(r, StatusCode::UNAUTHORIZED, "not_authenticated").await;
 }
+
+/// `GET /chat/rooms` pages by name (`limit`, `after`) and filters by a name prefix (`q`),
+/// whatever the case; without them it lists every room.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn rooms_are_paged_and_found_by_name(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    for name in ["gamma", "Beta", "alpha", "beta-2"] {
+        app.room(&alice, name, &[]).await;
+    }
+    let names = |path: String| {
+        let app = &app;
+        let alice = &alice;
+        async move {
+            let r = app.get(alice, &path).await;
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            let rooms: Vec<Value> = r.json().await.unwrap();
+            rooms
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        names("/chat/rooms".into()).await,
+        ["alpha", "Beta", "beta-2", "gamma"]
+    );
+    assert_eq!(names("/chat/rooms?limit=2".into()).await, ["alpha", "Beta"]);
+    assert_eq!(
+        names("/chat/rooms?limit=2&after=Beta".into()).await,
+        ["beta-2", "gamma"]
+    );
+    assert!(names("/chat/rooms?limit=2&after=gamma".into())
+        .await
+        .is_empty());
+    assert_eq!(names("/chat/rooms?q=BE".into()).await, ["Beta", "beta-2"]);
+    assert_eq!(
+        names("/chat/rooms?q=be&after=beta".into()).await,
+        ["beta-2"]
+    );
+    assert!(names("/chat/rooms?q=%25".into()).await.is_empty());
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=x", "limit"),
+        ("q=", "q"),
+        ("after=", "after"),
+        ("q=a%01", "q"),
+    ] {
+        let body = assert_error(
+            app.get(&alice, &format!("/chat/rooms?{query}")).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        )
+        .await;
+        assert!(body["fields"][field].is_string(), "{query}: {body}");
+    }
+}
+
+/// Each room's member count follows joins, leaves and bans, and nothing else.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn member_counts_follow_joins_leaves_and_bans(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.room(&alice, "r", &[&bob, &carol]).await;
+    let other = app.room(&bob, "other", &[]).await;
+    let count = |id: uuid::Uuid| {
+        let app = &app;
+        let alice = &alice;
+        async move {
+            let rooms: Vec<Value> = app.get(alice, "/chat/rooms").await.json().await.unwrap();
+            rooms
+                .iter()
+                .find(|r| r["id"] == id.to_string())
+                .map(|r| r["member_count"].as_i64().unwrap())
+        }
+    };
+    assert_eq!(count(room).await, Some(3));
+    assert_eq!(count(other).await, Some(1));
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/rooms/{room}/bans"),
+            json!({"user_id": carol.id}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{room}/leave"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // A group's members and a private chat's two are not a room's.
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [bob.id, carol.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.send(&alice, &format!("private/{}", bob.id), "hi").await;
+    assert_eq!(count(room).await, Some(1));
+    assert_eq!(count(other).await, Some(1));
+    let r = app
+        .get(&alice, &format!("/chat/rooms/{room}/members"))
+        .await;
+    let members: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(members.len(), 1);
+}

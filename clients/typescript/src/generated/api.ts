@@ -3850,14 +3850,21 @@ export interface operations {
     };
     list_rooms: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description 1–500: at most this many rooms; a page this long may have more after it. */
+                limit?: number;
+                /** @description The rooms after the room of this name (the last name of the page before), by name. */
+                after?: string;
+                /** @description Only rooms whose name starts with this, whatever its case (1–64 characters). */
+                q?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Every public room, by name */
+            /** @description Public rooms by name, whatever its case: every one, or with `limit` a page of them */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3868,6 +3875,15 @@ export interface operations {
             };
             /** @description No valid access token (`invalid_token`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid `limit`, `after` or `q` */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
