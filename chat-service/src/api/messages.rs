@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use shared::{
     chat::{ChatType, Event, Message, MessageType},
     error::ErrorBody,
-    extract::{ApiJson, ApiPath, ApiQuery},
+    extract::{bounded_int, ApiJson, ApiPath, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
@@ -71,16 +71,7 @@ pub async fn history(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page>> {
     let (chat_type, chat_id) = parse_chat(&chat_type, &chat_id)?;
-    let limit = match q.limit.as_deref().map(str::parse::<i64>) {
-        None => 50,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "limit",
-                "must be a whole number from 1 to 100",
-            ))
-        }
-    };
+    let limit = bounded_int("limit", q.limit.as_deref(), 50, 1..=100)?;
     let before = parse_bound("before", q.before.as_deref())?;
     let after = parse_bound("after", q.after.as_deref())?;
     let Some(conversation) =

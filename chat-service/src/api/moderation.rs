@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use shared::{
     chat::MembershipAction,
     error::ErrorBody,
-    extract::{ApiJson, ApiPath, ApiQuery},
+    extract::{bounded_int, ApiJson, ApiPath, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
@@ -654,16 +654,7 @@ pub async fn audit_log(
 
 /// A page of room `id`'s audit log, for whoever the caller let read it.
 pub async fn audit_page(state: &AppState, id: Uuid, q: AuditQuery) -> ApiResult<Json<AuditPage>> {
-    let limit = match q.limit.as_deref().map(str::parse::<i64>) {
-        None => 50,
-        Some(Ok(n)) if (1..=200).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "limit",
-                "must be a whole number from 1 to 200",
-            ))
-        }
-    };
+    let limit = bounded_int("limit", q.limit.as_deref(), 50, 1..=200)?;
     let before = match q.before.as_deref().map(str::parse::<i64>) {
         None => i64::MAX,
         Some(Ok(n)) if n >= 0 => n,

@@ -9,7 +9,11 @@
 use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use shared::{
-    chat::Message, error::ErrorBody, extract::ApiQuery, jwt::AuthUser, ApiError, ApiResult,
+    chat::Message,
+    error::ErrorBody,
+    extract::{bounded_int, ApiQuery},
+    jwt::AuthUser,
+    ApiError, ApiResult,
 };
 use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -179,16 +183,7 @@ pub async fn search(
     ApiQuery(p): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<SearchResults>> {
     let terms = parse(p.q.as_deref().unwrap_or("")).map_err(|e| ApiError::invalid_field("q", e))?;
-    let limit = match p.limit.as_deref().map(str::parse::<i64>) {
-        None => 20,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "limit",
-                "must be a whole number from 1 to 100",
-            ))
-        }
-    };
+    let limit = bounded_int("limit", p.limit.as_deref(), 20, 1..=100)?;
     let before_seq = match p.before_seq.as_deref().map(str::parse::<i64>) {
         None => None,
         Some(Ok(n)) if shared::chat::is_client_seq(n) => Some(n),
