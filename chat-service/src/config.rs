@@ -23,6 +23,9 @@ pub struct ChatConfig {
     pub max_body_bytes: usize,
     /// `MAX_CONTENT_CHARS`: the longest message (default 4000).
     pub max_content_chars: usize,
+    /// `MAX_GROUP_MEMBERS`: the most members a group holds, its owner included (default
+    /// 1000); larger audiences are rooms.
+    pub max_group_members: usize,
     /// `SEND_WORKER`: run the worker that persists WebSocket sends (default true).
     pub run_send_worker: bool,
     /// `AUTH_SERVICE_URL`: where auth-service's OpenAPI document is fetched for the combined one
@@ -124,6 +127,13 @@ impl ChatConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let max_content_chars = config::parsed("MAX_CONTENT_CHARS", 4000usize)?;
         let batch_size = config::parsed("SEND_BATCH_SIZE", 256u64)?;
+        let max_group_members = config::parsed("MAX_GROUP_MEMBERS", 1000usize)?;
+        if max_group_members < 2 {
+            return Err(ConfigError::new(
+                "MAX_GROUP_MEMBERS",
+                "is invalid: must be at least 2",
+            ));
+        }
         for (name, value) in [
             ("MAX_CONTENT_CHARS", max_content_chars as u64),
             ("SEND_BATCH_SIZE", batch_size),
@@ -141,6 +151,7 @@ impl ChatConfig {
             debug: config::debug()?,
             max_body_bytes: config::parsed("MAX_BODY_BYTES", 64 * 1024)?,
             max_content_chars,
+            max_group_members,
             run_send_worker: config::flag("SEND_WORKER", true)?,
             auth_service_url: Some(config::string("AUTH_SERVICE_URL", "http://127.0.0.1:8001")?)
                 .filter(|u| !u.is_empty()),

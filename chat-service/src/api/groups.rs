@@ -113,6 +113,17 @@ async fn check_users(state: &AppState, field: &str, ids: &BTreeSet<Uuid>) -> Api
     }
 }
 
+/// 422 naming `field` when a group would hold more than `max` members.
+fn too_many(field: &str, members: usize, max: usize) -> ApiResult<()> {
+    if members > max {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("a group holds at most {max} members (this would make {members}); larger audiences are rooms"),
+        ));
+    }
+    Ok(())
+}
+
 async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipAction) {
     let event = Event::Membership {
         chat_type: ChatType::Group,
@@ -129,7 +140,7 @@ async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipA
 #[utoipa::path(post, path = "/chat/groups", operation_id = "create_group", tag = "groups", security(("bearer" = [])), request_body = CreateGroup,
     responses(
         (status = 201, description = "Created; the creator owns it and is a member", body = Group),
-        (status = 422, description = "Invalid name or unknown users", body = ErrorBody),
+        (status = 422, description = "Invalid name, unknown users, or more members than a group holds (`MAX_GROUP_MEMBERS`)", body = ErrorBody),
         (status = 429, description = "Too many groups created in the last hour (GROUPS_PER_HOUR); see Retry-After", body = ErrorBody),
     ))]
 pub async fn create(
@@ -158,6 +169,7 @@ pub async fn create(
         )
         .await?;
     members.insert(caller.user_id);
+    too_many("member_ids", members.len(), state.config.max_group_members)?;
     let id = Uuid::now_v7();
     let list: Vec<Uuid> = members.iter().copied().collect();
     let mut tx = state.db.begin().await?;
@@ -222,7 +234,7 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
         (status = 200, description = "The group with its members", body = Group),
         (status = 403, description = "Only the owner adds members", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody),
-        (status = 422, description = "Unknown users", body = ErrorBody),
+        (status = 422, description = "Unknown users, or more members than a group holds (`MAX_GROUP_MEMBERS`)", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn add_members(
@@ -247,14 +259,35 @@ pub async fn add_members(
     crate::api::pins_blocks::refuse_if_blocked_by(&state, caller.user_id, &list).await?;
     state.require_events()?;
     let list: Vec<Uuid> = users.iter().copied().collect();
+    let mut tx = state.db.begin().await?;
+    // The group's row is locked while its members are counted and added, so two adds at once
+    // cannot together pass the bound.
+    let counts = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM conversation_members WHERE conversation_id = g.id) AS "members!",
+                  (SELECT count(*) FROM unnest($2::uuid[]) AS u (id)
+                   WHERE NOT EXISTS (SELECT 1 FROM conversation_members m
+                                     WHERE m.conversation_id = g.id AND m.user_id = u.id)) AS "new!"
+           FROM groups g WHERE g.id = $1 FOR UPDATE"#,
+        id,
+        &list
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such group"))?;
+    too_many(
+        "user_ids",
+        usize::try_from(counts.members + counts.new).unwrap_or(usize::MAX),
+        state.config.max_group_members,
+    )?;
     let added = sqlx::query_scalar!(
         r#"INSERT INTO conversation_members (conversation_id, user_id)
            SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING user_id"#,
         id,
         &list
     )
-    .fetch_all(&state.db)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     for user in added {
         announce(&state, id, user, MembershipAction::Added).await;
     }

@@ -3,7 +3,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 
 fn member_names(group: &Value) -> Vec<String> {
     group["members"]
@@ -164,4 +164,55 @@ async fn bad_group_requests(db: PgPool) {
         .delete(&bob, &format!("/chat/groups/{id}/members/{}", alice.id))
         .await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+/// A group holds at most `MAX_GROUP_MEMBERS`, its owner included: creating or adding past it
+/// is a 422 naming the field, and adds nobody; members already in count once.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_group_holds_at_most_its_bound(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.max_group_members = 3
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let dave = app.user("dave").await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "four", "member_ids": [bob.id, carol.id, dave.id]}),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["member_ids"].is_string(), "{body}");
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "three", "member_ids": [bob.id, carol.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let group: Value = r.json().await.unwrap();
+    let members = format!("/chat/groups/{}/members", group["id"].as_str().unwrap());
+    let r = app
+        .post(&alice, &members, json!({"user_ids": [dave.id]}))
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["user_ids"].is_string(), "{body}");
+    // Naming members already in adds nobody, so it fits.
+    let r = app
+        .post(&alice, &members, json!({"user_ids": [bob.id, carol.id]}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.delete(&alice, &format!("{members}/{}", carol.id)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .post(&alice, &members, json!({"user_ids": [dave.id]}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let group: Value = r.json().await.unwrap();
+    assert_eq!(member_names(&group), ["alice", "bob", "dave"]);
 }

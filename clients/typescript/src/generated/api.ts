@@ -2656,7 +2656,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid name or unknown users */
+            /** @description Invalid name, unknown users, or more members than a group holds (`MAX_GROUP_MEMBERS`) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2764,7 +2764,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unknown users */
+            /** @description Unknown users, or more members than a group holds (`MAX_GROUP_MEMBERS`) */
             422: {
                 headers: {
                     [name: string]: unknown;
