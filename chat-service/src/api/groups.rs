@@ -220,10 +220,19 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
     )
     .fetch_all(&state.db)
     .await?;
-    let mut groups = Vec::with_capacity(rows.len());
-    for g in rows {
-        groups.push(with_members(&state, g).await?);
-    }
+    // Every group's members in one query, not one per group.
+    let ids: Vec<Uuid> = rows.iter().map(|g| g.id).collect();
+    let mut by_group = crate::api::members_of_each(&state, &ids).await?;
+    let groups = rows
+        .into_iter()
+        .map(|g| Group {
+            members: by_group.remove(&g.id).unwrap_or_default(),
+            id: g.id,
+            name: g.name,
+            owner_id: g.owner_id,
+            created_at: g.created_at,
+        })
+        .collect();
     Ok(Json(groups))
 }
 

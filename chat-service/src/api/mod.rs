@@ -14,6 +14,8 @@ pub mod rooms;
 pub mod search;
 pub mod uploads;
 
+use std::collections::HashMap;
+
 use axum::{
     routing::{delete, get, patch, post, put},
     Router,
@@ -161,13 +163,41 @@ pub fn parse_chat(chat_type: &str, chat_id: &str) -> ApiResult<(ChatType, Uuid)>
 
 /// Members of a room or group, by username.
 pub async fn members_of(state: &AppState, conversation: Uuid) -> ApiResult<Vec<UserSummary>> {
-    Ok(sqlx::query_as!(
-        UserSummary,
-        r#"SELECT u.id, u.username, u.display_name, u.avatar_url, u.is_active, u.created_at, u.last_seen
+    Ok(members_of_each(state, &[conversation])
+        .await?
+        .remove(&conversation)
+        .unwrap_or_default())
+}
+
+/// Members of each of several rooms or groups, by username, in one query.
+pub async fn members_of_each(
+    state: &AppState,
+    conversations: &[Uuid],
+) -> ApiResult<HashMap<Uuid, Vec<UserSummary>>> {
+    let rows = sqlx::query!(
+        r#"SELECT m.conversation_id, u.id, u.username, u.display_name, u.avatar_url,
+                  u.is_active, u.created_at, u.last_seen
            FROM conversation_members m JOIN users u ON u.id = m.user_id
-           WHERE m.conversation_id = $1 ORDER BY lower(u.username) COLLATE "C""#,
-        conversation
+           WHERE m.conversation_id = ANY($1)
+           ORDER BY lower(u.username) COLLATE "C""#,
+        conversations
     )
     .fetch_all(&state.db)
-    .await?)
+    .await?;
+    let mut members: HashMap<Uuid, Vec<UserSummary>> = HashMap::new();
+    for m in rows {
+        members
+            .entry(m.conversation_id)
+            .or_default()
+            .push(UserSummary {
+                id: m.id,
+                username: m.username,
+                display_name: m.display_name,
+                avatar_url: m.avatar_url,
+                is_active: m.is_active,
+                created_at: m.created_at,
+                last_seen: m.last_seen,
+            });
+    }
+    Ok(members)
 }

@@ -216,3 +216,44 @@ async fn a_group_holds_at_most_its_bound(db: PgPool) {
     let group: Value = r.json().await.unwrap();
     assert_eq!(member_names(&group), ["alice", "bob", "dave"]);
 }
+
+/// `GET /chat/groups` lists the caller's groups newest first, each with its own members.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_group_list_carries_each_groups_members(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    for (name, members) in [
+        ("one", vec![bob.id]),
+        ("two", vec![carol.id]),
+        ("three", vec![carol.id, bob.id]),
+    ] {
+        let r = app
+            .post(
+                &alice,
+                "/chat/groups",
+                json!({"name": name, "member_ids": members}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let groups: Vec<Value> = app.get(&alice, "/chat/groups").await.json().await.unwrap();
+    let listed: Vec<(&str, Vec<String>)> = groups
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap(), member_names(g)))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "three",
+                vec!["alice".to_owned(), "bob".into(), "carol".into()]
+            ),
+            ("two", vec!["alice".to_owned(), "carol".into()]),
+            ("one", vec!["alice".to_owned(), "bob".into()]),
+        ]
+    );
+    let groups: Vec<Value> = app.get(&bob, "/chat/groups").await.json().await.unwrap();
+    assert_eq!(groups.len(), 2);
+}
