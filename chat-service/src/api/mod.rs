@@ -163,10 +163,31 @@ pub fn parse_chat(chat_type: &str, chat_id: &str) -> ApiResult<(ChatType, Uuid)>
 
 /// Members of a room or group, by username.
 pub async fn members_of(state: &AppState, conversation: Uuid) -> ApiResult<Vec<UserSummary>> {
-    Ok(members_of_each(state, &[conversation])
-        .await?
-        .remove(&conversation)
-        .unwrap_or_default())
+    members_page(state, conversation, None, None).await
+}
+
+/// Members of a room or group by username: those after `after` (a username, whatever its
+/// case), at most `limit` of them.
+pub async fn members_page(
+    state: &AppState,
+    conversation: Uuid,
+    after: Option<&str>,
+    limit: Option<i64>,
+) -> ApiResult<Vec<UserSummary>> {
+    Ok(sqlx::query_as!(
+        UserSummary,
+        r#"SELECT u.id, u.username, u.display_name, u.avatar_url, u.is_active, u.created_at, u.last_seen
+           FROM conversation_members m JOIN users u ON u.id = m.user_id
+           WHERE m.conversation_id = $1
+             AND ($2::text IS NULL OR lower(u.username) COLLATE "C" > lower($2) COLLATE "C")
+           ORDER BY lower(u.username) COLLATE "C"
+           LIMIT $3"#,
+        conversation,
+        after,
+        limit
+    )
+    .fetch_all(&state.db)
+    .await?)
 }
 
 /// Members of each of several rooms or groups, by username, in one query.

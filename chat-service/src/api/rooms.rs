@@ -294,18 +294,48 @@ pub async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Optional paging of a room's members (extensions: without them, every member).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MembersQuery {
+    /// 1–1000: at most this many members; a page this long may have more after it.
+    #[param(value_type = Option<i64>)]
+    limit: Option<String>,
+    /// The members after this username (the last one of the page before), by username.
+    after: Option<String>,
+}
+
 /// `GET /chat/rooms/{id}/members`
 #[utoipa::path(get, path = "/chat/rooms/{id}/members", tag = "rooms", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Room id")),
+    params(("id" = Uuid, Path, description = "Room id"), MembersQuery),
     responses(
-        (status = 200, description = "Members, by username", body = [UserSummary]),
+        (status = 200, description = "Members by username, whatever its case: every one, or with `limit` a page of them", body = [UserSummary]),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 422, description = "Invalid `limit` or `after`", body = ErrorBody),
     ))]
 pub async fn members(
     State(state): State<AppState>,
     caller: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> ApiResult<Json<Vec<UserSummary>>> {
+    let limit = query
+        .limit
+        .as_deref()
+        .map(|v| bounded_int("limit", Some(v), 0, 1..=1000))
+        .transpose()?;
+    if let Some(after) = &query.after {
+        // Usernames are 3–32 characters; any text up to that length is a position.
+        if after.is_empty() || after.chars().count() > 32 {
+            return Err(ApiError::invalid_field(
+                "after",
+                "must be 1 to 32 characters",
+            ));
+        }
+        shared::text::check(after).map_err(|p| ApiError::invalid_field("after", p))?;
+    }
     load(&state, id, caller.user_id).await?;
-    Ok(Json(crate::api::members_of(&state, id).await?))
+    Ok(Json(
+        crate::api::members_page(&state, id, query.after.as_deref(), limit).await?,
+    ))
 }

@@ -250,3 +250,49 @@ async fn member_counts_follow_joins_leaves_and_bans(db: PgPool) {
     let members: Vec<Value> = r.json().await.unwrap();
     assert_eq!(members.len(), 1);
 }
+
+/// A room's members page by username (`limit`, `after`), whatever its case; without them,
+/// every member.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn room_members_are_paged_by_username(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("Bob").await;
+    let carol = app.user("carol").await;
+    let dave = app.user("dave").await;
+    let room = app.room(&dave, "r", &[&carol, &bob, &alice]).await;
+    let names = |query: &'static str| {
+        let app = &app;
+        let alice = &alice;
+        async move {
+            let r = app
+                .get(alice, &format!("/chat/rooms/{room}/members{query}"))
+                .await;
+            assert_eq!(r.status(), StatusCode::OK, "{query}");
+            let members: Vec<Value> = r.json().await.unwrap();
+            members
+                .iter()
+                .map(|m| m["username"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names("").await, ["alice", "Bob", "carol", "dave"]);
+    assert_eq!(names("?limit=2").await, ["alice", "Bob"]);
+    assert_eq!(names("?limit=2&after=bob").await, ["carol", "dave"]);
+    assert!(names("?after=dave").await.is_empty());
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after=", "after"),
+        ("after=%07", "after"),
+    ] {
+        let body = assert_error(
+            app.get(&alice, &format!("/chat/rooms/{room}/members?{query}"))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        )
+        .await;
+        assert!(body["fields"][field].is_string(), "{query}: {body}");
+    }
+}

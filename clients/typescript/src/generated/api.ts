@@ -4467,7 +4467,12 @@ export interface operations {
     };
     members: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description 1–1000: at most this many members; a page this long may have more after it. */
+                limit?: number;
+                /** @description The members after this username (the last one of the page before), by username. */
+                after?: string;
+            };
             header?: never;
             path: {
                 /** @description Room id */
@@ -4477,7 +4482,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Members, by username */
+            /** @description Members by username, whatever its case: every one, or with `limit` a page of them */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -4504,7 +4509,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description A parameter or field is missing or invalid; `fields` names each */
+            /** @description Invalid `limit` or `after` */
             422: {
                 headers: {
                     [name: string]: unknown;
