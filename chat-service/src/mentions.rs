@@ -10,6 +10,11 @@ use shared::chat::ChatType;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// The most users one message mentions: the first this many distinct names (`@room` / `@group`
+/// names everyone). Without a bound one message of 4,000 characters named some 800, each a
+/// lookup when stored, a row of `message_mentions` and a webhook recipient.
+pub const MAX_NAMES: usize = 50;
+
 fn username_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
 }
@@ -39,7 +44,7 @@ pub fn parse(content: &str, chat_type: ChatType) -> (BTreeSet<String>, bool) {
         let word = word.to_ascii_lowercase();
         match (word.as_str(), chat_type) {
             ("room", ChatType::Room) | ("group", ChatType::Group) => everyone = true,
-            _ if (3..=32).contains(&word.len()) => {
+            _ if (3..=32).contains(&word.len()) && names.len() < MAX_NAMES => {
                 names.insert(word);
             }
             _ => {}
@@ -114,6 +119,21 @@ mod tests {
     fn names(content: &str, t: ChatType) -> (Vec<String>, bool) {
         let (n, all) = parse(content, t);
         (n.into_iter().collect(), all)
+    }
+
+    #[test]
+    fn a_message_names_at_most_max_names_users() {
+        let content: String = (0..MAX_NAMES + 10)
+            .map(|i| format!("@user{i:03} @user000 "))
+            .collect();
+        let (found, _) = names(&content, ChatType::Room);
+        assert_eq!(found.len(), MAX_NAMES);
+        assert!(found.contains(&"user000".to_owned()));
+        assert!(found.contains(&format!("user{:03}", MAX_NAMES - 1)));
+        assert!(
+            !found.contains(&format!("user{MAX_NAMES:03}")),
+            "the first ones count"
+        );
     }
 
     #[test]

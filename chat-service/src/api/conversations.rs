@@ -46,10 +46,13 @@ pub async fn list(
                   c.last_seq, m.last_read_seq,
                   COALESCE(c.last_message_at, m.joined_at) AS "updated_at!",
                   COALESCE(r.name, g.name, p.display_name) AS "name?",
-                  (SELECT count(*) FROM messages x
-                   WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq
-                     AND NOT x.is_deleted AND x.from_user_id <> $1
-                     AND (x.mentions_all OR $1 = ANY (x.mentions))) AS "mention_count!"
+                  (SELECT count(*) FROM message_mentions mm
+                   WHERE mm.user_id = $1 AND mm.conversation_id = c.id
+                     AND mm.seq > m.last_read_seq)
+                  + (SELECT count(*) FROM messages x
+                     WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq
+                       AND x.mentions_all AND NOT x.is_deleted AND x.from_user_id <> $1
+                       AND NOT x.mentions @> ARRAY[$1]) AS "mention_count!"
            FROM conversation_members m
            JOIN conversations c ON c.id = m.conversation_id
            LEFT JOIN rooms r ON r.id = c.room_id

@@ -418,6 +418,50 @@ async fn mentions_are_resolved_when_stored_and_counted_until_read(db: PgPool) {
     );
 }
 
+/// A member's unread mentions follow edits and deletions, and count each message once (named
+/// twice, or named and `@room` too).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn mention_counts_follow_edits_and_deletions(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let chat = format!("room/{room}");
+    let both = app.send(&alice, &chat, "@bob and @room: hi").await;
+    assert_eq!(mention_count(&app, &bob, room).await, Some(1));
+    let plain = app.send(&alice, &chat, "plain").await;
+    assert_eq!(mention_count(&app, &bob, room).await, Some(1));
+    let r = app
+        .patch(
+            &alice,
+            &format!("/chat/messages/{}", plain["id"].as_str().unwrap()),
+            json!({"content": "now @bob"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(mention_count(&app, &bob, room).await, Some(2));
+    let r = app
+        .delete(
+            &alice,
+            &format!("/chat/messages/{}", both["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(mention_count(&app, &bob, room).await, Some(1));
+    // (A member's own message would also move their read position to it.)
+    let last = app.send(&alice, &chat, "@bob @Bob twice").await;
+    assert_eq!(mention_count(&app, &bob, room).await, Some(2));
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/read/{chat}"),
+            json!({"seq": last["seq"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(mention_count(&app, &bob, room).await, Some(0));
+}
+
 /// The `mention_count` of the conversation `chat_id` in `who`'s list.
 async fn mention_count(
     app: &crate::helpers::TestApp,
