@@ -20,6 +20,9 @@ use crate::{
 
 /// The most pins one conversation lists.
 const MAX_PINS: i64 = 100;
+/// The most users one user blocks. Each gateway holding the user's sockets checks the list for
+/// every `typing` and `presence` meant for them.
+const MAX_BLOCKS: i64 = 1000;
 
 /// May `caller` pin in the conversation of `row`? Room owner or moderators, group owner,
 /// either user of a private chat; always a current member.
@@ -205,6 +208,19 @@ async fn set_block(
     }
     state.require_events()?;
     let changed = if blocked {
+        let held = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM user_blocks WHERE blocker_id = $1 AND blocked_id <> $2"#,
+            caller,
+            other
+        )
+        .fetch_one(&state.db)
+        .await?;
+        if held >= MAX_BLOCKS {
+            return Err(ApiError::conflict(
+                "too_many_blocks",
+                format!("a user blocks at most {MAX_BLOCKS} users; unblock someone first"),
+            ));
+        }
         sqlx::query!(
             "INSERT INTO user_blocks (blocker_id, blocked_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             caller,
@@ -241,6 +257,7 @@ async fn set_block(
         (status = 204, description = "Blocked (twice is harmless): they cannot send to your private chat (403 blocked) nor add you to a group, and their typing and presence no longer reach you"),
         (status = 401, description = "Not signed in", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`too_many_blocks`: the caller already blocks 1,000 users", body = ErrorBody),
         (status = 422, description = "Invalid path, or yourself", body = ErrorBody),
     ))]
 pub async fn block(

@@ -418,6 +418,43 @@ async fn mentions_are_resolved_when_stored_and_counted_until_read(db: PgPool) {
     );
 }
 
+/// A user blocks at most 1,000 users: the next is 409 `too_many_blocks`, blocking one of them
+/// again is harmless, and unblocking one makes room.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_user_blocks_at_most_a_thousand_users(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let more = app.user("onemore").await;
+    sqlx::query(
+        "INSERT INTO users (id, username, email, display_name, password_hash)
+         SELECT gen_random_uuid(), 'blocked' || i, 'blocked' || i || '@example.com', 'b', 'x'
+         FROM generate_series(1, 1000) AS i",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO user_blocks (blocker_id, blocked_id)
+         SELECT $1, id FROM users WHERE username LIKE 'blocked%'",
+    )
+    .bind(alice.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let r = app.put(&alice, &format!("/chat/blocks/{}", more.id)).await;
+    assert_error(r, StatusCode::CONFLICT, "too_many_blocks").await;
+    let some: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE username = 'blocked7'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let r = app.put(&alice, &format!("/chat/blocks/{some}")).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "already blocked");
+    let r = app.delete(&alice, &format!("/chat/blocks/{some}")).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app.put(&alice, &format!("/chat/blocks/{}", more.id)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
+
 /// A member's unread mentions follow edits and deletions, and count each message once (named
 /// twice, or named and `@room` too).
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
