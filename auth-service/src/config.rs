@@ -31,6 +31,12 @@ pub struct AuthConfig {
     /// `LOGIN_MAX_DELAY_SECONDS` (default 30). No lockout.
     pub login_max_failures_per_account: u32,
     pub login_max_delay_seconds: u64,
+    /// `LOGIN_RATE_PER_SECOND`, `LOGIN_BURST`: password checks for one account, whatever
+    /// their outcome (default 1 a second, bursts of 10; 429 `rate_limited` past it). Each is
+    /// ~50 ms of a core on the bounded hashing pool, and the failure throttle forgets a login
+    /// that succeeds: without this, one user's script logging in with their own password could
+    /// keep the pool busy, and every other login waited or got 503.
+    pub login_rate: shared::limits::Rate,
     /// `LOGIN_MAX_FAILURES_PER_ADDRESS`: failed logins from one client address within the window before 429 (default 30).
     pub login_max_failures_per_address: u32,
     /// `LOGIN_FAILURE_WINDOW_SECONDS`: how long failures are counted (default 900).
@@ -74,6 +80,14 @@ impl AuthConfig {
             argon2_max_concurrency: config::parsed("ARGON2_MAX_CONCURRENCY", cpus)?,
             argon2_queue_timeout_ms: config::parsed("ARGON2_QUEUE_TIMEOUT_MS", 5000)?,
             login_max_failures_per_account: config::parsed("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?,
+            login_rate: config::rate(
+                "LOGIN_RATE_PER_SECOND",
+                "LOGIN_BURST",
+                shared::limits::Rate {
+                    per_second: 1,
+                    burst: 10,
+                },
+            )?,
             login_max_failures_per_address: config::parsed("LOGIN_MAX_FAILURES_PER_ADDRESS", 30)?,
             login_failure_window_seconds: config::parsed("LOGIN_FAILURE_WINDOW_SECONDS", 900)?,
             trusted_proxies: trusted_proxies()?,

@@ -49,11 +49,17 @@ pub struct GatewayConfig {
     /// consumers are behind: Postgres down, say), sends are refused with `unavailable`
     /// (default 20000).
     pub send_stream_max_entries: u64,
+    /// `CONNECT_RATE_PER_SECOND` and `CONNECT_BURST`: WebSocket upgrades per user across every
+    /// gateway (1 a second, bursts of 40: every tab of a user reconnecting twice at once);
+    /// past it, 429 `rate_limited` with `Retry-After`.
+    pub connect_rate: shared::limits::Rate,
     /// `INBOUND_FRAME_RATE_PER_SECOND` and `INBOUND_FRAME_BURST`: the pace at which each
     /// connection's frames are read (100 a second, bursts of 200; a frame counts one more per
     /// 8 KiB of payload). Past it the socket is read more slowly; nothing is refused.
     pub inbound_frame_rate: shared::limits::Rate,
-    /// `TYPING_RATE_PER_SECOND`: `typing` frames per connection (default 4, bursts of 8).
+    /// `TYPING_RATE_PER_SECOND`: `typing` frames per user across their sockets on every
+    /// gateway (default 4, bursts of twice as many); each socket is held to it too before
+    /// Redis is asked.
     pub typing_rate_per_second: u32,
     /// `WS_READ_BUFFER_BYTES`: tungstenite's read buffer per connection, allocated when the
     /// connection opens, and the most read per `read()` (default 1024: a typical chat frame in
@@ -122,6 +128,14 @@ impl GatewayConfig {
             send_rate: config::send_rate()?,
             sync_rate: sync_rate()?,
             send_stream_max_entries: config::parsed("SEND_STREAM_MAX_ENTRIES", 20_000)?,
+            connect_rate: config::rate(
+                "CONNECT_RATE_PER_SECOND",
+                "CONNECT_BURST",
+                shared::limits::Rate {
+                    per_second: 1,
+                    burst: 40,
+                },
+            )?,
             inbound_frame_rate: config::rate(
                 "INBOUND_FRAME_RATE_PER_SECOND",
                 "INBOUND_FRAME_BURST",

@@ -149,6 +149,19 @@ pub async fn handler(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
             return ApiError::forbidden("this Origin may not open WebSockets").into_response();
         }
     }
+    // One user's upgrades are paced before they take a slot of the gateway's.
+    if !connection::user_bucket_allows(
+        &gw,
+        gw.config.connect_rate,
+        gw.hub.keys().connect_rate(user),
+        "gateway_connects_rate_limited_total",
+    )
+    .await
+    {
+        let mut e = ApiError::too_many_requests("too many connections opened; retry later", 2);
+        e.code = "rate_limited";
+        return e.into_response();
+    }
     // Paced: what follows asks chat-service for the user's conversations.
     let Ok(_preparing) = gw.upgrades.clone().try_acquire_owned() else {
         metrics::counter!("gateway_upgrades_shed_total").increment(1);

@@ -120,6 +120,22 @@ impl Keys {
         format!("{}rate:sync:{{{}}}", self.prefix, user_id)
     }
 
+    /// The bucket of one user's WebSocket upgrades, shared by every gateway.
+    pub fn connect_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:connect:{{{}}}", self.prefix, user_id)
+    }
+
+    /// The bucket of password checks for one account (a user id, or the name typed for an
+    /// unknown one), shared by every auth-service replica.
+    pub fn login_rate(&self, account: &str) -> String {
+        format!("{}rate:login:{{{}}}", self.prefix, account)
+    }
+
+    /// The `typing` token bucket of one user, shared by all of their sockets on every gateway.
+    pub fn typing_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:typing:{{{}}}", self.prefix, user_id)
+    }
+
     /// The search token bucket of one user, shared by every chat-service replica.
     pub fn search_rate(&self, user_id: Uuid) -> String {
         format!("{}rate:search:{{{}}}", self.prefix, user_id)

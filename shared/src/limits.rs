@@ -114,6 +114,19 @@ async fn take_in_one_slot(
         .collect())
 }
 
+/// One token from one bucket, failing open: `false` only when Redis answers that the bucket is
+/// empty. With Redis away the caller goes ahead (logged at debug): these buckets pace what one
+/// user repeats, and an outage should not refuse everyone.
+pub async fn allows(redis: &Client, rate: Rate, key: String) -> bool {
+    match take(redis, rate, &[(key, 1)]).await {
+        Ok(granted) => granted.first().copied().unwrap_or(0) > 0,
+        Err(e) => {
+            tracing::debug!(error = %e, "rate bucket unavailable; allowed");
+            true
+        }
+    }
+}
+
 /// One token from one bucket: `Ok` or 429 `rate_limited` with `Retry-After` and `detail`;
 /// `limit` labels `rate_limited_total` (`send`, `search`).
 pub async fn take_one(

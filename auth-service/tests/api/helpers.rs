@@ -39,6 +39,10 @@ pub fn test_config() -> AuthConfig {
         argon2_max_concurrency: 2,
         argon2_queue_timeout_ms: 30_000,
         login_max_failures_per_account: 100,
+        login_rate: shared::limits::Rate {
+            per_second: 1,
+            burst: 10,
+        },
         login_max_failures_per_address: 1000,
         login_failure_window_seconds: 900,
         trusted_proxies: vec![],

@@ -130,6 +130,40 @@ async fn failed_logins_are_throttled_per_account(db: PgPool) {
     );
 }
 
+/// Password checks are paced per account whatever their outcome: a success clears the failure
+/// count, so without a pace one user logging in with their own password as fast as answers
+/// came kept the hashing pool busy, and everyone else's logins waited or got 503.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn logins_are_paced_per_account_even_when_they_succeed(db: PgPool) {
+    let app = spawn_app_with(db, |c| {
+        c.login_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 3,
+        }
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    for login in ["alice", "alice@example.com", "ALICE"] {
+        assert_eq!(
+            app.login(login, &alice.password).await.status(),
+            StatusCode::OK
+        );
+    }
+    let r = app.login("alice", &alice.password).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(
+        app.login("bob", &bob.password).await.status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        app.login("alice", &alice.password).await.status(),
+        StatusCode::OK
+    );
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_success_clears_the_account_count(db: PgPool) {
     let app = spawn_app_with(db, |c| c.login_max_failures_per_account = 3).await;
@@ -181,8 +215,16 @@ async fn failed_logins_are_throttled_per_client_address(db: PgPool) {
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_login_flood_does_not_starve_other_requests(db: PgPool) {
-    // One hashing slot: 16 logins take at least 16 sequential Argon2 runs.
-    let app = spawn_app_with(db, |c| c.argon2_max_concurrency = 1).await;
+    // One hashing slot: 16 logins take at least 16 sequential Argon2 runs (of one account,
+    // so its login rate is lifted: this is about the hashing pool and the async workers).
+    let app = spawn_app_with(db, |c| {
+        c.argon2_max_concurrency = 1;
+        c.login_rate = shared::limits::Rate {
+            per_second: 1000,
+            burst: 1000,
+        };
+    })
+    .await;
     let alice = app.register("alice").await;
     let token = app.tokens(&alice).await["access_token"]
         .as_str()

@@ -792,6 +792,14 @@ async fn handle(
                     t.chat_id,
                 ),
             };
+            let rate = shared::limits::Rate {
+                per_second: gw.config.typing_rate_per_second,
+                burst: gw.config.typing_rate_per_second * 2,
+            };
+            let key = gw.hub.keys().typing_rate(conn.user);
+            if !user_bucket_allows(gw, rate, key, "gateway_typing_rate_limited_total").await {
+                return Err(FrameError::new("rate_limited", "typing too often"));
+            }
             let event = Event::Typing {
                 user_id: conn.user,
                 chat_type: t.chat_type,
@@ -852,7 +860,10 @@ async fn handle(
             let (gw, conn) = (gw.clone(), conn.clone());
             tokio::spawn(
                 async move {
-                    if sync_allowed(&gw, conn.user).await {
+                    let key = gw.hub.keys().sync_rate(conn.user);
+                    let rate = gw.config.sync_rate;
+                    if user_bucket_allows(&gw, rate, key, "gateway_syncs_rate_limited_total").await
+                    {
                         sync(gw, conn.clone(), positions).await;
                     } else {
                         reply_error(
@@ -870,23 +881,30 @@ async fn handle(
     }
 }
 
-/// Takes a token from the user's `sync` bucket (`SYNC_RATE_PER_SECOND`, shared by their sockets
-/// on every gateway): a sync of 100 positions is hundreds of queries, and one in flight per
-/// socket alone lets a user repeat them back to back on 20 sockets. With Redis away the sync
-/// goes ahead: it needs only chat-service, and a reconnecting client needs it most.
-async fn sync_allowed(gw: &Gateway, user: Uuid) -> bool {
-    let key = gw.hub.keys().sync_rate(user);
-    match shared::limits::take(&gw.bus.redis, gw.config.sync_rate, &[(key, 1)]).await {
-        Ok(granted) if granted.first().copied().unwrap_or(0) == 0 => {
-            metrics::counter!("gateway_syncs_rate_limited_total").increment(1);
-            false
-        }
-        Ok(_) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "sync bucket unavailable; sync allowed");
-            true
-        }
+/// Takes a token from one of the user's buckets shared by their sockets on every gateway, and
+/// counts a refusal in `refused` (a counter's name).
+///
+/// - Connecting: each upgrade asks chat-service for the user's conversations and holds one of
+///   the gateway's upgrade slots meanwhile, so one user's script reconnecting in a loop could
+///   hold them all.
+/// - `sync`: one sync of 100 positions is hundreds of queries, and one in flight per socket
+///   alone lets a user repeat them back to back on 20 sockets.
+/// - `typing`: each is an event to every member (5,000 sockets in a hot room), and a
+///   per-socket rate alone lets a user send 20 times as many from 20 sockets.
+///
+/// With Redis away the request goes ahead: a sync needs only chat-service, and a reconnecting
+/// client needs it most (typing goes nowhere without Redis anyway).
+pub(crate) async fn user_bucket_allows(
+    gw: &Gateway,
+    rate: shared::limits::Rate,
+    key: String,
+    refused: &'static str,
+) -> bool {
+    let allowed = shared::limits::allows(&gw.bus.redis, rate, key).await;
+    if !allowed {
+        metrics::counter!(refused).increment(1);
     }
+    allowed
 }
 
 /// One position per conversation, the lowest `seq` of those named, in first-named order.

@@ -89,6 +89,10 @@ pub fn gateway_config(prefix: &str, chat_url: &str) -> GatewayConfig {
             per_second: 5,
             burst: 40,
         },
+        connect_rate: shared::limits::Rate {
+            per_second: 1,
+            burst: 40,
+        },
         inbound_frame_rate: shared::limits::Rate {
             per_second: 100,
             burst: 200,
@@ -233,6 +237,10 @@ impl Stack {
             argon2_queue_timeout_ms: 30_000,
             login_max_failures_per_account: 100,
             login_max_delay_seconds: 30,
+            login_rate: shared::limits::Rate {
+                per_second: 1,
+                burst: 10,
+            },
             login_max_failures_per_address: 1000,
             login_failure_window_seconds: 900,
             trusted_proxies: vec![],

@@ -253,6 +253,82 @@ async fn syncs_are_limited_per_user_across_sockets_and_gateways(db: PgPool) {
     a1.expect("synced").await;
 }
 
+/// WebSocket upgrades are paced per user across gateways: each asks chat-service for the
+/// user's conversations and holds an upgrade slot of the gateway meanwhile, so one user's
+/// script reconnecting in a loop could hold every slot. Past the bucket, 429 `rate_limited`
+/// with `Retry-After` before any of that; other users connect as before.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn connecting_is_limited_per_user_across_gateways(db: PgPool) {
+    let s = stack(db, 2, |c| {
+        c.connect_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 3,
+        }
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    for g in [0, 1, 0] {
+        // Opened and closed: the limit is on opening, not on holding.
+        drop(s.connect(g, &alice).await);
+    }
+    let refused = Client::connect(s.gateways[1].port, &alice.token, None, None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["code"], "rate_limited");
+        }
+        other => panic!("expected a 429, got {:?}", other.map(|_| "a socket")),
+    }
+    s.connect(1, &bob).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.connect(1, &alice).await;
+}
+
+/// `typing` is limited per user across their sockets on every gateway: each is an event to
+/// every member, and a per-socket rate alone let a user send twenty times as many from twenty
+/// sockets.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn typing_is_limited_per_user_across_sockets_and_gateways(db: PgPool) {
+    let s = stack(db, 2, |c| c.typing_rate_per_second = 1).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[&bob]).await;
+    let mut a1 = s.connect(0, &alice).await;
+    let mut a2 = s.connect(1, &alice).await;
+    let mut b = s.connect(0, &bob).await;
+    let typing = json!({"chat_type": "room", "chat_id": room});
+    // Each socket alone may send two (its own first line); the user, two in all.
+    for a in [&mut a1, &mut a2] {
+        for _ in 0..2 {
+            a.send("typing", typing.clone()).await;
+        }
+    }
+    let mut refused = a1.drain(Duration::from_millis(500)).await;
+    refused.extend(a2.drain(Duration::from_millis(100)).await);
+    let refused = refused
+        .iter()
+        .filter(|f| f["type"] == "error" && f["data"]["code"] == "rate_limited")
+        .count();
+    assert_eq!(refused, 2, "two of the four were refused");
+    let seen = b
+        .drain(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "typing")
+        .count();
+    assert_eq!(seen, 2, "bob saw the two let through");
+    // The bucket fills again, and bob's is his own.
+    b.send("typing", typing.clone()).await;
+    a1.expect("typing").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a2.send("typing", typing).await;
+    b.expect("typing").await;
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_sync_stops_at_the_frames_byte_budget(db: PgPool) {
     // 500 messages of the longest content in each of two rooms (about 4.5 MB as JSON): within

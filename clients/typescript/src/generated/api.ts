@@ -1617,7 +1617,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Too many failures; see Retry-After */
+            /** @description Too many failures (`too_many_requests`), or more logins for the account than 1 a second in bursts of 10 (`rate_limited`); see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -1807,7 +1807,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Too many wrong passwords; see Retry-After */
+            /** @description Too many wrong passwords, or password checks for the account (`LOGIN_RATE_PER_SECOND`, `rate_limited`); see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2438,6 +2438,15 @@ export interface operations {
             };
             /** @description No such user */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_blocks`: the caller already blocks 1,000 users */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
