@@ -138,7 +138,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/chat/rooms", operation_id = "create_room", tag = "rooms", security(("bearer" = [])), request_body = CreateRoom,
     responses(
         (status = 201, description = "Created; the creator has joined", body = Room),
-        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 409, description = "The name is taken (`room_name_taken`), or the caller already belongs to `MAX_ROOMS_PER_USER` rooms (`too_many_rooms`)", body = ErrorBody),
         (status = 422, description = "Invalid fields", body = ErrorBody),
         (status = 429, description = "Too many rooms created in the last hour (ROOMS_PER_HOUR); see Retry-After", body = ErrorBody),
     ))]
@@ -167,6 +167,7 @@ pub async fn create(
         return Err(ApiError::validation(problems));
     }
     state.require_events()?;
+    check_room_count(&state, caller.user_id).await?;
     state
         .creation_quota("rooms", caller.user_id, state.config.quotas.rooms_per_hour)
         .await?;
@@ -210,6 +211,28 @@ pub async fn create(
     ))
 }
 
+/// 409 `too_many_rooms` when `user` already belongs to `MAX_ROOMS_PER_USER` rooms: each of a
+/// user's rooms is loaded and subscribed to by every upgrade of their sockets, and, at 10
+/// joins a second, one user could otherwise join every public room there is.
+async fn check_room_count(state: &AppState, user: Uuid) -> ApiResult<()> {
+    let joined = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM conversation_members m
+           JOIN rooms r ON r.id = m.conversation_id
+           WHERE m.user_id = $1"#,
+        user
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let max = state.config.max_rooms_per_user;
+    if usize::try_from(joined).unwrap_or(usize::MAX) >= max {
+        return Err(ApiError::conflict(
+            "too_many_rooms",
+            format!("a user belongs to at most {max} rooms; leave one first"),
+        ));
+    }
+    Ok(())
+}
+
 async fn announce(state: &AppState, room: Uuid, user: Uuid, action: MembershipAction) {
     announce_by(state, room, user, action, None, None).await;
 }
@@ -241,6 +264,7 @@ pub(crate) async fn announce_by(
         (status = 200, description = "Joined (joining twice is harmless)", body = Room),
         (status = 403, description = "Banned from the room (`banned`; the detail says until when)", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "`too_many_rooms`: the caller already belongs to `MAX_ROOMS_PER_USER` rooms (1000)", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn join(
@@ -248,9 +272,12 @@ pub async fn join(
     Acting(caller): Acting,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Room>> {
-    load(&state, id, caller.user_id).await?;
+    let room = load(&state, id, caller.user_id).await?;
     crate::api::moderation::check_not_banned(&state, id, caller.user_id).await?;
     state.require_events()?;
+    if !room.is_member {
+        check_room_count(&state, caller.user_id).await?;
+    }
     let joined = sqlx::query!(
         "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         id,

@@ -2,7 +2,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn create_list_join_leave_and_members(db: PgPool) {
@@ -295,4 +295,34 @@ async fn room_members_are_paged_by_username(db: PgPool) {
         .await;
         assert!(body["fields"][field].is_string(), "{query}: {body}");
     }
+}
+
+/// A user belongs to at most `MAX_ROOMS_PER_USER` rooms: joining or creating past it is 409
+/// `too_many_rooms`; joining a room again is harmless, and leaving one makes room.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_user_belongs_to_at_most_max_rooms(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.max_rooms_per_user = 2
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let first = app.room(&alice, "first", &[]).await;
+    let second = app.room(&bob, "second", &[&alice]).await;
+    let third = app.room(&bob, "third", &[]).await;
+    let join = |room: uuid::Uuid| format!("/chat/rooms/{room}/join");
+    let r = app.post(&alice, &join(third), Value::Null).await;
+    assert_error(r, StatusCode::CONFLICT, "too_many_rooms").await;
+    let r = app
+        .post(&alice, "/chat/rooms", json!({"name": "fourth"}))
+        .await;
+    assert_error(r, StatusCode::CONFLICT, "too_many_rooms").await;
+    let r = app.post(&alice, &join(first), Value::Null).await;
+    assert_eq!(r.status(), StatusCode::OK, "already a member");
+    let r = app
+        .post(&alice, &format!("/chat/rooms/{second}/leave"), Value::Null)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app.post(&alice, &join(third), Value::Null).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -142,6 +142,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         max_body_bytes: 65536,
         max_content_chars: 4000,
         max_group_members: 1000,
+        max_rooms_per_user: 1000,
         run_send_worker: true,
         auth_service_url: None,
         worker: chat_service::worker::WorkerConfig {

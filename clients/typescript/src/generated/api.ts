@@ -3951,7 +3951,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The name is taken */
+            /** @description The name is taken (`room_name_taken`), or the caller already belongs to `MAX_ROOMS_PER_USER` rooms (`too_many_rooms`) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4372,6 +4372,15 @@ export interface operations {
             };
             /** @description No such room */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_rooms`: the caller already belongs to `MAX_ROOMS_PER_USER` rooms (1000) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
