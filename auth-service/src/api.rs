@@ -249,14 +249,14 @@ pub fn client_address(
 /// Takes a token from `account`'s login bucket (`LOGIN_RATE_PER_SECOND`): 429 `rate_limited`
 /// past it. With Redis away the check goes ahead, as the failure throttle's does.
 async fn login_rate(state: &AppState, account: &str) -> ApiResult<()> {
-    let key = state.keys().login_rate(account);
-    if shared::limits::allows(&state.redis, state.config.login_rate, key).await {
-        return Ok(());
-    }
-    metrics::counter!("rate_limited_total", "limit" => "login").increment(1);
-    let mut e = ApiError::too_many_requests("too many logins for this account", 1);
-    e.code = "rate_limited";
-    Err(e)
+    shared::limits::take_one_or_allow(
+        &state.redis,
+        state.config.login_rate,
+        state.keys().login_rate(account),
+        "login",
+        "too many logins for this account",
+    )
+    .await
 }
 
 /// Checks `password` against `hash` (a dummy when there is none, so timing tells nothing),

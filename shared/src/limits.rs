@@ -147,6 +147,25 @@ pub async fn take_one(
     }
 }
 
+/// As [`take_one`], failing open: with Redis away the request goes ahead (see [`allows`]).
+/// For what needs no Redis otherwise (searching, logging in), so an outage of the buckets'
+/// store does not refuse it.
+pub async fn take_one_or_allow(
+    redis: &Client,
+    rate: Rate,
+    key: String,
+    limit: &'static str,
+    detail: &str,
+) -> Result<(), ApiError> {
+    if allows(redis, rate, key).await {
+        return Ok(());
+    }
+    metrics::counter!("rate_limited_total", "limit" => limit).increment(1);
+    let mut e = ApiError::too_many_requests(detail, 1);
+    e.code = "rate_limited";
+    Err(e)
+}
+
 /// Counts one use against `limit` per `window_seconds` at `key`; past it, 429 with the
 /// window's remaining time in `Retry-After` and `detail` as the message.
 pub async fn quota(
