@@ -128,7 +128,7 @@ pub async fn allows(redis: &Client, rate: Rate, key: String) -> bool {
 }
 
 /// One token from one bucket: `Ok` or 429 `rate_limited` with `Retry-After` and `detail`;
-/// `limit` labels `rate_limited_total` (`send`, `search`).
+/// `limit` labels `rate_limited_total` (`send`, `action`, …).
 pub async fn take_one(
     redis: &Client,
     rate: Rate,
@@ -140,11 +140,16 @@ pub async fn take_one(
     if granted.first().copied().unwrap_or(0) >= 1 {
         Ok(())
     } else {
-        metrics::counter!("rate_limited_total", "limit" => limit).increment(1);
-        let mut e = ApiError::too_many_requests(detail, 1);
-        e.code = "rate_limited";
-        Err(e)
+        Err(refused(limit, detail))
     }
+}
+
+/// The 429 `rate_limited` of an empty bucket, counted in `rate_limited_total{limit}`.
+fn refused(limit: &'static str, detail: &str) -> ApiError {
+    metrics::counter!("rate_limited_total", "limit" => limit).increment(1);
+    let mut e = ApiError::too_many_requests(detail, 1);
+    e.code = "rate_limited";
+    e
 }
 
 /// As [`take_one`], failing open: with Redis away the request goes ahead (see [`allows`]).
@@ -158,12 +163,10 @@ pub async fn take_one_or_allow(
     detail: &str,
 ) -> Result<(), ApiError> {
     if allows(redis, rate, key).await {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(refused(limit, detail))
     }
-    metrics::counter!("rate_limited_total", "limit" => limit).increment(1);
-    let mut e = ApiError::too_many_requests(detail, 1);
-    e.code = "rate_limited";
-    Err(e)
 }
 
 /// Counts one use against `limit` per `window_seconds` at `key`; past it, 429 with the

@@ -154,8 +154,11 @@ pub async fn create(
         .map(str::trim)
         .filter(|d| !d.is_empty());
     let mut problems = std::collections::BTreeMap::new();
-    if !(1..=64).contains(&name.chars().count()) {
-        problems.insert("name".to_owned(), "must be 1 to 64 characters".to_owned());
+    if !(1..=MAX_NAME_CHARS).contains(&name.chars().count()) {
+        problems.insert(
+            "name".to_owned(),
+            format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        );
     }
     if description.is_some_and(|d| d.chars().count() > 500) {
         problems.insert(
