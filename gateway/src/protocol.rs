@@ -105,6 +105,8 @@ pub struct FrameError {
     pub detail: String,
     /// The `client_id` of a refused `send_message`, when it had one.
     pub client_id: Option<String>,
+    /// The type of the frame this answers, when it is known (see [`ErrorData::in_reply_to`]).
+    pub in_reply_to: Option<&'static str>,
 }
 
 impl FrameError {
@@ -113,8 +115,63 @@ impl FrameError {
             code,
             detail: detail.into(),
             client_id: None,
+            in_reply_to: None,
         }
     }
+
+    /// A refused `send_message` with `client_id`.
+    pub fn send(code: &'static str, detail: impl Into<String>, client_id: String) -> Self {
+        Self {
+            client_id: Some(client_id),
+            in_reply_to: Some("send_message"),
+            ..Self::new(code, detail)
+        }
+    }
+
+    /// Names the type of the frame refused, unless it is named already.
+    pub fn answering(mut self, kind: &'static str) -> Self {
+        self.in_reply_to.get_or_insert(kind);
+        self
+    }
+
+    /// The `error` frame's data.
+    pub fn data(&self) -> ErrorData<'_> {
+        ErrorData {
+            client_id: self.client_id.as_deref(),
+            code: self.code,
+            detail: &self.detail,
+            in_reply_to: self.in_reply_to,
+        }
+    }
+}
+
+/// The data of an `error` frame.
+#[derive(Debug, Serialize)]
+pub struct ErrorData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<&'a str>,
+    pub code: &'a str,
+    pub detail: &'a str,
+    /// The `type` of the client frame refused (`send_message`, `sync`, `mark_read`, …), so
+    /// that a client can tell which request failed when it carries no `client_id`. Absent when
+    /// the frame's type could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<&'a str>,
+}
+
+/// The client frame types, as [`ClientFrame::label`] names them.
+const CLIENT_TYPES: [&str; 6] = [
+    "send_message",
+    "typing",
+    "mark_read",
+    "sync",
+    "reauth",
+    "ping",
+];
+
+/// `kind` as one of [`CLIENT_TYPES`], if it is one.
+fn client_type(kind: Option<&str>) -> Option<&'static str> {
+    kind.and_then(|k| CLIENT_TYPES.iter().copied().find(|t| *t == k))
 }
 
 #[derive(Deserialize)]
@@ -175,7 +232,8 @@ pub fn parse(value: Value) -> Result<ClientFrame, FrameError> {
         .map(str::to_owned);
     if let Some((field, problem)) = shared::text::find_in_json(&value, "frame") {
         let mut e = FrameError::new("invalid_payload", format!("{field}: {problem}"));
-        if value.get("type").and_then(Value::as_str) == Some("send_message") {
+        e.in_reply_to = client_type(value.get("type").and_then(Value::as_str));
+        if e.in_reply_to == Some("send_message") {
             e.client_id = client_id;
         }
         return Err(e);
@@ -205,6 +263,7 @@ pub fn parse(value: Value) -> Result<ClientFrame, FrameError> {
         )),
     };
     parsed.map_err(|mut e| {
+        e.in_reply_to = client_type(Some(&envelope.kind));
         if envelope.kind == "send_message" {
             e.client_id = client_id;
         }

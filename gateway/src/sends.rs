@@ -255,11 +255,11 @@ impl Io {
         for p in gathered {
             reply_error(
                 &p.conn,
-                &FrameError {
-                    code: "unavailable",
-                    detail: "messages cannot be accepted right now; retry".into(),
-                    client_id: Some(p.command.client_id.clone()),
-                },
+                &FrameError::send(
+                    "unavailable",
+                    "messages cannot be accepted right now; retry",
+                    p.command.client_id.clone(),
+                ),
             );
         }
     }
@@ -293,11 +293,11 @@ impl Io {
                 metrics::counter!("gateway_sends_refused_total", "reason" => "rate").increment(1);
                 reply_error(
                     &p.conn,
-                    &FrameError {
-                        code: "rate_limited",
-                        detail: "too many messages; slow down".into(),
-                        client_id: Some(p.command.client_id.clone()),
-                    },
+                    &FrameError::send(
+                        "rate_limited",
+                        "too many messages; slow down",
+                        p.command.client_id.clone(),
+                    ),
                 );
                 false
             }

@@ -143,14 +143,6 @@ struct Ready<'a> {
 }
 
 #[derive(Serialize)]
-struct ErrorData<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_id: Option<&'a str>,
-    code: &'a str,
-    detail: &'a str,
-}
-
-#[derive(Serialize)]
 struct SyncedResult {
     chat_type: ChatType,
     chat_id: Uuid,
@@ -173,15 +165,7 @@ fn reply<D: Serialize>(conn: &Arc<ConnShared>, kind: &'static str, data: &D) {
 }
 
 pub(crate) fn reply_error(conn: &Arc<ConnShared>, e: &FrameError) {
-    reply(
-        conn,
-        "error",
-        &ErrorData {
-            client_id: e.client_id.as_deref(),
-            code: e.code,
-            detail: &e.detail,
-        },
-    );
+    reply(conn, "error", &e.data());
 }
 
 /// Serves one upgraded connection until it closes.
@@ -516,6 +500,7 @@ async fn serve(
                     _ => continue,
                 };
                 let parsed = protocol::decode_value(conn.encoding, bytes).and_then(protocol::parse);
+                let kind = parsed.as_ref().ok().map(ClientFrame::label);
                 let outcome = match parsed {
                     Ok(ClientFrame::Reauth(r)) => {
                         metrics::counter!("gateway_frames_in_total", "type" => "reauth").increment(1);
@@ -541,7 +526,8 @@ async fn serve(
                     }
                     Err(e) => Err(e),
                 };
-                if let Err(e) = outcome {
+                if let Err(mut e) = outcome {
+                    e.in_reply_to = e.in_reply_to.or(kind);
                     metrics::counter!("gateway_frame_errors_total", "code" => e.code).increment(1);
                     reply_error(conn, &e);
                     if matches!(e.code, "rate_limited" | "unavailable") {
@@ -733,10 +719,8 @@ async fn handle(
                 .client_id
                 .clone()
                 .unwrap_or_else(|| Uuid::new_v4().to_string());
-            let refuse = |code: &'static str, detail: &str| FrameError {
-                code,
-                detail: detail.to_owned(),
-                client_id: Some(client_id.clone()),
+            let refuse = |code: &'static str, detail: &str| {
+                FrameError::send(code, detail, client_id.clone())
             };
             if !sends.take() {
                 return Err(refuse("rate_limited", "too many messages; slow down"));
@@ -836,7 +820,7 @@ async fn handle(
                         seq: r.seq,
                     };
                     if let Err(e) = gw.hub.chat().mark_read(&request).await {
-                        reply_error(&conn, &call_error(e));
+                        reply_error(&conn, &call_error(e).answering("mark_read"));
                     }
                 }
                 .in_current_span(),
@@ -868,7 +852,8 @@ async fn handle(
                     } else {
                         reply_error(
                             &conn,
-                            &FrameError::new("rate_limited", "too many syncs; retry in a second"),
+                            &FrameError::new("rate_limited", "too many syncs; retry in a second")
+                                .answering("sync"),
                         );
                     }
                     conn.syncing
@@ -973,7 +958,7 @@ async fn sync(
         Err(e) => {
             release_held(&conn, &mut cursors, &known);
             drop(cursors);
-            reply_error(&conn, &call_error(e));
+            reply_error(&conn, &call_error(e).answering("sync"));
             return;
         }
     };

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{Hub, State};
 use crate::{
     connection::state::{ConnShared, Outbound},
-    protocol::SharedFrame,
+    protocol::{ErrorData, SharedFrame},
 };
 
 #[derive(Serialize)]
@@ -84,13 +84,6 @@ struct PresenceData {
 struct AckData<'a> {
     client_id: &'a str,
     message: &'a Message,
-}
-
-#[derive(Serialize)]
-struct ErrorData<'a> {
-    client_id: &'a str,
-    code: &'a str,
-    detail: &'a str,
 }
 
 /// The `chat_id` `viewer` sees for an event about a message of `from` (to `to`, in a private
@@ -376,9 +369,10 @@ impl Hub {
                     .filter(|c| c.session == session_id)
                 {
                     let data = ErrorData {
-                        client_id: &client_id,
+                        client_id: Some(&client_id),
                         code: &code,
                         detail: &detail,
+                        in_reply_to: Some("send_message"),
                     };
                     self.send(&conn, "error", &data, false);
                 }

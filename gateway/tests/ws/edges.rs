@@ -86,27 +86,47 @@ async fn bad_frames_get_errors_and_the_connection_stays(db: PgPool) {
     let alice = s.user("alice").await;
     let room = s.room(&alice, "r", &[]).await;
     let mut c = s.connect(0, &alice).await;
+    // Each error names the type of the frame it answers, when that type could be read.
     let cases = [
-        ("{not json", "invalid_json"),
-        (r#"{"type":"dance","data":{}}"#, "unknown_type"),
-        (r#"{"data":{}}"#, "invalid_payload"),
+        ("{not json", "invalid_json", None),
+        (r#"{"type":"dance","data":{}}"#, "unknown_type", None),
+        (r#"{"data":{}}"#, "invalid_payload", None),
         (
             r#"{"type":"send_message","data":{"chat_type":"room","chat_id":"x","content":"hi","client_id":"k1"}}"#,
             "invalid_payload",
+            Some("send_message"),
         ),
         (
             r#"{"type":"mark_read","data":{"chat_type":"room"}}"#,
             "invalid_payload",
+            Some("mark_read"),
         ),
         (
             r#"{"type":"sync","data":{"positions":"all"}}"#,
             "invalid_payload",
+            Some("sync"),
+        ),
+        (
+            r#"{"type":"typing","data":{"chat_type":"room","chat_id":"00000000-0000-0000-0000-000000000000"}}"#,
+            "forbidden",
+            Some("typing"),
+        ),
+        (
+            r#"{"type":"reauth","data":{"token":"not-a-token"}}"#,
+            "invalid_token",
+            Some("reauth"),
+        ),
+        (
+            r#"{"type":"sync","data":{"positions":[{"chat_type":"room","chat_id":"00000000-0000-0000-0000-000000000000","seq":"x\u0000"}]}}"#,
+            "invalid_payload",
+            Some("sync"),
         ),
     ];
-    for (raw, code) in cases {
+    for (raw, code, in_reply_to) in cases {
         c.send_raw(Message::Text(raw.into())).await;
         let e = c.expect("error").await;
         assert_eq!(e["data"]["code"], code, "{raw}");
+        assert_eq!(e["data"]["in_reply_to"].as_str(), in_reply_to, "{raw}");
         assert!(e["data"]["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     c.send_raw(Message::Text(r#"{"type":"send_message","data":{"chat_type":"room","chat_id":"x","content":"hi","client_id":"k1"}}"#.into())).await;
@@ -126,8 +146,12 @@ async fn bad_frames_get_errors_and_the_connection_stays(db: PgPool) {
     .await;
     let e = c.expect("error").await;
     assert_eq!(
-        (e["data"]["client_id"].as_str(), e["data"]["code"].as_str()),
-        (Some("f1"), Some("forbidden"))
+        (
+            e["data"]["client_id"].as_str(),
+            e["data"]["code"].as_str(),
+            e["data"]["in_reply_to"].as_str()
+        ),
+        (Some("f1"), Some("forbidden"), Some("send_message"))
     );
     c.send("send_message", json!({"content": "hi", "chat_type": "private", "chat_id": uuid::Uuid::new_v4(), "client_id": "f2"})).await;
     assert_eq!(c.expect("error").await["data"]["code"], "not_found");
