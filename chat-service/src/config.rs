@@ -29,6 +29,9 @@ pub struct ChatConfig {
     /// `MAX_ROOMS_PER_USER`: the most rooms one user belongs to (default 1000). Every upgrade of
     /// a user's sockets loads each of their conversations and subscribes to it.
     pub max_rooms_per_user: usize,
+    /// `MAX_GROUPS_PER_USER`: the most groups one user belongs to (default 1000). Others add
+    /// a user to groups, and every upgrade of the user's sockets loads each of them.
+    pub max_groups_per_user: usize,
     /// `SEND_WORKER`: run the worker that persists WebSocket sends (default true).
     pub run_send_worker: bool,
     /// `AUTH_SERVICE_URL`: where auth-service's OpenAPI document is fetched for the combined one
@@ -156,6 +159,7 @@ impl ChatConfig {
             max_content_chars,
             max_group_members,
             max_rooms_per_user: config::parsed("MAX_ROOMS_PER_USER", 1000usize)?.max(1),
+            max_groups_per_user: config::parsed("MAX_GROUPS_PER_USER", 1000usize)?.max(1),
             run_send_worker: config::flag("SEND_WORKER", true)?,
             auth_service_url: Some(config::string("AUTH_SERVICE_URL", "http://127.0.0.1:8001")?)
                 .filter(|u| !u.is_empty()),

@@ -124,6 +124,38 @@ fn too_many(field: &str, members: usize, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
+/// 409 `too_many_groups` when any of `users` already belongs to `MAX_GROUPS_PER_USER` groups
+/// other than `group`. Others add a user to groups (blocking them stops that), and every
+/// upgrade of the user's sockets loads and registers each one.
+async fn check_group_counts(state: &AppState, group: Uuid, users: &[Uuid]) -> ApiResult<()> {
+    let max = state.config.max_groups_per_user;
+    let full: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT m.user_id FROM conversation_members m
+           JOIN groups g ON g.id = m.conversation_id
+           WHERE m.user_id = ANY($1) AND m.conversation_id <> $2
+           GROUP BY m.user_id HAVING count(*) >= $3
+           ORDER BY m.user_id"#,
+        users,
+        group,
+        i64::try_from(max).unwrap_or(i64::MAX)
+    )
+    .fetch_all(&state.db)
+    .await?
+    .iter()
+    .map(Uuid::to_string)
+    .collect();
+    if full.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "too_many_groups",
+        format!(
+            "a user belongs to at most {max} groups; already in as many: {}",
+            full.join(", ")
+        ),
+    ))
+}
+
 async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipAction) {
     let event = Event::Membership {
         chat_type: ChatType::Group,
@@ -140,6 +172,7 @@ async fn announce(state: &AppState, group: Uuid, user: Uuid, action: MembershipA
 #[utoipa::path(post, path = "/chat/groups", operation_id = "create_group", tag = "groups", security(("bearer" = [])), request_body = CreateGroup,
     responses(
         (status = 201, description = "Created; the creator owns it and is a member", body = Group),
+        (status = 409, description = "`too_many_groups`: the caller or a user named already belongs to `MAX_GROUPS_PER_USER` groups (1000); the detail names them", body = ErrorBody),
         (status = 422, description = "Invalid name, unknown users, or more members than a group holds (`MAX_GROUP_MEMBERS`)", body = ErrorBody),
         (status = 429, description = "Too many groups created in the last hour (GROUPS_PER_HOUR); see Retry-After", body = ErrorBody),
     ))]
@@ -172,6 +205,7 @@ pub async fn create(
     too_many("member_ids", members.len(), state.config.max_group_members)?;
     let id = Uuid::now_v7();
     let list: Vec<Uuid> = members.iter().copied().collect();
+    check_group_counts(&state, id, &list).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query!(
         "INSERT INTO groups (id, name, owner_id) VALUES ($1, $2, $3)",
@@ -243,6 +277,7 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
         (status = 200, description = "The group with its members", body = Group),
         (status = 403, description = "Only the owner adds members", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody),
+        (status = 409, description = "`too_many_groups`: a user named already belongs to `MAX_GROUPS_PER_USER` groups (1000); the detail names them", body = ErrorBody),
         (status = 422, description = "Unknown users, or more members than a group holds (`MAX_GROUP_MEMBERS`)", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
     ))]
@@ -266,8 +301,8 @@ pub async fn add_members(
     check_users(&state, "user_ids", &users).await?;
     let list: Vec<Uuid> = users.iter().copied().collect();
     crate::api::pins_blocks::refuse_if_blocked_by(&state, caller.user_id, &list).await?;
+    check_group_counts(&state, id, &list).await?;
     state.require_events()?;
-    let list: Vec<Uuid> = users.iter().copied().collect();
     let mut tx = state.db.begin().await?;
     // The group's row is locked while its members are counted and added, so two adds at once
     // cannot together pass the bound.

@@ -257,3 +257,65 @@ async fn the_group_list_carries_each_groups_members(db: PgPool) {
     let groups: Vec<Value> = app.get(&bob, "/chat/groups").await.json().await.unwrap();
     assert_eq!(groups.len(), 2);
 }
+
+/// A user belongs to at most `MAX_GROUPS_PER_USER` groups: creating a group with, or adding,
+/// a user who already is in as many is 409 `too_many_groups` naming them, and adds nobody;
+/// naming a member again is harmless, and leaving a group makes room.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_user_belongs_to_at_most_max_groups(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.max_groups_per_user = 2
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let create = |name: &str, members: &[Uuid]| json!({"name": name, "member_ids": members});
+    let mut groups = Vec::new();
+    for name in ["one", "two"] {
+        let r = app
+            .post(&bob, "/chat/groups", create(name, &[alice.id]))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let g: Value = r.json().await.unwrap();
+        groups.push(g["id"].as_str().unwrap().to_owned());
+    }
+    // Alice is in two groups: Carol can neither create a third with her nor add her to one.
+    let r = app
+        .post(&carol, "/chat/groups", create("three", &[alice.id]))
+        .await;
+    let body = assert_error(r, StatusCode::CONFLICT, "too_many_groups").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&alice.id.to_string()),
+        "{body}"
+    );
+    let r = app.post(&carol, "/chat/groups", create("three", &[])).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let third: Value = r.json().await.unwrap();
+    let members = format!("/chat/groups/{}/members", third["id"].as_str().unwrap());
+    let r = app
+        .post(&carol, &members, json!({"user_ids": [alice.id]}))
+        .await;
+    assert_error(r, StatusCode::CONFLICT, "too_many_groups").await;
+    let r: Value = app.get(&carol, "/chat/groups").await.json().await.unwrap();
+    assert_eq!(r[0]["members"].as_array().unwrap().len(), 1, "{r}");
+    // Bob, the owner of both, is at the bound too: a third group of his is refused.
+    let r = app.post(&bob, "/chat/groups", create("four", &[])).await;
+    assert_error(r, StatusCode::CONFLICT, "too_many_groups").await;
+    // Naming a member again is harmless.
+    let again = format!("/chat/groups/{}/members", groups[0]);
+    let r = app
+        .post(&bob, &again, json!({"user_ids": [alice.id]}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Once Alice leaves one, Carol may add her.
+    let r = app.delete(&alice, &format!("{again}/{}", alice.id)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .post(&carol, &members, json!({"user_ids": [alice.id]}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -51,6 +51,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         max_content_chars: 4000,
         max_group_members: 1000,
         max_rooms_per_user: 1000,
+        max_groups_per_user: 1000,
         run_send_worker: true,
         auth_service_url: None,
         worker: WorkerConfig {
