@@ -473,12 +473,21 @@ pub struct WsTicket {
     responses(
         (status = 201, description = "A ticket for one WebSocket upgrade within 30 seconds, so an access token never has to appear in a URL. The socket lives as long as the access token that asked for it.", body = WsTicket),
         (status = 401, description = "Missing, invalid, expired or revoked token", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: more tickets than `WS_TICKET_RATE_PER_SECOND` (1 a second, bursts of 40, per user); see Retry-After", body = ErrorBody),
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
 async fn ws_ticket(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> ApiResult<(StatusCode, Json<WsTicket>)> {
+    shared::limits::take_one(
+        &state.redis,
+        state.config.ticket_rate,
+        state.keys().ticket_rate(caller.user_id),
+        "ws_ticket",
+        "too many WebSocket tickets; connect with the ones issued",
+    )
+    .await?;
     let ticket = shared::ticket::issue(&state.redis, &state.keys(), &caller).await?;
     Ok((
         StatusCode::CREATED,

@@ -37,6 +37,10 @@ pub struct AuthConfig {
     /// that succeeds: without this, one user's script logging in with their own password could
     /// keep the pool busy, and every other login waited or got 503.
     pub login_rate: shared::limits::Rate,
+    /// `WS_TICKET_RATE_PER_SECOND`, `WS_TICKET_BURST`: WebSocket tickets one user is issued
+    /// (default 1 a second, bursts of 40, as the gateways' upgrades; 429 `rate_limited` past
+    /// it). Each is a key in Redis for 30 seconds.
+    pub ticket_rate: shared::limits::Rate,
     /// `LOGIN_MAX_FAILURES_PER_ADDRESS`: failed logins from one client address within the window before 429 (default 30).
     pub login_max_failures_per_address: u32,
     /// `LOGIN_FAILURE_WINDOW_SECONDS`: how long failures are counted (default 900).
@@ -86,6 +90,14 @@ impl AuthConfig {
                 shared::limits::Rate {
                     per_second: 1,
                     burst: 10,
+                },
+            )?,
+            ticket_rate: config::rate(
+                "WS_TICKET_RATE_PER_SECOND",
+                "WS_TICKET_BURST",
+                shared::limits::Rate {
+                    per_second: 1,
+                    burst: 40,
                 },
             )?,
             login_max_failures_per_address: config::parsed("LOGIN_MAX_FAILURES_PER_ADDRESS", 30)?,

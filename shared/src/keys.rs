@@ -120,6 +120,11 @@ impl Keys {
         format!("{}rate:sync:{{{}}}", self.prefix, user_id)
     }
 
+    /// The bucket of one user's WebSocket tickets, shared by every auth-service replica.
+    pub fn ticket_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:ticket:{{{}}}", self.prefix, user_id)
+    }
+
     /// The bucket of one user's WebSocket upgrades, shared by every gateway.
     pub fn connect_rate(&self, user_id: Uuid) -> String {
         format!("{}rate:connect:{{{}}}", self.prefix, user_id)

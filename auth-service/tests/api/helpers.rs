@@ -43,6 +43,10 @@ pub fn test_config() -> AuthConfig {
             per_second: 1,
             burst: 10,
         },
+        ticket_rate: shared::limits::Rate {
+            per_second: 1,
+            burst: 40,
+        },
         login_max_failures_per_address: 1000,
         login_failure_window_seconds: 900,
         trusted_proxies: vec![],

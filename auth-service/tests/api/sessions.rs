@@ -162,6 +162,40 @@ async fn a_ws_ticket_is_issued_to_a_signed_in_user(db: PgPool) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// Tickets are rated per user (`WS_TICKET_RATE_PER_SECOND`): past the burst, 429
+/// `rate_limited` with `Retry-After`; another user's bucket is their own.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn ws_tickets_are_rated_per_user(db: PgPool) {
+    let app = spawn_app_with(db, |c| {
+        c.ticket_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 3,
+        }
+    })
+    .await;
+    let ticket = |token: String| {
+        let request = app.http.post(app.url("/auth/ws-ticket")).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let alice = app.register("alice").await;
+    let alice = app.tokens(&alice).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..3 {
+        assert_eq!(ticket(alice.clone()).await.status(), StatusCode::CREATED);
+    }
+    let r = ticket(alice.clone()).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let bob = app.register("bob").await;
+    let bob = app.tokens(&bob).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ticket(bob).await.status(), StatusCode::CREATED);
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn the_internal_identity_is_refused_publicly(db: PgPool) {
     let app = spawn_app(db).await;
