@@ -2,13 +2,15 @@
 
 use axum::{extract::State, Json};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::{
     chat::{ChatType, Message},
+    error::ErrorBody,
+    extract::{bounded_int, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
@@ -32,15 +34,85 @@ pub struct ConversationSummary {
     pub last_read_seq: i64,
     /// The last message's time, or when the caller joined.
     pub updated_at: DateTime<Utc>,
+    /// Where this conversation stands in the list: `before` this gives the conversations
+    /// after it (an extension; opaque).
+    pub cursor: String,
+}
+
+/// Optional paging of `GET /chat/conversations` (extensions: without them, every
+/// conversation).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationsQuery {
+    /// 1–500: at most this many conversations; a page this long may have more after it.
+    #[param(value_type = Option<i64>)]
+    limit: Option<String>,
+    /// The `cursor` of the last conversation of the page before: the conversations after it.
+    before: Option<String>,
+}
+
+/// A conversation's place in the list, most recent activity first: its time (in
+/// microseconds) and, between equal times, its id.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cursor {
+    micros: i64,
+    conversation: Uuid,
+}
+
+impl Cursor {
+    fn new(updated_at: DateTime<Utc>, conversation: Uuid) -> Self {
+        Self {
+            micros: updated_at.timestamp_micros(),
+            conversation,
+        }
+    }
+
+    fn encode(self) -> String {
+        format!("{}.{}", self.micros, self.conversation.simple())
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let (micros, id) = s.split_once('.')?;
+        Some(Self {
+            micros: micros.parse().ok()?,
+            conversation: Uuid::try_parse(id).ok()?,
+        })
+    }
+
+    fn time(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self.micros)
+    }
 }
 
 /// `GET /chat/conversations`
 #[utoipa::path(get, path = "/chat/conversations", operation_id = "list_conversations", tag = "conversations", security(("bearer" = [])),
-    responses((status = 200, description = "Joined rooms, groups and private chats with a message, most recent activity first", body = [ConversationSummary])))]
+    params(ConversationsQuery),
+    responses(
+        (status = 200, description = "Joined rooms, groups and private chats with a message, most recent activity first: every one, or with `limit` a page of them", body = [ConversationSummary]),
+        (status = 422, description = "Invalid `limit` or `before`", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: AuthUser,
+    ApiQuery(query): ApiQuery<ConversationsQuery>,
 ) -> ApiResult<Json<Vec<ConversationSummary>>> {
+    let limit = query
+        .limit
+        .as_deref()
+        .map(|v| bounded_int("limit", Some(v), 0, 1..=500))
+        .transpose()?;
+    let before = query
+        .before
+        .as_deref()
+        .map(|v| {
+            Cursor::decode(v)
+                .and_then(|c| Some((c.time()?, c.conversation)))
+                .ok_or_else(|| ApiError::invalid_field("before", "not a cursor of this list"))
+        })
+        .transpose()?;
+    let (before_time, before_id) = before.unzip();
+    // Ties in time (members added in one transaction) are ordered by id, so that a page
+    // ends between two conversations, never inside a tie.
     let rows = sqlx::query!(
         r#"SELECT c.id, c.chat_type, c.room_id, c.group_id, c.user_low, c.user_high,
                   c.last_seq, m.last_read_seq,
@@ -60,8 +132,14 @@ pub async fn list(
            LEFT JOIN users p ON p.id = CASE WHEN c.user_low = $1 THEN c.user_high ELSE c.user_low END
                             AND c.chat_type = 'PRIVATE'
            WHERE m.user_id = $1 AND (c.chat_type <> 'PRIVATE' OR c.last_seq > 0)
-           ORDER BY 9 DESC"#,
-        caller.user_id
+             AND ($2::timestamptz IS NULL
+                  OR (COALESCE(c.last_message_at, m.joined_at), c.id) < ($2, $3::uuid))
+           ORDER BY 9 DESC, c.id DESC
+           LIMIT $4"#,
+        caller.user_id,
+        before_time,
+        before_id,
+        limit
     )
     .fetch_all(&state.db)
     .await?;
@@ -114,6 +192,7 @@ pub async fn list(
             mention_count: r.mention_count,
             last_read_seq: r.last_read_seq,
             updated_at: r.updated_at,
+            cursor: Cursor::new(r.updated_at, r.id).encode(),
         });
     }
     Ok(Json(out))

@@ -192,3 +192,70 @@ async fn online_users_come_from_unexpired_presence(db: PgPool) {
         .unwrap();
     assert_eq!(online.len(), 1);
 }
+
+/// `GET /chat/conversations?limit=N&before=CURSOR` pages the list in its order, most recent
+/// first: following each page's last `cursor` visits every conversation once, ties in time
+/// included (a page may end inside a tie); a bad `limit` or cursor is 422.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn conversations_page_by_cursor(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    for name in ["one", "two", "three", "four"] {
+        app.room(&bob, name, &[&alice]).await;
+    }
+    let r = app
+        .post(
+            &bob,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [alice.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.send(&bob, &format!("private/{}", alice.id), "hi").await;
+    // Four conversations without a message joined at one instant: a tie in time.
+    sqlx::query(
+        "UPDATE conversation_members m SET joined_at = '2026-01-01T00:00:00Z'
+         FROM conversations c
+         WHERE c.id = m.conversation_id AND m.user_id = $1 AND c.chat_type = 'ROOM'",
+    )
+    .bind(alice.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let key = |c: &Value| (c["chat_type"].to_string(), c["chat_id"].to_string());
+    let all: Vec<Value> = app
+        .get(&alice, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    let mut paged: Vec<Value> = Vec::new();
+    let mut path = "/chat/conversations?limit=2".to_owned();
+    loop {
+        let page: Vec<Value> = app.get(&alice, &path).await.json().await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        path = format!(
+            "/chat/conversations?limit=2&before={}",
+            last["cursor"].as_str().unwrap()
+        );
+        paged.extend(page);
+    }
+    assert_eq!(
+        paged.iter().map(key).collect::<Vec<_>>(),
+        all.iter().map(key).collect::<Vec<_>>()
+    );
+    assert_eq!(all[0]["chat_type"], "private", "the latest activity first");
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "before=nope",
+        "before=1.zz",
+        "before=99999999999999999999.0",
+    ] {
+        let r = app.get(&alice, &format!("/chat/conversations?{bad}")).await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    }
+}
