@@ -50,7 +50,8 @@ export type MembershipAction =
 export interface ServerEvents {
   ready: { user_id: string; session_id: string; heartbeat_interval_ms: number };
   ack: { client_id: string; message: Message };
-  error: { code: string; detail: string; client_id?: string | null };
+  /** `in_reply_to`: the type of the client frame refused, when the server could read it. */
+  error: { code: string; detail: string; client_id?: string | null; in_reply_to?: string };
   message: Message;
   message_edited: Message;
   message_deleted: ChatRef & { id: string; seq: number };

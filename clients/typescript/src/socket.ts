@@ -413,10 +413,12 @@ export class ChatSocket extends Emitter<SocketEvents> {
     const error = new ChatSphereError(data.code, data.detail);
     const pending = data.client_id ? this.outbox.get(data.client_id) : undefined;
     if (!pending) {
-      if (this.syncInFlight) {
-        // An error without a client_id while a sync is under way is most likely its answer
-        // (chat-service unavailable, busy, a second sync refused): its conversations are
-        // asked for again shortly. Were it another frame's, the sync is only asked twice.
+      // The sync's answer (chat-service unavailable, busy, a second sync refused): its
+      // conversations are asked for again shortly. A server that does not name the frame an
+      // error answers (`in_reply_to`) is taken to mean the sync by any error without a
+      // client_id while one is under way; were it another frame's, the sync is asked twice.
+      const forSync = data.in_reply_to === undefined || data.in_reply_to === "sync";
+      if (this.syncInFlight && forSync) {
         this.syncInFlight = false;
         for (const key of this.syncing.splice(0)) this.syncWanted.add(key);
         setTimeout(() => this.requestSync([]), RATE_LIMITED_RETRY_MS);

@@ -53,12 +53,10 @@ async function ready(socket: ChatSocket): Promise<void> {
 }
 
 /**
- * A real WebSocket whose first `sync` goes out malformed, so the gateway answers it with an
- * `error` frame and nothing else, as it does when chat-service cannot answer a sync (down, or
- * shedding load: `unavailable`).
+ * A real WebSocket whose frames go out through `onSend`, which may rewrite them or send
+ * others first.
  */
-function firstSyncFails(): WebSocketConstructor {
-  let failed = false;
+function intercepting(onSend: (data: string, send: (data: string) => void) => void): WebSocketConstructor {
   return class implements WebSocketLike {
     private readonly inner: WebSocketLike;
     onopen: WebSocketLike["onopen"] = null;
@@ -85,16 +83,31 @@ function firstSyncFails(): WebSocketConstructor {
       return this.inner.protocol;
     }
     send(data: string | ArrayBufferLike | Uint8Array): void {
-      if (!failed && typeof data === "string" && JSON.parse(data).type === "sync") {
-        failed = true;
-        return this.inner.send(JSON.stringify({ type: "sync", data: { positions: "none" } }));
-      }
-      this.inner.send(data);
+      if (typeof data === "string") onSend(data, (d) => this.inner.send(d));
+      else this.inner.send(data);
     }
     close(code?: number, reason?: string): void {
       this.inner.close(code, reason);
     }
   };
+}
+
+const isSync = (data: string) => JSON.parse(data).type === "sync";
+
+/**
+ * A real WebSocket whose first `sync` goes out malformed, so the gateway answers it with an
+ * `error` frame and nothing else, as it does when chat-service cannot answer a sync (down, or
+ * shedding load: `unavailable`).
+ */
+function firstSyncFails(): WebSocketConstructor {
+  let failed = false;
+  return intercepting((data, send) => {
+    if (!failed && isSync(data)) {
+      failed = true;
+      return send(JSON.stringify({ type: "sync", data: { positions: "none" } }));
+    }
+    send(data);
+  });
 }
 
 function expectGapless(messages: Message[], count: number): void {
@@ -214,6 +227,45 @@ describe("ChatSocket on the real stack", () => {
       [2, "two"],
       [3, "three"],
     ]);
+  });
+
+  it("does not take another frame's error during a sync for the sync's", async () => {
+    const bob = await as(bobOf);
+    const room = unwrap(await bob.cs.rest.POST("/chat/rooms", { body: { name: `sdk-${crypto.randomUUID().slice(0, 8)}` } }));
+    const chat: ChatRef = { chat_type: "room", chat_id: room.id };
+    for (const content of ["one", "two"]) {
+      unwrap(
+        await bob.cs.rest.POST("/chat/messages/{chat_type}/{chat_id}", {
+          params: { path: { chat_type: "room", chat_id: room.id } },
+          body: { content },
+        }),
+      );
+    }
+    // Just before its sync, a typing frame the gateway refuses (no such room): that error
+    // comes while the sync is under way and names typing, so the sync is asked for once.
+    let syncs = 0;
+    const WebSocket = intercepting((data, send) => {
+      if (isSync(data)) {
+        syncs += 1;
+        if (syncs === 1) {
+          send(JSON.stringify({ type: "typing", data: { chat_type: "room", chat_id: crypto.randomUUID() } }));
+        }
+      }
+      send(data);
+    });
+    const alice = await as(aliceOf, { WebSocket });
+    unwrap(await alice.cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: room.id } } }));
+    const a = alice.cs.connect({ positions: [{ ...chat, seq: 1 }] });
+    cleanup.push(() => a.close());
+    const errors: string[] = [];
+    a.on("error", (e) => errors.push(e.code));
+    const got = record(a);
+    await eventually(() => got.length >= 1 && errors.length === 1);
+    // Past the SDK's retry delay (1 s): a second sync would have gone out by now.
+    await sleep(1_500);
+    expect(errors).toEqual(["forbidden"]);
+    expect(syncs).toBe(1);
+    expect(got[0]?.seq).toBe(2);
   });
 
   it("answers token_expiring with reauth and stays connected", async () => {

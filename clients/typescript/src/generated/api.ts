@@ -859,6 +859,11 @@ export interface components {
              */
             chat_id: string;
             chat_type: components["schemas"]["ChatType"];
+            /**
+             * @description Where this conversation stands in the list: `before` this gives the conversations
+             *     after it (an extension; opaque).
+             */
+            cursor: string;
             last_message?: null | components["schemas"]["Message"];
             /** Format: int64 */
             last_read_seq: number;
@@ -2227,6 +2232,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `rate_limited`: more tickets than `WS_TICKET_RATE_PER_SECOND` (1 a second, bursts of 40, per user); see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Redis unavailable */
             503: {
                 headers: {
@@ -2533,14 +2547,19 @@ export interface operations {
     };
     list_conversations: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description 1–500: at most this many conversations; a page this long may have more after it. */
+                limit?: number;
+                /** @description The `cursor` of the last conversation of the page before: the conversations after it. */
+                before?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Joined rooms, groups and private chats with a message, most recent activity first */
+            /** @description Joined rooms, groups and private chats with a message, most recent activity first: every one, or with `limit` a page of them */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2551,6 +2570,15 @@ export interface operations {
             };
             /** @description No valid access token (`invalid_token`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid `limit` or `before` */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2640,6 +2668,15 @@ export interface operations {
             };
             /** @description No valid access token (`invalid_token`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_groups`: the caller or a user named already belongs to `MAX_GROUPS_PER_USER` groups (1000); the detail names them */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2748,6 +2785,15 @@ export interface operations {
             };
             /** @description No such group */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_groups`: a user named already belongs to `MAX_GROUPS_PER_USER` groups (1000); the detail names them */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
