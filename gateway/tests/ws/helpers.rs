@@ -143,6 +143,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         max_content_chars: 4000,
         max_group_members: 1000,
         max_rooms_per_user: 1000,
+        max_groups_per_user: 1000,
         run_send_worker: true,
         auth_service_url: None,
         worker: chat_service::worker::WorkerConfig {
@@ -241,6 +242,10 @@ impl Stack {
             login_rate: shared::limits::Rate {
                 per_second: 1,
                 burst: 10,
+            },
+            ticket_rate: shared::limits::Rate {
+                per_second: 1,
+                burst: 40,
             },
             login_max_failures_per_address: 1000,
             login_failure_window_seconds: 900,
