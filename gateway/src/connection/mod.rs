@@ -2,8 +2,14 @@
 //! what the socket did not take at once (all that is queued, in one write; see [`wire`]),
 //! pings, and watches for overflow and shutdown. Every exit path unregisters the connection
 //! and withdraws its presence.
+//!
+//! What each client frame does is in [`frames`] (and a `sync`'s catch-up in [`sync`]); the
+//! connection's own rates and read pace are [`bucket`]s.
 
+mod bucket;
+mod frames;
 pub mod state;
+mod sync;
 pub mod wire;
 
 use std::{
@@ -15,10 +21,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use shared::{
-    chat::{encode as encode_event, ChatType, Event, Message, SendCommand},
-    internal::{ReadRequest, SyncRequest, UserConversations},
-};
+use shared::internal::UserConversations;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     tungstenite::{
@@ -31,9 +34,13 @@ use tokio_tungstenite::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use self::state::{ConnShared, Outbound, Work};
+pub(crate) use self::frames::user_bucket_allows;
+use self::{
+    bucket::{frame_cost, Bucket},
+    frames::{frame_span, handle, reauth},
+    state::{ConnShared, Outbound, Work},
+};
 use crate::{
-    chat_client::CallError,
     protocol::{self, ClientFrame, Encoding, FrameError},
     Gateway,
 };
@@ -77,84 +84,16 @@ const WRITE_BATCH: usize = 64;
 /// Bad or refused frames tolerated per minute before the connection is closed with 1008
 /// (`rate_limited` and `unavailable` answers do not count: they are not the client's fault).
 const ABUSE_LIMIT: u32 = 60;
-/// The most positions one `sync` may name (after duplicates are merged).
-const MAX_SYNC_POSITIONS: usize = 100;
-/// The most messages per position of a `sync`.
-const SYNC_PER_POSITION: i64 = 500;
 /// `mark_read` frames per second per connection (bursts as large).
 const MARK_READ_RATE: u32 = 10;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-
-/// A token bucket.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Takes `cost` tokens even when there are not that many: the bucket goes into debt, and
-    /// the answer is how long until the debt is paid, the wait before doing what was paid for.
-    fn pace(&mut self, cost: f64) -> Option<Duration> {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
-            .min(self.burst)
-            - cost;
-        self.at = now;
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
-    }
-}
-
-/// What reading a frame costs against a connection's pace: one token, and one per 8 KiB of
-/// payload (parsing a 64 KiB frame is the work of many small ones).
-fn frame_cost(frame: &WsMessage) -> f64 {
-    1.0 + (frame.len() / 8192) as f64
-}
 
 #[derive(Serialize)]
 struct Ready<'a> {
     user_id: Uuid,
     session_id: &'a str,
     heartbeat_interval_ms: u64,
-}
-
-#[derive(Serialize)]
-struct SyncedResult {
-    chat_type: ChatType,
-    chat_id: Uuid,
-    messages: Vec<Message>,
-    has_more: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Synced {
-    results: Vec<SyncedResult>,
 }
 
 fn reply<D: Serialize>(conn: &Arc<ConnShared>, kind: &'static str, data: &D) {
@@ -660,366 +599,6 @@ fn rand_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::from(d.subsec_nanos()))
-}
-
-/// `reauth`: a valid, unrevoked access token of the connection's user moves the connection
-/// onto it (its expiry and its login); anything else is `invalid_token` and changes nothing.
-fn reauth(gw: &Gateway, conn: &ConnShared, token: &str) -> Result<i64, FrameError> {
-    let claims = gw
-        .jwt
-        .verify(token)
-        .map_err(|_| FrameError::new("invalid_token", "the token is invalid or expired"))?;
-    if claims.sub != conn.user {
-        return Err(FrameError::new(
-            "invalid_token",
-            "the token is another user's",
-        ));
-    }
-    if gw.revocations.check(claims.sub, claims.sid).is_some() {
-        return Err(FrameError::new(
-            "invalid_token",
-            "the token's login was revoked",
-        ));
-    }
-    conn.set_login(claims.sid);
-    conn.set_expiry(claims.exp);
-    Ok(claims.exp)
-}
-
-/// The span of one client frame, the root of its trace (none while tracing is off).
-fn frame_span(label: &'static str) -> tracing::Span {
-    shared::telemetry::traced(None, || {
-        tracing::info_span!(
-            "ws.frame",
-            otel.name = %format_args!("ws {label}"),
-            otel.kind = "server",
-            frame = label,
-            trace_id = tracing::field::Empty,
-        )
-    })
-}
-
-async fn handle(
-    gw: &Arc<Gateway>,
-    conn: &Arc<ConnShared>,
-    frame: ClientFrame,
-    sends: &mut Bucket,
-    typing: &mut Bucket,
-    reads: &mut Bucket,
-) -> Result<(), FrameError> {
-    match frame {
-        ClientFrame::Ping => {
-            reply(conn, "pong", &serde_json::json!({}));
-            Ok(())
-        }
-        // Handled by the connection's loop, which owns the token's timer.
-        ClientFrame::Reauth(_) => Ok(()),
-        ClientFrame::SendMessage(m) => {
-            let client_id = m
-                .client_id
-                .clone()
-                .unwrap_or_else(|| Uuid::new_v4().to_string());
-            let refuse = |code: &'static str, detail: &str| {
-                FrameError::send(code, detail, client_id.clone())
-            };
-            if !sends.take() {
-                return Err(refuse("rate_limited", "too many messages; slow down"));
-            }
-            // With an attachment, content is an optional caption.
-            let needs_content = m.attachment_id.is_none();
-            if (needs_content && m.content.trim().is_empty()) || m.content.chars().count() > 4000 {
-                return Err(refuse(
-                    "invalid_payload",
-                    "content must be 1 to 4000 characters",
-                ));
-            }
-            if !(1..=128).contains(&client_id.chars().count()) {
-                return Err(refuse(
-                    "invalid_payload",
-                    "client_id must be 1 to 128 characters",
-                ));
-            }
-            let command = SendCommand {
-                user_id: conn.user,
-                session_id: conn.session.clone(),
-                client_id: client_id.clone(),
-                chat_type: m.chat_type,
-                chat_id: m.chat_id,
-                content: m.content,
-                message_type: m.message_type,
-                reply_to_id: m.reply_to_id,
-                attachment_id: m.attachment_id,
-                traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
-            };
-            gw.bus.sends.send(conn, command).await.map_err(|_| {
-                refuse(
-                    "unavailable",
-                    "messages cannot be accepted right now; retry",
-                )
-            })
-        }
-        ClientFrame::Typing(t) => {
-            if !typing.take() {
-                return Err(FrameError::new("rate_limited", "typing too often"));
-            }
-            let Some(conversation_id) = gw.hub.conversation_of(conn.user, t.chat_type, t.chat_id)
-            else {
-                return Err(FrameError::new(
-                    "forbidden",
-                    "you are not in that conversation",
-                ));
-            };
-            let (channel, chat_id) = match t.chat_type {
-                ChatType::Private => (gw.hub.keys().user_channel(t.chat_id), conn.user),
-                _ => (
-                    gw.hub.keys().conversation_channel(conversation_id),
-                    t.chat_id,
-                ),
-            };
-            let rate = shared::limits::Rate {
-                per_second: gw.config.typing_rate_per_second,
-                burst: gw.config.typing_rate_per_second * 2,
-            };
-            let key = gw.hub.keys().typing_rate(conn.user);
-            if !user_bucket_allows(gw, rate, key, "gateway_typing_rate_limited_total").await {
-                return Err(FrameError::new("rate_limited", "typing too often"));
-            }
-            let event = Event::Typing {
-                user_id: conn.user,
-                chat_type: t.chat_type,
-                conversation_id,
-                chat_id,
-            };
-            if let Ok(bytes) = encode_event(&event) {
-                gw.bus.publish(channel, bytes).await;
-            }
-            Ok(())
-        }
-        ClientFrame::MarkRead(r) => {
-            if !reads.take() {
-                return Err(FrameError::new("rate_limited", "mark_read too often"));
-            }
-            if gw
-                .hub
-                .conversation_of(conn.user, r.chat_type, r.chat_id)
-                .is_none()
-            {
-                return Err(FrameError::new(
-                    "forbidden",
-                    "you are not in that conversation",
-                ));
-            }
-            let gw = gw.clone();
-            let conn = conn.clone();
-            tokio::spawn(
-                async move {
-                    let request = ReadRequest {
-                        user_id: conn.user,
-                        chat_type: r.chat_type,
-                        chat_id: r.chat_id,
-                        seq: r.seq,
-                    };
-                    if let Err(e) = gw.hub.chat().mark_read(&request).await {
-                        reply_error(&conn, &call_error(e).answering("mark_read"));
-                    }
-                }
-                .in_current_span(),
-            );
-            Ok(())
-        }
-        ClientFrame::Sync(s) => {
-            let positions = merge_positions(s.positions);
-            if positions.len() > MAX_SYNC_POSITIONS {
-                return Err(FrameError::new(
-                    "invalid_payload",
-                    format!("at most {MAX_SYNC_POSITIONS} positions"),
-                ));
-            }
-            if conn.syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                return Err(FrameError::new(
-                    "rate_limited",
-                    "a sync is already under way on this connection",
-                ));
-            }
-            let (gw, conn) = (gw.clone(), conn.clone());
-            tokio::spawn(
-                async move {
-                    let key = gw.hub.keys().sync_rate(conn.user);
-                    let rate = gw.config.sync_rate;
-                    if user_bucket_allows(&gw, rate, key, "gateway_syncs_rate_limited_total").await
-                    {
-                        sync(gw, conn.clone(), positions).await;
-                    } else {
-                        reply_error(
-                            &conn,
-                            &FrameError::new("rate_limited", "too many syncs; retry in a second")
-                                .answering("sync"),
-                        );
-                    }
-                    conn.syncing
-                        .store(false, std::sync::atomic::Ordering::Release);
-                }
-                .in_current_span(),
-            );
-            Ok(())
-        }
-    }
-}
-
-/// Takes a token from one of the user's buckets shared by their sockets on every gateway, and
-/// counts a refusal in `refused` (a counter's name).
-///
-/// - Connecting: each upgrade asks chat-service for the user's conversations and holds one of
-///   the gateway's upgrade slots meanwhile, so one user's script reconnecting in a loop could
-///   hold them all.
-/// - `sync`: one sync of 100 positions is hundreds of queries, and one in flight per socket
-///   alone lets a user repeat them back to back on 20 sockets.
-/// - `typing`: each is an event to every member (5,000 sockets in a hot room), and a
-///   per-socket rate alone lets a user send 20 times as many from 20 sockets.
-///
-/// With Redis away the request goes ahead: a sync needs only chat-service, and a reconnecting
-/// client needs it most (typing goes nowhere without Redis anyway).
-pub(crate) async fn user_bucket_allows(
-    gw: &Gateway,
-    rate: shared::limits::Rate,
-    key: String,
-    refused: &'static str,
-) -> bool {
-    let allowed = shared::limits::allows(&gw.bus.redis, rate, key).await;
-    if !allowed {
-        metrics::counter!(refused).increment(1);
-    }
-    allowed
-}
-
-/// One position per conversation, the lowest `seq` of those named, in first-named order.
-fn merge_positions(
-    positions: Vec<shared::internal::SyncPosition>,
-) -> Vec<shared::internal::SyncPosition> {
-    let mut merged: Vec<shared::internal::SyncPosition> = Vec::with_capacity(positions.len());
-    let mut index: std::collections::HashMap<(ChatType, Uuid), usize> =
-        std::collections::HashMap::with_capacity(positions.len());
-    for p in positions {
-        match index.get(&(p.chat_type, p.chat_id)) {
-            Some(&i) => merged[i].seq = merged[i].seq.min(p.seq),
-            None => {
-                index.insert((p.chat_type, p.chat_id), merged.len());
-                merged.push(p);
-            }
-        }
-    }
-    merged
-}
-
-fn call_error(e: CallError) -> FrameError {
-    match e {
-        CallError::Refused {
-            code,
-            detail,
-            status,
-        } => FrameError::new(shared::error::ws_code(status, &code), detail),
-        CallError::Unavailable(_) => {
-            FrameError::new("unavailable", "chat-service is unavailable; retry")
-        }
-    }
-}
-
-/// `sync`: hold live frames of the named conversations, fetch history after each position,
-/// send it minus what this connection already had live, then release the held frames past it.
-async fn sync(
-    gw: Arc<Gateway>,
-    conn: Arc<ConnShared>,
-    positions: Vec<shared::internal::SyncPosition>,
-) {
-    let known: Vec<Option<Uuid>> = positions
-        .iter()
-        .map(|p| gw.hub.conversation_of(conn.user, p.chat_type, p.chat_id))
-        .collect();
-    {
-        let mut cursors = conn.cursors();
-        for conv in known.iter().flatten() {
-            cursors
-                .get_or_insert_with(*conv, state::Cursor::default)
-                .held
-                .get_or_insert_with(Vec::new);
-        }
-    }
-    let request = SyncRequest {
-        user_id: conn.user,
-        positions: positions.clone(),
-        limit: SYNC_PER_POSITION,
-    };
-    let asked = Instant::now();
-    let answer = gw.hub.chat().sync(&request).await;
-    stage_done("sync", asked);
-    let mut cursors = conn.cursors();
-    let results = match answer {
-        Ok(a) => a.results,
-        Err(e) => {
-            release_held(&conn, &mut cursors, &known);
-            drop(cursors);
-            reply_error(&conn, &call_error(e).answering("sync"));
-            return;
-        }
-    };
-    let mut synced = Vec::with_capacity(results.len());
-    let mut batch_max: Vec<(Uuid, i64, bool, i64)> = Vec::new();
-    // What is left of the frame's SYNC_PER_FRAME messages.
-    let mut room = shared::internal::SYNC_PER_FRAME;
-    for (r, position) in results.into_iter().zip(&positions) {
-        let mut messages = r.messages;
-        let mut has_more = r.has_more;
-        if let Some(conv) = r.conversation_id {
-            if let Some(c) = cursors.get(&conv) {
-                if c.first > 0 {
-                    messages.retain(|m| m.seq < c.first || m.seq > c.last);
-                }
-            }
-            if messages.len() > room {
-                messages.truncate(room);
-                has_more = true;
-            }
-            room -= messages.len();
-            let top = messages.last().map_or(position.seq, |m| m.seq);
-            batch_max.push((conv, top, has_more, position.seq));
-        }
-        synced.push(SyncedResult {
-            chat_type: r.chat_type,
-            chat_id: r.chat_id,
-            messages,
-            has_more,
-            error: r.error,
-        });
-    }
-    reply(&conn, "synced", &Synced { results: synced });
-    for (conv, top, has_more, from) in batch_max {
-        if let Some(c) = cursors.get_mut(&conv) {
-            if !has_more && (c.first == 0 || c.first > from + 1) {
-                c.first = from + 1;
-            }
-            c.last = c.last.max(top);
-        }
-    }
-    release_held(&conn, &mut cursors, &known);
-}
-
-/// Sends the frames held during a sync that come after what the client now has, in order.
-fn release_held(conn: &Arc<ConnShared>, cursors: &mut state::Cursors, known: &[Option<Uuid>]) {
-    for conv in known.iter().flatten() {
-        let Some(c) = cursors.get_mut(conv) else {
-            continue;
-        };
-        let Some(mut held) = c.held.take() else {
-            continue;
-        };
-        held.sort_by_key(|(seq, _)| *seq);
-        for (seq, out) in held {
-            if seq > c.last {
-                c.had(seq);
-                conn.push(out);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
