@@ -58,6 +58,8 @@ return 1
 
 /// Renewals in flight at once.
 const REFRESH_IN_FLIGHT: usize = 128;
+/// Presence events in flight at once, one per contact.
+const ANNOUNCE_IN_FLIGHT: usize = 128;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -208,25 +210,30 @@ impl Presence {
         }
     }
 
-    /// Tells `contacts` that `user` came online or went offline.
+    /// Tells `contacts` that `user` came online or went offline. The events go out
+    /// [`ANNOUNCE_IN_FLIGHT`] at a time on one connection, which pipelines them: the contacts
+    /// of a user in large groups number thousands, and one round trip each held the user's
+    /// upgrade (and, going offline, the closing task) for as many round trips.
     pub async fn announce(&self, user: Uuid, online: bool, contacts: &[Uuid]) {
-        tracing::debug!(%user, online, ?contacts, "announcing presence");
+        tracing::debug!(%user, online, contacts = contacts.len(), "announcing presence");
         let Ok(bytes) = encode(&Event::Presence {
             user_id: user,
             online,
         }) else {
             return;
         };
-        for contact in contacts {
-            let sent = shared::redis::publish(
-                &self.redis,
-                &self.keys.user_channel(*contact),
-                bytes.clone(),
-            )
+        let mut failures = 0;
+        for chunk in contacts.chunks(ANNOUNCE_IN_FLIGHT) {
+            let sent = futures_util::future::join_all(chunk.iter().map(|contact| {
+                let channel = self.keys.user_channel(*contact);
+                let bytes = bytes.clone();
+                async move { shared::redis::publish(&self.redis, &channel, bytes).await }
+            }))
             .await;
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "presence publish failed");
-            }
+            failures += sent.iter().filter(|r| r.is_err()).count();
+        }
+        if failures > 0 {
+            tracing::warn!(failures, "presence publish failed for some contacts");
         }
     }
 }

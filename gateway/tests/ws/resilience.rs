@@ -341,6 +341,53 @@ async fn presence_goes_to_contacts(db: PgPool) {
     );
 }
 
+/// Presence reaches every contact of a user with hundreds of them (the events go out in
+/// pipelined chunks): each of 300 group members connected gets `online` once.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn presence_reaches_every_one_of_many_contacts(db: PgPool) {
+    let s = stack(db, 1, |_| {}).await;
+    let alice = s.user("alice").await;
+    let mut contacts = Vec::new();
+    for i in 0..300 {
+        contacts.push(s.user(&format!("member_{i}")).await);
+    }
+    let group = Uuid::now_v7();
+    sqlx::query("INSERT INTO groups (id, name, owner_id) VALUES ($1, 'big', $2)")
+        .bind(group)
+        .bind(alice.id)
+        .execute(&s.db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO conversations (id, chat_type, group_id) VALUES ($1, 'GROUP', $1)")
+        .bind(group)
+        .execute(&s.db)
+        .await
+        .unwrap();
+    let members: Vec<Uuid> = contacts.iter().map(|c| c.id).chain([alice.id]).collect();
+    sqlx::query(
+        "INSERT INTO conversation_members (conversation_id, user_id) SELECT $1, unnest($2::uuid[])",
+    )
+    .bind(group)
+    .bind(&members)
+    .execute(&s.db)
+    .await
+    .unwrap();
+    let mut clients = Vec::new();
+    for c in &contacts {
+        clients.push(s.connect(0, c).await);
+    }
+    let _a = s.connect(0, &alice).await;
+    // The members are each other's contacts too: each skips the others' presence.
+    let alices = json!({"user_id": alice.id, "status": "online"});
+    for (c, client) in contacts.iter().zip(clients.iter_mut()) {
+        let mut seen = 0;
+        while client.expect("presence").await["data"] != alices {
+            seen += 1;
+            assert!(seen < contacts.len(), "{} never heard of alice", c.name);
+        }
+    }
+}
+
 /// A real gateway process, for SIGKILL.
 struct Process(std::process::Child);
 
