@@ -388,6 +388,33 @@ mod tests {
         parse(decode_value(Encoding::Json, s.as_bytes())?)
     }
 
+    /// `in_reply_to` names a frame the way [`ClientFrame::label`] does, every type included.
+    #[test]
+    fn every_client_type_is_named_as_its_label() {
+        let id = Uuid::nil();
+        let frames = [
+            format!(
+                r#"{{"type":"send_message","data":{{"content":"hi","chat_type":"room","chat_id":"{id}"}}}}"#
+            ),
+            format!(r#"{{"type":"typing","data":{{"chat_type":"room","chat_id":"{id}"}}}}"#),
+            format!(
+                r#"{{"type":"mark_read","data":{{"chat_type":"room","chat_id":"{id}","seq":1}}}}"#
+            ),
+            r#"{"type":"sync","data":{"positions":[]}}"#.to_owned(),
+            r#"{"type":"reauth","data":{"token":"t"}}"#.to_owned(),
+            r#"{"type":"ping"}"#.to_owned(),
+        ];
+        let labels: Vec<&str> = frames
+            .iter()
+            .map(|f| parse_json(f).map(|frame| frame.label()).unwrap())
+            .collect();
+        assert_eq!(labels, CLIENT_TYPES);
+        for label in labels {
+            assert_eq!(client_type(Some(label)), Some(label));
+        }
+        assert_eq!(client_type(Some("dance")), None);
+    }
+
     #[test]
     fn frames_parse_or_say_why_not() {
         assert!(matches!(
