@@ -91,6 +91,8 @@ try {
   await bob.page.getByTestId("browse-rooms").click();
   await bob.page.locator(`button[data-room="${room}"]`).click();
   await bob.page.getByTestId("chat-title").filter({ hasText: `#${room}` }).waitFor();
+  await alice.page.getByTestId("note").filter({ hasText: `${bob.username} joined` }).waitFor();
+  check(true, "Alice sees Bob join, by name");
 
   // Typing, then a message each way.
   await bob.page.getByTestId("compose").pressSequentially("hel");

@@ -168,9 +168,12 @@ async function start(): Promise<void> {
     renderHeader();
   });
   socket.on("membership", async (d) => {
-    if (state.open && chatKey(state.open) === chatKey(d)) note(membershipText(d));
+    const open = state.open && chatKey(state.open) === chatKey(d) ? state.open : null;
+    // Someone new to this client (who just joined or was added): their name first.
+    if (open && !state.users.has(d.user_id)) await loadNames(open);
+    if (open && state.open === open) note(membershipText(d));
     await refreshConversations();
-    if (state.open && chatKey(state.open) === chatKey(d)) await loadNames(state.open);
+    if (open && state.open === open) await loadNames(open);
   });
   socket.on("pin", (d) => {
     if (state.open && chatKey(state.open) === chatKey(d)) {
