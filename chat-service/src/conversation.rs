@@ -113,7 +113,10 @@ fn muted(until: chrono::DateTime<chrono::Utc>) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::FORBIDDEN,
         "muted",
-        format!("you are muted in this room until {}", until.to_rfc3339()),
+        format!(
+            "you are muted in this room until {}",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
     )
 }
 

@@ -212,7 +212,10 @@ pub async fn check_not_banned(state: &AppState, room: Uuid, user: Uuid) -> ApiRe
             "banned",
             match b.until {
                 Some(until) => {
-                    format!("you are banned from this room until {}", until.to_rfc3339())
+                    format!(
+                        "you are banned from this room until {}",
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
                 }
                 None => "you are banned from this room".to_owned(),
             },
