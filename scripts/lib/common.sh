@@ -91,11 +91,12 @@ npm_ci() {
 # Debian's Chromium, which the browser checks drive through playwright-core (never a browser
 # download).
 ensure_chromium() {
-  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] && return 0
-  say "installing chromium (Debian's package)"
-  local sudo=""
+  # The emoji font: reactions in the browser test's screenshots are drawn, not empty boxes.
+  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] && [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] && return 0
+  say "installing chromium and an emoji font (Debian's packages)"
+  local sudo="" packages="chromium fonts-noto-color-emoji"
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
-    { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y --no-install-recommends chromium >/dev/null; } ||
-    die "could not install chromium: sudo apt-get install -y chromium"
+  $sudo apt-get install -y --no-install-recommends $packages >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y --no-install-recommends $packages >/dev/null; } ||
+    die "could not install chromium: sudo apt-get install -y $packages"
 }
