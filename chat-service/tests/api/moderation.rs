@@ -344,7 +344,10 @@ async fn a_mute_refuses_sends_on_rest_and_the_bus_until_lifted(db: PgPool) {
     // Until when, in the contract's form of a time (UTC, `Z`), to the second.
     let expected = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     assert!(
-        body["detail"].as_str().unwrap().ends_with(&format!("until {expected}")),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("until {expected}")),
         "{body}"
     );
     // The send stream's batch check refuses it too.
