@@ -270,6 +270,26 @@ pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<
     Ok(Json(groups))
 }
 
+/// `GET /chat/groups/{id}`
+#[utoipa::path(get, path = "/chat/groups/{id}", operation_id = "get_group", tag = "groups", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Group id")),
+    responses(
+        (status = 200, description = "The group with its members (an extension; the list gives every group's)", body = Group),
+        (status = 403, description = "Not a member", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Group>> {
+    let group = row(&state, id).await?;
+    if !is_member(&state, id, caller.user_id).await? {
+        return Err(ApiError::forbidden("you are not a member of this group"));
+    }
+    Ok(Json(with_members(&state, group).await?))
+}
+
 /// `POST /chat/groups/{id}/members`
 #[utoipa::path(post, path = "/chat/groups/{id}/members", tag = "groups", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Group id")), request_body = AddMembers,

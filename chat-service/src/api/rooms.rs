@@ -260,6 +260,21 @@ pub(crate) async fn announce_by(
     state.publisher.membership(room, user, &event).await;
 }
 
+/// `GET /chat/rooms/{id}`
+#[utoipa::path(get, path = "/chat/rooms/{id}", operation_id = "get_room", tag = "rooms", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Room id")),
+    responses(
+        (status = 200, description = "The room, as the rooms list shows it to the caller (an extension)", body = Room),
+        (status = 404, description = "No such room", body = ErrorBody),
+    ))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Room>> {
+    Ok(Json(load(&state, id, caller.user_id).await?))
+}
+
 /// `POST /chat/rooms/{id}/join`
 #[utoipa::path(post, path = "/chat/rooms/{id}/join", tag = "rooms", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Room id")),

@@ -319,3 +319,36 @@ async fn a_user_belongs_to_at_most_max_groups(db: PgPool) {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// `GET /chat/groups/{id}`: one group with its members, for its members only.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn one_group_is_read_by_its_members(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "Pals", "member_ids": [bob.id]}),
+        )
+        .await;
+    let created: Value = r.json().await.unwrap();
+    let path = format!("/chat/groups/{}", created["id"].as_str().unwrap());
+    let r = app.get(&bob, &path).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let group: Value = r.json().await.unwrap();
+    assert_eq!(group, created, "the same as the create answered");
+    assert_eq!(member_names(&group), ["alice", "bob"]);
+    assert_error(
+        app.get(&carol, &path).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let r = app
+        .get(&alice, &format!("/chat/groups/{}", Uuid::new_v4()))
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}

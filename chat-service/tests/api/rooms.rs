@@ -326,3 +326,24 @@ async fn a_user_belongs_to_at_most_max_rooms(db: PgPool) {
     let r = app.post(&alice, &join(third), Value::Null).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// `GET /chat/rooms/{id}`: one room as the list shows it to the caller, for anyone signed in.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn one_room_is_read_as_the_list_shows_it(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "Lobby", &[]).await;
+    for (who, is_member) in [(&alice, true), (&bob, false)] {
+        let r = app.get(who, &format!("/chat/rooms/{room}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let one: Value = r.json().await.unwrap();
+        let list: Vec<Value> = app.get(who, "/chat/rooms").await.json().await.unwrap();
+        assert_eq!(one, list[0]);
+        assert_eq!(one["is_member"], is_member);
+    }
+    let r = app
+        .get(&alice, &format!("/chat/rooms/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}
