@@ -404,8 +404,7 @@ async function loadNames(chat: ChatRef): Promise<void> {
     if (chat.chat_type === "room") {
       remember(unwrap(await cs.rest.GET("/chat/rooms/{id}/members", { params: { path: { id: chat.chat_id } } })));
     } else if (chat.chat_type === "group") {
-      const groups = unwrap(await cs.rest.GET("/chat/groups"));
-      remember(groups.find((g) => g.id === chat.chat_id)?.members ?? []);
+      remember(unwrap(await cs.rest.GET("/chat/groups/{id}", { params: { path: { id: chat.chat_id } } })).members);
     }
   } catch {
     // Names fall back to short ids.
