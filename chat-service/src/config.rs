@@ -51,6 +51,10 @@ pub struct ChatConfig {
     /// `ACTION_RATE_PER_SECOND`, `ACTION_BURST`: each user's rate of the other writes that
     /// reach other people's sockets (see [`crate::api::acting`]; 10 a second, bursts of 40).
     pub action_rate: shared::limits::Rate,
+    /// `ONLINE_USERS_RATE_PER_SECOND`, `ONLINE_USERS_BURST`: each user's reads of the whole
+    /// `GET /chat/online-users` list (1 a second, bursts of 10). Each reads every online user,
+    /// tens of thousands on a busy deployment; `?ids=` asks about a few and is not counted.
+    pub online_list_rate: shared::limits::Rate,
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).
     pub internal_max_in_flight: usize,
@@ -67,6 +71,12 @@ pub struct ChatConfig {
 pub const DEFAULT_ACTION_RATE: shared::limits::Rate = shared::limits::Rate {
     per_second: 10,
     burst: 40,
+};
+
+/// Each user's reads of the whole online list, by default: 1 a second, bursts of 10.
+pub const DEFAULT_ONLINE_LIST_RATE: shared::limits::Rate = shared::limits::Rate {
+    per_second: 1,
+    burst: 10,
 };
 
 /// What searching may cost: each query can read thousands of rows, so one user's rate
@@ -180,6 +190,11 @@ impl ChatConfig {
                 "ACTION_RATE_PER_SECOND",
                 "ACTION_BURST",
                 DEFAULT_ACTION_RATE,
+            )?,
+            online_list_rate: config::rate(
+                "ONLINE_USERS_RATE_PER_SECOND",
+                "ONLINE_USERS_BURST",
+                DEFAULT_ONLINE_LIST_RATE,
             )?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
             webhook: crate::notify::WebhookConfig::from_env()?,

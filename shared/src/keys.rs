@@ -120,6 +120,12 @@ impl Keys {
         format!("{}rate:sync:{{{}}}", self.prefix, user_id)
     }
 
+    /// The bucket of one user's reads of the whole online list, shared by every chat-service
+    /// replica.
+    pub fn online_list_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:online:{{{}}}", self.prefix, user_id)
+    }
+
     /// The bucket of one user's WebSocket tickets, shared by every auth-service replica.
     pub fn ticket_rate(&self, user_id: Uuid) -> String {
         format!("{}rate:ticket:{{{}}}", self.prefix, user_id)

@@ -198,14 +198,53 @@ pub async fn list(
     Ok(Json(out))
 }
 
+/// The most users one `GET /chat/online-users?ids=` asks about.
+const MAX_ONLINE_IDS: usize = 100;
+
+/// Which users `GET /chat/online-users` asks about (an extension: without it, everyone).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OnlineQuery {
+    /// Comma-separated user ids (1–100): only those of them who are online.
+    ids: Option<String>,
+}
+
 /// `GET /chat/online-users`
 #[utoipa::path(get, path = "/chat/online-users", tag = "conversations", security(("bearer" = [])),
-    responses((status = 200, description = "Users with at least one open WebSocket on any gateway", body = [UserSummary])))]
+    params(OnlineQuery),
+    responses(
+        (status = 200, description = "Users with at least one open WebSocket on any gateway, by username; with `ids`, only those of them", body = [UserSummary]),
+        (status = 422, description = "`ids` is not 1–100 comma-separated user ids", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the whole list read more often than `ONLINE_USERS_RATE_PER_SECOND` (1 a second, bursts of 10, per user); see Retry-After. `ids` is not counted", body = ErrorBody),
+    ))]
 pub async fn online_users(
     State(state): State<AppState>,
-    _caller: AuthUser,
+    caller: AuthUser,
+    ApiQuery(query): ApiQuery<OnlineQuery>,
 ) -> ApiResult<Json<Vec<UserSummary>>> {
-    let ids = shared::presence::online(&state.redis, state.publisher.keys()).await?;
+    let keys = state.publisher.keys();
+    let ids = match query.ids.as_deref().map(parse_ids).transpose()? {
+        Some(asked) => {
+            let online = shared::presence::online_among(&state.redis, keys, &asked).await?;
+            asked
+                .into_iter()
+                .zip(online)
+                .filter_map(|(id, on)| on.then_some(id))
+                .collect()
+        }
+        None => {
+            // The whole list is every online user, tens of thousands on a busy deployment.
+            shared::limits::take_one(
+                &state.redis,
+                state.config.online_list_rate,
+                keys.online_list_rate(caller.user_id),
+                "online_users",
+                "the online list is read at most once a second; ask about the users you show with ?ids=",
+            )
+            .await?;
+            shared::presence::online(&state.redis, keys).await?
+        }
+    };
     let users = sqlx::query_as!(
         UserSummary,
         r#"SELECT id, username, display_name, avatar_url, is_active, created_at, last_seen
@@ -215,4 +254,24 @@ pub async fn online_users(
     .fetch_all(&state.db)
     .await?;
     Ok(Json(users))
+}
+
+/// `ids=`: 1–100 distinct user ids, comma-separated.
+fn parse_ids(raw: &str) -> ApiResult<Vec<Uuid>> {
+    let bad = || {
+        ApiError::invalid_field(
+            "ids",
+            format!("must be 1 to {MAX_ONLINE_IDS} comma-separated user ids"),
+        )
+    };
+    let mut ids: Vec<Uuid> = raw
+        .split(',')
+        .map(|s| Uuid::try_parse(s.trim()).map_err(|_| bad()))
+        .collect::<ApiResult<_>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() || ids.len() > MAX_ONLINE_IDS {
+        return Err(bad());
+    }
+    Ok(ids)
 }

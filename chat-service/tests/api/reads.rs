@@ -2,7 +2,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 
 fn find<'a>(list: &'a [Value], chat_type: &str, chat_id: &str) -> &'a Value {
     list.iter()
@@ -181,6 +181,28 @@ async fn online_users_come_from_unexpired_presence(db: PgPool) {
     assert_eq!(names, ["alice", "bob"]);
     assert!(online[0]["display_name"].is_string() && online[0].get("email").is_none());
 
+    // `?ids=` asks about some users: only those of them online, whatever the order asked.
+    let path = format!(
+        "/chat/online-users?ids={},{},{},{}",
+        carol.id,
+        bob.id,
+        uuid::Uuid::new_v4(),
+        bob.id
+    );
+    let online: Vec<Value> = app.get(&alice, &path).await.json().await.unwrap();
+    assert_eq!(online.len(), 1, "{online:?}");
+    assert_eq!(online[0]["id"], bob.id.to_string());
+    let many = (0..101)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for bad in ["", "nope", &format!("{},x", bob.id), &many] {
+        let r = app
+            .get(&alice, &format!("/chat/online-users?ids={bad}"))
+            .await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    }
+
     shared::presence::remove(&redis, &app.keys, bob.id)
         .await
         .unwrap();
@@ -191,6 +213,37 @@ async fn online_users_come_from_unexpired_presence(db: PgPool) {
         .await
         .unwrap();
     assert_eq!(online.len(), 1);
+    let online: Vec<Value> = app.get(&alice, &path).await.json().await.unwrap();
+    assert_eq!(online.len(), 0);
+}
+
+/// The whole online list is read at most `ONLINE_USERS_RATE_PER_SECOND` times a second per
+/// user (429 `rate_limited` with `Retry-After` past the burst); `?ids=` is not counted, and
+/// another user has a bucket of their own.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_whole_online_list_is_rated_per_user(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.online_list_rate = shared::limits::Rate {
+            per_second: 1,
+            burst: 2,
+        }
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    for _ in 0..2 {
+        let r = app.get(&alice, "/chat/online-users").await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = app.get(&alice, "/chat/online-users").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let r = app
+        .get(&alice, &format!("/chat/online-users?ids={}", bob.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app.get(&bob, "/chat/online-users").await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 /// `GET /chat/conversations?limit=N&before=CURSOR` pages the list in its order, most recent

@@ -497,7 +497,7 @@ async fn clients_of_a_killed_gateway_reconnect_elsewhere_sync_and_miss_nothing(d
     // Bob is online; his gateway dies without a word.
     let online = |token: String| {
         let http = s.http.clone();
-        let url = format!("{}/chat/online-users", s.chat[0]);
+        let url = format!("{}/chat/online-users?ids={}", s.chat[0], bob.id);
         async move {
             let users: Vec<Value> = http
                 .get(url)

@@ -3730,14 +3730,17 @@ export interface operations {
     };
     online_users: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Comma-separated user ids (1–100): only those of them who are online. */
+                ids?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Users with at least one open WebSocket on any gateway */
+            /** @description Users with at least one open WebSocket on any gateway, by username; with `ids`, only those of them */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3748,6 +3751,24 @@ export interface operations {
             };
             /** @description No valid access token (`invalid_token`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `ids` is not 1–100 comma-separated user ids */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: the whole list read more often than `ONLINE_USERS_RATE_PER_SECOND` (1 a second, bursts of 10, per user); see Retry-After. `ids` is not counted */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
