@@ -386,7 +386,7 @@ async function openConversation(chat: ChatRef & { name: string }): Promise<void>
   markRead();
   if (chat.chat_type === "private") {
     // Presence events only cover people the user already shared a chat with: ask afresh.
-    const online = unwrap(await cs.rest.GET("/chat/online-users"));
+    const online = unwrap(await cs.rest.GET("/chat/online-users", { params: { query: { ids: chat.chat_id } } }));
     if (online.some((u) => u.id === chat.chat_id)) state.online.add(chat.chat_id);
     else state.online.delete(chat.chat_id);
     renderHeader();
