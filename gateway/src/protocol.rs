@@ -404,12 +404,12 @@ mod tests {
             r#"{"type":"reauth","data":{"token":"t"}}"#.to_owned(),
             r#"{"type":"ping"}"#.to_owned(),
         ];
-        let labels: Vec<&str> = frames
+        let labels: Result<Vec<&str>, FrameError> = frames
             .iter()
-            .map(|f| parse_json(f).map(|frame| frame.label()).unwrap())
+            .map(|f| parse_json(f).map(|frame| frame.label()))
             .collect();
-        assert_eq!(labels, CLIENT_TYPES);
-        for label in labels {
+        assert_eq!(labels, Ok(CLIENT_TYPES.to_vec()));
+        for label in CLIENT_TYPES {
             assert_eq!(client_type(Some(label)), Some(label));
         }
         assert_eq!(client_type(Some("dance")), None);
