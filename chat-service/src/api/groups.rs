@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use shared::{
     chat::{ChatType, Event, MembershipAction},
     error::ErrorBody,
-    extract::{ApiJson, ApiPath},
+    extract::{bounded_int, ApiJson, ApiPath, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::acting::Acting;
@@ -241,16 +241,62 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(group)))
 }
 
+/// Optional paging of `GET /chat/groups` (extensions: without them, every group).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupsQuery {
+    /// 1–100: at most this many groups; a page this long may have more after it.
+    #[param(value_type = Option<i64>)]
+    limit: Option<String>,
+    /// The id of the last group of the page before: the groups after it.
+    #[param(value_type = Option<Uuid>)]
+    before: Option<String>,
+}
+
 /// `GET /chat/groups`
 #[utoipa::path(get, path = "/chat/groups", operation_id = "list_groups", tag = "groups", security(("bearer" = [])),
-    responses((status = 200, description = "The caller's groups, newest first", body = [Group])))]
-pub async fn list(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<Vec<Group>>> {
+    params(GroupsQuery),
+    responses(
+        (status = 200, description = "The caller's groups with their members, newest first (between groups created at the same instant, by id): every one, or with `limit` a page of them", body = [Group]),
+        (status = 422, description = "Invalid `limit`, or `before` is not a group's id", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiQuery(query): ApiQuery<GroupsQuery>,
+) -> ApiResult<Json<Vec<Group>>> {
+    let limit = query
+        .limit
+        .as_deref()
+        .map(|v| bounded_int("limit", Some(v), 0, 1..=100))
+        .transpose()?;
+    // The page starts after the named group's place in the order, which a group keeps
+    // (its creation time and id) even if the caller has left it since.
+    let before = match query.before.as_deref() {
+        None => None,
+        Some(v) => {
+            let id = Uuid::try_parse(v)
+                .map_err(|_| ApiError::invalid_field("before", "must be a group id"))?;
+            let created_at = sqlx::query_scalar!("SELECT created_at FROM groups WHERE id = $1", id)
+                .fetch_optional(&state.db)
+                .await?
+                .ok_or_else(|| ApiError::invalid_field("before", "no such group"))?;
+            Some((created_at, id))
+        }
+    };
+    let (before_time, before_id) = before.unzip();
     let rows = sqlx::query_as!(
         GroupRow,
         r#"SELECT g.id, g.name, g.owner_id, g.created_at
            FROM groups g JOIN conversation_members m ON m.conversation_id = g.id
-           WHERE m.user_id = $1 ORDER BY g.created_at DESC"#,
-        caller.user_id
+           WHERE m.user_id = $1
+             AND ($2::timestamptz IS NULL OR (g.created_at, g.id) < ($2, $3::uuid))
+           ORDER BY g.created_at DESC, g.id DESC
+           LIMIT $4"#,
+        caller.user_id,
+        before_time,
+        before_id,
+        limit
     )
     .fetch_all(&state.db)
     .await?;

@@ -258,6 +258,85 @@ async fn the_group_list_carries_each_groups_members(db: PgPool) {
     assert_eq!(groups.len(), 2);
 }
 
+/// `limit` and `before` (the last group's id) page the list; groups created at one instant
+/// are ordered by id, so a page never ends inside a tie, and a group the caller has left still
+/// marks where the next page starts.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_group_list_pages_by_the_last_groups_id(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    for name in ["one", "two", "three", "four", "five"] {
+        let r = app
+            .post(
+                &bob,
+                "/chat/groups",
+                json!({"name": name, "member_ids": [alice.id]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // Three of them created at one instant: a tie in time.
+    sqlx::query(
+        "UPDATE groups SET created_at = '2026-01-01T00:00:00Z'
+         WHERE name IN ('two', 'three', 'four')",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let names = |groups: &[Value]| -> Vec<String> {
+        groups
+            .iter()
+            .map(|g| g["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all: Vec<Value> = app.get(&alice, "/chat/groups").await.json().await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(names(&all[..2]), ["five", "one"], "newest first");
+    let mut paged: Vec<Value> = Vec::new();
+    let mut path = "/chat/groups?limit=2".to_owned();
+    loop {
+        let page: Vec<Value> = app.get(&alice, &path).await.json().await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        path = format!(
+            "/chat/groups?limit=2&before={}",
+            last["id"].as_str().unwrap()
+        );
+        paged.extend(page);
+    }
+    assert_eq!(names(&paged), names(&all));
+    assert_eq!(member_names(&paged[0]), ["alice", "bob"]);
+
+    // Alice leaves the second group; the page after it is the same.
+    let after_second = format!("/chat/groups?before={}", all[1]["id"].as_str().unwrap());
+    let before_leaving: Vec<Value> = app.get(&alice, &after_second).await.json().await.unwrap();
+    let r = app
+        .delete(
+            &alice,
+            &format!(
+                "/chat/groups/{}/members/{}",
+                all[1]["id"].as_str().unwrap(),
+                alice.id
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let after_leaving: Vec<Value> = app.get(&alice, &after_second).await.json().await.unwrap();
+    assert_eq!(names(&after_leaving), names(&before_leaving));
+    assert_eq!(names(&after_leaving), names(&all[2..]));
+
+    for bad in [
+        "limit=0".to_owned(),
+        "limit=101".to_owned(),
+        "before=nope".to_owned(),
+        format!("before={}", Uuid::new_v4()),
+    ] {
+        let r = app.get(&alice, &format!("/chat/groups?{bad}")).await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    }
+}
+
 /// A user belongs to at most `MAX_GROUPS_PER_USER` groups: creating a group with, or adding,
 /// a user who already is in as many is 409 `too_many_groups` naming them, and adds nobody;
 /// naming a member again is harmless, and leaving a group makes room.

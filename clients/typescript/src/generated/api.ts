@@ -2633,14 +2633,19 @@ export interface operations {
     };
     list_groups: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description 1–100: at most this many groups; a page this long may have more after it. */
+                limit?: number;
+                /** @description The id of the last group of the page before: the groups after it. */
+                before?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description The caller's groups, newest first */
+            /** @description The caller's groups with their members, newest first (between groups created at the same instant, by id): every one, or with `limit` a page of them */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2651,6 +2656,15 @@ export interface operations {
             };
             /** @description No valid access token (`invalid_token`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid `limit`, or `before` is not a group's id */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
