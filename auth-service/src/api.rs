@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/me", get(me).patch(update_me).delete(delete_me))
+        .route("/auth/me/password", post(change_password))
         .route("/auth/ws-ticket", post(ws_ticket))
         .route("/auth/users", get(search_users))
         .route(
@@ -44,10 +45,10 @@ pub fn router() -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ChatSphere auth-service", description = "Users, login and tokens."),
-    paths(register, login, refresh, logout, me, update_me, delete_me, ws_ticket, search_users,
+    paths(register, login, refresh, logout, me, update_me, delete_me, change_password, ws_ticket, search_users,
           crate::avatars::set_avatar, crate::avatars::serve,
           crate::admin::find_users, crate::admin::deactivate),
-    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, WsTicket, UserBody, ErrorBody, crate::admin::AdminUser)),
+    components(schemas(RegisterRequest, LoginRequest, RefreshRequest, TokenPair, UpdateMeRequest, DeleteMeRequest, ChangePasswordRequest, WsTicket, UserBody, ErrorBody, crate::admin::AdminUser)),
     modifiers(&BearerAuth, &CommonErrors),
     tags((name = "auth", description = "Accounts and tokens"), (name = "admin", description = "For users with the admin role (`auth-service admin grant USERNAME`)"))
 )]
@@ -407,6 +408,35 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The caller's active user, once `password` is confirmed as theirs: a stolen access token
+/// must not be enough to end the account or lock its owner out. Throttled like a login; a
+/// wrong password is 401 `invalid_credentials`.
+async fn confirm_password(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    caller: AuthUser,
+    password: String,
+) -> ApiResult<users::User> {
+    let user = active_user(state, caller).await?;
+    let address = client_address(&state.config.trusted_proxies, headers, peer);
+    let matched = throttled_verify(
+        state,
+        &user.id.to_string(),
+        address,
+        password,
+        Some(user.password_hash.clone()),
+    )
+    .await?;
+    if !matched {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "incorrect password",
+        ));
+    }
+    Ok(user)
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DeleteMeRequest {
     /// The account's password, to confirm.
@@ -428,24 +458,59 @@ async fn delete_me(
     caller: AuthUser,
     ApiJson(req): ApiJson<DeleteMeRequest>,
 ) -> ApiResult<StatusCode> {
-    let user = active_user(&state, caller).await?;
-    // A stolen access token must not be enough: the password, throttled like a login.
-    let address = client_address(&state.config.trusted_proxies, &headers, peer);
-    let matched = throttled_verify(
-        &state,
-        &user.id.to_string(),
-        address,
-        req.password,
-        Some(user.password_hash.clone()),
-    )
-    .await?;
-    if !matched {
+    let user = confirm_password(&state, peer, &headers, caller, req.password).await?;
+    end_account(&state, user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The password now, to confirm.
+    pub current_password: String,
+    /// 8–128 characters.
+    pub new_password: String,
+}
+
+/// `POST /auth/me/password`
+#[utoipa::path(post, path = "/auth/me/password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest,
+    responses(
+        (status = 204, description = "Changed. Every other login of the user is revoked as a logout revokes one: its refresh tokens stop working, its access tokens are refused, its sockets close (4001) within 5 seconds. The caller's own login keeps working."),
+        (status = 401, description = "Missing or invalid token, or a wrong `current_password` (invalid_credentials)", body = ErrorBody),
+        (status = 422, description = "Invalid fields (`new_password` 8–128 characters)", body = ErrorBody),
+        (status = 429, description = "Too many wrong passwords, or password checks for the account (`LOGIN_RATE_PER_SECOND`, `rate_limited`); see Retry-After", body = ErrorBody),
+    ))]
+async fn change_password(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    caller: AuthUser,
+    ApiJson(req): ApiJson<ChangePasswordRequest>,
+) -> ApiResult<StatusCode> {
+    let mut problems = Problems::default();
+    problems.check("new_password", validate::password(&req.new_password));
+    problems.finish()?;
+    let user = confirm_password(&state, peer, &headers, caller, req.current_password).await?;
+    let password_hash = state.passwords.hash(req.new_password).await?;
+    if !users::set_password(&state.db, user.id, &password_hash).await? {
         return Err(ApiError::unauthorized(
-            "invalid_credentials",
-            "incorrect password",
+            "account_disabled",
+            "the account is deactivated",
         ));
     }
-    end_account(&state, user.id).await?;
+    // Whoever else holds a login of this account (the reason passwords are changed) loses it.
+    // Logins whose last token is older than an access token lives (and the verification
+    // leeway) have no live access token left to refuse.
+    let since = chrono::Utc::now() - chrono::Duration::seconds(state.jwt.ttl_seconds() + 60);
+    let others = state
+        .refresh_tokens
+        .revoke_others(user.id, caller.sid, since)
+        .await?;
+    let revocations: Vec<shared::revocation::Revocation> = others
+        .into_iter()
+        .map(|sid| shared::revocation::Revocation::Session { user: user.id, sid })
+        .collect();
+    crate::sessions::revoke_all(&state, &revocations).await?;
+    metrics::counter!("auth_password_changes_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }
 

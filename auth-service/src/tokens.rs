@@ -122,7 +122,10 @@ impl RefreshTokens {
         let mut tx = self.db.begin().await?;
         let Some(row) = sqlx::query!(
             r#"SELECT t.id, t.user_id, t.family_id, t.expires_at, t.rotated_at, t.revoked_at,
-                      u.is_active
+                      u.is_active,
+                      EXISTS (SELECT 1 FROM refresh_tokens f
+                              WHERE f.family_id = t.family_id AND f.revoked_at IS NOT NULL)
+                        AS "family_revoked!"
                FROM refresh_tokens t JOIN users u ON u.id = t.user_id
                WHERE t.token_hash = $1
                FOR UPDATE OF t"#,
@@ -133,7 +136,11 @@ impl RefreshTokens {
         else {
             return Ok(Err(Refused::Unknown));
         };
-        if row.revoked_at.is_some() {
+        // A family is revoked as a whole, so one revoked token revokes the rest: that also
+        // covers a successor inserted by a rotation that committed while the revoking
+        // statement was running (it waited for the presented token's row, which it revoked,
+        // but could not see the new row).
+        if row.revoked_at.is_some() || row.family_revoked {
             return Ok(Err(Refused::Revoked));
         }
         if let Some(rotated_at) = row.rotated_at {
@@ -224,6 +231,34 @@ impl RefreshTokens {
         .execute(&self.db)
         .await?;
         Ok(())
+    }
+
+    /// Revokes every login of `user_id` but `keep`. Returns the logins whose access tokens
+    /// may still be live: those revoked now, and those with a token issued since `since`
+    /// (revoked before, by an earlier call that may not have got as far as recording them for
+    /// the access tokens), so that calling again finishes what a failed call left.
+    pub async fn revoke_others(
+        &self,
+        user_id: Uuid,
+        keep: Uuid,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, ApiError> {
+        let logins = sqlx::query_scalar!(
+            r#"WITH revoked AS (
+                 UPDATE refresh_tokens SET revoked_at = now()
+                 WHERE user_id = $1 AND family_id <> $2 AND revoked_at IS NULL
+                 RETURNING family_id)
+               SELECT family_id AS "family_id!" FROM revoked
+               UNION
+               SELECT family_id FROM refresh_tokens
+               WHERE user_id = $1 AND family_id <> $2 AND created_at > $3"#,
+            user_id,
+            keep,
+            since
+        )
+        .fetch_all(&self.db)
+        .await?;
+        Ok(logins)
     }
 
     /// Deletes tokens that expired more than a day ago; returns how many.

@@ -173,6 +173,18 @@ pub async fn update_profile(db: &PgPool, id: Uuid, p: Profile) -> sqlx::Result<O
     .await
 }
 
+/// Replaces an active user's password hash; false if the user is gone or deactivated.
+pub async fn set_password(db: &PgPool, id: Uuid, password_hash: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE users SET password_hash = $2 WHERE id = $1 AND is_active",
+        id,
+        password_hash
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// A LIKE pattern matching what starts with `prefix` (lower-cased), wildcards taken literally.
 pub fn like_prefix(prefix: &str) -> String {
     format!("{}%", shared::db::like_literal(&prefix.to_lowercase()))

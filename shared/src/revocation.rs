@@ -1,5 +1,6 @@
 //! Logins and accounts whose access tokens must stop working before they expire: a logout, a
-//! refresh-token reuse that revokes a login, a deleted (deactivated) account.
+//! refresh-token reuse that revokes a login, a password change (every other login of the
+//! user), a deleted (deactivated) account.
 //!
 //! auth-service records each revocation in the sorted set [`Keys::revocations`] (member
 //! `s:{user}:{sid}` or `u:{user}`, score = when it was recorded, Unix ms) and publishes
@@ -26,7 +27,7 @@ use crate::{error::ApiError, keys::Keys};
 /// What was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Revocation {
-    /// One login of a user (logout, refresh-token reuse).
+    /// One login of a user (logout, refresh-token reuse, a password change made elsewhere).
     Session { user: Uuid, sid: Uuid },
     /// Every login of a user: the account was deactivated.
     Account { user: Uuid },
@@ -52,7 +53,7 @@ impl Revocation {
         match self {
             Revocation::Session { .. } => ApiError::unauthorized(
                 "session_revoked",
-                "this login was revoked (logged out); log in again",
+                "this login was revoked (logged out, or the password changed); log in again",
             ),
             Revocation::Account { .. } => {
                 ApiError::unauthorized("account_disabled", "the account is deactivated")
@@ -151,19 +152,27 @@ impl Revocations {
     /// Records `revocation` for every process, and here at once. The caller publishes the
     /// live event.
     pub async fn revoke(&self, revocation: Revocation) -> Result<(), Error> {
+        self.revoke_all(&[revocation]).await
+    }
+
+    /// Records several revocations for every process in one round trip, and here at once.
+    /// The caller publishes the live events.
+    pub async fn revoke_all(&self, revocations: &[Revocation]) -> Result<(), Error> {
+        if revocations.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
+        let members: Vec<(f64, String)> = revocations
+            .iter()
+            .map(|r| (now as f64, r.member()))
+            .collect();
         let _: i64 = self
             .redis
-            .zadd(
-                self.keys.revocations(),
-                None,
-                None,
-                false,
-                false,
-                (now as f64, revocation.member()),
-            )
+            .zadd(self.keys.revocations(), None, None, false, false, members)
             .await?;
-        self.learn(revocation, now);
+        for r in revocations {
+            self.learn(*r, now);
+        }
         Ok(())
     }
 

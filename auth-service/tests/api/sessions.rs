@@ -1,6 +1,7 @@
 //! The session lifecycle: `sid` in access tokens, logout and refresh reuse ending one login,
-//! account deletion ending all of them, the refresh grace window, WebSocket tickets, the
-//! internal identity kept out, and a login throttle that parallel guesses cannot race.
+//! account deletion ending all of them, a password change ending all but the caller's, the
+//! refresh grace window, WebSocket tickets, the internal identity kept out, and a login
+//! throttle that parallel guesses cannot race.
 
 use std::time::Duration;
 
@@ -135,6 +136,112 @@ async fn deleting_the_account_needs_the_password_and_ends_every_login(db: PgPool
         .await
         .unwrap();
     assert!(!active, "deactivated, not deleted: its messages stay");
+}
+
+/// Changing the password needs the current one and ends every other login of the user (its
+/// access tokens refused, its refresh tokens revoked); the caller's login goes on, and logins
+/// made afterwards are untouched.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn changing_the_password_ends_every_other_login(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mine = app.tokens(&alice).await;
+    let other = app.tokens(&alice).await;
+    let bobs = app.tokens(&bob).await;
+    let token = mine["access_token"].as_str().unwrap();
+    let change = |current: &str, new: &str| {
+        app.http
+            .post(app.url("/auth/me/password"))
+            .bearer_auth(token)
+            .json(&json!({ "current_password": current, "new_password": new }))
+            .send()
+    };
+    let r = change("not the password", "a new secret").await.unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let r = change(&alice.password, "short").await.unwrap();
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    assert!(body["fields"]["new_password"].is_string(), "{body}");
+    let other_access = other["access_token"].as_str().unwrap();
+    assert_eq!(app.me(other_access).await.status(), StatusCode::OK);
+
+    let r = change(&alice.password, "a new secret").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The other login is over, however it is presented.
+    assert_error(
+        app.me(other_access).await,
+        StatusCode::UNAUTHORIZED,
+        "session_revoked",
+    )
+    .await;
+    let r = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": other["refresh_token"]}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNAUTHORIZED, "refresh_token_revoked").await;
+    // The caller's goes on, refresh included; another user's is untouched.
+    assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    let r = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": mine["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        app.me(bobs["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Only the new password logs in, and a login made now is not caught by the change.
+    let r = app.login(&alice.username, &alice.password).await;
+    assert_error(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let r = app.login(&alice.username, "a new secret").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let later: Value = r.json().await.unwrap();
+    assert_eq!(
+        app.me(later["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+/// A login is revoked as a whole: once any of its refresh tokens is revoked, none of the others
+/// is exchanged, even one a rotation inserted after the revoking statement began (here: the
+/// first token revoked by hand, its successor untouched).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_login_with_a_revoked_token_refreshes_no_more(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let first = app.tokens(&alice).await;
+    let r = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": first["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let second: Value = r.json().await.unwrap();
+    let revoked = sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now()
+         WHERE id = (SELECT id FROM refresh_tokens ORDER BY created_at, id LIMIT 1)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(revoked, 1);
+    let r = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": second["refresh_token"]}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNAUTHORIZED, "refresh_token_revoked").await;
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

@@ -200,6 +200,39 @@ async fn deleting_the_account_closes_every_socket(db: PgPool) {
     assert_eq!(body["code"], "account_disabled");
 }
 
+/// A password change closes the sockets of the user's other logins on every gateway, three
+/// logins at once (one batch of revocations); the changing login's socket stays.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_password_change_closes_the_other_logins_sockets(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let auth = s.auth_service().await;
+    register(&s, &auth, "alice").await;
+    let mine = login(&s, &auth, "alice").await;
+    let token = mine["access_token"].as_str().unwrap();
+    let mut kept = connect(&s, 0, token).await;
+    let mut others = Vec::new();
+    for g in [0, 1, 1] {
+        let other = login(&s, &auth, "alice").await;
+        others.push(connect(&s, g, other["access_token"].as_str().unwrap()).await);
+    }
+    let r = s
+        .http
+        .post(format!("{auth}/auth/me/password"))
+        .bearer_auth(token)
+        .json(&json!({"current_password": "long enough password", "new_password": "another long one"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let started = std::time::Instant::now();
+    for c in &mut others {
+        assert_eq!(c.close_code().await, Some(4001));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    kept.send("ping", json!({})).await;
+    kept.expect("pong").await;
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_ticket_opens_one_socket(db: PgPool) {
     let s = stack(db, 2, |_| {}).await;
