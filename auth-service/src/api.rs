@@ -660,23 +660,39 @@ async fn update_me(
 pub struct SearchQuery {
     q: Option<String>,
     limit: Option<String>,
+    ids: Option<String>,
 }
 
-/// `GET /auth/users?q=PREFIX&limit=N`
+/// The most users one `GET /auth/users?ids=` looks up.
+const MAX_LOOKUP_IDS: usize = 100;
+
+/// `GET /auth/users?q=PREFIX&limit=N`, or `GET /auth/users?ids=ID,…`
 #[utoipa::path(get, path = "/auth/users", tag = "auth", security(("bearer" = [])),
     params(
-        ("q" = String, Query, description = "Prefix of a username or display name, 1–64 characters"),
-        ("limit" = Option<i64>, Query, description = "1–50, default 20"),
+        ("q" = Option<String>, Query, description = "Prefix of a username or display name, 1–64 characters (without `ids`)"),
+        ("limit" = Option<i64>, Query, description = "1–50, default 20 (with `q`)"),
+        ("ids" = Option<String>, Query, description = "Instead of `q` (an extension): 1–100 comma-separated user ids, looked up whether or not the account is still active, so that a client can name the authors of the messages it shows"),
     ),
     responses(
-        (status = 200, description = "Matching active users by username (never with emails)", body = [UserBody]),
-        (status = 422, description = "Invalid parameters", body = ErrorBody),
+        (status = 200, description = "With `q`: matching active users by username. With `ids`: those of the users that exist, by username. Never with emails.", body = [UserBody]),
+        (status = 422, description = "Invalid parameters, or both `q` and `ids`", body = ErrorBody),
     ))]
 async fn search_users(
     State(state): State<AppState>,
     _caller: AuthUser,
     ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<Vec<UserBody>>> {
+    if let Some(raw) = query.ids.as_deref() {
+        if query.q.is_some() || query.limit.is_some() {
+            return Err(ApiError::invalid_field(
+                "ids",
+                "give either ids, or q (and limit), not both",
+            ));
+        }
+        let ids = shared::extract::id_list("ids", raw, MAX_LOOKUP_IDS)?;
+        let found = users::find_many(&state.db, &ids).await?;
+        return Ok(Json(found.into_iter().map(users::User::public).collect()));
+    }
     let mut problems = Problems::default();
     let q = query.q.unwrap_or_default();
     let q = q.trim();

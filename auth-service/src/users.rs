@@ -190,6 +190,21 @@ pub fn like_prefix(prefix: &str) -> String {
     format!("{}%", shared::db::like_literal(&prefix.to_lowercase()))
 }
 
+/// The users of `ids` that exist, active or not, by username.
+pub async fn find_many(db: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<User>> {
+    sqlx::query_as!(
+        User,
+        r#"SELECT id, username, email, display_name, password_hash, avatar_url,
+                  is_active, created_at, last_seen
+           FROM users
+           WHERE id = ANY($1)
+           ORDER BY lower(username) COLLATE "C""#,
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
 pub async fn search(db: &PgPool, prefix: &str, limit: i64) -> sqlx::Result<Vec<User>> {
     sqlx::query_as!(
         User,

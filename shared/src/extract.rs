@@ -106,6 +106,22 @@ pub fn bounded_int(
     }
 }
 
+/// A query parameter of comma-separated ids: 1 to `max` distinct ones, sorted; 422 naming
+/// `field` otherwise.
+pub fn id_list(field: &str, raw: &str, max: usize) -> Result<Vec<uuid::Uuid>, ApiError> {
+    let bad = || ApiError::invalid_field(field, format!("must be 1 to {max} comma-separated ids"));
+    let mut ids: Vec<uuid::Uuid> = raw
+        .split(',')
+        .map(|s| uuid::Uuid::try_parse(s.trim()).map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() || ids.len() > max {
+        return Err(bad());
+    }
+    Ok(ids)
+}
+
 /// The field a serde error is about: its path when it has one, else the name serde quotes in
 /// messages such as "missing field `password`".
 pub fn field_name(path: &str, message: &str, fallback: &str) -> String {

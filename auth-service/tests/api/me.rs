@@ -267,3 +267,63 @@ async fn user_search_matches_prefixes_without_emails(db: PgPool) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// `ids` names users by id (an extension, for the authors of the messages a client shows):
+/// those that exist, deactivated accounts included, by username, never with emails.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn users_are_looked_up_by_id(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    app.register("dave").await;
+    sqlx::query("UPDATE users SET is_active = false WHERE username = 'carol'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let token = app.tokens(&alice).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |query: String| {
+        app.http
+            .get(app.url(&format!("/auth/users?{query}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    let unknown = Uuid::new_v4();
+    let r = get(format!(
+        "ids={},{}, {},{unknown},{}",
+        carol.id, bob.id, alice.id, bob.id
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let found: Vec<Value> = r.json().await.unwrap();
+    let names: Vec<(&str, bool)> = found
+        .iter()
+        .map(|u| {
+            (
+                u["username"].as_str().unwrap(),
+                u["is_active"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("alice", true), ("bob", true), ("carol", false)]);
+    assert!(found.iter().all(|u| u.get("email").is_none()));
+
+    let many = (0..101)
+        .map(|_| Uuid::new_v4().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for bad in [
+        "ids=".to_owned(),
+        "ids=nope".to_owned(),
+        format!("ids={many}"),
+        format!("ids={}&q=al", bob.id),
+    ] {
+        let r = get(bad).await.unwrap();
+        let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+        assert!(body["fields"]["ids"].is_string(), "{body}");
+    }
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use shared::{
     chat::{ChatType, Message},
     error::ErrorBody,
-    extract::{bounded_int, ApiQuery},
+    extract::{bounded_int, id_list, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
@@ -223,7 +223,12 @@ pub async fn online_users(
     ApiQuery(query): ApiQuery<OnlineQuery>,
 ) -> ApiResult<Json<Vec<UserSummary>>> {
     let keys = state.publisher.keys();
-    let ids = match query.ids.as_deref().map(parse_ids).transpose()? {
+    let ids = match query
+        .ids
+        .as_deref()
+        .map(|raw| id_list("ids", raw, MAX_ONLINE_IDS))
+        .transpose()?
+    {
         Some(asked) => {
             let online = shared::presence::online_among(&state.redis, keys, &asked).await?;
             asked
@@ -254,24 +259,4 @@ pub async fn online_users(
     .fetch_all(&state.db)
     .await?;
     Ok(Json(users))
-}
-
-/// `ids=`: 1–100 distinct user ids, comma-separated.
-fn parse_ids(raw: &str) -> ApiResult<Vec<Uuid>> {
-    let bad = || {
-        ApiError::invalid_field(
-            "ids",
-            format!("must be 1 to {MAX_ONLINE_IDS} comma-separated user ids"),
-        )
-    };
-    let mut ids: Vec<Uuid> = raw
-        .split(',')
-        .map(|s| Uuid::try_parse(s.trim()).map_err(|_| bad()))
-        .collect::<ApiResult<_>>()?;
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() || ids.len() > MAX_ONLINE_IDS {
-        return Err(bad());
-    }
-    Ok(ids)
 }

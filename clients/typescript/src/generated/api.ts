@@ -234,7 +234,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** GET /auth/users?q=PREFIX&limit=N */
+        /** GET /auth/users?q=PREFIX&limit=N`, or `GET /auth/users?ids=ID,… */
         get: operations["search_users"];
         put?: never;
         post?: never;
@@ -2297,11 +2297,13 @@ export interface operations {
     };
     search_users: {
         parameters: {
-            query: {
-                /** @description Prefix of a username or display name, 1–64 characters */
-                q: string;
-                /** @description 1–50, default 20 */
+            query?: {
+                /** @description Prefix of a username or display name, 1–64 characters (without `ids`) */
+                q?: string;
+                /** @description 1–50, default 20 (with `q`) */
                 limit?: number;
+                /** @description Instead of `q` (an extension): 1–100 comma-separated user ids, looked up whether or not the account is still active, so that a client can name the authors of the messages it shows */
+                ids?: string;
             };
             header?: never;
             path?: never;
@@ -2309,7 +2311,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Matching active users by username (never with emails) */
+            /** @description With `q`: matching active users by username. With `ids`: those of the users that exist, by username. Never with emails. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2327,7 +2329,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid parameters */
+            /** @description Invalid parameters, or both `q` and `ids` */
             422: {
                 headers: {
                     [name: string]: unknown;
