@@ -55,6 +55,10 @@ pub struct ChatConfig {
     /// `GET /chat/online-users` list (1 a second, bursts of 10). Each reads every online user,
     /// tens of thousands on a busy deployment; `?ids=` asks about a few and is not counted.
     pub online_list_rate: shared::limits::Rate,
+    /// `LIST_RATE_PER_SECOND`, `LIST_BURST`: each user's reads, without `limit`, of the lists
+    /// other people make long (every public room, every member of a room, every group of the
+    /// caller with every member; 2 a second, bursts of 20). Pages are not counted.
+    pub list_rate: shared::limits::Rate,
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).
     pub internal_max_in_flight: usize,
@@ -71,6 +75,13 @@ pub struct ChatConfig {
 pub const DEFAULT_ACTION_RATE: shared::limits::Rate = shared::limits::Rate {
     per_second: 10,
     burst: 40,
+};
+
+/// Each user's whole reads of long lists, by default: 2 a second, bursts of 20 (a client
+/// starting up reads a few; a loop over a room of 100,000 members would take a core).
+pub const DEFAULT_LIST_RATE: shared::limits::Rate = shared::limits::Rate {
+    per_second: 2,
+    burst: 20,
 };
 
 /// Each user's reads of the whole online list, by default: 1 a second, bursts of 10.
@@ -196,6 +207,7 @@ impl ChatConfig {
                 "ONLINE_USERS_BURST",
                 DEFAULT_ONLINE_LIST_RATE,
             )?,
+            list_rate: config::rate("LIST_RATE_PER_SECOND", "LIST_BURST", DEFAULT_LIST_RATE)?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
             webhook: crate::notify::WebhookConfig::from_env()?,
             storage: shared::storage::StorageConfig::from_env()?,

@@ -102,6 +102,20 @@ impl AppState {
         .await
     }
 
+    /// Takes one token from `user`'s bucket of whole long lists (every public room, a room's
+    /// every member, every group with its members; `LIST_RATE_PER_SECOND`): 429 past it. The
+    /// lists need only Postgres, so with Redis away the read goes ahead.
+    pub async fn list_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        shared::limits::take_one_or_allow(
+            &self.redis,
+            self.config.list_rate,
+            self.publisher.keys().list_rate(user),
+            "list",
+            "too many whole lists; read long ones a page at a time with `limit`",
+        )
+        .await
+    }
+
     /// Takes one token from `user`'s action bucket (edits, deletes, reactions, pins,
     /// membership, moderation): 429 past it.
     pub async fn action_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {

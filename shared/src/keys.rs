@@ -126,6 +126,12 @@ impl Keys {
         format!("{}rate:online:{{{}}}", self.prefix, user_id)
     }
 
+    /// The bucket of one user's whole reads of long lists (rooms, a room's members, groups),
+    /// shared by every chat-service replica.
+    pub fn list_rate(&self, user_id: Uuid) -> String {
+        format!("{}rate:list:{{{}}}", self.prefix, user_id)
+    }
+
     /// The bucket of one user's WebSocket tickets, shared by every auth-service replica.
     pub fn ticket_rate(&self, user_id: Uuid) -> String {
         format!("{}rate:ticket:{{{}}}", self.prefix, user_id)

@@ -259,6 +259,7 @@ pub struct GroupsQuery {
     responses(
         (status = 200, description = "The caller's groups with their members, newest first (between groups created at the same instant, by id): every one, or with `limit` a page of them", body = [Group]),
         (status = 422, description = "Invalid `limit`, or `before` is not a group's id", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: without `limit`, more whole lists than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the rooms and a room's members); see Retry-After. Pages are not counted", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -284,6 +285,9 @@ pub async fn list(
             Some((created_at, id))
         }
     };
+    if limit.is_none() {
+        state.list_rate(caller.user_id).await?;
+    }
     let (before_time, before_id) = before.unzip();
     let rows = sqlx::query_as!(
         GroupRow,

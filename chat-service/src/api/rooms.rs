@@ -85,6 +85,7 @@ const MAX_NAME_CHARS: usize = 64;
     responses(
         (status = 200, description = "Public rooms by name, whatever its case: every one, or with `limit` a page of them", body = [Room]),
         (status = 422, description = "Invalid `limit`, `after` or `q`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: without `limit`, more whole lists than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with a room's members and the groups); see Retry-After. Pages are not counted", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -106,6 +107,9 @@ pub async fn list(
             }
             shared::text::check(v).map_err(|p| ApiError::invalid_field(field, p))?;
         }
+    }
+    if limit.is_none() {
+        state.list_rate(caller.user_id).await?;
     }
     // Counts are kept on each room; the caller's membership and role are joined once.
     let rooms = sqlx::query_as!(
@@ -357,6 +361,7 @@ pub struct MembersQuery {
         (status = 200, description = "Members by username, whatever its case: every one, or with `limit` a page of them", body = [UserSummary]),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 422, description = "Invalid `limit` or `after`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: without `limit`, more whole lists than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the rooms and the groups); see Retry-After. Pages are not counted", body = ErrorBody),
     ))]
 pub async fn members(
     State(state): State<AppState>,
@@ -380,6 +385,9 @@ pub async fn members(
         shared::text::check(after).map_err(|p| ApiError::invalid_field("after", p))?;
     }
     load(&state, id, caller.user_id).await?;
+    if limit.is_none() {
+        state.list_rate(caller.user_id).await?;
+    }
     Ok(Json(
         crate::api::members_page(&state, id, query.after.as_deref(), limit).await?,
     ))

@@ -161,6 +161,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         search: chat_service::config::SearchLimits::default(),
         action_rate: chat_service::config::DEFAULT_ACTION_RATE,
         online_list_rate: chat_service::config::DEFAULT_ONLINE_LIST_RATE,
+        list_rate: chat_service::config::DEFAULT_LIST_RATE,
         webhook: None,
         // A directory of this test's own: the local store, served by chat-service.
         storage: shared::storage::StorageConfig::Local {

@@ -2782,6 +2782,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `rate_limited`: without `limit`, more whole lists than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the rooms and a room's members); see Retry-After. Pages are not counted */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
             503: {
                 headers: {
@@ -4193,6 +4202,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `rate_limited`: without `limit`, more whole lists than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with a room's members and the groups); see Retry-After. Pages are not counted */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
             503: {
                 headers: {
@@ -4881,6 +4899,15 @@ export interface operations {
             };
             /** @description Invalid `limit` or `after` */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: without `limit`, more whole lists than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the rooms and the groups); see Retry-After. Pages are not counted */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
