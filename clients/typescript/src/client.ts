@@ -3,6 +3,7 @@ import createClient, { type Client } from "openapi-fetch";
 import { ChatSphereError } from "./events.js";
 import type { components, paths } from "./generated/api.js";
 import { ChatSocket, type SocketOptions, type WebSocketConstructor } from "./socket.js";
+import { UserDirectory } from "./users.js";
 
 export type TokenPair = components["schemas"]["TokenPair"];
 
@@ -59,6 +60,8 @@ class MemoryStore implements TokenStore {
 export class ChatSphere {
   /** Typed REST calls: `await cs.rest.GET("/chat/rooms")`. */
   readonly rest: Client<paths>;
+  /** Users by id, looked up in batches and remembered: `await cs.users.get(authorIds)`. */
+  readonly users: UserDirectory;
   private readonly store: TokenStore;
   private refreshing: Promise<TokenPair> | null = null;
   private readonly fetchImpl: typeof fetch;
@@ -70,6 +73,9 @@ export class ChatSphere {
       baseUrl: options.baseUrl.replace(/\/$/, ""),
       fetch: (request: Request) => this.authorizedFetch(request),
     });
+    this.users = new UserDirectory(async (ids) =>
+      unwrap(await this.rest.GET("/auth/users", { params: { query: { ids: ids.join(",") } } })),
+    );
   }
 
   /** Whether a login is held. */
