@@ -1,7 +1,8 @@
 // Two people use the browser app at once, each in a browser context of their own, through nginx
 // (which spreads their sockets over both gateways), in Debian's Chromium with every request off
 // loopback refused: they register, chat in a room and in a private chat, see each other typing
-// and reading, and one reloads the page and catches up on what was sent meanwhile.
+// and reading, and one reloads the page and catches up on what was sent meanwhile; at the end
+// one changes her password, which signs her other browser out.
 //   node web/e2e/two-users.mjs http://127.0.0.1:8000 [screenshot-dir] [gateway-metrics-urls]
 import { chromium } from "playwright-core";
 
@@ -21,7 +22,7 @@ function check(condition, what) {
   console.log(`ok: ${what}`);
 }
 
-async function person(name) {
+async function newPage() {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   await context.route("**/*", (route) => {
     const host = new URL(route.request().url()).hostname;
@@ -32,6 +33,11 @@ async function person(name) {
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  return { page, errors };
+}
+
+async function person(name) {
+  const { page, errors } = await newPage();
   const username = `${name}_${run}`;
   await page.goto(base);
   await page.locator("summary").click();
@@ -89,6 +95,7 @@ try {
   await alice.page.getByTestId("new-room").click();
   await alice.page.getByTestId("chat-title").filter({ hasText: `#${room}` }).waitFor();
   await bob.page.getByTestId("browse-rooms").click();
+  await bob.page.getByTestId("room-filter").fill(room);
   await bob.page.locator(`button[data-room="${room}"]`).click();
   await bob.page.getByTestId("chat-title").filter({ hasText: `#${room}` }).waitFor();
   await alice.page.getByTestId("note").filter({ hasText: `${bob.username} joined` }).waitFor();
@@ -243,6 +250,33 @@ try {
   await alice.page.getByRole("alert").filter({ hasText: "block" }).waitFor();
   check(true, "Bob blocks Alice and her private message is refused");
 
+  // A password change: Alice, signed in on a second browser too, changes her password on the
+  // first; the second is signed out, the first goes on, and only the new password signs in.
+  const second = await newPage();
+  await second.page.goto(base);
+  await second.page.fill('input[name="username"]', alice.username);
+  await second.page.fill('input[name="password"]', "wonderland-e2e");
+  await second.page.getByTestId("login").click();
+  await second.page.getByTestId("me").waitFor();
+  await alice.page.getByTestId("change-password").click();
+  await alice.page.fill('input[name="current"]', "wonderland-e2e");
+  await alice.page.fill('input[name="next"]', "looking-glass-e2e");
+  await alice.page.getByTestId("save-password").click();
+  await alice.page.getByRole("status").filter({ hasText: "Password changed" }).waitFor();
+  await second.page.locator('input[name="username"]').waitFor();
+  check(true, "Alice's other browser is signed out when she changes her password");
+  await alice.page.locator(`li[data-chat="group:${groupId}"]`).locator("button").click();
+  await alice.page.getByTestId("compose").fill("still here");
+  await alice.page.getByTestId("send").click();
+  await alice.page.getByTestId("messages").getByText("still here").waitFor();
+  check(true, "the browser that changed the password goes on");
+  await second.page.fill('input[name="username"]', alice.username);
+  await second.page.fill('input[name="password"]', "looking-glass-e2e");
+  await second.page.getByTestId("login").click();
+  await second.page.getByTestId("me").waitFor();
+  check(true, "the new password signs in");
+
+  // (The second browser's console holds the refused refresh of its revoked login.)
   for (const p of [alice, bob]) check(p.errors.length === 0, `no errors in ${p.username}'s console ${JSON.stringify(p.errors)}`);
 } catch (e) {
   failed = true;

@@ -12,13 +12,13 @@ import {
   type components,
   type Message,
   type TokenPair,
+  type User,
 } from "@chatsphere/client";
 
 import "./style.css";
 
 type Conversation = components["schemas"]["ConversationSummary"];
 type Room = components["schemas"]["Room"];
-type User = { id: string; username: string; display_name?: string | null };
 
 const TOKENS = "chatsphere.tokens";
 const cs = new ChatSphere({
@@ -39,7 +39,6 @@ const state = {
   messages: [] as Message[],
   hasOlder: false,
   loadingOlder: false,
-  users: new Map<string, User>(),
   online: new Set<string>(),
   typing: new Map<string, number>(),
   reads: new Map<string, number>(),
@@ -67,17 +66,37 @@ function h<K extends keyof HTMLElementTagNameMap>(
 const app = document.querySelector<HTMLDivElement>("#app")!;
 
 function nameOf(id: string): string {
-  const u = state.users.get(id);
+  const u = cs.users.peek(id);
   return u ? (u.display_name || u.username) : id.slice(0, 8);
 }
 
 function remember(users: User[]): void {
-  for (const u of users) state.users.set(u.id, u);
+  cs.users.remember(users);
+}
+
+/** Looks up the users of `ids` this client cannot name yet (the SDK batches and remembers). */
+async function learnNames(ids: Iterable<string>): Promise<void> {
+  try {
+    await cs.users.get(ids);
+  } catch {
+    // Names fall back to short ids.
+  }
 }
 
 function showError(e: unknown): void {
   const text = e instanceof ChatSphereError ? e.detail : String(e);
-  const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast", role: "alert" }));
+  const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast" }));
+  bar.setAttribute("role", "alert");
+  bar.classList.remove("ok");
+  bar.textContent = text;
+  setTimeout(() => bar.remove(), 5000);
+}
+
+/** A passing message that is not an error. */
+function notice(text: string): void {
+  const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast" }));
+  bar.setAttribute("role", "status");
+  bar.classList.add("ok");
   bar.textContent = text;
   setTimeout(() => bar.remove(), 5000);
 }
@@ -153,12 +172,14 @@ async function start(): Promise<void> {
     if (d.user_id === state.me?.id) return;
     state.typing.set(`${chatKey(d)}|${d.user_id}`, Date.now() + 4000);
     renderTyping();
+    if (!cs.users.peek(d.user_id)) void learnNames([d.user_id]).then(renderTyping);
     setTimeout(renderTyping, 4100);
   });
   socket.on("read", (d) => {
     if (state.open && chatKey(d) === chatKey(state.open) && d.user_id !== state.me?.id) {
       state.reads.set(d.user_id, Math.max(d.seq, state.reads.get(d.user_id) ?? 0));
       renderSeen();
+      if (!cs.users.peek(d.user_id)) void learnNames([d.user_id]).then(renderSeen);
     }
   });
   socket.on("presence", (d) => {
@@ -170,10 +191,9 @@ async function start(): Promise<void> {
   socket.on("membership", async (d) => {
     const open = state.open && chatKey(state.open) === chatKey(d) ? state.open : null;
     // Someone new to this client (who just joined or was added): their name first.
-    if (open && !state.users.has(d.user_id)) await loadNames(open);
+    if (open) await learnNames(d.by ? [d.user_id, d.by] : [d.user_id]);
     if (open && state.open === open) note(membershipText(d));
     await refreshConversations();
-    if (open && state.open === open) await loadNames(open);
   });
   socket.on("pin", (d) => {
     if (state.open && chatKey(state.open) === chatKey(d)) {
@@ -206,7 +226,15 @@ function renderShell(): void {
       h(
         "aside",
         {},
-        h("header", {}, h("strong", { "data-testid": "me" }, nameOf(state.me!.id)), h("button", { class: "link", onclick: () => void logout() }, "Log out")),
+        h(
+          "header",
+          {},
+          h("strong", { "data-testid": "me" }, nameOf(state.me!.id)),
+          h("span", {},
+            h("button", { class: "link", "data-testid": "change-password", onclick: () => changePassword() }, "Password"),
+            h("button", { class: "link", onclick: () => void logout() }, "Log out"),
+          ),
+        ),
         h(
           "nav",
           { class: "actions" },
@@ -239,6 +267,40 @@ function renderShell(): void {
     ),
   );
   document.querySelector("#messages")!.addEventListener("scroll", onScroll);
+}
+
+/** Changes the password; the server signs every other session of the account out. */
+function changePassword(): void {
+  const current = h("input", { name: "current", type: "password", placeholder: "current password", autocomplete: "current-password", required: true });
+  const next = h("input", { name: "next", type: "password", placeholder: "new password (8 or more characters)", autocomplete: "new-password", minlength: "8", maxlength: "128", required: true });
+  const dialog = h(
+    "dialog",
+    {},
+    h(
+      "form",
+      {
+        class: "stack",
+        onsubmit: async (e: Event) => {
+          e.preventDefault();
+          try {
+            const { error } = await cs.rest.POST("/auth/me/password", { body: { current_password: current.value, new_password: next.value } });
+            if (error) throw new ChatSphereError(error.code, error.detail);
+            dialog.close();
+            dialog.remove();
+            notice("Password changed; your other sessions are signed out.");
+          } catch (e) {
+            showError(e);
+          }
+        },
+      },
+      h("h2", {}, "Change password"),
+      current,
+      next,
+      h("span", {}, h("button", { type: "submit", "data-testid": "save-password" }, "Change"), " ", h("button", { type: "button", onclick: () => (dialog.close(), dialog.remove()) }, "Cancel")),
+    ),
+  );
+  document.body.append(dialog);
+  dialog.showModal();
 }
 
 async function logout(): Promise<void> {
@@ -275,45 +337,56 @@ function renderConversations(): void {
   );
 }
 
+/** Public rooms, 50 at a time by name, filtered by the start of their name. */
 async function browseRooms(): Promise<void> {
-  const rooms: Room[] = unwrap(await cs.rest.GET("/chat/rooms"));
-  const dialog = h(
-    "dialog",
-    { class: "rooms" },
-    h("h2", {}, "Public rooms"),
+  const PAGE = 50;
+  const list = h("ul", {});
+  const more = h("button", { type: "button", hidden: true }, "More");
+  const filter = h("input", { type: "search", placeholder: "Filter by name", "data-testid": "room-filter" });
+  const dialog = h("dialog", { class: "rooms" }, h("h2", {}, "Public rooms"), filter, list, more, h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"));
+  const row = (r: Room) =>
     h(
-      "ul",
+      "li",
       {},
-      ...rooms.map((r) =>
-        h(
-          "li",
-          {},
-          h("span", {}, `#${r.name}`, h("small", {}, ` ${r.member_count} members`)),
-          h(
-            "button",
-            {
-              "data-room": r.name,
-              onclick: async () => {
-                try {
-                  if (!r.is_member) unwrap(await cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: r.id } } }));
-                  dialog.close();
-                  dialog.remove();
-                  await refreshConversations();
-                  await openConversation({ chat_type: "room", chat_id: r.id, name: r.name });
-                } catch (e) {
-                  showError(e);
-                }
-              },
-            },
-            r.is_member ? "Open" : "Join",
-          ),
-        ),
+      h("span", {}, `#${r.name}`, h("small", {}, ` ${r.member_count} members`)),
+      h(
+        "button",
+        {
+          "data-room": r.name,
+          onclick: async () => {
+            try {
+              if (!r.is_member) unwrap(await cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: r.id } } }));
+              dialog.close();
+              dialog.remove();
+              await refreshConversations();
+              await openConversation({ chat_type: "room", chat_id: r.id, name: r.name });
+            } catch (e) {
+              showError(e);
+            }
+          },
+        },
+        r.is_member ? "Open" : "Join",
       ),
-    ),
-    h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
-  );
+    );
+  let asked = 0;
+  const load = async (after?: string) => {
+    const q = filter.value.trim() || undefined;
+    const ask = ++asked;
+    try {
+      const rooms: Room[] = unwrap(await cs.rest.GET("/chat/rooms", { params: { query: { limit: PAGE, q, after } } }));
+      if (ask !== asked) return; // a later filter's answer is the one to show
+      if (!after) list.replaceChildren();
+      list.append(...rooms.map(row));
+      more.hidden = rooms.length < PAGE;
+      more.onclick = () => void load(rooms.at(-1)?.name);
+    } catch (e) {
+      showError(e);
+    }
+  };
+  filter.addEventListener("input", () => void load());
   document.body.append(dialog);
   dialog.showModal();
+  await load();
 }
 
 async function newRoom(): Promise<void> {
@@ -372,10 +445,9 @@ async function openConversation(chat: ChatRef & { name: string }): Promise<void>
   if (state.open !== chat) return;
   state.role = null;
   if (chat.chat_type === "room") {
-    const rooms = unwrap(await cs.rest.GET("/chat/rooms"));
-    state.role = rooms.find((r) => r.id === chat.chat_id)?.my_role ?? null;
+    state.role = unwrap(await cs.rest.GET("/chat/rooms/{id}", { params: { path: { id: chat.chat_id } } })).my_role ?? null;
   }
-  await loadNames(chat);
+  await loadNames(chat, page.messages);
   state.messages = page.messages;
   state.hasOlder = page.has_more;
   state.socket?.track(chat, page.messages.at(-1)?.seq ?? 0);
@@ -399,16 +471,17 @@ async function openConversation(chat: ChatRef & { name: string }): Promise<void>
   renderConversations();
 }
 
-async function loadNames(chat: ChatRef): Promise<void> {
-  try {
-    if (chat.chat_type === "room") {
-      remember(unwrap(await cs.rest.GET("/chat/rooms/{id}/members", { params: { path: { id: chat.chat_id } } })));
-    } else if (chat.chat_type === "group") {
+/** Names for a conversation: a group's members (read receipts name them); elsewhere, the
+ *  authors of the messages shown, not a room's every member. */
+async function loadNames(chat: ChatRef, messages: Message[]): Promise<void> {
+  if (chat.chat_type === "group") {
+    try {
       remember(unwrap(await cs.rest.GET("/chat/groups/{id}", { params: { path: { id: chat.chat_id } } })).members);
+    } catch {
+      // Names fall back to short ids.
     }
-  } catch {
-    // Names fall back to short ids.
   }
+  await learnNames(messages.map((m) => m.from_user_id));
 }
 
 function renderHeader(): void {
@@ -493,6 +566,8 @@ async function onScroll(): Promise<void> {
       }),
     );
     if (state.open !== chat) return;
+    await learnNames(page.messages.map((m) => m.from_user_id));
+    if (state.open !== chat) return;
     state.messages = [...page.messages, ...state.messages];
     state.hasOlder = page.has_more;
     renderMessages(false);
@@ -532,6 +607,7 @@ function onMessage(m: Message, chat: ChatRef): void {
   const open = state.open && chatKey(state.open) === chatKey(chat);
   if (open) {
     state.messages.push(m);
+    if (!cs.users.peek(m.from_user_id)) void learnNames([m.from_user_id]).then(() => replaceMessage(m));
     const list = document.querySelector<HTMLOListElement>("#messages")!;
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
     list.append(messageItem(m));
@@ -606,59 +682,65 @@ function membershipText(d: { user_id: string; action: string; by?: string; until
   return `${who} ${verb[d.action] ?? d.action}${by}${until}`;
 }
 
-/** A room's members; its owner and moderators act on them from here. */
+/** A room's members, 200 at a time by username; its owner and moderators act on them from here. */
 async function showMembers(): Promise<void> {
   const room = state.open;
   if (!room || room.chat_type !== "room") return;
-  try {
-    const members = unwrap(await cs.rest.GET("/chat/rooms/{id}/members", { params: { path: { id: room.chat_id } } }));
-    remember(members);
-    const moderates = state.role === "owner" || state.role === "moderator";
-    const act = async (what: "promote" | "mute" | "ban", userId: string) => {
-      const path = { id: room.chat_id };
-      const { error } =
-        what === "promote"
-          ? await cs.rest.PUT("/chat/rooms/{id}/moderators/{user_id}", { params: { path: { ...path, user_id: userId } } })
-          : what === "mute"
-            ? await cs.rest.POST("/chat/rooms/{id}/mutes", { params: { path }, body: { user_id: userId, until: new Date(Date.now() + 10 * 60_000).toISOString() } })
-            : await cs.rest.POST("/chat/rooms/{id}/bans", { params: { path }, body: { user_id: userId } });
-      if (error) showError(new ChatSphereError(error.code, error.detail));
-      else {
-        dialog.close();
-        dialog.remove();
-      }
-    };
-    const dialog = h(
-      "dialog",
-      { "data-testid": "member-list" },
-      h("h2", {}, `#${room.name}: members`),
-      h(
-        "ul",
-        {},
-        ...members.map((u) =>
-          h(
-            "li",
-            { "data-user": u.username },
-            h("span", {}, u.display_name || u.username),
-            moderates && u.id !== state.me?.id
-              ? h(
-                  "span",
-                  { class: "tools-inline" },
-                  state.role === "owner" ? h("button", { class: "link", onclick: () => void act("promote", u.id) }, "Make moderator") : null,
-                  h("button", { class: "link", "data-testid": "mute", onclick: () => void act("mute", u.id) }, "Mute 10 min"),
-                  h("button", { class: "link", "data-testid": "ban", onclick: () => void act("ban", u.id) }, "Ban"),
-                )
-              : null,
-          ),
-        ),
-      ),
-      h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
+  const PAGE = 200;
+  const moderates = state.role === "owner" || state.role === "moderator";
+  const act = async (what: "promote" | "mute" | "ban", userId: string) => {
+    const path = { id: room.chat_id };
+    const { error } =
+      what === "promote"
+        ? await cs.rest.PUT("/chat/rooms/{id}/moderators/{user_id}", { params: { path: { ...path, user_id: userId } } })
+        : what === "mute"
+          ? await cs.rest.POST("/chat/rooms/{id}/mutes", { params: { path }, body: { user_id: userId, until: new Date(Date.now() + 10 * 60_000).toISOString() } })
+          : await cs.rest.POST("/chat/rooms/{id}/bans", { params: { path }, body: { user_id: userId } });
+    if (error) showError(new ChatSphereError(error.code, error.detail));
+    else {
+      dialog.close();
+      dialog.remove();
+    }
+  };
+  const row = (u: User) =>
+    h(
+      "li",
+      { "data-user": u.username },
+      h("span", {}, u.display_name || u.username),
+      moderates && u.id !== state.me?.id
+        ? h(
+            "span",
+            { class: "tools-inline" },
+            state.role === "owner" ? h("button", { class: "link", onclick: () => void act("promote", u.id) }, "Make moderator") : null,
+            h("button", { class: "link", "data-testid": "mute", onclick: () => void act("mute", u.id) }, "Mute 10 min"),
+            h("button", { class: "link", "data-testid": "ban", onclick: () => void act("ban", u.id) }, "Ban"),
+          )
+        : null,
     );
-    document.body.append(dialog);
-    dialog.showModal();
-  } catch (e) {
-    showError(e);
-  }
+  const list = h("ul", {});
+  const more = h("button", { type: "button", hidden: true }, "More");
+  const dialog = h(
+    "dialog",
+    { "data-testid": "member-list" },
+    h("h2", {}, `#${room.name}: members`),
+    list,
+    more,
+    h("button", { onclick: () => (dialog.close(), dialog.remove()) }, "Close"),
+  );
+  const load = async (after?: string) => {
+    try {
+      const members = unwrap(await cs.rest.GET("/chat/rooms/{id}/members", { params: { path: { id: room.chat_id }, query: { limit: PAGE, after } } }));
+      remember(members);
+      list.append(...members.map(row));
+      more.hidden = members.length < PAGE;
+      more.onclick = () => void load(members.at(-1)?.username);
+    } catch (e) {
+      showError(e);
+    }
+  };
+  document.body.append(dialog);
+  dialog.showModal();
+  await load();
 }
 
 async function search(q: string): Promise<void> {
