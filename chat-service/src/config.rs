@@ -62,6 +62,10 @@ pub struct ChatConfig {
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).
     pub internal_max_in_flight: usize,
+    /// `PRESENCE_MAX_CONTACTS`: the most users told when a user comes online or goes offline
+    /// (default 5,000): those sharing the private chats and groups with the most recent
+    /// activity. Each is a publish on every transition.
+    pub presence_max_contacts: i64,
     /// `WEBHOOK_URL` and the rest: notifications for people who are away (off without it).
     pub webhook: Option<crate::notify::WebhookConfig>,
     /// `S3_*`, or `UPLOAD_DIR` and `PUBLIC_URL`: where attachments are stored.
@@ -83,6 +87,9 @@ pub const DEFAULT_LIST_RATE: shared::limits::Rate = shared::limits::Rate {
     per_second: 2,
     burst: 20,
 };
+
+/// The most contacts told of one user's presence, by default.
+pub const DEFAULT_PRESENCE_MAX_CONTACTS: i64 = 5_000;
 
 /// Each user's reads of the whole online list, by default: 1 a second, bursts of 10.
 pub const DEFAULT_ONLINE_LIST_RATE: shared::limits::Rate = shared::limits::Rate {
@@ -209,6 +216,11 @@ impl ChatConfig {
             )?,
             list_rate: config::rate("LIST_RATE_PER_SECOND", "LIST_BURST", DEFAULT_LIST_RATE)?,
             internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
+            presence_max_contacts: config::parsed::<i64>(
+                "PRESENCE_MAX_CONTACTS",
+                DEFAULT_PRESENCE_MAX_CONTACTS,
+            )?
+            .max(1),
             webhook: crate::notify::WebhookConfig::from_env()?,
             storage: shared::storage::StorageConfig::from_env()?,
             uploads: shared::storage::UploadLimits::from_env()?,

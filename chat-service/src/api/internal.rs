@@ -57,16 +57,34 @@ pub async fn user_conversations(
             last_seq: r.last_seq,
         });
     }
-    let contacts = sqlx::query_scalar!(
-        r#"SELECT DISTINCT o.user_id
-           FROM conversation_members m
-           JOIN conversations c ON c.id = m.conversation_id AND c.chat_type <> 'ROOM'
-           JOIN conversation_members o ON o.conversation_id = m.conversation_id AND o.user_id <> $1
-           WHERE m.user_id = $1"#,
-        user
+    // Presence goes to at most `PRESENCE_MAX_CONTACTS` users, those of the private chats and
+    // groups with the latest activity: a user in a thousand groups of a thousand would
+    // otherwise be a million publishes on every transition. Postgres still reads every
+    // member of those conversations (a top-N sort, as the DISTINCT before it read them all);
+    // what is bounded is the list and so the publishes. Four times the bound in rows leaves
+    // room for contacts met in several conversations (each counts once).
+    let max = state.config.presence_max_contacts;
+    let rows = sqlx::query_scalar!(
+        r#"SELECT o.user_id
+           FROM (SELECT c.id, COALESCE(c.last_message_at, m.joined_at) AS at
+                 FROM conversation_members m
+                 JOIN conversations c ON c.id = m.conversation_id AND c.chat_type <> 'ROOM'
+                 WHERE m.user_id = $1) r
+           CROSS JOIN LATERAL (SELECT user_id FROM conversation_members
+                               WHERE conversation_id = r.id AND user_id <> $1) o
+           ORDER BY r.at DESC, r.id
+           LIMIT $2"#,
+        user,
+        max.saturating_mul(4)
     )
     .fetch_all(&state.db)
     .await?;
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let contacts: Vec<Uuid> = rows
+        .into_iter()
+        .filter(|u| seen.insert(*u))
+        .take(usize::try_from(max).unwrap_or(usize::MAX))
+        .collect();
     let blocked = sqlx::query_scalar!(
         "SELECT blocked_id FROM user_blocks WHERE blocker_id = $1",
         user

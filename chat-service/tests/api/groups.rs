@@ -431,3 +431,102 @@ async fn one_group_is_read_by_its_members(db: PgPool) {
         .await;
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+/// The users told of a user's presence are at most `PRESENCE_MAX_CONTACTS`: those of the
+/// private chats and groups with the latest activity (a group's members together).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn presence_goes_to_the_most_recent_contacts_only(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.presence_max_contacts = 3
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let mut others = Vec::new();
+    for name in ["user1", "user2", "user3", "user4", "user5"] {
+        others.push(app.user(name).await);
+    }
+    for u in &others[..3] {
+        app.send(&alice, &format!("private/{}", u.id), "hi").await;
+    }
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [others[3].id, others[4].id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let group: Uuid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // When each conversation was last active, in hours: the group between the private chats.
+    let set_hour = |conversation: Uuid, hour: i32| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query(
+                "UPDATE conversations SET last_message_at = '2026-01-01T00:00:00Z'::timestamptz
+                                                          + make_interval(hours => $2)
+                 WHERE id = $1",
+            )
+            .bind(conversation)
+            .bind(hour)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    let private = |u: Uuid| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM conversations WHERE chat_type = 'PRIVATE'
+                 AND (user_low = $1 OR user_high = $1)",
+            )
+            .bind(u)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let chats = [
+        private(others[0].id).await,
+        private(others[1].id).await,
+        private(others[2].id).await,
+    ];
+    set_hour(chats[0], 5).await;
+    set_hour(group, 4).await;
+    set_hour(chats[1], 3).await;
+    set_hour(chats[2], 1).await;
+    let contacts = || async {
+        let body: Value = app
+            .http
+            .get(app.url(&format!("/internal/users/{}/conversations", alice.id)))
+            .bearer_auth(app.internal_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut ids: Vec<Uuid> = body["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let expect = |picked: &[usize]| {
+        let mut ids: Vec<Uuid> = picked.iter().map(|&i| others[i].id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(contacts().await, expect(&[0, 3, 4]));
+    // The oldest private chat becomes the latest: it takes the place of the least recent.
+    set_hour(chats[2], 6).await;
+    set_hour(chats[0], 2).await;
+    assert_eq!(contacts().await, expect(&[2, 3, 4]));
+}

@@ -69,6 +69,7 @@ pub fn test_config(prefix: &str) -> ChatConfig {
         },
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
+        presence_max_contacts: chat_service::config::DEFAULT_PRESENCE_MAX_CONTACTS,
         search: chat_service::config::SearchLimits::default(),
         action_rate: chat_service::config::DEFAULT_ACTION_RATE,
         online_list_rate: chat_service::config::DEFAULT_ONLINE_LIST_RATE,

@@ -158,6 +158,7 @@ pub async fn stack(db: PgPool, gateways: usize, adjust: impl Fn(&mut GatewayConf
         send_rate,
         quotas: chat_service::config::Quotas::default(),
         internal_max_in_flight: 64,
+        presence_max_contacts: chat_service::config::DEFAULT_PRESENCE_MAX_CONTACTS,
         search: chat_service::config::SearchLimits::default(),
         action_rate: chat_service::config::DEFAULT_ACTION_RATE,
         online_list_rate: chat_service::config::DEFAULT_ONLINE_LIST_RATE,
