@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 /// The `type` of every frame the server sends, in the order of [`server_frames`].
-pub const SERVER_FRAME_TYPES: [&str; 16] = [
+pub const SERVER_FRAME_TYPES: [&str; 17] = [
     "ready",
     "ack",
     "error",
@@ -22,6 +22,7 @@ pub const SERVER_FRAME_TYPES: [&str; 16] = [
     "membership",
     "reaction",
     "pin",
+    "conversation_updated",
     "synced",
     "token_expiring",
     "reauthed",
@@ -152,7 +153,7 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "presence",
-            "A user who shares a private chat or group came online or went offline.",
+            "A user who shares a private chat or group came online or went offline (told to at most `PRESENCE_MAX_CONTACTS` of them, those of the most recently active chats).",
             object(
                 &[
                     ("user_id", uuid("")),
@@ -199,6 +200,18 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
                     ("by", uuid("")),
                 ],
                 &["message_id", "seq", "pinned", "by"],
+            ),
+        ),
+        (
+            "conversation_updated",
+            "A room's name or description, or a group's name, was changed by its owner (`PATCH /chat/rooms/{id}`, `PATCH /chat/groups/{id}`; an extension).",
+            with(
+                &[
+                    ("name", json!({"type": "string"})),
+                    ("description", json!({"type": "string", "description": "A room's description; absent when it has none, and for groups"})),
+                    ("by", uuid("The owner who changed it")),
+                ],
+                &["name", "by"],
             ),
         ),
         (

@@ -357,6 +357,18 @@ pub enum Event {
         emoji: String,
         added: bool,
     },
+    /// A room's name or description, or a group's name, was changed (by its owner): on the
+    /// conversation channel.
+    ConversationUpdated {
+        chat_type: ChatType,
+        /// The room or group id (its conversation id too).
+        chat_id: Uuid,
+        name: String,
+        /// A room's description (`None`: none); groups have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        by: Uuid,
+    },
     /// `user_id` blocked (or unblocked) `blocked_id`: on the blocker's channel, so their
     /// gateways stop (or resume) passing on the other's typing and presence.
     Block {

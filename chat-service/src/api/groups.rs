@@ -41,6 +41,12 @@ pub struct CreateGroup {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateGroup {
+    /// 1–64 characters.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct AddMembers {
     /// Users to add (1–100).
     pub user_ids: Vec<Uuid>,
@@ -338,6 +344,54 @@ pub async fn get_one(
         return Err(ApiError::forbidden("you are not a member of this group"));
     }
     Ok(Json(with_members(&state, group).await?))
+}
+
+/// `PATCH /chat/groups/{id}`
+#[utoipa::path(patch, path = "/chat/groups/{id}", operation_id = "update_group", tag = "groups", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Group id")), request_body = UpdateGroup,
+    responses(
+        (status = 200, description = "Renamed (an extension); the members' sockets get `conversation_updated`", body = Group),
+        (status = 403, description = "Only the owner renames the group", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+        (status = 422, description = "Invalid `name`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Acting(caller): Acting,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<UpdateGroup>,
+) -> ApiResult<Json<Group>> {
+    let name = req.name.trim();
+    if !(1..=64).contains(&name.chars().count()) {
+        return Err(ApiError::invalid_field(
+            "name",
+            "must be 1 to 64 characters",
+        ));
+    }
+    let group = row(&state, id).await?;
+    if group.owner_id != caller.user_id {
+        if !is_member(&state, id, caller.user_id).await? {
+            return Err(ApiError::forbidden("you are not a member of this group"));
+        }
+        return Err(ApiError::forbidden("only the owner renames the group"));
+    }
+    state.require_events()?;
+    sqlx::query!("UPDATE groups SET name = $2 WHERE id = $1", id, name)
+        .execute(&state.db)
+        .await?;
+    let event = Event::ConversationUpdated {
+        chat_type: ChatType::Group,
+        chat_id: id,
+        name: name.to_owned(),
+        description: None,
+        by: caller.user_id,
+    };
+    state
+        .publisher
+        .publish(&[state.publisher.keys().conversation_channel(id)], &event)
+        .await;
+    Ok(Json(with_members(&state, row(&state, id).await?).await?))
 }
 
 /// `POST /chat/groups/{id}/members`

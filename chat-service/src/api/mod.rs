@@ -30,7 +30,7 @@ use crate::{model::UserSummary, AppState};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/chat/rooms", get(rooms::list).post(rooms::create))
-        .route("/chat/rooms/{id}", get(rooms::get_one))
+        .route("/chat/rooms/{id}", get(rooms::get_one).patch(rooms::update))
         .route("/chat/rooms/{id}/join", post(rooms::join))
         .route("/chat/rooms/{id}/leave", post(rooms::leave))
         .route("/chat/rooms/{id}/members", get(rooms::members))
@@ -53,7 +53,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/rooms/{id}/audit", get(admin::audit_log))
         .route("/admin/messages/{id}", delete(admin::delete_message))
         .route("/chat/groups", get(groups::list).post(groups::create))
-        .route("/chat/groups/{id}", get(groups::get_one))
+        .route(
+            "/chat/groups/{id}",
+            get(groups::get_one).patch(groups::update),
+        )
         .route("/chat/groups/{id}/members", post(groups::add_members))
         .route(
             "/chat/groups/{id}/members/{user_id}",
@@ -109,8 +112,8 @@ pub fn router() -> Router<AppState> {
 #[openapi(
     info(title = "ChatSphere chat-service", description = "Rooms, groups, private chats and history."),
     paths(
-        rooms::list, rooms::create, rooms::get_one, rooms::join, rooms::leave, rooms::members,
-        groups::create, groups::list, groups::get_one, groups::add_members, groups::remove_member,
+        rooms::list, rooms::create, rooms::get_one, rooms::update, rooms::join, rooms::leave, rooms::members,
+        groups::create, groups::list, groups::get_one, groups::update, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
         search::search, uploads::create, uploads::download, uploads::thumbnail,
         conversations::list, conversations::online_users,

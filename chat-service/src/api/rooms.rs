@@ -33,6 +33,15 @@ pub struct Room {
     pub my_role: Option<String>,
 }
 
+/// What `PATCH /chat/rooms/{id}` changes: an absent field stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateRoom {
+    /// 1–64 characters, unique whatever its case.
+    pub name: Option<String>,
+    /// At most 500 characters; empty clears it.
+    pub description: Option<String>,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRoom {
     /// 1–64 characters, unique whatever its case.
@@ -157,22 +166,7 @@ pub async fn create(
         .as_deref()
         .map(str::trim)
         .filter(|d| !d.is_empty());
-    let mut problems = std::collections::BTreeMap::new();
-    if !(1..=MAX_NAME_CHARS).contains(&name.chars().count()) {
-        problems.insert(
-            "name".to_owned(),
-            format!("must be 1 to {MAX_NAME_CHARS} characters"),
-        );
-    }
-    if description.is_some_and(|d| d.chars().count() > 500) {
-        problems.insert(
-            "description".to_owned(),
-            "must be at most 500 characters".to_owned(),
-        );
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::validation(problems));
-    }
+    check_fields(Some(name), description)?;
     state.require_events()?;
     check_room_count(&state, caller.user_id).await?;
     state
@@ -189,14 +183,7 @@ pub async fn create(
     )
     .execute(&mut *tx)
     .await
-    .map_err(|e| match unique_violation(&e) {
-        Some("rooms_name_lower_key") => {
-            let mut err = ApiError::conflict("room_name_taken", "a room with that name exists");
-            err.fields = Some([("name".to_owned(), "is already taken".to_owned())].into());
-            err
-        }
-        _ => ApiError::from(e),
-    })?;
+    .map_err(name_taken)?;
     sqlx::query!(
         "INSERT INTO conversations (id, chat_type, room_id) VALUES ($1, 'ROOM', $1)",
         id
@@ -216,6 +203,41 @@ pub async fn create(
         StatusCode::CREATED,
         Json(load(&state, id, caller.user_id).await?),
     ))
+}
+
+/// A room's name (1–64 characters) and description (at most 500), as given: 422 naming each
+/// bad one.
+fn check_fields(name: Option<&str>, description: Option<&str>) -> ApiResult<()> {
+    let mut problems = std::collections::BTreeMap::new();
+    if name.is_some_and(|n| !(1..=MAX_NAME_CHARS).contains(&n.chars().count())) {
+        problems.insert(
+            "name".to_owned(),
+            format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        );
+    }
+    if description.is_some_and(|d| d.chars().count() > 500) {
+        problems.insert(
+            "description".to_owned(),
+            "must be at most 500 characters".to_owned(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(problems))
+    }
+}
+
+/// 409 `room_name_taken` for a clash on the unique name, else the error as it is.
+fn name_taken(e: sqlx::Error) -> ApiError {
+    match unique_violation(&e) {
+        Some("rooms_name_lower_key") => {
+            let mut err = ApiError::conflict("room_name_taken", "a room with that name exists");
+            err.fields = Some([("name".to_owned(), "is already taken".to_owned())].into());
+            err
+        }
+        _ => ApiError::from(e),
+    }
 }
 
 /// 409 `too_many_rooms` when `user` already belongs to `MAX_ROOMS_PER_USER` rooms: each of a
@@ -276,6 +298,58 @@ pub async fn get_one(
     caller: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Room>> {
+    Ok(Json(load(&state, id, caller.user_id).await?))
+}
+
+/// `PATCH /chat/rooms/{id}`
+#[utoipa::path(patch, path = "/chat/rooms/{id}", operation_id = "update_room", tag = "rooms", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Room id")), request_body = UpdateRoom,
+    responses(
+        (status = 200, description = "Changed (an extension); the members' sockets get `conversation_updated`", body = Room),
+        (status = 403, description = "Only the owner changes the room", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 409, description = "`room_name_taken`: another room has that name", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's changes that reach others (`ACTION_RATE_PER_SECOND`, 10 a second, bursts of 40, by default) are used up; nothing was done; `Retry-After` says when to try again", body = ErrorBody),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Acting(caller): Acting,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(req): ApiJson<UpdateRoom>,
+) -> ApiResult<Json<Room>> {
+    let name = req.name.as_deref().map(str::trim);
+    let description = req.description.as_deref().map(str::trim);
+    check_fields(name, description)?;
+    let room = load(&state, id, caller.user_id).await?;
+    if room.created_by != caller.user_id {
+        return Err(ApiError::forbidden("only the room's owner changes it"));
+    }
+    state.require_events()?;
+    let updated = sqlx::query!(
+        r#"UPDATE rooms SET name = COALESCE($2, name),
+                            description = CASE WHEN $3::text IS NULL THEN description
+                                               ELSE NULLIF($3, '') END
+           WHERE id = $1
+           RETURNING name, description"#,
+        id,
+        name,
+        description
+    )
+    .fetch_one(&state.db)
+    .await
+    .map_err(name_taken)?;
+    let event = Event::ConversationUpdated {
+        chat_type: ChatType::Room,
+        chat_id: id,
+        name: updated.name,
+        description: updated.description,
+        by: caller.user_id,
+    };
+    state
+        .publisher
+        .publish(&[state.publisher.keys().conversation_channel(id)], &event)
+        .await;
     Ok(Json(load(&state, id, caller.user_id).await?))
 }
 

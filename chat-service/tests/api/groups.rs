@@ -530,3 +530,39 @@ async fn presence_goes_to_the_most_recent_contacts_only(db: PgPool) {
     set_hour(chats[0], 2).await;
     assert_eq!(contacts().await, expect(&[2, 3, 4]));
 }
+
+/// The owner renames a group (an extension); a member or a stranger may not.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_owner_renames_a_group(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "trip", "member_ids": [bob.id]}),
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/chat/groups/{id}");
+    let r = app
+        .patch(&alice, &path, json!({"name": " summer trip "}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["name"], "summer trip");
+    assert_eq!(member_names(&body), ["alice", "bob"]);
+    for who in [&bob, &carol] {
+        let r = app.patch(who, &path, json!({"name": "ours"})).await;
+        assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let r = app.patch(&alice, &path, json!({"name": ""})).await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let listed: Value = app.get(&bob, &path).await.json().await.unwrap();
+    assert_eq!(listed["name"], "summer trip");
+}

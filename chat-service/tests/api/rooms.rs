@@ -389,3 +389,50 @@ async fn whole_long_lists_are_rated_per_user(db: PgPool) {
     let r = app.get(&alice, "/chat/rooms").await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// The owner renames a room and sets or clears its description (an extension); others may
+/// not, and a name another room has is 409.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn the_owner_changes_a_rooms_name_and_description(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "lobby", &[&bob]).await;
+    app.room(&bob, "Hall", &[]).await;
+    let path = format!("/chat/rooms/{room}");
+    let r = app
+        .patch(
+            &alice,
+            &path,
+            json!({"name": "  kitchen ", "description": "food talk"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["name"], "kitchen");
+    assert_eq!(body["description"], "food talk");
+    // An absent field stays; an empty description is cleared.
+    let r = app.patch(&alice, &path, json!({"description": ""})).await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["name"], "kitchen");
+    assert!(body["description"].is_null(), "{body}");
+
+    let r = app.patch(&bob, &path, json!({"name": "mine"})).await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app.patch(&alice, &path, json!({"name": "hall"})).await;
+    assert_error(r, StatusCode::CONFLICT, "room_name_taken").await;
+    for bad in [json!({"name": ""}), json!({"description": "x".repeat(501)})] {
+        let r = app.patch(&alice, &path, bad).await;
+        assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    }
+    let r = app
+        .patch(
+            &alice,
+            &format!("/chat/rooms/{}", uuid::Uuid::new_v4()),
+            json!({"name": "x"}),
+        )
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    let listed: Value = app.get(&bob, &path).await.json().await.unwrap();
+    assert_eq!(listed["name"], "kitchen");
+}

@@ -67,6 +67,8 @@ export interface ServerEvents {
     action: "added" | "removed";
   };
   pin: ChatRef & { message_id: string; seq: number; pinned: boolean; by: string };
+  /** A room's name or description, or a group's name, changed (by its owner). */
+  conversation_updated: ChatRef & { name: string; description?: string; by: string };
   synced: { results: Array<ChatRef & { messages: Message[]; has_more: boolean }> };
   token_expiring: { expires_at: string };
   reauthed: { expires_at: string };

@@ -68,6 +68,7 @@ export interface SocketEvents {
   membership: [data: ServerEvents["membership"]];
   reaction: [data: ServerEvents["reaction"]];
   pin: [data: ServerEvents["pin"]];
+  conversation_updated: [data: ServerEvents["conversation_updated"]];
   /** A `reauth` was accepted: the connection now lives until `expires_at`. */
   reauthed: [data: ServerEvents["reauthed"]];
   /** The connection is ready (after every reconnect too). */
@@ -403,6 +404,7 @@ export class ChatSocket extends Emitter<SocketEvents> {
       case "membership":
       case "reaction":
       case "pin":
+      case "conversation_updated":
         return (this.emit as (t: string, d: unknown) => void)(frame.type, frame.data);
       default:
         return; // pong, and types newer than this client

@@ -323,7 +323,7 @@ describe("the documents", () => {
     for (const t of ["send_message", "typing", "mark_read", "sync", "reauth", "ping"]) {
       expect(doc.components.messages).toHaveProperty(`client_${t}`);
     }
-    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin"]) {
+    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin", "conversation_updated"]) {
       expect(doc.components.messages).toHaveProperty(`server_${t}`);
     }
   });

@@ -60,6 +60,16 @@ struct PinData {
 }
 
 #[derive(Serialize)]
+struct ConversationUpdatedData<'a> {
+    chat_type: ChatType,
+    chat_id: Uuid,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    by: Uuid,
+}
+
+#[derive(Serialize)]
 struct ReadData {
     user_id: Uuid,
     chat_type: ChatType,
@@ -295,6 +305,24 @@ impl Hub {
                         },
                         false,
                     );
+                }
+            }
+            Event::ConversationUpdated {
+                chat_type,
+                chat_id,
+                name,
+                description,
+                by,
+            } => {
+                let data = ConversationUpdatedData {
+                    chat_type,
+                    chat_id,
+                    name: &name,
+                    description: description.as_deref(),
+                    by,
+                };
+                for conn in self.receivers(channel, None) {
+                    self.send(&conn, "conversation_updated", &data, false);
                 }
             }
             Event::Reaction {

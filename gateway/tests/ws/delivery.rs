@@ -493,3 +493,55 @@ async fn reactions_arrive_live_and_in_sync(db: PgPool) {
         json!([{"emoji": "❤", "count": 1, "me": true}])
     );
 }
+
+/// Renaming a room or a group reaches its members' connections on every gateway as
+/// `conversation_updated`, and no one else's.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn renames_reach_the_members(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let room = s.room(&alice, "lobby", &[&bob]).await;
+    let group = s
+        .rest(
+            &alice,
+            reqwest::Method::POST,
+            "/chat/groups",
+            json!({"name": "trip", "member_ids": [bob.id]}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut a = s.connect(0, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    let mut c = s.connect(1, &carol).await;
+    s.rest(
+        &alice,
+        reqwest::Method::PATCH,
+        &format!("/chat/rooms/{room}"),
+        json!({"name": "hall", "description": "all welcome"}),
+    )
+    .await;
+    let expected = json!({"chat_type": "room", "chat_id": room, "name": "hall",
+                          "description": "all welcome", "by": alice.id});
+    assert_eq!(b.expect("conversation_updated").await["data"], expected);
+    assert_eq!(a.expect("conversation_updated").await["data"], expected);
+    s.rest(
+        &alice,
+        reqwest::Method::PATCH,
+        &format!("/chat/groups/{group}"),
+        json!({"name": "summer trip"}),
+    )
+    .await;
+    assert_eq!(
+        b.expect("conversation_updated").await["data"],
+        json!({"chat_type": "group", "chat_id": group, "name": "summer trip", "by": alice.id})
+    );
+    let frames = c.drain(Duration::from_millis(400)).await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "conversation_updated"),
+        "{frames:?}"
+    );
+}
