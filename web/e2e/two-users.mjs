@@ -240,6 +240,14 @@ try {
     `Bob's group shows the latest 50, then all 55 in order after scrolling up (first page ${firstPage})`,
   );
 
+  // Renaming: Alice, the group's owner, renames it; Bob, who has it open, sees the new name.
+  const renamed = `summer-${run}`;
+  answerPrompt(alice.page, renamed);
+  await alice.page.getByTestId("rename").click();
+  await bob.page.getByTestId("chat-title").filter({ hasText: renamed }).waitFor();
+  await bob.page.getByTestId("note").filter({ hasText: `renamed the group to “${renamed}”` }).waitFor();
+  check(true, "Bob sees the group renamed by Alice");
+
   // Blocking: Bob blocks Alice in their private chat; her next message there is refused.
   await bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username }).locator("button").click();
   await bob.page.getByTestId("block").filter({ hasText: "Block" }).click();

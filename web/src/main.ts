@@ -34,7 +34,7 @@ const state = {
   socket: null as ChatSocket | null,
   conversations: [] as Conversation[],
   open: null as (ChatRef & { name: string }) | null,
-  /** The caller's role in the open room: owner, moderator, member. */
+  /** The caller's role in the open room (owner, moderator, member) or group (owner, member). */
   role: null as string | null,
   messages: [] as Message[],
   hasOlder: false,
@@ -195,6 +195,17 @@ async function start(): Promise<void> {
     if (open && state.open === open) note(membershipText(d));
     await refreshConversations();
   });
+  socket.on("conversation_updated", (d) => {
+    const c = state.conversations.find((x) => chatKey(x) === chatKey(d));
+    if (c) c.name = d.name;
+    renderConversations();
+    if (state.open && chatKey(state.open) === chatKey(d)) {
+      state.open.name = d.name;
+      renderHeader();
+      const who = d.by === state.me?.id ? "You" : nameOf(d.by);
+      note(`${who} renamed the ${d.chat_type} to “${d.name}”`);
+    }
+  });
   socket.on("pin", (d) => {
     if (state.open && chatKey(state.open) === chatKey(d)) {
       document.querySelector(`#messages li[data-id="${d.message_id}"]`)?.classList.toggle("pinned", d.pinned);
@@ -229,7 +240,7 @@ function renderShell(): void {
         h(
           "header",
           {},
-          h("strong", { "data-testid": "me" }, nameOf(state.me!.id)),
+          h("strong", { "data-testid": "me", title: nameOf(state.me!.id) }, nameOf(state.me!.id)),
           h("span", {},
             h("button", { class: "link", "data-testid": "change-password", onclick: () => changePassword() }, "Password"),
             h("button", { class: "link", onclick: () => void logout() }, "Log out"),
@@ -476,7 +487,9 @@ async function openConversation(chat: ChatRef & { name: string }): Promise<void>
 async function loadNames(chat: ChatRef, messages: Message[]): Promise<void> {
   if (chat.chat_type === "group") {
     try {
-      remember(unwrap(await cs.rest.GET("/chat/groups/{id}", { params: { path: { id: chat.chat_id } } })).members);
+      const group = unwrap(await cs.rest.GET("/chat/groups/{id}", { params: { path: { id: chat.chat_id } } }));
+      remember(group.members);
+      if (state.open === chat) state.role = group.owner_id === state.me?.id ? "owner" : "member";
     } catch {
       // Names fall back to short ids.
     }
@@ -494,10 +507,25 @@ function renderHeader(): void {
     h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name),
     presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence),
     h("span", { class: "spacer" }),
+    o.chat_type !== "private" && state.role === "owner" ? h("button", { class: "link", "data-testid": "rename", onclick: () => void rename() }, "Rename") : "",
     o.chat_type === "room" ? h("button", { class: "link", "data-testid": "members", onclick: () => void showMembers() }, "Members") : "",
     h("button", { class: "link", "data-testid": "pinned", onclick: () => void showPins() }, "Pinned"),
     o.chat_type === "private" ? h("button", { class: "link", "data-testid": "block", onclick: () => void toggleBlock(o.chat_id) }, blocked ? "Unblock" : "Block") : "",
   );
+}
+
+/** Renames the open room or group (its owner only); everyone in it sees `conversation_updated`. */
+async function rename(): Promise<void> {
+  const chat = state.open;
+  if (!chat || chat.chat_type === "private") return;
+  const name = prompt("New name", chat.name)?.trim();
+  if (!name || name === chat.name) return;
+  const path = { id: chat.chat_id };
+  const { error } =
+    chat.chat_type === "room"
+      ? await cs.rest.PATCH("/chat/rooms/{id}", { params: { path }, body: { name } })
+      : await cs.rest.PATCH("/chat/groups/{id}", { params: { path }, body: { name } });
+  if (error) showError(new ChatSphereError(error.code, error.detail));
 }
 
 function messageItem(m: Message): HTMLLIElement {
