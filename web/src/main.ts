@@ -36,6 +36,8 @@ const state = {
   open: null as (ChatRef & { name: string }) | null,
   /** The caller's role in the open room (owner, moderator, member) or group (owner, member). */
   role: null as string | null,
+  /** The open room's description, if it has one. */
+  description: null as string | null,
   messages: [] as Message[],
   hasOlder: false,
   loadingOlder: false,
@@ -193,7 +195,9 @@ async function start(): Promise<void> {
     // Someone new to this client (who just joined or was added): their name first.
     if (open) await learnNames(d.by ? [d.user_id, d.by] : [d.user_id]);
     if (open && state.open === open) note(membershipText(d));
-    await refreshConversations();
+    // The list changes only when the change is the user's own (joined, added, removed, …):
+    // others coming and going in a large room would otherwise reload it on every event.
+    if (d.user_id === state.me?.id) await refreshConversations();
   });
   socket.on("conversation_updated", (d) => {
     const c = state.conversations.find((x) => chatKey(x) === chatKey(d));
@@ -201,6 +205,7 @@ async function start(): Promise<void> {
     renderConversations();
     if (state.open && chatKey(state.open) === chatKey(d)) {
       state.open.name = d.name;
+      if (d.chat_type === "room") state.description = d.description ?? null;
       renderHeader();
       const who = d.by === state.me?.id ? "You" : nameOf(d.by);
       note(`${who} renamed the ${d.chat_type} to “${d.name}”`);
@@ -455,8 +460,11 @@ async function openConversation(chat: ChatRef & { name: string }): Promise<void>
   );
   if (state.open !== chat) return;
   state.role = null;
+  state.description = null;
   if (chat.chat_type === "room") {
-    state.role = unwrap(await cs.rest.GET("/chat/rooms/{id}", { params: { path: { id: chat.chat_id } } })).my_role ?? null;
+    const room = unwrap(await cs.rest.GET("/chat/rooms/{id}", { params: { path: { id: chat.chat_id } } }));
+    state.role = room.my_role ?? null;
+    state.description = room.description ?? null;
   }
   await loadNames(chat, page.messages);
   state.messages = page.messages;
@@ -506,6 +514,7 @@ function renderHeader(): void {
   header.replaceChildren(
     h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name),
     presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence),
+    o.chat_type === "room" && state.description ? h("span", { class: "muted description", "data-testid": "description" }, state.description) : "",
     h("span", { class: "spacer" }),
     o.chat_type !== "private" && state.role === "owner" ? h("button", { class: "link", "data-testid": "rename", onclick: () => void rename() }, "Rename") : "",
     o.chat_type === "room" ? h("button", { class: "link", "data-testid": "members", onclick: () => void showMembers() }, "Members") : "",
