@@ -27,7 +27,8 @@ pub async fn user_conversations(
     ApiPath(user): ApiPath<Uuid>,
 ) -> ApiResult<Json<UserConversations>> {
     let rows = sqlx::query!(
-        r#"SELECT c.id, c.chat_type, c.room_id, c.group_id, c.user_low, c.user_high, c.last_seq
+        r#"SELECT c.id, c.chat_type, c.room_id, c.group_id, c.user_low, c.user_high, c.last_seq,
+                  COALESCE(c.last_message_at, m.joined_at) AS "active_at!"
            FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
            WHERE m.user_id = $1"#,
         user
@@ -35,6 +36,8 @@ pub async fn user_conversations(
     .fetch_all(&state.db)
     .await?;
     let mut conversations = Vec::with_capacity(rows.len());
+    // Private chats and groups, with when each was last active: whom presence goes to.
+    let mut shared = Vec::new();
     for r in rows {
         let chat_type = ChatType::from_db(&r.chat_type)
             .ok_or_else(|| ApiError::internal(format!("chat_type {:?}", r.chat_type)))?;
@@ -50,6 +53,9 @@ pub async fn user_conversations(
             }
         }
         .ok_or_else(|| ApiError::internal("a conversation without its chat id"))?;
+        if chat_type != ChatType::Room {
+            shared.push((r.active_at, chat_type, r.id, chat_id));
+        }
         conversations.push(Membership {
             conversation_id: r.id,
             chat_type,
@@ -57,34 +63,11 @@ pub async fn user_conversations(
             last_seq: r.last_seq,
         });
     }
-    // Presence goes to at most `PRESENCE_MAX_CONTACTS` users, those of the private chats and
-    // groups with the latest activity: a user in a thousand groups of a thousand would
-    // otherwise be a million publishes on every transition. Postgres still reads every
-    // member of those conversations (a top-N sort, as the DISTINCT before it read them all);
-    // what is bounded is the list and so the publishes. Four times the bound in rows leaves
-    // room for contacts met in several conversations (each counts once).
-    let max = state.config.presence_max_contacts;
-    let rows = sqlx::query_scalar!(
-        r#"SELECT o.user_id
-           FROM (SELECT c.id, COALESCE(c.last_message_at, m.joined_at) AS at
-                 FROM conversation_members m
-                 JOIN conversations c ON c.id = m.conversation_id AND c.chat_type <> 'ROOM'
-                 WHERE m.user_id = $1) r
-           CROSS JOIN LATERAL (SELECT user_id FROM conversation_members
-                               WHERE conversation_id = r.id AND user_id <> $1) o
-           ORDER BY r.at DESC, r.id
-           LIMIT $2"#,
-        user,
-        max.saturating_mul(4)
-    )
-    .fetch_all(&state.db)
-    .await?;
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    let contacts: Vec<Uuid> = rows
-        .into_iter()
-        .filter(|u| seen.insert(*u))
-        .take(usize::try_from(max).unwrap_or(usize::MAX))
-        .collect();
+    shared.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+    let recent: Vec<(ChatType, Uuid, Uuid)> =
+        shared.into_iter().map(|(_, t, c, id)| (t, c, id)).collect();
+    let max = usize::try_from(state.config.presence_max_contacts).unwrap_or(usize::MAX);
+    let contacts = contacts(&state, user, &recent, max).await?;
     let blocked = sqlx::query_scalar!(
         "SELECT blocked_id FROM user_blocks WHERE blocker_id = $1",
         user
@@ -96,6 +79,70 @@ pub async fn user_conversations(
         contacts,
         blocked,
     }))
+}
+
+/// Groups whose members one query reads while choosing contacts.
+const CONTACT_GROUPS_PER_QUERY: usize = 8;
+
+/// The users told of `user`'s presence: at most `max` (`PRESENCE_MAX_CONTACTS`), those of the
+/// private chats and groups in `recent` (`(kind, conversation, chat id)`, the latest activity
+/// first), each once. A private chat's peer is its chat id; a group's members are read a few
+/// groups at a time, in that order, until the bound is reached: a user in a thousand groups of
+/// a thousand costs a few thousand rows per upgrade, not a million, and a few thousand
+/// publishes per transition.
+async fn contacts(
+    state: &AppState,
+    user: Uuid,
+    recent: &[(ChatType, Uuid, Uuid)],
+    max: usize,
+) -> ApiResult<Vec<Uuid>> {
+    let mut contacts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (i, &(chat_type, conversation, chat_id)) in recent.iter().enumerate() {
+        if contacts.len() >= max {
+            break;
+        }
+        if chat_type == ChatType::Private {
+            if seen.insert(chat_id) {
+                contacts.push(chat_id);
+            }
+            continue;
+        }
+        if !members.contains_key(&conversation) {
+            let batch: Vec<Uuid> = recent[i..]
+                .iter()
+                .filter(|(t, c, _)| *t != ChatType::Private && !members.contains_key(c))
+                .map(|(_, c, _)| *c)
+                .take(CONTACT_GROUPS_PER_QUERY)
+                .collect();
+            for c in &batch {
+                members.insert(*c, Vec::new());
+            }
+            let rows = sqlx::query!(
+                "SELECT conversation_id, user_id FROM conversation_members
+                 WHERE conversation_id = ANY($1) AND user_id <> $2",
+                &batch,
+                user
+            )
+            .fetch_all(&state.db)
+            .await?;
+            for r in rows {
+                if let Some(list) = members.get_mut(&r.conversation_id) {
+                    list.push(r.user_id);
+                }
+            }
+        }
+        for u in members.get(&conversation).into_iter().flatten() {
+            if contacts.len() >= max {
+                break;
+            }
+            if seen.insert(*u) {
+                contacts.push(*u);
+            }
+        }
+    }
+    Ok(contacts)
 }
 
 /// `POST /internal/sync`: per position, the messages after it that the user may read.

@@ -566,3 +566,62 @@ async fn the_owner_renames_a_group(db: PgPool) {
     let listed: Value = app.get(&bob, &path).await.json().await.unwrap();
     assert_eq!(listed["name"], "summer trip");
 }
+
+/// Groups' members are read a few groups at a time, newest first, until the contacts are
+/// enough: with ten groups of one member each and room for nine, the members of the nine most
+/// recently active groups (past the first query's groups) are the contacts.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn presence_contacts_follow_group_activity_across_queries(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.presence_max_contacts = 9
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let mut members = Vec::new();
+    for i in 0..10 {
+        let member = app.user(&format!("member{i}")).await;
+        let r = app
+            .post(
+                &alice,
+                "/chat/groups",
+                json!({"name": format!("g{i}"), "member_ids": [member.id]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let group: Uuid = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Group i was last active i hours in: the first created is the least recent.
+        sqlx::query(
+            "UPDATE conversations SET last_message_at = '2026-01-01T00:00:00Z'::timestamptz
+                                                      + make_interval(hours => $2)
+             WHERE id = $1",
+        )
+        .bind(group)
+        .bind(i)
+        .execute(&app.db)
+        .await
+        .unwrap();
+        members.push(member.id);
+    }
+    let body: Value = app
+        .http
+        .get(app.url(&format!("/internal/users/{}/conversations", alice.id)))
+        .bearer_auth(app.internal_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let contacts: Vec<Uuid> = body["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
+    let newest_first: Vec<Uuid> = members[1..].iter().rev().copied().collect();
+    assert_eq!(contacts, newest_first);
+}
