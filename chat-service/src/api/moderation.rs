@@ -107,17 +107,17 @@ async fn check_may_act(state: &AppState, room: Uuid, actor: Uuid, target: Uuid) 
 }
 
 /// One row of the audit log, written in the action's transaction.
-struct Entry<'a> {
-    room: Uuid,
-    actor: Uuid,
-    action: &'a str,
-    target: Option<Uuid>,
-    message: Option<Uuid>,
-    reason: Option<&'a str>,
-    until: Option<DateTime<Utc>>,
+pub(crate) struct Entry<'a> {
+    pub room: Uuid,
+    pub actor: Uuid,
+    pub action: &'a str,
+    pub target: Option<Uuid>,
+    pub message: Option<Uuid>,
+    pub reason: Option<&'a str>,
+    pub until: Option<DateTime<Utc>>,
 }
 
-async fn audit(db: impl PgExecutor<'_>, e: Entry<'_>) -> sqlx::Result<()> {
+pub(crate) async fn audit(db: impl PgExecutor<'_>, e: Entry<'_>) -> sqlx::Result<()> {
     sqlx::query!(
         r#"INSERT INTO room_audit_log (room_id, actor_id, action, target_id, message_id, reason, until)
            VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
@@ -603,7 +603,8 @@ pub async fn bans(
 pub struct AuditEntry {
     /// Increasing; pass the last one seen as `before` for the next page.
     pub id: i64,
-    /// `banned`, `unbanned`, `muted`, `unmuted`, `promoted`, `demoted` or `message_deleted`.
+    /// `banned`, `unbanned`, `muted`, `unmuted`, `promoted`, `demoted`, `message_deleted`, or
+    /// `updated` (the owner changed the room's name or description; `reason` says what).
     pub action: String,
     pub actor_id: Uuid,
     pub target_id: Option<Uuid>,

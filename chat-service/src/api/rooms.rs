@@ -326,6 +326,7 @@ pub async fn update(
         return Err(ApiError::forbidden("only the room's owner changes it"));
     }
     state.require_events()?;
+    let mut tx = state.db.begin().await?;
     let updated = sqlx::query!(
         r#"UPDATE rooms SET name = COALESCE($2, name),
                             description = CASE WHEN $3::text IS NULL THEN description
@@ -336,9 +337,40 @@ pub async fn update(
         name,
         description
     )
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await
     .map_err(name_taken)?;
+    let mut changes = Vec::new();
+    if updated.name != room.name {
+        changes.push(format!("name “{}” → “{}”", room.name, updated.name));
+    }
+    if updated.description != room.description {
+        changes.push(
+            if updated.description.is_some() {
+                "description set"
+            } else {
+                "description cleared"
+            }
+            .to_owned(),
+        );
+    }
+    if !changes.is_empty() {
+        let reason = changes.join("; ");
+        super::moderation::audit(
+            &mut *tx,
+            super::moderation::Entry {
+                room: id,
+                actor: caller.user_id,
+                action: "updated",
+                target: None,
+                message: None,
+                reason: Some(&reason),
+                until: None,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
     let event = Event::ConversationUpdated {
         chat_type: ChatType::Room,
         chat_id: id,

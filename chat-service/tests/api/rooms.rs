@@ -435,4 +435,29 @@ async fn the_owner_changes_a_rooms_name_and_description(db: PgPool) {
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
     let listed: Value = app.get(&bob, &path).await.json().await.unwrap();
     assert_eq!(listed["name"], "kitchen");
+    // Each change is in the room's audit log, newest first.
+    let audit: Value = app
+        .get(&alice, &format!("{path}/audit"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let entries: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("updated", "description cleared"),
+            ("updated", "name “lobby” → “kitchen”; description set"),
+        ]
+    );
 }

@@ -841,7 +841,10 @@ export interface components {
         };
         /** @description One moderation action. */
         AuditEntry: {
-            /** @description `banned`, `unbanned`, `muted`, `unmuted`, `promoted`, `demoted` or `message_deleted`. */
+            /**
+             * @description `banned`, `unbanned`, `muted`, `unmuted`, `promoted`, `demoted`, `message_deleted`, or
+             *     `updated` (the owner changed the room's name or description; `reason` says what).
+             */
             action: string;
             /** Format: uuid */
             actor_id: string;
