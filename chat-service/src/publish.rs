@@ -172,6 +172,26 @@ impl Publisher {
 
     /// A membership change: to the conversation (its members see it) and to the user concerned
     /// (their gateways subscribe or unsubscribe).
+    /// Tells a room's or group's members that its name (or a room's description) changed.
+    pub async fn conversation_updated(
+        &self,
+        chat_type: ChatType,
+        chat_id: Uuid,
+        name: String,
+        description: Option<String>,
+        by: Uuid,
+    ) {
+        let event = Event::ConversationUpdated {
+            chat_type,
+            chat_id,
+            name,
+            description,
+            by,
+        };
+        self.publish(&[self.keys.conversation_channel(chat_id)], &event)
+            .await;
+    }
+
     pub async fn membership(&self, conversation_id: Uuid, user: Uuid, event: &Event) {
         let channels = [
             self.keys.conversation_channel(conversation_id),

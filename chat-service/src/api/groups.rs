@@ -59,6 +59,19 @@ struct GroupRow {
     created_at: DateTime<Utc>,
 }
 
+/// A group's name, trimmed: 1–64 characters, else 422 on `name`.
+fn checked_name(name: &str) -> ApiResult<&str> {
+    let name = name.trim();
+    if (1..=64).contains(&name.chars().count()) {
+        Ok(name)
+    } else {
+        Err(ApiError::invalid_field(
+            "name",
+            "must be 1 to 64 characters",
+        ))
+    }
+}
+
 async fn row(state: &AppState, id: Uuid) -> ApiResult<GroupRow> {
     sqlx::query_as!(
         GroupRow,
@@ -187,13 +200,7 @@ pub async fn create(
     caller: AuthUser,
     ApiJson(req): ApiJson<CreateGroup>,
 ) -> ApiResult<(StatusCode, Json<Group>)> {
-    let name = req.name.trim();
-    if !(1..=64).contains(&name.chars().count()) {
-        return Err(ApiError::invalid_field(
-            "name",
-            "must be 1 to 64 characters",
-        ));
-    }
+    let name = checked_name(&req.name)?;
     let mut members: BTreeSet<Uuid> = req.member_ids.into_iter().collect();
     members.remove(&caller.user_id);
     check_users(&state, "member_ids", &members).await?;
@@ -362,13 +369,7 @@ pub async fn update(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(req): ApiJson<UpdateGroup>,
 ) -> ApiResult<Json<Group>> {
-    let name = req.name.trim();
-    if !(1..=64).contains(&name.chars().count()) {
-        return Err(ApiError::invalid_field(
-            "name",
-            "must be 1 to 64 characters",
-        ));
-    }
+    let name = checked_name(&req.name)?;
     let group = row(&state, id).await?;
     if group.owner_id != caller.user_id {
         if !is_member(&state, id, caller.user_id).await? {
@@ -380,16 +381,9 @@ pub async fn update(
     sqlx::query!("UPDATE groups SET name = $2 WHERE id = $1", id, name)
         .execute(&state.db)
         .await?;
-    let event = Event::ConversationUpdated {
-        chat_type: ChatType::Group,
-        chat_id: id,
-        name: name.to_owned(),
-        description: None,
-        by: caller.user_id,
-    };
     state
         .publisher
-        .publish(&[state.publisher.keys().conversation_channel(id)], &event)
+        .conversation_updated(ChatType::Group, id, name.to_owned(), None, caller.user_id)
         .await;
     Ok(Json(with_members(&state, row(&state, id).await?).await?))
 }

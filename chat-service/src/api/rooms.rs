@@ -327,12 +327,16 @@ pub async fn update(
     }
     state.require_events()?;
     let mut tx = state.db.begin().await?;
+    // The values before, read under the row's lock in the same statement, so the audit row
+    // says what this change replaced even when two owners' requests cross.
     let updated = sqlx::query!(
-        r#"UPDATE rooms SET name = COALESCE($2, name),
-                            description = CASE WHEN $3::text IS NULL THEN description
-                                               ELSE NULLIF($3, '') END
-           WHERE id = $1
-           RETURNING name, description"#,
+        r#"UPDATE rooms r SET name = COALESCE($2, r.name),
+                              description = CASE WHEN $3::text IS NULL THEN r.description
+                                                 ELSE NULLIF($3, '') END
+           FROM (SELECT name, description FROM rooms WHERE id = $1 FOR UPDATE) old
+           WHERE r.id = $1
+           RETURNING r.name, r.description, old.name AS old_name,
+                     old.description AS old_description"#,
         id,
         name,
         description
@@ -341,10 +345,10 @@ pub async fn update(
     .await
     .map_err(name_taken)?;
     let mut changes = Vec::new();
-    if updated.name != room.name {
-        changes.push(format!("name “{}” → “{}”", room.name, updated.name));
+    if updated.name != updated.old_name {
+        changes.push(format!("name “{}” → “{}”", updated.old_name, updated.name));
     }
-    if updated.description != room.description {
+    if updated.description != updated.old_description {
         changes.push(
             if updated.description.is_some() {
                 "description set"
@@ -354,33 +358,34 @@ pub async fn update(
             .to_owned(),
         );
     }
-    if !changes.is_empty() {
-        let reason = changes.join("; ");
-        super::moderation::audit(
-            &mut *tx,
-            super::moderation::Entry {
-                room: id,
-                actor: caller.user_id,
-                action: "updated",
-                target: None,
-                message: None,
-                reason: Some(&reason),
-                until: None,
-            },
-        )
-        .await?;
+    if changes.is_empty() {
+        // Nothing changed: nothing to record or tell anyone.
+        return Ok(Json(room));
     }
+    let reason = changes.join("; ");
+    super::moderation::audit(
+        &mut *tx,
+        super::moderation::Entry {
+            room: id,
+            actor: caller.user_id,
+            action: "updated",
+            target: None,
+            message: None,
+            reason: Some(&reason),
+            until: None,
+        },
+    )
+    .await?;
     tx.commit().await?;
-    let event = Event::ConversationUpdated {
-        chat_type: ChatType::Room,
-        chat_id: id,
-        name: updated.name,
-        description: updated.description,
-        by: caller.user_id,
-    };
     state
         .publisher
-        .publish(&[state.publisher.keys().conversation_channel(id)], &event)
+        .conversation_updated(
+            ChatType::Room,
+            id,
+            updated.name,
+            updated.description,
+            caller.user_id,
+        )
         .await;
     Ok(Json(load(&state, id, caller.user_id).await?))
 }

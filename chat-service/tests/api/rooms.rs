@@ -435,6 +435,9 @@ async fn the_owner_changes_a_rooms_name_and_description(db: PgPool) {
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
     let listed: Value = app.get(&bob, &path).await.json().await.unwrap();
     assert_eq!(listed["name"], "kitchen");
+    // Asking for what is already so changes nothing and records nothing.
+    let r = app.patch(&alice, &path, json!({"name": "kitchen"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
     // Each change is in the room's audit log, newest first.
     let audit: Value = app
         .get(&alice, &format!("{path}/audit"))
