@@ -102,6 +102,19 @@ impl AppState {
         .await
     }
 
+    /// Takes one token from `user`'s bucket of whole online lists (`ONLINE_USERS_RATE_PER_SECOND`):
+    /// 429 past it. The list is read from Redis, so without Redis it fails anyway.
+    pub async fn online_list_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
+        shared::limits::take_one(
+            &self.redis,
+            self.config.online_list_rate,
+            self.publisher.keys().online_list_rate(user),
+            "online_users",
+            "too many whole online lists; ask about the users you show with ?ids=",
+        )
+        .await
+    }
+
     /// Takes one token from `user`'s bucket of whole long lists (every public room, a room's
     /// every member, every group with its members; `LIST_RATE_PER_SECOND`): 429 past it. The
     /// lists need only Postgres, so with Redis away the read goes ahead.
