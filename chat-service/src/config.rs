@@ -145,6 +145,9 @@ pub struct Quotas {
     pub groups_per_hour: u32,
     /// `UPLOADS_PER_HOUR` (default 200).
     pub uploads_per_hour: u32,
+    /// `PRIVATE_CHATS_PER_HOUR` (default 100): private chats a user starts (see
+    /// [`crate::conversation::NewPrivateChats`]).
+    pub private_chats_per_hour: u32,
 }
 
 impl Default for Quotas {
@@ -153,6 +156,7 @@ impl Default for Quotas {
             rooms_per_hour: 10,
             groups_per_hour: 30,
             uploads_per_hour: 200,
+            private_chats_per_hour: 100,
         }
     }
 }
@@ -233,6 +237,10 @@ impl ChatConfig {
                 uploads_per_hour: config::parsed(
                     "UPLOADS_PER_HOUR",
                     Quotas::default().uploads_per_hour,
+                )?,
+                private_chats_per_hour: config::parsed(
+                    "PRIVATE_CHATS_PER_HOUR",
+                    Quotas::default().private_chats_per_hour,
                 )?,
             },
         })

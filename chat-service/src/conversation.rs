@@ -3,11 +3,37 @@
 //! - A room: any authenticated user may read it; only members may send or mark read.
 //! - A group: only members may read, send or mark read (403 for others, 404 when no such group).
 //! - A private chat: `chat_id` is the other user (404 when no such user). The conversation row is
-//!   created with the first message; before that it reads as empty.
+//!   created with the first message; before that it reads as empty. Starting one counts
+//!   against its sender's [`NewPrivateChats`] quota.
 
 use shared::{chat::ChatType, ApiError};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
+
+/// The quota on private chats one user starts (`PRIVATE_CHATS_PER_HOUR`): a first message to
+/// someone counts once against its sender, in Redis like the other creation quotas; messages
+/// to people already talked to, and answers to whoever started a chat, never count. Past it,
+/// 429 `too_many_requests` with `Retry-After` (the hour's remaining time; over the socket,
+/// `rate_limited` with `retry_after_ms`).
+#[derive(Clone, Copy)]
+pub struct NewPrivateChats<'a> {
+    pub redis: &'a fred::prelude::Client,
+    pub keys: &'a shared::keys::Keys,
+    pub per_hour: u32,
+}
+
+impl NewPrivateChats<'_> {
+    async fn count(&self, sender: Uuid) -> Result<(), ApiError> {
+        shared::limits::quota(
+            self.redis,
+            self.keys.quota("private_chats", &sender.to_string()),
+            self.per_hour,
+            3600,
+            "too many new private chats in the last hour; try again later",
+        )
+        .await
+    }
+}
 
 /// A resolved conversation, seen from one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,9 +226,11 @@ pub async fn for_reading(
     }
 }
 
-/// For sending: rooms and groups need membership (403); a private chat is created on first use.
+/// For sending: rooms and groups need membership (403); a private chat is created on first use,
+/// within the sender's `new_chats` quota.
 pub async fn for_sending(
     db: &PgPool,
+    new_chats: NewPrivateChats<'_>,
     sender: Uuid,
     chat_type: ChatType,
     chat_id: Uuid,
@@ -226,7 +254,10 @@ pub async fn for_sending(
             check_not_blocked(db, sender, chat_id).await?;
             let id = match private_id(db, sender, chat_id).await? {
                 Some(id) => id,
-                None => create_private(db, sender, chat_id).await?,
+                None => {
+                    new_chats.count(sender).await?;
+                    create_private(db, sender, chat_id).await?
+                }
             };
             Ok(Conversation {
                 id,
@@ -292,6 +323,7 @@ pub async fn for_marking_read(
 pub async fn for_sending_many(
     lookup: &mut PgConnection,
     db: &PgPool,
+    new_chats: NewPrivateChats<'_>,
     targets: &[(Uuid, ChatType, Uuid)],
 ) -> Result<Vec<Result<Conversation, ApiError>>, ApiError> {
     let shared: Vec<usize> = (0..targets.len())
@@ -349,7 +381,7 @@ pub async fn for_sending_many(
     }
     for (i, (user, chat_type, chat_id)) in targets.iter().enumerate() {
         if results[i].is_none() {
-            results[i] = Some(for_sending(db, *user, *chat_type, *chat_id).await);
+            results[i] = Some(for_sending(db, new_chats, *user, *chat_type, *chat_id).await);
         }
     }
     Ok(results

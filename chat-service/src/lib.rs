@@ -77,6 +77,15 @@ impl AppState {
         .await
     }
 
+    /// Where the private chats a user starts are counted.
+    pub fn new_private_chats(&self) -> crate::conversation::NewPrivateChats<'_> {
+        crate::conversation::NewPrivateChats {
+            redis: &self.redis,
+            keys: self.publisher.keys(),
+            per_hour: self.config.quotas.private_chats_per_hour,
+        }
+    }
+
     /// Takes one token from `user`'s send bucket (shared with their sockets): 429 past it.
     pub async fn send_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
         shared::limits::take_one(
@@ -243,6 +252,7 @@ impl Application {
                 files.clone(),
             );
             let notifying = config.webhook.is_some();
+            let private_chats_per_hour = config.quotas.private_chats_per_hour;
             let make: partitions::MakeWorker = Arc::new(move |partition| {
                 worker::SendWorker::new(
                     db.clone(),
@@ -253,6 +263,7 @@ impl Application {
                     files.clone(),
                 )
                 .notifying(notifying)
+                .private_chats_per_hour(private_chats_per_hour)
             });
             partitions::Partitions::new(
                 redis.clone(),

@@ -88,6 +88,8 @@ pub struct SendWorker {
     revocations: std::sync::Arc<shared::revocation::Revocations>,
     /// Queue new messages for [`crate::notify`].
     notify: bool,
+    /// The quota on private chats a user starts (`PRIVATE_CHATS_PER_HOUR`).
+    private_chats_per_hour: u32,
     /// Where attachments are checked.
     files: crate::attachments::Files,
     /// The connections the loop keeps between batches.
@@ -97,8 +99,49 @@ pub struct SendWorker {
 /// A stream entry: its id and fields.
 type StreamEntry = (String, HashMap<String, Vec<u8>>);
 
-/// A target resolved once per batch: the conversation, or the refusal's code and detail.
-type Resolution = Result<Conversation, (&'static str, String)>;
+/// A target resolved once per batch: the conversation, or why sends to it are refused.
+type Resolution = Result<Conversation, Refusal>;
+
+/// Why a send was refused, as its sender is told (an `error` frame with its `client_id`).
+#[derive(Debug, Clone)]
+struct Refusal {
+    code: &'static str,
+    detail: String,
+    /// With `rate_limited` (a quota): how long until the send can succeed.
+    retry_after_ms: Option<u64>,
+}
+
+impl Refusal {
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The refusal an error of a check or a lookup amounts to (its fields, when it names
+    /// them, as the detail).
+    fn of(e: &ApiError) -> Self {
+        let detail = match &e.fields {
+            Some(fields) => fields
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            None => e.detail.clone(),
+        };
+        let code = e.ws_code();
+        Self {
+            code,
+            detail,
+            retry_after_ms: e
+                .retry_after
+                .filter(|_| code == "rate_limited")
+                .map(|secs| secs.saturating_mul(1000)),
+        }
+    }
+}
 
 /// What a command came to. Most are `Stored`, so the variants' sizes differing is the common
 /// case, not waste; boxing the message would cost an allocation per stored send.
@@ -106,8 +149,8 @@ type Resolution = Result<Conversation, (&'static str, String)>;
 enum Verdict {
     /// Persisted (now or before).
     Stored(Outcome, Conversation),
-    /// Refused for good: tell the sender.
-    Refused { code: &'static str, detail: String },
+    /// Refused: tell the sender.
+    Refused(Refusal),
     /// Not decodable: nobody to tell.
     Garbage,
 }
@@ -135,6 +178,7 @@ impl SendWorker {
             config,
             revocations,
             notify: false,
+            private_chats_per_hour: crate::config::Quotas::default().private_chats_per_hour,
             files,
             kept: tokio::sync::Mutex::default(),
         }
@@ -143,6 +187,12 @@ impl SendWorker {
     /// Queues the new messages of each batch for the webhook notifier.
     pub fn notifying(mut self, on: bool) -> Self {
         self.notify = on;
+        self
+    }
+
+    /// The quota on private chats a user starts (`PRIVATE_CHATS_PER_HOUR`).
+    pub fn private_chats_per_hour(mut self, per_hour: u32) -> Self {
+        self.private_chats_per_hour = per_hour;
         self
     }
 
@@ -488,12 +538,13 @@ impl SendWorker {
                     };
                     events.push((self.keys.user_channel(command.user_id), ack));
                 }
-                Verdict::Refused { code, detail } => {
+                Verdict::Refused(refusal) => {
                     let failed = Event::SendFailed {
                         session_id: command.session_id.clone(),
                         client_id: command.client_id.clone(),
-                        code: (*code).to_owned(),
-                        detail: detail.clone(),
+                        code: refusal.code.to_owned(),
+                        detail: refusal.detail.clone(),
+                        retry_after_ms: refusal.retry_after_ms,
                     };
                     events.push((self.keys.user_channel(command.user_id), failed));
                 }
@@ -586,10 +637,10 @@ impl SendWorker {
             if let Some(shared::revocation::Revocation::Account { .. }) =
                 self.revocations.check(c.user_id, uuid::Uuid::nil())
             {
-                verdicts[i] = Some(Verdict::Refused {
-                    code: "forbidden",
-                    detail: "the account is deactivated".into(),
-                });
+                verdicts[i] = Some(Verdict::Refused(Refusal::new(
+                    "forbidden",
+                    "the account is deactivated",
+                )));
                 continue;
             }
             if let Err(e) = check_send(
@@ -599,7 +650,7 @@ impl SendWorker {
                 Some(&c.client_id),
                 self.config.max_content_chars,
             ) {
-                verdicts[i] = Some(refusal(&e));
+                verdicts[i] = Some(Verdict::Refused(Refusal::of(&e)));
                 continue;
             }
             targets.push((c.user_id, c.chat_type, c.chat_id));
@@ -613,9 +664,15 @@ impl SendWorker {
         let (lookup, writer) = (kept.lookup.take(), kept.writer.take());
         let (mut lookup, mut writer) =
             tokio::try_join!(ready(&self.db, lookup), ready(&self.db, writer))?;
-        let resolutions = conversation::for_sending_many(&mut lookup, &self.db, &targets)
-            .instrument(db_span("resolve targets", targets.len()))
-            .await;
+        let new_chats = conversation::NewPrivateChats {
+            redis: self.publisher.client(),
+            keys: &self.keys,
+            per_hour: self.private_chats_per_hour,
+        };
+        let resolutions =
+            conversation::for_sending_many(&mut lookup, &self.db, new_chats, &targets)
+                .instrument(db_span("resolve targets", targets.len()))
+                .await;
         let resolutions = match resolutions {
             Ok(r) => r,
             Err(e) if e.is_transient() => return Err(e),
@@ -630,7 +687,7 @@ impl SendWorker {
             let r = match result {
                 Ok(conv) => Ok(conv),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => Err((e.ws_code(), e.detail)),
+                Err(e) => Err(Refusal::of(&e)),
             };
             resolved.insert(*target, r);
         }
@@ -659,7 +716,7 @@ impl SendWorker {
                             Ok(a) => Some(a),
                             Err(e) if e.is_transient() => return Err(e),
                             Err(e) => {
-                                verdicts[i] = Some(refusal(&e));
+                                verdicts[i] = Some(Verdict::Refused(Refusal::of(&e)));
                                 continue;
                             }
                         },
@@ -675,17 +732,14 @@ impl SendWorker {
                         attachment,
                     });
                 }
-                Some(Err((code, detail))) => {
-                    verdicts[i] = Some(Verdict::Refused {
-                        code,
-                        detail: detail.clone(),
-                    });
+                Some(Err(refusal)) => {
+                    verdicts[i] = Some(Verdict::Refused(refusal.clone()));
                 }
                 None => {
-                    verdicts[i] = Some(Verdict::Refused {
-                        code: "invalid_payload",
-                        detail: "unresolved target".into(),
-                    })
+                    verdicts[i] = Some(Verdict::Refused(Refusal::new(
+                        "invalid_payload",
+                        "unresolved target",
+                    )))
                 }
             }
         }
@@ -714,7 +768,7 @@ impl SendWorker {
                 verdicts[i] = Some(match result {
                     Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
                     Err(e) if e.is_transient() => return Err(e),
-                    Err(e) => refusal(&e),
+                    Err(e) => Verdict::Refused(Refusal::of(&e)),
                 });
             }
         }
@@ -895,21 +949,6 @@ fn parse_entries(entries: Value) -> Vec<StreamEntry> {
 fn stage(name: &'static str, since: std::time::Instant) {
     metrics::histogram!("chat_send_stage_seconds", "stage" => name)
         .record(since.elapsed().as_secs_f64());
-}
-
-fn refusal(e: &ApiError) -> Verdict {
-    let detail = match &e.fields {
-        Some(fields) => fields
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join("; "),
-        None => e.detail.clone(),
-    };
-    Verdict::Refused {
-        code: e.ws_code(),
-        detail,
-    }
 }
 
 #[cfg(test)]

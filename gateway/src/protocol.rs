@@ -107,6 +107,8 @@ pub struct FrameError {
     pub client_id: Option<String>,
     /// The type of the frame this answers, when it is known (see [`ErrorData::in_reply_to`]).
     pub in_reply_to: Option<&'static str>,
+    /// For `rate_limited`: how long until the same request can succeed.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl FrameError {
@@ -116,7 +118,16 @@ impl FrameError {
             detail: detail.into(),
             client_id: None,
             in_reply_to: None,
+            retry_after_ms: None,
         }
+    }
+
+    /// Says how long until the same request can succeed (`retry_after_ms`, whole milliseconds,
+    /// rounded up).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms =
+            Some(u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX));
+        self
     }
 
     /// A refused `send_message` with `client_id`.
@@ -141,6 +152,7 @@ impl FrameError {
             code: self.code,
             detail: &self.detail,
             in_reply_to: self.in_reply_to,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }
@@ -157,6 +169,11 @@ pub struct ErrorData<'a> {
     /// the frame's type could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<&'a str>,
+    /// With `rate_limited`: the milliseconds until the same request can succeed, when the
+    /// server knows (a send's, a typing's, a `mark_read`'s or a sync's bucket refilling, a
+    /// quota's window ending). A client waits at least this long before asking again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The client frame types, as [`ClientFrame::label`] names them.

@@ -297,7 +297,8 @@ impl Io {
                         "rate_limited",
                         "too many messages; slow down",
                         p.command.client_id.clone(),
-                    ),
+                    )
+                    .retry_after(self.settings.rate.refill()),
                 );
                 false
             }

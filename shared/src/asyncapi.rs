@@ -130,6 +130,7 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
                     ("detail", json!({"type": "string"})),
                     ("client_id", json!({"type": ["string", "null"], "description": "The refused send's client_id"})),
                     ("in_reply_to", json!({"type": "string", "enum": ["send_message", "typing", "mark_read", "sync", "reauth", "ping"], "description": "The type of the client frame refused, when it could be read: tells a client which request failed when there is no client_id (a sync, a mark_read)"})),
+                    ("retry_after_ms", json!({"type": "integer", "minimum": 0, "description": "With rate_limited: the milliseconds until the same request can succeed (a bucket's next token; for a first message past PRIVATE_CHATS_PER_HOUR, the end of the hour's window). Wait at least this long before asking again"})),
                 ],
                 &["code", "detail"],
             ),

@@ -331,6 +331,9 @@ pub enum Event {
         client_id: String,
         code: String,
         detail: String,
+        /// With `rate_limited`: how long until the send can succeed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// A message was pinned or unpinned. Rooms and groups: on the conversation channel;
     /// private chats: on both users' channels (`from_user_id`, `to_user_id` give each side its

@@ -64,6 +64,14 @@ pub struct Rate {
     pub burst: u32,
 }
 
+impl Rate {
+    /// How long an empty bucket of this rate takes to hold one token again: the wait a refused
+    /// caller is told (the bucket is at most that far from its next token).
+    pub fn refill(self) -> std::time::Duration {
+        std::time::Duration::from_secs(1) / self.per_second.max(1)
+    }
+}
+
 /// For each `(bucket key, tokens wanted)`, the tokens granted, in order. A key named twice
 /// is one bucket, taken from in order. On a cluster the keys are taken one slot at a time (a
 /// script's keys must share one), the slots' scripts sent together.

@@ -180,7 +180,7 @@ pub struct SendRequest {
         (status = 403, description = "Not a member", body = ErrorBody),
         (status = 404, description = "No such room, group or user", body = ErrorBody),
         (status = 422, description = "Invalid fields, or `send_failed`: the message cannot be stored", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: the user's send rate (shared with their sockets) is used up; see Retry-After", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's send rate (shared with their sockets) is used up; or `too_many_requests`: a first message to someone past PRIVATE_CHATS_PER_HOUR private chats started in the last hour. See Retry-After", body = ErrorBody),
         (status = 503, description = "Postgres or Redis unavailable; nothing was stored", body = ErrorBody),
     ))]
 pub async fn send(
@@ -197,10 +197,17 @@ pub async fn send(
         req.client_id.as_deref(),
         state.config.max_content_chars,
     )?;
-    let conversation =
-        conversation::for_sending(&state.db, caller.user_id, chat_type, chat_id).await?;
     state.require_events()?;
+    // Before the target is resolved: a send past the rate starts no private chat.
     state.send_rate(caller.user_id).await?;
+    let conversation = conversation::for_sending(
+        &state.db,
+        state.new_private_chats(),
+        caller.user_id,
+        chat_type,
+        chat_id,
+    )
+    .await?;
     let attachment = match req.attachment_id {
         Some(id) => Some(
             crate::attachments::check_for_message(

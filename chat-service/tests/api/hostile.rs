@@ -366,3 +366,60 @@ async fn changes_that_reach_others_are_limited_per_user(db: PgPool) {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Private chats a user starts are limited per hour (`PRIVATE_CHATS_PER_HOUR`): a first message
+/// to someone past it is 429 with `Retry-After` and starts nothing; messages to people already
+/// talked to, and answers to whoever started a chat, do not count.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn private_chats_started_per_hour_are_limited(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.quotas.private_chats_per_hour = 2;
+    })
+    .await;
+    let [alice, bob, carol, dave] = [
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+        app.user("dave").await,
+    ];
+    app.send(&alice, &format!("private/{}", bob.id), "hi bob")
+        .await;
+    app.send(&alice, &format!("private/{}", carol.id), "hi carol")
+        .await;
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/messages/private/{}", dave.id),
+            json!({"content": "hi dave"}),
+        )
+        .await;
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&wait), "{wait}");
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    // Chats already started take any number of messages, from either side.
+    for i in 0..3 {
+        app.send(
+            &alice,
+            &format!("private/{}", bob.id),
+            &format!("again {i}"),
+        )
+        .await;
+    }
+    app.send(&carol, &format!("private/{}", alice.id), "hello alice")
+        .await;
+    // Dave's quota is his own; once he has started the chat, Alice answers in it.
+    app.send(&dave, &format!("private/{}", alice.id), "hi alice")
+        .await;
+    app.send(&alice, &format!("private/{}", dave.id), "hi dave")
+        .await;
+    let chats: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM conversations WHERE chat_type = 'PRIVATE'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(chats, 3, "alice-bob, alice-carol, dave-alice");
+}

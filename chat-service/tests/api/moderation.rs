@@ -352,9 +352,16 @@ async fn a_mute_refuses_sends_on_rest_and_the_bus_until_lifted(db: PgPool) {
     );
     // The send stream's batch check refuses it too.
     let mut lookup = db.acquire().await.unwrap();
+    let redis = crate::bus::redis().await;
+    let new_chats = chat_service::conversation::NewPrivateChats {
+        redis: &redis,
+        keys: &app.keys,
+        per_hour: 1,
+    };
     let results = chat_service::conversation::for_sending_many(
         &mut lookup,
         &db,
+        new_chats,
         &[
             (bob.id, ChatType::Room, room),
             (alice.id, ChatType::Room, room),

@@ -36,6 +36,16 @@ impl Bucket {
         }
     }
 
+    /// How long until the bucket holds a whole token again (zero when it does).
+    pub(super) fn wait(&self) -> Duration {
+        let missing = 1.0 - self.tokens;
+        if missing <= 0.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(missing / self.rate)
+        }
+    }
+
     /// Takes `cost` tokens even when there are not that many: the bucket goes into debt, and
     /// the answer is how long until the debt is paid, the wait before doing what was paid for.
     pub(super) fn pace(&mut self, cost: f64) -> Option<Duration> {

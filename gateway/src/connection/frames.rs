@@ -80,7 +80,8 @@ pub(super) async fn handle(
                 FrameError::send(code, detail, client_id.clone())
             };
             if !sends.take() {
-                return Err(refuse("rate_limited", "too many messages; slow down"));
+                return Err(refuse("rate_limited", "too many messages; slow down")
+                    .retry_after(sends.wait()));
             }
             // With an attachment, content is an optional caption.
             let needs_content = m.attachment_id.is_none();
@@ -117,7 +118,9 @@ pub(super) async fn handle(
         }
         ClientFrame::Typing(t) => {
             if !typing.take() {
-                return Err(FrameError::new("rate_limited", "typing too often"));
+                return Err(
+                    FrameError::new("rate_limited", "typing too often").retry_after(typing.wait())
+                );
             }
             let Some(conversation_id) = gw.hub.conversation_of(conn.user, t.chat_type, t.chat_id)
             else {
@@ -139,7 +142,9 @@ pub(super) async fn handle(
             };
             let key = gw.hub.keys().typing_rate(conn.user);
             if !user_bucket_allows(gw, rate, key, "gateway_typing_rate_limited_total").await {
-                return Err(FrameError::new("rate_limited", "typing too often"));
+                return Err(
+                    FrameError::new("rate_limited", "typing too often").retry_after(rate.refill())
+                );
             }
             let event = Event::Typing {
                 user_id: conn.user,
@@ -154,7 +159,8 @@ pub(super) async fn handle(
         }
         ClientFrame::MarkRead(r) => {
             if !reads.take() {
-                return Err(FrameError::new("rate_limited", "mark_read too often"));
+                return Err(FrameError::new("rate_limited", "mark_read too often")
+                    .retry_after(reads.wait()));
             }
             if gw
                 .hub
@@ -210,7 +216,8 @@ pub(super) async fn handle(
                         reply_error(
                             &conn,
                             &FrameError::new("rate_limited", "too many syncs; retry in a second")
-                                .answering("sync"),
+                                .answering("sync")
+                                .retry_after(rate.refill()),
                         );
                     }
                     conn.syncing

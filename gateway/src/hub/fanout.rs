@@ -390,6 +390,7 @@ impl Hub {
                 client_id,
                 code,
                 detail,
+                retry_after_ms,
             } => {
                 for conn in self
                     .receivers(channel, None)
@@ -401,6 +402,7 @@ impl Hub {
                         code: &code,
                         detail: &detail,
                         in_reply_to: Some("send_message"),
+                        retry_after_ms,
                     };
                     self.send(&conn, "error", &data, false);
                 }

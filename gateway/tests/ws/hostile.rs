@@ -764,3 +764,71 @@ async fn a_flood_of_frames_is_read_at_a_pace(db: PgPool) {
     flood.send("ping", json!({})).await;
     flood.expect("pong").await;
 }
+
+/// A `rate_limited` answer says when to try again (`retry_after_ms`): a send past the rate, as
+/// soon as the bucket holds a token; a first message to someone past the quota on private chats
+/// started (`PRIVATE_CHATS_PER_HOUR`), when the hour's window ends, and the chat is not started.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn rate_limited_answers_say_when_to_retry(db: PgPool) {
+    let s = stack(db, 1, |c| {
+        c.send_rate = shared::limits::Rate {
+            per_second: 4,
+            burst: 1,
+        };
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = s.room(&alice, "r", &[]).await;
+    let mut c = s.connect(0, &alice).await;
+    for id in ["a", "b"] {
+        c.send(
+            "send_message",
+            json!({"content": "x", "chat_type": "room", "chat_id": room, "client_id": id}),
+        )
+        .await;
+    }
+    let refused = c.expect("error").await;
+    assert_eq!(refused["data"]["code"], "rate_limited");
+    assert_eq!(refused["data"]["client_id"], "b");
+    let wait = refused["data"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=250).contains(&wait), "{wait}");
+    // Bob is new to Alice, and her quota of new private chats is used up.
+    let redis = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(&crate::helpers::redis_url()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    fred::prelude::ClientLike::init(&redis).await.unwrap();
+    let key =
+        shared::keys::Keys::new(s.prefix.clone()).quota("private_chats", &alice.id.to_string());
+    let full = chat_service::config::Quotas::default().private_chats_per_hour;
+    let _: () = fred::prelude::KeysInterface::set(
+        &redis,
+        &key,
+        full,
+        Some(fred::types::Expiration::EX(3600)),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(
+        "send_message",
+        json!({"content": "hi", "chat_type": "private", "chat_id": bob.id, "client_id": "p"}),
+    )
+    .await;
+    let refused = c.expect("error").await;
+    assert_eq!(refused["data"]["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["data"]["client_id"], "p");
+    assert_eq!(refused["data"]["in_reply_to"], "send_message");
+    let wait = refused["data"]["retry_after_ms"].as_u64().unwrap();
+    assert!((3_000_000..=3_600_000).contains(&wait), "{wait}");
+    let chats: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM conversations WHERE chat_type = 'PRIVATE'")
+            .fetch_one(&s.db)
+            .await
+            .unwrap();
+    assert_eq!(chats, 0);
+}

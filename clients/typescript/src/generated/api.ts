@@ -3451,7 +3451,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description `rate_limited`: the user's send rate (shared with their sockets) is used up; see Retry-After */
+            /** @description `rate_limited`: the user's send rate (shared with their sockets) is used up; or `too_many_requests`: a first message to someone past PRIVATE_CHATS_PER_HOUR private chats started in the last hour. See Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
