@@ -35,6 +35,8 @@ export class ChatSphereError extends Error {
     readonly detail: string,
     readonly status?: number,
     readonly fields?: Record<string, string>,
+    /** With `rate_limited`: the milliseconds until the same request can succeed. */
+    readonly retryAfterMs?: number,
   ) {
     super(`${code}: ${detail}`);
     this.name = "ChatSphereError";

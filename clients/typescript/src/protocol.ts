@@ -50,8 +50,11 @@ export type MembershipAction =
 export interface ServerEvents {
   ready: { user_id: string; session_id: string; heartbeat_interval_ms: number };
   ack: { client_id: string; message: Message };
-  /** `in_reply_to`: the type of the client frame refused, when the server could read it. */
-  error: { code: string; detail: string; client_id?: string | null; in_reply_to?: string };
+  /**
+   * `in_reply_to`: the type of the client frame refused, when the server could read it;
+   * `retry_after_ms`: with `rate_limited`, the wait until the same request can succeed.
+   */
+  error: { code: string; detail: string; client_id?: string | null; in_reply_to?: string; retry_after_ms?: number };
   message: Message;
   message_edited: Message;
   message_deleted: ChatRef & { id: string; seq: number };

@@ -84,6 +84,8 @@ export interface SocketEvents {
 
 interface Pending {
   data: SendMessageData & { client_id: string };
+  /** Written on the current connection and not answered yet. */
+  written: boolean;
   resolve: (message: Message) => void;
   reject: (error: ChatSphereError) => void;
 }
@@ -99,6 +101,11 @@ const MAX_SYNC_POSITIONS = 100;
 const READ_FLUSH_MS = 150;
 const TYPING_EVERY_MS = 3000;
 const RATE_LIMITED_RETRY_MS = 1000;
+/**
+ * The longest `retry_after_ms` the outbox waits out: a send told to wait longer (a quota's
+ * hour) is rejected with `rate_limited` and its `retryAfterMs`, and the others go on.
+ */
+const MAX_OUTBOX_HOLD_MS = 30_000;
 const OPEN = 1;
 
 /**
@@ -107,6 +114,12 @@ const OPEN = 1;
  * message once and in order (holding messages behind a gap until `sync` fills it), resends its
  * outbox (keyed by `client_id`, so a resend is never stored twice) and answers `token_expiring`
  * with `reauth`.
+ *
+ * The outbox sends in order. When the server refuses a send with `rate_limited` or
+ * `unavailable`, the whole outbox waits (`retry_after_ms`, or a growing back-off while the
+ * service is unavailable), then goes one send at a time, each written once the one before is
+ * answered, until it is empty: sends made meanwhile never overtake the refused one, and a burst
+ * past the rate is not resent whole on every refill.
  */
 export class ChatSocket extends Emitter<SocketEvents> {
   private ws: WebSocketLike | null = null;
@@ -125,6 +138,12 @@ export class ChatSocket extends Emitter<SocketEvents> {
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private lastHeard = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** While set, the outbox writes nothing (a refusal's wait); at its end it writes again. */
+  private outboxTimer: ReturnType<typeof setTimeout> | null = null;
+  private outboxHeldUntil = 0;
+  /** After a refusal: one send in flight at a time until the outbox is empty. */
+  private paced = false;
+  private readonly unavailableBackoff = new Backoff(500, 30_000);
   private readonly backoff: Backoff;
   private readonly encoding: "json" | "msgpack";
   private readonly WS: WebSocketConstructor;
@@ -199,8 +218,8 @@ export class ChatSocket extends Emitter<SocketEvents> {
     }
     return new Promise((resolve, reject) => {
       const data = { ...extra, chat_type: chat.chat_type, chat_id: chat.chat_id, content, client_id };
-      this.outbox.set(client_id, { data, resolve, reject });
-      if (this.current === "open") this.write({ type: "send_message", data });
+      this.outbox.set(client_id, { data, written: false, resolve, reject });
+      this.flushOutbox();
     });
   }
 
@@ -228,8 +247,7 @@ export class ChatSocket extends Emitter<SocketEvents> {
     this.clearTimers();
     this.ws?.close(1000, "client closed");
     this.ws = null;
-    for (const p of this.outbox.values()) p.reject(new ChatSphereError("closed", "the socket was closed"));
-    this.outbox.clear();
+    this.rejectOutbox(new ChatSphereError("closed", "the socket was closed"));
     this.setState("closed");
   }
 
@@ -304,8 +322,7 @@ export class ChatSocket extends Emitter<SocketEvents> {
     this.clearTimers();
     this.ws?.close(1000, "authentication ended");
     this.ws = null;
-    for (const p of this.outbox.values()) p.reject(new ChatSphereError("unauthorized", reason.message));
-    this.outbox.clear();
+    this.rejectOutbox(new ChatSphereError("unauthorized", reason.message));
     this.setState("closed");
     this.emit("stopped", reason);
   }
@@ -343,7 +360,9 @@ export class ChatSocket extends Emitter<SocketEvents> {
     }, every);
     this.emit("ready", data);
     this.requestSync([...this.tracks.keys()]);
-    for (const p of this.outbox.values()) this.write({ type: "send_message", data: p.data });
+    // Nothing written on the old connection will be answered: all of it goes again.
+    for (const p of this.outbox.values()) p.written = false;
+    this.flushOutbox();
     if (this.reads.size > 0) this.flushReads();
   }
 
@@ -380,7 +399,10 @@ export class ChatSocket extends Emitter<SocketEvents> {
         const p = this.outbox.get(frame.data.client_id);
         if (p) {
           this.outbox.delete(frame.data.client_id);
+          this.unavailableBackoff.reset();
+          if (this.outbox.size === 0) this.paced = false;
           p.resolve(frame.data.message);
+          this.flushOutbox();
         }
         return;
       }
@@ -428,14 +450,61 @@ export class ChatSocket extends Emitter<SocketEvents> {
       this.emit("error", error);
       return;
     }
-    if (data.code === "rate_limited") {
-      setTimeout(() => {
-        if (this.outbox.has(pending.data.client_id)) this.write({ type: "send_message", data: pending.data });
-      }, RATE_LIMITED_RETRY_MS);
+    const wait =
+      data.code === "rate_limited"
+        ? (data.retry_after_ms ?? RATE_LIMITED_RETRY_MS)
+        : data.code === "unavailable"
+          ? this.unavailableBackoff.next()
+          : null;
+    if (wait !== null && wait <= MAX_OUTBOX_HOLD_MS) {
+      pending.written = false;
+      this.paced = true;
+      this.holdOutbox(wait);
       return;
     }
     this.outbox.delete(pending.data.client_id);
-    pending.reject(error);
+    if (this.outbox.size === 0) this.paced = false;
+    pending.reject(new ChatSphereError(data.code, data.detail, undefined, undefined, data.retry_after_ms));
+    this.flushOutbox();
+  }
+
+  // --- outbox ---------------------------------------------------------------------------------
+
+  /**
+   * Writes what the outbox may send now, oldest first: every send not yet written, or while
+   * paced only the oldest, once nothing written is awaiting its answer.
+   */
+  private flushOutbox(): void {
+    if (this.current !== "open" || this.outboxTimer) return;
+    for (const p of this.outbox.values()) {
+      if (p.written) {
+        if (this.paced) return;
+        continue;
+      }
+      p.written = true;
+      this.write({ type: "send_message", data: p.data });
+      if (this.paced) return;
+    }
+  }
+
+  /** Writes nothing for `ms` (longer if already held longer), then flushes. */
+  private holdOutbox(ms: number): void {
+    const until = Date.now() + ms;
+    if (this.outboxTimer && until <= this.outboxHeldUntil) return;
+    if (this.outboxTimer) clearTimeout(this.outboxTimer);
+    this.outboxHeldUntil = until;
+    this.outboxTimer = setTimeout(() => {
+      this.outboxTimer = null;
+      this.flushOutbox();
+    }, ms);
+  }
+
+  private rejectOutbox(error: ChatSphereError): void {
+    if (this.outboxTimer) clearTimeout(this.outboxTimer);
+    this.outboxTimer = null;
+    this.paced = false;
+    for (const p of this.outbox.values()) p.reject(error);
+    this.outbox.clear();
   }
 
   private chatOf(message: Message): ChatRef {

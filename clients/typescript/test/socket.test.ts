@@ -300,6 +300,35 @@ describe("ChatSocket on the real stack", () => {
     await expect(a.send({ chat_type: "room", chat_id: crypto.randomUUID() }, "late")).rejects.toThrow();
   });
 
+  it("keeps its sends in order past the send rate, and resends the refused ones one at a time", async () => {
+    let written = 0;
+    const WebSocket = intercepting((data, send) => {
+      if (JSON.parse(data).type === "send_message") written += 1;
+      send(data);
+    });
+    const alice = await as(aliceOf, { WebSocket });
+    const room = unwrap(await alice.cs.rest.POST("/chat/rooms", { body: { name: `sdk-${crypto.randomUUID().slice(0, 8)}` } }));
+    const chat: ChatRef = { chat_type: "room", chat_id: room.id };
+    const a = alice.cs.connect();
+    cleanup.push(() => a.close());
+    await ready(a);
+    // The stack's default rate is 20 a second, bursts of 40: some of the first 50 are refused
+    // `rate_limited`, and the five sent a little later must not overtake them.
+    const sends: Array<Promise<Message>> = [];
+    for (let i = 0; i < 50; i++) sends.push(a.send(chat, `m${i}`));
+    await sleep(200);
+    for (let i = 50; i < 55; i++) sends.push(a.send(chat, `m${i}`));
+    const stored = await Promise.all(sends);
+    expect(stored.map((m) => m.content)).toEqual(Array.from({ length: 55 }, (_, i) => `m${i}`));
+    const seqs = stored.map((m) => m.seq);
+    expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+    expect(new Set(seqs).size).toBe(55);
+    // Some were refused and written again, each a few times at most.
+    expect(written).toBeGreaterThan(55);
+    expect(written).toBeLessThan(55 * 2);
+    expect(a.pending).toEqual([]);
+  });
+
   it("rejects a send the server refuses, with its code, and keeps the connection", async () => {
     const alice = await as(aliceOf);
     const a = alice.cs.connect();
