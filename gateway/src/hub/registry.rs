@@ -25,7 +25,7 @@ pub enum Refusal {
 #[derive(Default)]
 pub struct UserEntry {
     pub conns: Vec<ConnId>,
-    /// The user's conversations, looked up by a scan, off the delivery path.
+    /// The user's conversations (see [`Memberships`] for how they are looked up).
     pub conversations: Memberships,
     /// Users this user blocked: their typing and presence are not passed on.
     pub blocked: Vec<Uuid>,
@@ -108,9 +108,7 @@ impl Registry {
         // Added to, never replaced: a conversation an earlier connection of the user joined
         // (a membership event newer than this connection's list) stays known, so that
         // `remove` finds every channel the user's connections are on.
-        for m in &info.conversations {
-            entry.conversations.add(m);
-        }
+        entry.conversations.extend(&info.conversations);
         entry.conversations.shrink_to_fit();
         entry.contacts.clone_from(&info.contacts);
         entry.blocked.clone_from(&info.blocked);
