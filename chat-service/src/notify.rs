@@ -10,7 +10,9 @@
 //! be retried when the lease ends. A failed delivery is due again after a back-off that doubles
 //! from `WEBHOOK_RETRY_BASE_MS`; after `WEBHOOK_MAX_ATTEMPTS` it is dropped with an error log.
 //! Recipients are worked out at each attempt: someone who came back online meanwhile is not
-//! pushed, and a message deleted meanwhile is not sent at all.
+//! pushed, and a message deleted meanwhile is not sent at all. A member who muted the
+//! conversation's notifications ([`crate::api::notifications`]) is left out unless the message
+//! names them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -332,7 +334,8 @@ impl Notifier {
 
     /// The message (unless deleted since) and the members it concerns who have no open socket:
     /// the private chat's recipient, the members it mentions (everyone for `@room`/`@group`),
-    /// never the sender, nor anyone who blocked the sender.
+    /// never the sender, nor anyone who blocked the sender, nor anyone who muted the
+    /// conversation's notifications (unless the message names them).
     async fn recipients(&self, id: Uuid) -> anyhow::Result<Option<(Message, Vec<Uuid>)>> {
         let Some(row) = sqlx::query_as!(
             MessageRow,
@@ -349,7 +352,12 @@ impl Notifier {
                WHERE m.conversation_id = $1 AND m.user_id <> $2
                  AND ($3 OR m.user_id = ANY($4) OR m.user_id = $5)
                  AND NOT EXISTS (SELECT 1 FROM user_blocks b
-                                 WHERE b.blocker_id = m.user_id AND b.blocked_id = $2)"#,
+                                 WHERE b.blocker_id = m.user_id AND b.blocked_id = $2)
+                 AND (m.user_id = ANY($4)
+                      OR NOT EXISTS (SELECT 1 FROM notification_mutes n
+                                     WHERE n.conversation_id = m.conversation_id
+                                       AND n.user_id = m.user_id
+                                       AND (n.until IS NULL OR n.until > now())))"#,
             row.conversation_id,
             row.from_user_id,
             row.mentions_all,

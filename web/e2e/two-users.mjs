@@ -248,6 +248,17 @@ try {
   await bob.page.getByTestId("note").filter({ hasText: `renamed the group to “${renamed}”` }).waitFor();
   check(true, "Bob sees the group renamed by Alice");
 
+  // Notifications: Bob mutes the group; the list marks it, and so does a fresh read of it.
+  await bob.page.getByTestId("mute").filter({ hasText: "Mute" }).click();
+  await bob.page.getByTestId("mute").filter({ hasText: "Unmute" }).waitFor();
+  await bobsGroup.getByTestId("muted").waitFor();
+  const bobsToken = await bob.page.evaluate(() => JSON.parse(localStorage.getItem("chatsphere.tokens")).access_token);
+  const listed = await (await fetch(`${base}/chat/conversations`, { headers: { authorization: `Bearer ${bobsToken}` } })).json();
+  check(
+    listed.some((c) => c.chat_id === groupId && c.notifications_muted === true),
+    "Bob mutes the group: marked in his list and stored",
+  );
+
   // Blocking: Bob blocks Alice in their private chat; her next message there is refused.
   await bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username }).locator("button").click();
   await bob.page.getByTestId("block").filter({ hasText: "Block" }).click();

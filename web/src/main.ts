@@ -346,6 +346,7 @@ function renderConversations(): void {
           { onclick: () => void openConversation({ chat_type: c.chat_type, chat_id: c.chat_id, name: c.name }) },
           h("span", { class: `kind ${c.chat_type}` }, c.chat_type === "room" ? "#" : c.chat_type === "group" ? "◆" : online ? "●" : "○"),
           h("span", { class: "name" }, c.name),
+          c.notifications_muted && h("span", { class: "muted", title: "Notifications muted", "data-testid": "muted" }, "🔕"),
           c.unread_count > 0 && h("span", { class: "badge", "data-testid": "unread" }, String(c.unread_count)),
         ),
       );
@@ -511,12 +512,15 @@ function renderHeader(): void {
   const o = state.open;
   const presence = o.chat_type === "private" ? (state.online.has(o.chat_id) ? "online" : "offline") : "";
   const blocked = o.chat_type === "private" && state.blocked.has(o.chat_id);
+  // Only a conversation the user is in has settings of theirs (not a room they only look at).
+  const conv = state.conversations.find((c) => chatKey(c) === chatKey(o));
   header.replaceChildren(
     h("h2", { "data-testid": "chat-title" }, o.chat_type === "room" ? `#${o.name}` : o.name),
     presence && h("span", { class: `presence ${presence}`, "data-testid": "presence" }, presence),
     o.chat_type === "room" && state.description ? h("span", { class: "muted description", "data-testid": "description" }, state.description) : "",
     h("span", { class: "spacer" }),
     o.chat_type !== "private" && state.role === "owner" ? h("button", { class: "link", "data-testid": "rename", onclick: () => void rename() }, "Rename") : "",
+    conv ? h("button", { class: "link", "data-testid": "mute", title: "Notifications while you are away", onclick: () => void toggleMute(conv) }, conv.notifications_muted ? "Unmute" : "Mute") : "",
     o.chat_type === "room" ? h("button", { class: "link", "data-testid": "members", onclick: () => void showMembers() }, "Members") : "",
     h("button", { class: "link", "data-testid": "pinned", onclick: () => void showPins() }, "Pinned"),
     o.chat_type === "private" ? h("button", { class: "link", "data-testid": "block", onclick: () => void toggleBlock(o.chat_id) }, blocked ? "Unblock" : "Block") : "",
@@ -843,6 +847,20 @@ async function toggleBlock(userId: string): Promise<void> {
   if (blocked) state.blocked.delete(userId);
   else state.blocked.add(userId);
   renderHeader();
+}
+
+/** Mutes or unmutes the notifications (pushes while away) of one of the user's conversations. */
+async function toggleMute(c: Conversation): Promise<void> {
+  const muted = !c.notifications_muted;
+  const { error } = await cs.rest.PUT("/chat/conversations/{chat_type}/{chat_id}/notifications", {
+    params: { path: { chat_type: c.chat_type, chat_id: c.chat_id } },
+    body: { muted },
+  });
+  if (error) return showError(new ChatSphereError(error.code, error.detail));
+  c.notifications_muted = muted;
+  c.notifications_muted_until = null;
+  renderHeader();
+  renderConversations();
 }
 
 /** Uploads the chosen file (to the URL the server hands out) and sends it as a message. */

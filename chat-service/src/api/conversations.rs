@@ -32,6 +32,11 @@ pub struct ConversationSummary {
     /// Unread messages that mention the caller (`@username`, or `@room` / `@group`).
     pub mention_count: i64,
     pub last_read_seq: i64,
+    /// Whether the caller muted the conversation's notifications (an extension; see
+    /// `PUT /chat/conversations/{chat_type}/{chat_id}/notifications`).
+    pub notifications_muted: bool,
+    /// While muted: until when; null, until unmuted.
+    pub notifications_muted_until: Option<DateTime<Utc>>,
     /// The last message's time, or when the caller joined.
     pub updated_at: DateTime<Utc>,
     /// Where this conversation stands in the list: `before` this gives the conversations
@@ -124,9 +129,14 @@ pub async fn list(
                   + (SELECT count(*) FROM messages x
                      WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq
                        AND x.mentions_all AND NOT x.is_deleted AND x.from_user_id <> $1
-                       AND NOT x.mentions @> ARRAY[$1]) AS "mention_count!"
+                       AND NOT x.mentions @> ARRAY[$1]) AS "mention_count!",
+                  n.conversation_id IS NOT NULL AS "notifications_muted!",
+                  n.until AS notifications_muted_until
            FROM conversation_members m
            JOIN conversations c ON c.id = m.conversation_id
+           LEFT JOIN notification_mutes n
+                  ON n.conversation_id = m.conversation_id AND n.user_id = m.user_id
+                 AND (n.until IS NULL OR n.until > now())
            LEFT JOIN rooms r ON r.id = c.room_id
            LEFT JOIN groups g ON g.id = c.group_id
            LEFT JOIN users p ON p.id = CASE WHEN c.user_low = $1 THEN c.user_high ELSE c.user_low END
@@ -191,6 +201,8 @@ pub async fn list(
             unread_count: (r.last_seq - r.last_read_seq).max(0),
             mention_count: r.mention_count,
             last_read_seq: r.last_read_seq,
+            notifications_muted: r.notifications_muted,
+            notifications_muted_until: r.notifications_muted_until,
             updated_at: r.updated_at,
             cursor: Cursor::new(r.updated_at, r.id).encode(),
         });

@@ -7,6 +7,7 @@ pub mod groups;
 pub mod internal;
 pub mod messages;
 pub mod moderation;
+pub mod notifications;
 pub mod pins_blocks;
 pub mod reactions;
 pub mod reads;
@@ -98,6 +99,10 @@ pub fn router() -> Router<AppState> {
             get(uploads::get_file).put(uploads::put_file),
         )
         .route("/chat/conversations", get(conversations::list))
+        .route(
+            "/chat/conversations/{chat_type}/{chat_id}/notifications",
+            put(notifications::set),
+        )
         .route("/chat/online-users", get(conversations::online_users))
         .route(
             "/internal/users/{id}/conversations",
@@ -116,7 +121,7 @@ pub fn router() -> Router<AppState> {
         groups::create, groups::list, groups::get_one, groups::update, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
         search::search, uploads::create, uploads::download, uploads::thumbnail,
-        conversations::list, conversations::online_users,
+        conversations::list, conversations::online_users, notifications::set,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
         reads::reads, reactions::add, reactions::remove,
@@ -130,7 +135,7 @@ pub fn router() -> Router<AppState> {
         (name = "rooms", description = "Public rooms"),
         (name = "groups", description = "Groups"),
         (name = "messages", description = "History, sending, edits, deletions, read positions"),
-        (name = "conversations", description = "The caller's conversations and online users"),
+        (name = "conversations", description = "The caller's conversations, their notification settings, and online users"),
         (name = "blocks", description = "Users the caller blocked"),
         (name = "moderation", description = "Room moderators, bans, mutes and the audit log"),
         (name = "attachments", description = "Uploads to object storage, and downloads for the conversation's members"),

@@ -208,6 +208,16 @@ impl TestApp {
             .unwrap()
     }
 
+    pub async fn put_json(&self, user: &User, path: &str, body: Value) -> Response {
+        self.http
+            .put(self.url(path))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, user: &User, path: &str) -> Response {
         self.http
             .delete(self.url(path))

@@ -347,6 +347,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/chat/conversations/{chat_type}/{chat_id}/notifications": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** PUT /chat/conversations/{chat_type}/{chat_id}/notifications */
+        put: operations["set"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/chat/groups": {
         parameters: {
             query?: never;
@@ -937,6 +954,16 @@ export interface components {
             /** @description The room's or group's name; for a private chat, the other user's display name. */
             name: string;
             /**
+             * @description Whether the caller muted the conversation's notifications (an extension; see
+             *     `PUT /chat/conversations/{chat_type}/{chat_id}/notifications`).
+             */
+            notifications_muted: boolean;
+            /**
+             * Format: date-time
+             * @description While muted: until when; null, until unmuted.
+             */
+            notifications_muted_until?: string | null;
+            /**
              * Format: int64
              * @description Messages after the caller's read position (the caller's own sends move it).
              */
@@ -1054,6 +1081,15 @@ export interface components {
             until: string;
             /** Format: uuid */
             user_id: string;
+        };
+        NotificationsRequest: {
+            /** @description Whether the conversation's notifications are muted. */
+            muted: boolean;
+            /**
+             * Format: date-time
+             * @description With `muted: true`: until when (in the future); absent or null, until unmuted.
+             */
+            until?: string | null;
         };
         /** @description A page of history, ascending by `seq`. */
         Page: {
@@ -2738,6 +2774,105 @@ export interface operations {
                 };
             };
             /** @description Invalid `limit` or `before` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    set: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description room, private or group */
+                chat_type: components["schemas"]["ChatType"];
+                /** @description Room or group id; for private chats the other user's id */
+                chat_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NotificationsRequest"];
+            };
+        };
+        responses: {
+            /** @description Stored (an extension). Muted, no webhook notification goes to the caller for the conversation's messages, except those that mention the caller by name, until `until` or until unmuted; `GET /chat/conversations` shows it as `notifications_muted` and `notifications_muted_until` */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body is not well-formed JSON (`invalid_json`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No valid access token (`invalid_token`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not a member (rooms: join first) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such room or group, or no private chat with that user yet */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES (`payload_too_large`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not `application/json` (`unsupported_media_type`) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `until` is not in the future, or is given with `muted: false` */
             422: {
                 headers: {
                     [name: string]: unknown;
