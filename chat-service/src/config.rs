@@ -57,7 +57,8 @@ pub struct ChatConfig {
     pub online_list_rate: shared::limits::Rate,
     /// `LIST_RATE_PER_SECOND`, `LIST_BURST`: each user's reads, without `limit`, of the lists
     /// other people make long (every public room, every member of a room, every group of the
-    /// caller with every member; 2 a second, bursts of 20). Pages are not counted.
+    /// caller with every member, every conversation of the caller; 2 a second, bursts of 20).
+    /// Pages are not counted.
     pub list_rate: shared::limits::Rate,
     /// `INTERNAL_MAX_IN_FLIGHT`: gateways' internal calls served at once (default 64); past it,
     /// 503 at once (see [`shared::internal::InternalSlots`]).

@@ -125,7 +125,8 @@ impl AppState {
     }
 
     /// Takes one token from `user`'s bucket of whole long lists (every public room, a room's
-    /// every member, every group with its members; `LIST_RATE_PER_SECOND`): 429 past it. The
+    /// every member, every group with its members, every conversation of the caller;
+    /// `LIST_RATE_PER_SECOND`): 429 past it. The
     /// lists need only Postgres, so with Redis away the read goes ahead.
     pub async fn list_rate(&self, user: uuid::Uuid) -> Result<(), ApiError> {
         shared::limits::take_one_or_allow(

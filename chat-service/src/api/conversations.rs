@@ -95,6 +95,7 @@ impl Cursor {
     responses(
         (status = 200, description = "Joined rooms, groups and private chats with a message, most recent activity first: every one, or with `limit` a page of them", body = [ConversationSummary]),
         (status = 422, description = "Invalid `limit` or `before`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: read whole (without `limit`) more often than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the other long lists); see Retry-After. Pages are not counted", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -115,6 +116,11 @@ pub async fn list(
                 .ok_or_else(|| ApiError::invalid_field("before", "not a cursor of this list"))
         })
         .transpose()?;
+    if limit.is_none() {
+        // The list others make long (private chats they start, groups they add the caller
+        // to), each entry with its counts: read whole, it is rated like the other long lists.
+        state.list_rate(caller.user_id).await?;
+    }
     let (before_time, before_id) = before.unzip();
     // Ties in time (members added in one transaction) are ordered by id, so that a page
     // ends between two conversations, never inside a tie.

@@ -349,7 +349,7 @@ async fn one_room_is_read_as_the_list_shows_it(db: PgPool) {
 }
 
 /// Whole reads of the lists others make long — every public room, a room's every member,
-/// every group with its members — share one bucket per user (`LIST_RATE_PER_SECOND`; 429
+/// every group with its members, every conversation — share one bucket per user (`LIST_RATE_PER_SECOND`; 429
 /// `rate_limited` with `Retry-After` past it). Pages (`limit`) are not counted, and another
 /// user has a bucket of their own.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
@@ -357,7 +357,7 @@ async fn whole_long_lists_are_rated_per_user(db: PgPool) {
     let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
         c.list_rate = shared::limits::Rate {
             per_second: 1,
-            burst: 3,
+            burst: 4,
         }
     })
     .await;
@@ -365,11 +365,17 @@ async fn whole_long_lists_are_rated_per_user(db: PgPool) {
     let bob = app.user("bob").await;
     let room = app.room(&alice, "lobby", &[&bob]).await;
     let members = format!("/chat/rooms/{room}/members");
-    for path in ["/chat/rooms", members.as_str(), "/chat/groups"] {
+    let whole = [
+        "/chat/rooms",
+        members.as_str(),
+        "/chat/groups",
+        "/chat/conversations",
+    ];
+    for path in whole {
         let r = app.get(&alice, path).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
-    for path in ["/chat/rooms", members.as_str(), "/chat/groups"] {
+    for path in whole {
         let r = app.get(&alice, path).await;
         assert!(r.headers().contains_key("retry-after"), "{path}");
         assert_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
@@ -378,6 +384,7 @@ async fn whole_long_lists_are_rated_per_user(db: PgPool) {
         "/chat/rooms?limit=10".to_owned(),
         format!("{members}?limit=10"),
         "/chat/groups?limit=10".to_owned(),
+        "/chat/conversations?limit=10".to_owned(),
     ] {
         let r = app.get(&alice, &path).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");

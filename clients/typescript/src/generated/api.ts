@@ -2782,6 +2782,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `rate_limited`: read whole (without `limit`) more often than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the other long lists); see Retry-After. Pages are not counted */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
             503: {
                 headers: {
