@@ -11,7 +11,7 @@
 //! from `WEBHOOK_RETRY_BASE_MS`; after `WEBHOOK_MAX_ATTEMPTS` it is dropped with an error log.
 //! Recipients are worked out at each attempt: someone who came back online meanwhile is not
 //! pushed, and a message deleted meanwhile is not sent at all. A member who muted the
-//! conversation's notifications ([`crate::api::notifications`]) is left out unless the message
+//! conversation's notifications ([`crate::api::member_settings`]) is left out unless the message
 //! names them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -259,6 +259,16 @@ try {
     "Bob mutes the group: marked in his list and stored",
   );
 
+  // Archiving: Bob archives the group; it leaves his list for the Archived section, and comes
+  // back when Alice writes in it.
+  await bob.page.getByTestId("archive").filter({ hasText: "Archive" }).click();
+  await bob.page.getByTestId("show-archived").filter({ hasText: "Archived (1)" }).waitFor();
+  check((await bobsGroup.count()) === 0, "Bob archives the group: it leaves his list");
+  await alice.page.getByTestId("compose").fill("anyone for the archive?");
+  await alice.page.getByTestId("send").click();
+  await bobsGroup.waitFor();
+  check((await bob.page.getByTestId("show-archived").count()) === 0, "a message brings the archived group back");
+
   // Blocking: Bob blocks Alice in their private chat; her next message there is refused.
   await bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username }).locator("button").click();
   await bob.page.getByTestId("block").filter({ hasText: "Block" }).click();

@@ -45,6 +45,8 @@ const state = {
   typing: new Map<string, number>(),
   reads: new Map<string, number>(),
   blocked: new Set<string>(),
+  /** Whether the list shows the archived conversations. */
+  showArchived: false,
 };
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -334,8 +336,10 @@ async function refreshConversations(): Promise<void> {
 function renderConversations(): void {
   const list = document.querySelector("#conversations");
   if (!list) return;
+  const archived = state.conversations.filter((c) => c.archived);
+  const shown = state.showArchived ? state.conversations : state.conversations.filter((c) => !c.archived);
   list.replaceChildren(
-    ...state.conversations.map((c) => {
+    ...shown.map((c) => {
       const open = state.open && chatKey(state.open) === chatKey(c);
       const online = c.chat_type === "private" && state.online.has(c.chat_id);
       return h(
@@ -351,6 +355,17 @@ function renderConversations(): void {
         ),
       );
     }),
+    archived.length > 0
+      ? h(
+          "li",
+          { class: "archived-toggle" },
+          h(
+            "button",
+            { "data-testid": "show-archived", onclick: () => ((state.showArchived = !state.showArchived), renderConversations()) },
+            h("span", { class: "name muted" }, state.showArchived ? "Hide archived" : `Archived (${archived.length})`),
+          ),
+        )
+      : "",
   );
 }
 
@@ -520,6 +535,7 @@ function renderHeader(): void {
     o.chat_type === "room" && state.description ? h("span", { class: "muted description", "data-testid": "description" }, state.description) : "",
     h("span", { class: "spacer" }),
     o.chat_type !== "private" && state.role === "owner" ? h("button", { class: "link", "data-testid": "rename", onclick: () => void rename() }, "Rename") : "",
+    conv ? h("button", { class: "link", "data-testid": "archive", onclick: () => void toggleArchive(conv) }, conv.archived ? "Unarchive" : "Archive") : "",
     conv ? h("button", { class: "link", "data-testid": "mute", title: "Notifications while you are away", onclick: () => void toggleMute(conv) }, conv.notifications_muted ? "Unmute" : "Mute") : "",
     o.chat_type === "room" ? h("button", { class: "link", "data-testid": "members", onclick: () => void showMembers() }, "Members") : "",
     h("button", { class: "link", "data-testid": "pinned", onclick: () => void showPins() }, "Pinned"),
@@ -664,6 +680,7 @@ function onMessage(m: Message, chat: ChatRef): void {
     return;
   }
   c.last_message = m;
+  c.archived = false; // news brings an archived conversation back, as the server has it
   if (!open && m.from_user_id !== state.me?.id) c.unread_count += 1;
   state.conversations = [c, ...state.conversations.filter((x) => x !== c)];
   renderConversations();
@@ -847,6 +864,17 @@ async function toggleBlock(userId: string): Promise<void> {
   if (blocked) state.blocked.delete(userId);
   else state.blocked.add(userId);
   renderHeader();
+}
+
+/** Archives one of the user's conversations (it comes back with its next message), or not. */
+async function toggleArchive(c: Conversation): Promise<void> {
+  const params = { params: { path: { chat_type: c.chat_type, chat_id: c.chat_id } } };
+  const path = "/chat/conversations/{chat_type}/{chat_id}/archive";
+  const { error } = c.archived ? await cs.rest.DELETE(path, params) : await cs.rest.PUT(path, params);
+  if (error) return showError(new ChatSphereError(error.code, error.detail));
+  c.archived = !c.archived;
+  renderHeader();
+  renderConversations();
 }
 
 /** Mutes or unmutes the notifications (pushes while away) of one of the user's conversations. */

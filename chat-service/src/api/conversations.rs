@@ -37,6 +37,9 @@ pub struct ConversationSummary {
     pub notifications_muted: bool,
     /// While muted: until when; null, until unmuted.
     pub notifications_muted_until: Option<DateTime<Utc>>,
+    /// Whether the caller archived the conversation and no message came after (an extension;
+    /// see `PUT /chat/conversations/{chat_type}/{chat_id}/archive`).
+    pub archived: bool,
     /// The last message's time, or when the caller joined.
     pub updated_at: DateTime<Utc>,
     /// Where this conversation stands in the list: `before` this gives the conversations
@@ -137,12 +140,16 @@ pub async fn list(
                        AND x.mentions_all AND NOT x.is_deleted AND x.from_user_id <> $1
                        AND NOT x.mentions @> ARRAY[$1]) AS "mention_count!",
                   n.conversation_id IS NOT NULL AS "notifications_muted!",
-                  n.until AS notifications_muted_until
+                  n.until AS notifications_muted_until,
+                  a.conversation_id IS NOT NULL AS "archived!"
            FROM conversation_members m
            JOIN conversations c ON c.id = m.conversation_id
            LEFT JOIN notification_mutes n
                   ON n.conversation_id = m.conversation_id AND n.user_id = m.user_id
                  AND (n.until IS NULL OR n.until > now())
+           LEFT JOIN conversation_archives a
+                  ON a.conversation_id = m.conversation_id AND a.user_id = m.user_id
+                 AND c.last_seq <= a.up_to_seq
            LEFT JOIN rooms r ON r.id = c.room_id
            LEFT JOIN groups g ON g.id = c.group_id
            LEFT JOIN users p ON p.id = CASE WHEN c.user_low = $1 THEN c.user_high ELSE c.user_low END
@@ -209,6 +216,7 @@ pub async fn list(
             last_read_seq: r.last_read_seq,
             notifications_muted: r.notifications_muted,
             notifications_muted_until: r.notifications_muted_until,
+            archived: r.archived,
             updated_at: r.updated_at,
             cursor: Cursor::new(r.updated_at, r.id).encode(),
         });

@@ -5,9 +5,9 @@ pub mod admin;
 pub mod conversations;
 pub mod groups;
 pub mod internal;
+pub mod member_settings;
 pub mod messages;
 pub mod moderation;
-pub mod notifications;
 pub mod pins_blocks;
 pub mod reactions;
 pub mod reads;
@@ -101,7 +101,11 @@ pub fn router() -> Router<AppState> {
         .route("/chat/conversations", get(conversations::list))
         .route(
             "/chat/conversations/{chat_type}/{chat_id}/notifications",
-            put(notifications::set),
+            put(member_settings::set),
+        )
+        .route(
+            "/chat/conversations/{chat_type}/{chat_id}/archive",
+            put(member_settings::archive).delete(member_settings::unarchive),
         )
         .route("/chat/online-users", get(conversations::online_users))
         .route(
@@ -121,7 +125,8 @@ pub fn router() -> Router<AppState> {
         groups::create, groups::list, groups::get_one, groups::update, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
         search::search, uploads::create, uploads::download, uploads::thumbnail,
-        conversations::list, conversations::online_users, notifications::set,
+        conversations::list, conversations::online_users,
+        member_settings::set, member_settings::archive, member_settings::unarchive,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
         reads::reads, reactions::add, reactions::remove,
@@ -135,7 +140,7 @@ pub fn router() -> Router<AppState> {
         (name = "rooms", description = "Public rooms"),
         (name = "groups", description = "Groups"),
         (name = "messages", description = "History, sending, edits, deletions, read positions"),
-        (name = "conversations", description = "The caller's conversations, their notification settings, and online users"),
+        (name = "conversations", description = "The caller's conversations, their settings (notifications, archive), and online users"),
         (name = "blocks", description = "Users the caller blocked"),
         (name = "moderation", description = "Room moderators, bans, mutes and the audit log"),
         (name = "attachments", description = "Uploads to object storage, and downloads for the conversation's members"),

@@ -312,3 +312,94 @@ async fn conversations_page_by_cursor(db: PgPool) {
         assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
     }
 }
+
+/// A member archives a conversation (an extension): the list shows it `archived` until a
+/// message after its latest arrives, whoever sends it, or until unarchived; leaving drops it;
+/// only members may.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn archived_conversations_come_back_with_news(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let erin = app.user("erin").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    app.send(&alice, &format!("private/{}", bob.id), "hi").await;
+    let archived = |list: &Value, chat_id: String| -> bool {
+        let c = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["chat_id"] == chat_id.as_str())
+            .unwrap_or_else(|| panic!("{chat_id} listed: {list}"));
+        c["archived"].as_bool().unwrap()
+    };
+    let bobs = || async {
+        app.get(&bob, "/chat/conversations")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let private = format!("/chat/conversations/private/{}/archive", alice.id);
+    let in_room = format!("/chat/conversations/room/{room}/archive");
+
+    assert_eq!(
+        app.put(&bob, &private).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let list = bobs().await;
+    assert!(archived(&list, alice.id.to_string()));
+    assert!(!archived(&list, room.to_string()));
+    // News brings it back.
+    app.send(&alice, &format!("private/{}", bob.id), "still there?")
+        .await;
+    assert!(!archived(&bobs().await, alice.id.to_string()));
+
+    // Unarchived by hand, and by the member's own message.
+    assert_eq!(
+        app.put(&bob, &in_room).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(archived(&bobs().await, room.to_string()));
+    assert_eq!(
+        app.delete(&bob, &in_room).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(!archived(&bobs().await, room.to_string()));
+    assert_eq!(
+        app.put(&bob, &in_room).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    app.send(&bob, &format!("room/{room}"), "back").await;
+    assert!(!archived(&bobs().await, room.to_string()));
+
+    // Leaving drops it: archived, left and joined again with no message since, it is not.
+    assert_eq!(
+        app.put(&bob, &in_room).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{room}/leave"), Value::Null)
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{room}/join"), Value::Null)
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert!(!archived(&bobs().await, room.to_string()));
+
+    // Only members; a private chat not started is not there to archive.
+    assert_error(
+        app.put(&erin, &in_room).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let r = app
+        .put(
+            &erin,
+            &format!("/chat/conversations/private/{}/archive", bob.id),
+        )
+        .await;
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}

@@ -347,6 +347,24 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/chat/conversations/{chat_type}/{chat_id}/archive": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** PUT /chat/conversations/{chat_type}/{chat_id}/archive */
+        put: operations["archive"];
+        post?: never;
+        /** DELETE /chat/conversations/{chat_type}/{chat_id}/archive */
+        delete: operations["unarchive"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/chat/conversations/{chat_type}/{chat_id}/notifications": {
         parameters: {
             query?: never;
@@ -932,6 +950,11 @@ export interface components {
         ChatType: "room" | "private" | "group";
         /** @description One conversation of the caller. */
         ConversationSummary: {
+            /**
+             * @description Whether the caller archived the conversation and no message came after (an extension;
+             *     see `PUT /chat/conversations/{chat_type}/{chat_id}/archive`).
+             */
+            archived: boolean;
             /**
              * Format: uuid
              * @description Room or group id; for a private chat, the other user's id.
@@ -2784,6 +2807,142 @@ export interface operations {
             };
             /** @description `rate_limited`: read whole (without `limit`) more often than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the other long lists); see Retry-After. Pages are not counted */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    archive: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description room, private or group */
+                chat_type: components["schemas"]["ChatType"];
+                /** @description Room or group id; for private chats the other user's id */
+                chat_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Archived (an extension): `GET /chat/conversations` shows it `archived` until a message after its latest arrives (anyone's, the caller's too), or until unarchived */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No valid access token (`invalid_token`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not a member (rooms: join first) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such room or group, or no private chat with that user yet */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A parameter or field is missing or invalid; `fields` names each */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    unarchive: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description room, private or group */
+                chat_type: components["schemas"]["ChatType"];
+                /** @description Room or group id; for private chats the other user's id */
+                chat_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Not archived (an extension; also when it was not) */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No valid access token (`invalid_token`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not a member (rooms: join first) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such room or group, or no private chat with that user yet */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A parameter or field is missing or invalid; `fields` names each */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,0 +1,167 @@
+//! A member's own settings for one of their conversations (extensions), kept with the
+//! membership: leaving, being removed or banned drops them.
+//!
+//! - Notifications: muted, a conversation sends no webhook notification (the mobile push an
+//!   operator plugs in, see [`crate::notify`]) to that member for its messages, except those
+//!   that mention the member by name (`@username`; not `@room` / `@group`); until a given time,
+//!   or until unmuted. Unread and mention counts are as before: muting decides what is pushed,
+//!   not what is shown.
+//! - Archive: the conversation is set aside (`archived` in the list) until a message after the
+//!   one it was archived at arrives; a conversation with news comes back by itself.
+
+use axum::{extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use shared::{
+    chat::ChatType,
+    error::ErrorBody,
+    extract::{ApiJson, ApiPath},
+    jwt::AuthUser,
+    ApiError, ApiResult,
+};
+use utoipa::ToSchema;
+
+use crate::{api::parse_chat, conversation, AppState};
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NotificationsRequest {
+    /// Whether the conversation's notifications are muted.
+    pub muted: bool,
+    /// With `muted: true`: until when (in the future); absent or null, until unmuted.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// `PUT /chat/conversations/{chat_type}/{chat_id}/notifications`
+#[utoipa::path(put, path = "/chat/conversations/{chat_type}/{chat_id}/notifications", tag = "conversations", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+    ),
+    request_body = NotificationsRequest,
+    responses(
+        (status = 204, description = "Stored (an extension). Muted, no webhook notification goes to the caller for the conversation's messages, except those that mention the caller by name, until `until` or until unmuted; `GET /chat/conversations` shows it as `notifications_muted` and `notifications_muted_until`"),
+        (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
+        (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
+        (status = 422, description = "`until` is not in the future, or is given with `muted: false`", body = ErrorBody),
+    ))]
+pub async fn set(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<NotificationsRequest>,
+) -> ApiResult<StatusCode> {
+    let c = member_of(&state, &caller, &chat_type, &chat_id).await?;
+    match (req.muted, req.until) {
+        (true, Some(until)) if until <= Utc::now() => {
+            return Err(ApiError::invalid_field("until", "must be in the future"));
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "until",
+                "goes with muted: true only",
+            ));
+        }
+        _ => {}
+    }
+    let stored = if req.muted {
+        sqlx::query!(
+            r#"INSERT INTO notification_mutes (conversation_id, user_id, until)
+               VALUES ($1, $2, $3)
+               ON CONFLICT (conversation_id, user_id) DO UPDATE SET until = EXCLUDED.until"#,
+            c.id,
+            caller.user_id,
+            req.until
+        )
+        .execute(&state.db)
+        .await
+    } else {
+        sqlx::query!(
+            "DELETE FROM notification_mutes WHERE conversation_id = $1 AND user_id = $2",
+            c.id,
+            caller.user_id
+        )
+        .execute(&state.db)
+        .await
+    };
+    answer(stored)
+}
+
+/// `PUT /chat/conversations/{chat_type}/{chat_id}/archive`
+#[utoipa::path(put, path = "/chat/conversations/{chat_type}/{chat_id}/archive", tag = "conversations", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+    ),
+    responses(
+        (status = 204, description = "Archived (an extension): `GET /chat/conversations` shows it `archived` until a message after its latest arrives (anyone's, the caller's too), or until unarchived"),
+        (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
+        (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
+    ))]
+pub async fn archive(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let c = member_of(&state, &caller, &chat_type, &chat_id).await?;
+    let stored = sqlx::query!(
+        r#"INSERT INTO conversation_archives (conversation_id, user_id, up_to_seq)
+           SELECT id, $2, last_seq FROM conversations WHERE id = $1
+           ON CONFLICT (conversation_id, user_id) DO UPDATE SET up_to_seq = EXCLUDED.up_to_seq"#,
+        c.id,
+        caller.user_id
+    )
+    .execute(&state.db)
+    .await;
+    answer(stored)
+}
+
+/// `DELETE /chat/conversations/{chat_type}/{chat_id}/archive`
+#[utoipa::path(delete, path = "/chat/conversations/{chat_type}/{chat_id}/archive", tag = "conversations", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+    ),
+    responses(
+        (status = 204, description = "Not archived (an extension; also when it was not)"),
+        (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
+        (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
+    ))]
+pub async fn unarchive(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let c = member_of(&state, &caller, &chat_type, &chat_id).await?;
+    sqlx::query!(
+        "DELETE FROM conversation_archives WHERE conversation_id = $1 AND user_id = $2",
+        c.id,
+        caller.user_id
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's conversation at `{chat_type}/{chat_id}`: 422 for a bad path, 403 for a room or
+/// group they are not in, 404 for a private chat not started.
+async fn member_of(
+    state: &AppState,
+    caller: &AuthUser,
+    chat_type: &str,
+    chat_id: &str,
+) -> ApiResult<conversation::Conversation> {
+    let (chat_type, chat_id) = parse_chat(chat_type, chat_id)?;
+    conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await
+}
+
+/// 204 for a stored setting; 403 when the membership ended between its check and the write
+/// (the setting's foreign key to it).
+fn answer(stored: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> ApiResult<StatusCode> {
+    match stored {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(ApiError::forbidden("you are not in that conversation"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
