@@ -32,7 +32,7 @@ pub struct NotificationsRequest {
 }
 
 /// `PUT /chat/conversations/{chat_type}/{chat_id}/notifications`
-#[utoipa::path(put, path = "/chat/conversations/{chat_type}/{chat_id}/notifications", tag = "conversations", security(("bearer" = [])),
+#[utoipa::path(put, path = "/chat/conversations/{chat_type}/{chat_id}/notifications", operation_id = "set_conversation_notifications", tag = "conversations", security(("bearer" = [])),
     params(
         ("chat_type" = ChatType, Path, description = "room, private or group"),
         ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
@@ -44,7 +44,7 @@ pub struct NotificationsRequest {
         (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
         (status = 422, description = "`until` is not in the future, or is given with `muted: false`", body = ErrorBody),
     ))]
-pub async fn set(
+pub async fn set_notifications(
     State(state): State<AppState>,
     caller: AuthUser,
     ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
@@ -87,7 +87,7 @@ pub async fn set(
 }
 
 /// `PUT /chat/conversations/{chat_type}/{chat_id}/archive`
-#[utoipa::path(put, path = "/chat/conversations/{chat_type}/{chat_id}/archive", tag = "conversations", security(("bearer" = [])),
+#[utoipa::path(put, path = "/chat/conversations/{chat_type}/{chat_id}/archive", operation_id = "archive_conversation", tag = "conversations", security(("bearer" = [])),
     params(
         ("chat_type" = ChatType, Path, description = "room, private or group"),
         ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
@@ -116,7 +116,7 @@ pub async fn archive(
 }
 
 /// `DELETE /chat/conversations/{chat_type}/{chat_id}/archive`
-#[utoipa::path(delete, path = "/chat/conversations/{chat_type}/{chat_id}/archive", tag = "conversations", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/chat/conversations/{chat_type}/{chat_id}/archive", operation_id = "unarchive_conversation", tag = "conversations", security(("bearer" = [])),
     params(
         ("chat_type" = ChatType, Path, description = "room, private or group"),
         ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),

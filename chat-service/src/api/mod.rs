@@ -101,7 +101,7 @@ pub fn router() -> Router<AppState> {
         .route("/chat/conversations", get(conversations::list))
         .route(
             "/chat/conversations/{chat_type}/{chat_id}/notifications",
-            put(member_settings::set),
+            put(member_settings::set_notifications),
         )
         .route(
             "/chat/conversations/{chat_type}/{chat_id}/archive",
@@ -126,7 +126,7 @@ pub fn router() -> Router<AppState> {
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
         search::search, uploads::create, uploads::download, uploads::thumbnail,
         conversations::list, conversations::online_users,
-        member_settings::set, member_settings::archive, member_settings::unarchive,
+        member_settings::set_notifications, member_settings::archive, member_settings::unarchive,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
         reads::reads, reactions::add, reactions::remove,

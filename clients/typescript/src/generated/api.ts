@@ -356,10 +356,10 @@ export interface paths {
         };
         get?: never;
         /** PUT /chat/conversations/{chat_type}/{chat_id}/archive */
-        put: operations["archive"];
+        put: operations["archive_conversation"];
         post?: never;
         /** DELETE /chat/conversations/{chat_type}/{chat_id}/archive */
-        delete: operations["unarchive"];
+        delete: operations["unarchive_conversation"];
         options?: never;
         head?: never;
         patch?: never;
@@ -374,7 +374,7 @@ export interface paths {
         };
         get?: never;
         /** PUT /chat/conversations/{chat_type}/{chat_id}/notifications */
-        put: operations["set"];
+        put: operations["set_conversation_notifications"];
         post?: never;
         delete?: never;
         options?: never;
@@ -2825,7 +2825,7 @@ export interface operations {
             };
         };
     };
-    archive: {
+    archive_conversation: {
         parameters: {
             query?: never;
             header?: never;
@@ -2893,7 +2893,7 @@ export interface operations {
             };
         };
     };
-    unarchive: {
+    unarchive_conversation: {
         parameters: {
             query?: never;
             header?: never;
@@ -2961,7 +2961,7 @@ export interface operations {
             };
         };
     };
-    set: {
+    set_conversation_notifications: {
         parameters: {
             query?: never;
             header?: never;
