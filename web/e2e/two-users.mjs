@@ -169,6 +169,8 @@ try {
   check(true, "Alice sees that Bob has read her message");
   await alice.page.getByTestId("presence").filter({ hasText: "online" }).waitFor();
   check(true, "Alice sees Bob online");
+  await alice.page.getByTestId("mute").waitFor();
+  check(true, "the chat Alice just started offers her its Mute and Archive");
   if (shots) await alice.page.screenshot({ path: `${shots}/app-private.png` });
 
   // Bob reloads; Alice writes meanwhile; Bob's list shows the new messages and opening the

@@ -331,6 +331,9 @@ async function refreshConversations(): Promise<void> {
   state.conversations = unwrap(await cs.rest.GET("/chat/conversations"));
   for (const c of state.conversations) state.socket?.track(c, c.last_message?.seq ?? 0);
   renderConversations();
+  // The open conversation may have just become one of the user's (a first private message, a
+  // room joined): its header gains the controls of their own conversations.
+  renderHeader();
 }
 
 function renderConversations(): void {
