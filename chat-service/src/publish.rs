@@ -170,8 +170,6 @@ impl Publisher {
         self.publish(&[self.keys.user_channel(user)], event).await;
     }
 
-    /// A membership change: to the conversation (its members see it) and to the user concerned
-    /// (their gateways subscribe or unsubscribe).
     /// Tells a room's or group's members that its name (or a room's description) changed.
     pub async fn conversation_updated(
         &self,
@@ -192,6 +190,8 @@ impl Publisher {
             .await;
     }
 
+    /// A membership change: to the conversation (its members see it) and to the user concerned
+    /// (their gateways subscribe or unsubscribe).
     pub async fn membership(&self, conversation_id: Uuid, user: Uuid, event: &Event) {
         let channels = [
             self.keys.conversation_channel(conversation_id),
