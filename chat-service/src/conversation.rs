@@ -23,15 +23,24 @@ pub struct NewPrivateChats<'a> {
 }
 
 impl NewPrivateChats<'_> {
+    fn key(&self, sender: Uuid) -> String {
+        self.keys.quota("private_chats", &sender.to_string())
+    }
+
     async fn count(&self, sender: Uuid) -> Result<(), ApiError> {
         shared::limits::quota(
             self.redis,
-            self.keys.quota("private_chats", &sender.to_string()),
+            self.key(sender),
             self.per_hour,
             3600,
             "too many new private chats in the last hour; try again later",
         )
         .await
+    }
+
+    /// Gives back the use [`Self::count`] took for a chat this send did not start after all.
+    async fn give_back(&self, sender: Uuid) {
+        shared::limits::refund(self.redis, self.key(sender)).await;
     }
 }
 
@@ -255,8 +264,22 @@ pub async fn for_sending(
             let id = match private_id(db, sender, chat_id).await? {
                 Some(id) => id,
                 None => {
+                    // Counted before creating, so two first messages at once cannot both slip
+                    // under the limit; given back when this send did not start the chat (the
+                    // other user started it at the same moment) or could not store it (a
+                    // retried batch then counts it once, not twice).
                     new_chats.count(sender).await?;
-                    create_private(db, sender, chat_id).await?
+                    match create_private(db, sender, chat_id).await {
+                        Ok((id, true)) => id,
+                        Ok((id, false)) => {
+                            new_chats.give_back(sender).await;
+                            id
+                        }
+                        Err(e) => {
+                            new_chats.give_back(sender).await;
+                            return Err(e.into());
+                        }
+                    }
                 }
             };
             Ok(Conversation {
@@ -269,11 +292,12 @@ pub async fn for_sending(
     }
 }
 
-/// Creates the private conversation of a pair (or finds the one a concurrent send created).
-async fn create_private(db: &PgPool, a: Uuid, b: Uuid) -> sqlx::Result<Uuid> {
+/// Creates the private conversation of a pair (or finds the one a concurrent send created):
+/// its id, and whether this call created it.
+async fn create_private(db: &PgPool, a: Uuid, b: Uuid) -> sqlx::Result<(Uuid, bool)> {
     let (low, high) = pair(a, b);
     let mut tx = db.begin().await?;
-    sqlx::query!(
+    let created = sqlx::query!(
         r#"INSERT INTO conversations (id, chat_type, user_low, user_high)
            VALUES ($1, 'PRIVATE', $2, $3)
            ON CONFLICT (user_low, user_high) DO NOTHING"#,
@@ -282,7 +306,9 @@ async fn create_private(db: &PgPool, a: Uuid, b: Uuid) -> sqlx::Result<Uuid> {
         high
     )
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
     let id = sqlx::query_scalar!(
         "SELECT id FROM conversations WHERE user_low = $1 AND user_high = $2",
         low,
@@ -300,7 +326,7 @@ async fn create_private(db: &PgPool, a: Uuid, b: Uuid) -> sqlx::Result<Uuid> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(id)
+    Ok((id, created))
 }
 
 /// For marking read: the viewer must be a member (rooms: joined).

@@ -57,6 +57,16 @@ return 0
 "#,
 );
 
+/// Gives back one use of the window at `KEYS[1]`, if it holds any (an expired window holds
+/// none, and is not brought back).
+static REFUND: Script = Script::new(
+    r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"#,
+);
+
 /// A rate: `rate` per second, bursts of `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -201,5 +211,15 @@ pub async fn quota(
             detail,
             u64::try_from(wait).unwrap_or(1),
         ))
+    }
+}
+
+/// Gives back a use [`quota`] counted for something that then did not happen (it failed, or
+/// someone else did it first). Best effort: when Redis cannot be reached the use stays counted
+/// until its window ends, which errs on the side of the limit.
+pub async fn refund(redis: &Client, key: String) {
+    let done: Result<i64, _> = REFUND.run(redis, vec![key], Vec::new()).await;
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "could not give back a counted use of a quota");
     }
 }

@@ -423,3 +423,47 @@ async fn private_chats_started_per_hour_are_limited(db: PgPool) {
             .unwrap();
     assert_eq!(chats, 3, "alice-bob, alice-carol, dave-alice");
 }
+
+/// Two users who write to each other first at the same moment start one chat: only the one
+/// whose send created it has used a new chat of the hour; the other's count is given back.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_chat_both_start_at_once_counts_once(db: PgPool) {
+    let app = spawn_app_with(db, &format!("test:{}:", uuid::Uuid::new_v4()), |c| {
+        c.quotas.private_chats_per_hour = 1;
+    })
+    .await;
+    let newcomer = app.user("newcomer").await;
+    let mut pairs = Vec::new();
+    for i in 0..8 {
+        pairs.push((
+            app.user(&format!("left{i}")).await,
+            app.user(&format!("right{i}")).await,
+        ));
+    }
+    // Each pair writes to each other at once: one send creates the chat, the other finds it
+    // (before its lookup, or by the insert's conflict).
+    futures_util::future::join_all(pairs.iter().map(|(a, b)| async {
+        let (to_b, to_a) = (format!("private/{}", b.id), format!("private/{}", a.id));
+        tokio::join!(app.send(a, &to_b, "hi"), app.send(b, &to_a, "hi"))
+    }))
+    .await;
+    // Exactly one of each pair has a new chat left for the hour.
+    for (a, b) in &pairs {
+        let mut started = 0;
+        for u in [a, b] {
+            let r = app
+                .post(
+                    u,
+                    &format!("/chat/messages/private/{}", newcomer.id),
+                    json!({"content": "hello"}),
+                )
+                .await;
+            match r.status() {
+                StatusCode::CREATED => started += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("{other}"),
+            }
+        }
+        assert_eq!(started, 1, "{} and {}", a.name, b.name);
+    }
+}
