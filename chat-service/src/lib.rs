@@ -309,6 +309,7 @@ impl Application {
             &EdgeConfig {
                 allowed_origins: config.allowed_origins.clone(),
                 max_body_bytes: config.max_body_bytes,
+                body_timeout: config.server.body_timeout,
             },
         );
         let (listener, port) = shared::server::bind(&config.server).await?;

@@ -204,6 +204,7 @@ impl Application {
             &EdgeConfig {
                 allowed_origins: config.allowed_origins.clone(),
                 max_body_bytes: 64 * 1024,
+                body_timeout: config.server.body_timeout,
             },
         );
         let (listener, port) = shared::server::bind(&config.server).await?;

@@ -143,6 +143,9 @@ pub struct ServerConfig {
     /// idle keep-alive connections end with it too (see [`crate::server`]). The default is the
     /// service's own.
     pub header_timeout: std::time::Duration,
+    /// `HTTP_BODY_TIMEOUT_SECONDS`: the longest a request body may pause between two of its
+    /// pieces (default 30) before the request is answered 408 and its connection closed.
+    pub body_timeout: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -156,11 +159,19 @@ impl ServerConfig {
                 "is invalid: must be at least 1",
             ));
         }
+        let body_timeout: u64 = parsed("HTTP_BODY_TIMEOUT_SECONDS", 30)?;
+        if body_timeout == 0 {
+            return Err(ConfigError::new(
+                "HTTP_BODY_TIMEOUT_SECONDS",
+                "is invalid: must be at least 1",
+            ));
+        }
         Ok(Self {
             host: string("HOST", "0.0.0.0")?,
             port: parsed("PORT", default_port)?,
             ready_grace: std::time::Duration::from_secs(parsed("READY_GRACE_SECONDS", 30)?),
             header_timeout: std::time::Duration::from_secs(header_timeout),
+            body_timeout: std::time::Duration::from_secs(body_timeout),
         })
     }
 
@@ -171,6 +182,7 @@ impl ServerConfig {
             port: 0,
             ready_grace: std::time::Duration::from_secs(30),
             header_timeout: std::time::Duration::from_secs(75),
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 

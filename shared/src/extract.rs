@@ -34,7 +34,8 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(media)
 }
 
-/// Reads the whole body, answering 413 when it is over the router's body limit.
+/// Reads the whole body, answering 413 when it is over the router's body limit and 408 when it
+/// paused longer than the router allows.
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(body_error)
 }
@@ -46,9 +47,28 @@ fn body_error(rejection: BytesRejection) -> ApiError {
             "payload_too_large",
             "the request body is too large",
         )
+    } else if body_stalled(&rejection) {
+        body_timeout()
     } else {
         ApiError::bad_request("invalid_body", rejection.body_text())
     }
+}
+
+/// Whether reading a body failed because it paused longer than the router's pause limit
+/// ([`crate::http::EdgeConfig::body_timeout`]).
+pub fn body_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>())
+}
+
+/// 408 `request_timeout`: the body stopped arriving. hyper closes the connection after it, as
+/// it does after any answer given before the whole body was read.
+pub fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body stopped arriving; send it again",
+    )
 }
 
 impl<S, T> FromRequest<S> for ApiJson<T>

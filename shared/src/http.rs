@@ -1,7 +1,7 @@
 //! The layers every REST router gets, so each service answers the same way at its edges:
-//! CORS for `ALLOWED_ORIGINS`, a request-body limit (413), JSON 404 and 405, a JSON 500 should a
-//! handler ever panic, request metrics, and request spans that never record query strings
-//! (they can carry tokens).
+//! CORS for `ALLOWED_ORIGINS`, a request-body limit (413) and a pause limit (408, see
+//! [`EdgeConfig::body_timeout`]), JSON 404 and 405, a JSON 500 should a handler ever panic,
+//! request metrics, and request spans that never record query strings (they can carry tokens).
 
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use axum::{
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -27,6 +28,13 @@ pub struct EdgeConfig {
     pub allowed_origins: Vec<String>,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The longest a request body may pause between two of its pieces: past it the request is
+    /// answered 408 `request_timeout` and its connection closed. The header read timeout
+    /// ([`crate::server`]) ends a client that sends half a request head; this one, a client
+    /// that sends a head announcing a body and then nothing (or stops half way), which would
+    /// otherwise hold its connection, and the handler waiting for it, for good. A slow upload
+    /// is not cut short: only a pause counts.
+    pub body_timeout: Duration,
 }
 
 /// Wraps a service's complete router with the shared edge layers.
@@ -37,6 +45,7 @@ pub fn finish(router: Router, edge: &EdgeConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(edge.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(edge.body_timeout))
         .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(cors(&edge.allowed_origins))
         .layer(CatchPanicLayer::custom(|_| {
@@ -136,4 +145,92 @@ async fn method_not_allowed(req: Request) -> Response {
         format!("{} is not allowed on {}", req.method(), req.uri().path()),
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, time::Duration};
+
+    use axum::{routing::post, Router};
+    use serde_json::Value;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::{finish, EdgeConfig};
+    use crate::extract::ApiJson;
+
+    /// A service echoing a JSON body back, through [`finish`] with a one-second pause limit.
+    async fn echo() -> io::Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let router = finish(
+            Router::new().route(
+                "/echo",
+                post(|ApiJson(v): ApiJson<Value>| async move { v.to_string() }),
+            ),
+            &EdgeConfig {
+                allowed_origins: Vec::new(),
+                max_body_bytes: 64 * 1024,
+                body_timeout: Duration::from_secs(1),
+            },
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::server::serve_until(
+            listener,
+            router,
+            Duration::from_secs(10),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok((addr, stop))
+    }
+
+    const HEAD: &[u8] = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n";
+
+    /// What the server sent until it closed the connection; `None` if still open after 5 s.
+    async fn until_closed(stream: &mut TcpStream) -> Option<String> {
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&all).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_answered_408_and_its_connection_closed() -> io::Result<()>
+    {
+        let (addr, _stop) = echo().await?;
+        let mut stalled = TcpStream::connect(addr).await?;
+        stalled.write_all(HEAD).await?;
+        stalled.write_all(b"{\"a\":").await?;
+        let answer = until_closed(&mut stalled).await;
+        let answer = answer.unwrap_or_else(|| panic!("still open 5 s after the body stopped"));
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_that_keeps_coming_is_read_whole() -> io::Result<()> {
+        let (addr, _stop) = echo().await?;
+        let mut slow = TcpStream::connect(addr).await?;
+        slow.write_all(HEAD).await?;
+        // 13 bytes over about 2.4 s: longer than the pause limit in all, never paused as long.
+        for piece in [&b"{\"a\":"[..], b" [1,", b" 2]", b"}"] {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            slow.write_all(piece).await?;
+        }
+        let mut answer = vec![0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
+            .await
+            .map_err(|_| io::Error::other("no answer"))??;
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("{\"a\":[1,2]}"), "{answer}");
+        Ok(())
+    }
 }

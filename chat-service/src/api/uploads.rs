@@ -264,12 +264,13 @@ pub async fn put_file(
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
-            Err(_) => {
+            Err(e) => {
                 let _ = tokio::fs::remove_file(&partial).await;
-                return Err(ApiError::invalid_field(
-                    "body",
-                    "the upload was interrupted",
-                ));
+                return Err(if shared::extract::body_stalled(&e) {
+                    shared::extract::body_timeout()
+                } else {
+                    ApiError::invalid_field("body", "the upload was interrupted")
+                });
             }
         };
         written += chunk.len() as u64;
