@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 /// The `type` of every frame the server sends, in the order of [`server_frames`].
-pub const SERVER_FRAME_TYPES: [&str; 17] = [
+pub const SERVER_FRAME_TYPES: [&str; 18] = [
     "ready",
     "ack",
     "error",
@@ -23,6 +23,7 @@ pub const SERVER_FRAME_TYPES: [&str; 17] = [
     "reaction",
     "pin",
     "conversation_updated",
+    "conversation_settings",
     "synced",
     "token_expiring",
     "reauthed",
@@ -213,6 +214,18 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
                     ("by", uuid("The owner who changed it")),
                 ],
                 &["name", "by"],
+            ),
+        ),
+        (
+            "conversation_settings",
+            "The user changed their own settings for a conversation, on this device or another (`PUT /chat/conversations/{chat_type}/{chat_id}/notifications`, `PUT`/`DELETE …/archive`; an extension): both settings as they now are, as `GET /chat/conversations` shows them. To the user's connections only. An archived conversation stops being archived when a message comes after it, without this event.",
+            with(
+                &[
+                    ("notifications_muted", json!({"type": "boolean"})),
+                    ("notifications_muted_until", json!({"type": ["string", "null"], "format": "date-time", "description": "While muted: until when; null, until unmuted"})),
+                    ("archived", json!({"type": "boolean"})),
+                ],
+                &["notifications_muted", "notifications_muted_until", "archived"],
             ),
         ),
         (

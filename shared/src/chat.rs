@@ -379,6 +379,18 @@ pub enum Event {
         blocked_id: Uuid,
         blocked: bool,
     },
+    /// `user_id` changed their own settings for a conversation (its notifications muted, or
+    /// archived): on the user's channel, so every device of theirs shows the settings as they
+    /// now are. `chat_id` is the user's own (for a private chat, the other user).
+    ConversationSettings {
+        user_id: Uuid,
+        chat_type: ChatType,
+        chat_id: Uuid,
+        notifications_muted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notifications_muted_until: Option<DateTime<Utc>>,
+        archived: bool,
+    },
     /// A login (`sid`) or, without one, every login of `user_id` was revoked: their sockets
     /// close with 4001. Published on the user's channel by auth-service.
     Revoked { user_id: Uuid, sid: Option<Uuid> },

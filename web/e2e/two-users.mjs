@@ -289,6 +289,19 @@ try {
   await second.page.fill('input[name="password"]', "wonderland-e2e");
   await second.page.getByTestId("login").click();
   await second.page.getByTestId("me").waitFor();
+  // Settings follow the user: once the second browser's socket is live (it receives a message
+  // sent after it opened the group), Alice mutes the group in the first; the second marks it.
+  const secondsGroup = second.page.locator(`li[data-chat="group:${groupId}"]`);
+  await secondsGroup.locator("button").click();
+  await second.page.getByTestId("messages").getByText("anyone for the archive?").waitFor();
+  await alice.page.locator(`li[data-chat="group:${groupId}"]`).locator("button").click();
+  await alice.page.getByTestId("compose").fill("are you there, other me?");
+  await alice.page.getByTestId("send").click();
+  await second.page.getByTestId("messages").getByText("are you there, other me?").waitFor();
+  await alice.page.getByTestId("mute").filter({ hasText: "Mute" }).click();
+  await secondsGroup.getByTestId("muted").waitFor();
+  await second.page.getByTestId("mute").filter({ hasText: "Unmute" }).waitFor();
+  check(true, "Alice mutes the group in one browser; her other browser shows it at once");
   await alice.page.getByTestId("change-password").click();
   await alice.page.fill('input[name="current"]', "wonderland-e2e");
   await alice.page.fill('input[name="next"]', "looking-glass-e2e");

@@ -213,6 +213,16 @@ async function start(): Promise<void> {
       note(`${who} renamed the ${d.chat_type} to “${d.name}”`);
     }
   });
+  // A mute or archive made on this device or another: the settings as they now are.
+  socket.on("conversation_settings", (d) => {
+    const c = state.conversations.find((x) => chatKey(x) === chatKey(d));
+    if (!c) return;
+    c.notifications_muted = d.notifications_muted;
+    c.notifications_muted_until = d.notifications_muted_until;
+    c.archived = d.archived;
+    renderConversations();
+    if (state.open && chatKey(state.open) === chatKey(d)) renderHeader();
+  });
   socket.on("pin", (d) => {
     if (state.open && chatKey(state.open) === chatKey(d)) {
       document.querySelector(`#messages li[data-id="${d.message_id}"]`)?.classList.toggle("pinned", d.pinned);

@@ -8,12 +8,15 @@
 //!   not what is shown.
 //! - Archive: the conversation is set aside (`archived` in the list) until a message after the
 //!   one it was archived at arrives; a conversation with news comes back by itself.
+//!
+//! Each change goes to every connection of the member as `conversation_settings`, carrying both
+//! settings as they now are, so the member's other devices follow without reading the list.
 
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use shared::{
-    chat::ChatType,
+    chat::{ChatType, Event},
     error::ErrorBody,
     extract::{ApiJson, ApiPath},
     jwt::AuthUser,
@@ -21,7 +24,11 @@ use shared::{
 };
 use utoipa::ToSchema;
 
-use crate::{api::parse_chat, conversation, AppState};
+use crate::{
+    api::parse_chat,
+    conversation::{self, Conversation},
+    AppState,
+};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NotificationsRequest {
@@ -39,7 +46,7 @@ pub struct NotificationsRequest {
     ),
     request_body = NotificationsRequest,
     responses(
-        (status = 204, description = "Stored (an extension). Muted, no webhook notification goes to the caller for the conversation's messages, except those that mention the caller by name, until `until` or until unmuted; `GET /chat/conversations` shows it as `notifications_muted` and `notifications_muted_until`"),
+        (status = 204, description = "Stored (an extension). Muted, no webhook notification goes to the caller for the conversation's messages, except those that mention the caller by name, until `until` or until unmuted; `GET /chat/conversations` shows it as `notifications_muted` and `notifications_muted_until`; every connection of the caller gets `conversation_settings`"),
         (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
         (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
         (status = 422, description = "`until` is not in the future, or is given with `muted: false`", body = ErrorBody),
@@ -83,7 +90,7 @@ pub async fn set_notifications(
         .execute(&state.db)
         .await
     };
-    answer(stored)
+    answer(&state, &caller, &c, stored).await
 }
 
 /// `PUT /chat/conversations/{chat_type}/{chat_id}/archive`
@@ -93,7 +100,7 @@ pub async fn set_notifications(
         ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
     ),
     responses(
-        (status = 204, description = "Archived (an extension): `GET /chat/conversations` shows it `archived` until a message after its latest arrives (anyone's, the caller's too), or until unarchived"),
+        (status = 204, description = "Archived (an extension): `GET /chat/conversations` shows it `archived` until a message after its latest arrives (anyone's, the caller's too), or until unarchived; every connection of the caller gets `conversation_settings`"),
         (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
         (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
     ))]
@@ -112,7 +119,7 @@ pub async fn archive(
     )
     .execute(&state.db)
     .await;
-    answer(stored)
+    answer(&state, &caller, &c, stored).await
 }
 
 /// `DELETE /chat/conversations/{chat_type}/{chat_id}/archive`
@@ -122,7 +129,7 @@ pub async fn archive(
         ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
     ),
     responses(
-        (status = 204, description = "Not archived (an extension; also when it was not)"),
+        (status = 204, description = "Not archived (an extension; also when it was not); every connection of the caller gets `conversation_settings`"),
         (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
         (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
     ))]
@@ -132,14 +139,14 @@ pub async fn unarchive(
     ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let c = member_of(&state, &caller, &chat_type, &chat_id).await?;
-    sqlx::query!(
+    let stored = sqlx::query!(
         "DELETE FROM conversation_archives WHERE conversation_id = $1 AND user_id = $2",
         c.id,
         caller.user_id
     )
     .execute(&state.db)
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    .await;
+    answer(&state, &caller, &c, stored).await
 }
 
 /// The caller's conversation at `{chat_type}/{chat_id}`: 422 for a bad path, 403 for a room or
@@ -149,19 +156,53 @@ async fn member_of(
     caller: &AuthUser,
     chat_type: &str,
     chat_id: &str,
-) -> ApiResult<conversation::Conversation> {
+) -> ApiResult<Conversation> {
     let (chat_type, chat_id) = parse_chat(chat_type, chat_id)?;
     conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await
 }
 
-/// 204 for a stored setting; 403 when the membership ended between its check and the write
-/// (the setting's foreign key to it).
-fn answer(stored: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> ApiResult<StatusCode> {
+/// 204 once a setting is stored, and the member's connections told the settings as they now
+/// are; 403 when the membership ended between its check and the write (the setting's foreign
+/// key to it).
+async fn answer(
+    state: &AppState,
+    caller: &AuthUser,
+    c: &Conversation,
+    stored: Result<sqlx::postgres::PgQueryResult, sqlx::Error>,
+) -> ApiResult<StatusCode> {
     match stored {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            Err(ApiError::forbidden("you are not in that conversation"))
+            return Err(ApiError::forbidden("you are not in that conversation"));
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
     }
+    // Read back rather than taken from the request: two devices changing settings at once
+    // each announce both settings as stored, so the last event any device gets is the truth.
+    let now = sqlx::query!(
+        r#"SELECT n.conversation_id IS NOT NULL AS "notifications_muted!",
+                  n.until AS notifications_muted_until,
+                  a.conversation_id IS NOT NULL AS "archived!"
+           FROM conversations c
+           LEFT JOIN notification_mutes n
+                  ON n.conversation_id = c.id AND n.user_id = $2
+                 AND (n.until IS NULL OR n.until > now())
+           LEFT JOIN conversation_archives a
+                  ON a.conversation_id = c.id AND a.user_id = $2 AND c.last_seq <= a.up_to_seq
+           WHERE c.id = $1"#,
+        c.id,
+        caller.user_id
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let event = Event::ConversationSettings {
+        user_id: caller.user_id,
+        chat_type: c.chat_type,
+        chat_id: c.chat_id,
+        notifications_muted: now.notifications_muted,
+        notifications_muted_until: now.notifications_muted_until,
+        archived: now.archived,
+    };
+    state.publisher.to_user(caller.user_id, &event).await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -72,6 +72,15 @@ export interface ServerEvents {
   pin: ChatRef & { message_id: string; seq: number; pinned: boolean; by: string };
   /** A room's name or description, or a group's name, changed (by its owner). */
   conversation_updated: ChatRef & { name: string; description?: string; by: string };
+  /**
+   * The user's own settings for a conversation changed, on this device or another: both as they
+   * now are (as `GET /chat/conversations` shows them).
+   */
+  conversation_settings: ChatRef & {
+    notifications_muted: boolean;
+    notifications_muted_until: string | null;
+    archived: boolean;
+  };
   synced: { results: Array<ChatRef & { messages: Message[]; has_more: boolean }> };
   token_expiring: { expires_at: string };
   reauthed: { expires_at: string };

@@ -69,6 +69,8 @@ export interface SocketEvents {
   reaction: [data: ServerEvents["reaction"]];
   pin: [data: ServerEvents["pin"]];
   conversation_updated: [data: ServerEvents["conversation_updated"]];
+  /** The user muted, unmuted, archived or unarchived a conversation, on any device. */
+  conversation_settings: [data: ServerEvents["conversation_settings"]];
   /** A `reauth` was accepted: the connection now lives until `expires_at`. */
   reauthed: [data: ServerEvents["reauthed"]];
   /** The connection is ready (after every reconnect too). */
@@ -427,6 +429,7 @@ export class ChatSocket extends Emitter<SocketEvents> {
       case "reaction":
       case "pin":
       case "conversation_updated":
+      case "conversation_settings":
         return (this.emit as (t: string, d: unknown) => void)(frame.type, frame.data);
       default:
         return; // pong, and types newer than this client

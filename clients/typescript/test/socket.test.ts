@@ -6,6 +6,7 @@ import {
   unwrap,
   type ChatRef,
   type Message,
+  type ServerEvents,
   type WebSocketConstructor,
   type WebSocketLike,
 } from "../src/index.js";
@@ -341,6 +342,34 @@ describe("ChatSocket on the real stack", () => {
     expect(a.state).toBe("open");
     expect(a.pending).toEqual([]);
   });
+
+  it("hears the settings the user changes on another device", async () => {
+    const laptop = await as(aliceOf);
+    const phone = await as(aliceOf);
+    const room = unwrap(await phone.cs.rest.POST("/chat/rooms", { body: { name: `sdk-${crypto.randomUUID().slice(0, 8)}` } }));
+    const a = laptop.cs.connect();
+    cleanup.push(() => a.close());
+    const heard: Array<ServerEvents["conversation_settings"]> = [];
+    a.on("conversation_settings", (d) => heard.push(d));
+    await ready(a);
+    const path = { chat_type: "room" as const, chat_id: room.id };
+    const until = new Date(Date.now() + 3_600_000).toISOString();
+    const muted = await phone.cs.rest.PUT("/chat/conversations/{chat_type}/{chat_id}/notifications", {
+      params: { path },
+      body: { muted: true, until },
+    });
+    expect(muted.response.status).toBe(204);
+    await eventually(() => heard.length === 1);
+    const archived = await phone.cs.rest.PUT("/chat/conversations/{chat_type}/{chat_id}/archive", { params: { path } });
+    expect(archived.response.status).toBe(204);
+    await eventually(() => heard.length === 2);
+    expect(heard.map((d) => [d.notifications_muted, d.archived])).toEqual([
+      [true, false],
+      [true, true],
+    ]);
+    expect(heard[0]).toMatchObject({ chat_type: "room", chat_id: room.id });
+    expect(Date.parse(heard[1]?.notifications_muted_until ?? "")).toBe(Date.parse(until));
+  });
 });
 
 describe("the documents", () => {
@@ -352,7 +381,7 @@ describe("the documents", () => {
     for (const t of ["send_message", "typing", "mark_read", "sync", "reauth", "ping"]) {
       expect(doc.components.messages).toHaveProperty(`client_${t}`);
     }
-    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin", "conversation_updated"]) {
+    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin", "conversation_updated", "conversation_settings"]) {
       expect(doc.components.messages).toHaveProperty(`server_${t}`);
     }
   });

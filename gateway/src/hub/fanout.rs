@@ -70,6 +70,15 @@ struct ConversationUpdatedData<'a> {
 }
 
 #[derive(Serialize)]
+struct ConversationSettingsData {
+    chat_type: ChatType,
+    chat_id: Uuid,
+    notifications_muted: bool,
+    notifications_muted_until: Option<chrono::DateTime<chrono::Utc>>,
+    archived: bool,
+}
+
+#[derive(Serialize)]
 struct ReadData {
     user_id: Uuid,
     chat_type: ChatType,
@@ -358,6 +367,29 @@ impl Hub {
                         },
                         false,
                     );
+                }
+            }
+            Event::ConversationSettings {
+                user_id,
+                chat_type,
+                chat_id,
+                notifications_muted,
+                notifications_muted_until,
+                archived,
+            } => {
+                let data = ConversationSettingsData {
+                    chat_type,
+                    chat_id,
+                    notifications_muted,
+                    notifications_muted_until,
+                    archived,
+                };
+                for conn in self
+                    .receivers(channel, None)
+                    .into_iter()
+                    .filter(|c| c.user == user_id)
+                {
+                    self.send(&conn, "conversation_settings", &data, false);
                 }
             }
             Event::Block {

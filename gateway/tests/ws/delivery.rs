@@ -545,3 +545,78 @@ async fn renames_reach_the_members(db: PgPool) {
         "{frames:?}"
     );
 }
+
+/// A member's own settings (a mute, an archive) reach every connection of theirs, on every
+/// gateway, as `conversation_settings` with both settings as they now are; and no one else's.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn settings_reach_every_device_of_their_user(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    s.send_rest(&alice, &format!("private/{}", bob.id), "hi")
+        .await;
+    let mut phone = s.connect(0, &alice).await;
+    let mut laptop = s.connect(1, &alice).await;
+    let mut b = s.connect(1, &bob).await;
+    let path = format!("/chat/conversations/private/{}", bob.id);
+    let until = "2999-01-01T00:00:00Z";
+    s.rest(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("{path}/notifications"),
+        json!({"muted": true, "until": until}),
+    )
+    .await;
+    let expected = json!({"chat_type": "private", "chat_id": bob.id, "notifications_muted": true,
+                          "notifications_muted_until": until, "archived": false});
+    for conn in [&mut phone, &mut laptop] {
+        assert_eq!(conn.expect("conversation_settings").await["data"], expected);
+    }
+    s.rest(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("{path}/archive"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        laptop.expect("conversation_settings").await["data"]["archived"],
+        true
+    );
+    s.rest(
+        &alice,
+        reqwest::Method::PUT,
+        &format!("{path}/notifications"),
+        json!({"muted": false}),
+    )
+    .await;
+    s.rest(
+        &alice,
+        reqwest::Method::DELETE,
+        &format!("{path}/archive"),
+        Value::Null,
+    )
+    .await;
+    let frames = phone.drain(Duration::from_millis(400)).await;
+    let settings: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "conversation_settings")
+        .map(|f| &f["data"])
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            &json!({"chat_type": "private", "chat_id": bob.id, "notifications_muted": true,
+                    "notifications_muted_until": until, "archived": true}),
+            &json!({"chat_type": "private", "chat_id": bob.id, "notifications_muted": false,
+                    "notifications_muted_until": null, "archived": true}),
+            &json!({"chat_type": "private", "chat_id": bob.id, "notifications_muted": false,
+                    "notifications_muted_until": null, "archived": false}),
+        ]
+    );
+    let frames = b.drain(Duration::from_millis(200)).await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "conversation_settings"),
+        "{frames:?}"
+    );
+}

@@ -2839,7 +2839,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Archived (an extension): `GET /chat/conversations` shows it `archived` until a message after its latest arrives (anyone's, the caller's too), or until unarchived */
+            /** @description Archived (an extension): `GET /chat/conversations` shows it `archived` until a message after its latest arrives (anyone's, the caller's too), or until unarchived; every connection of the caller gets `conversation_settings` */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -2907,7 +2907,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Not archived (an extension; also when it was not) */
+            /** @description Not archived (an extension; also when it was not); every connection of the caller gets `conversation_settings` */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -2979,7 +2979,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Stored (an extension). Muted, no webhook notification goes to the caller for the conversation's messages, except those that mention the caller by name, until `until` or until unmuted; `GET /chat/conversations` shows it as `notifications_muted` and `notifications_muted_until` */
+            /** @description Stored (an extension). Muted, no webhook notification goes to the caller for the conversation's messages, except those that mention the caller by name, until `until` or until unmuted; `GET /chat/conversations` shows it as `notifications_muted` and `notifications_muted_until`; every connection of the caller gets `conversation_settings` */
             204: {
                 headers: {
                     [name: string]: unknown;
