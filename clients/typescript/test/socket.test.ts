@@ -3,6 +3,7 @@ import { afterEach, beforeAll, describe, expect, it } from "vitest";
 
 import {
   ChatSocket,
+  ChatSphereError,
   unwrap,
   type ChatRef,
   type Message,
@@ -341,6 +342,34 @@ describe("ChatSocket on the real stack", () => {
     });
     expect(a.state).toBe("open");
     expect(a.pending).toEqual([]);
+  });
+
+  it("rejects a send told to wait past what it holds its outbox for, and sends the rest", async () => {
+    // The stack's PRIVATE_CHATS_PER_HOUR (scripts/e2e lowers it): one first message past it is
+    // refused `rate_limited` with the hour's remaining time, longer than the outbox waits.
+    const quota = Number(process.env.PRIVATE_CHATS_PER_HOUR ?? "100");
+    const starter = await signIn(await register("starter"));
+    const peers = await Promise.all(Array.from({ length: quota + 1 }, (_, i) => register(`peer${i}`)));
+    const s = starter.connect();
+    cleanup.push(() => s.close());
+    await ready(s);
+    const to = (p: TestUser): ChatRef => ({ chat_type: "private", chat_id: p.id });
+    for (const p of peers.slice(0, quota)) await s.send(to(p), "hello");
+    const refusedAt = Date.now();
+    const late = s.send(to(peers[quota]!), "one too many");
+    const after = s.send(to(peers[0]!), "still talking");
+    const error = await late.then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(ChatSphereError);
+    const refused = error as ChatSphereError;
+    expect(refused.code).toBe("rate_limited");
+    expect(refused.retryAfterMs).toBeGreaterThan(30_000);
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(3_600_000);
+    expect(Date.now() - refusedAt).toBeLessThan(10_000);
+    expect((await after).content).toBe("still talking");
+    expect(s.pending).toEqual([]);
   });
 
   it("hears the settings the user changes on another device", async () => {
