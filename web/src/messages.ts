@@ -1,0 +1,77 @@
+// One message on screen and what the user can do with it.
+import { ChatSphereError, unwrap, type Message } from "@chatsphere/client";
+import { cs, state } from "./session.js";
+import { h, nameOf, showError, time } from "./dom.js";
+import { replaceMessage } from "./conversation.js";
+
+export function messageItem(m: Message): HTMLLIElement {
+  const mine = m.from_user_id === state.me?.id;
+  const item = h(
+    "li",
+    { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-id": m.id },
+    h("div", { class: "meta" }, h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
+    m.content || m.is_deleted || !m.attachment ? h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content) : null,
+  );
+  if (m.attachment && !m.is_deleted) {
+    const a = m.attachment;
+    item.append(h("div", {}, h("button", { class: "file", "data-testid": "file", onclick: () => void download(a.id, a.filename) }, `${a.filename} (${Math.ceil(a.size / 1024)} KiB)`)));
+  }
+  if (!m.is_deleted) {
+    const reactions = h("div", { class: "reactions" });
+    for (const r of m.reactions ?? []) {
+      reactions.append(h("button", { class: r.me ? "reaction me" : "reaction", onclick: () => void react(m, r.emoji, !r.me) }, `${r.emoji} ${r.count}`));
+    }
+    if (!(m.reactions ?? []).some((r) => r.emoji === "👍")) {
+      reactions.append(h("button", { class: "reaction add", title: "React with 👍", onclick: () => void react(m, "👍", true) }, "+1"));
+    }
+    item.append(reactions);
+    if (mine) {
+      item.append(
+        h(
+          "div",
+          { class: "tools" },
+          h("button", { class: "link", "data-testid": "edit", onclick: () => void edit(m) }, "Edit"),
+          h("button", { class: "link", "data-testid": "delete", onclick: () => void remove(m) }, "Delete"),
+        ),
+      );
+    }
+    item.append(h("div", { class: "tools" }, h("button", { class: "link", "data-testid": "pin", onclick: () => void pin(m) }, "Pin")));
+  }
+  return item;
+}
+
+export async function edit(m: Message): Promise<void> {
+  const content = prompt("Edit message", m.content)?.trim();
+  if (!content || content === m.content) return;
+  try {
+    replaceMessage(unwrap(await cs.rest.PATCH("/chat/messages/{id}", { params: { path: { id: m.id } }, body: { content } })));
+  } catch (e) {
+    showError(e);
+  }
+}
+
+export async function remove(m: Message): Promise<void> {
+  if (!confirm("Delete this message?")) return;
+  const { error } = await cs.rest.DELETE("/chat/messages/{id}", { params: { path: { id: m.id } } });
+  if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+export async function react(m: Message, emoji: string, add: boolean): Promise<void> {
+  const params = { params: { path: { id: m.id, emoji } } };
+  const { error } = add ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params) : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params);
+  if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+export async function pin(m: Message): Promise<void> {
+  const { error } = await cs.rest.PUT("/chat/messages/{id}/pin", { params: { path: { id: m.id } } });
+  if (error) showError(new ChatSphereError(error.code, error.detail));
+}
+
+export async function download(id: string, filename: string): Promise<void> {
+  const { data, error } = await cs.rest.GET("/chat/attachments/{id}", { params: { path: { id } }, parseAs: "blob" });
+  if (error || !(data instanceof Blob)) return showError(new ChatSphereError("not_found", "the file is not available"));
+  const url = URL.createObjectURL(data);
+  const a = h("a", { href: url, download: filename });
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
