@@ -93,7 +93,7 @@ export async function rename(): Promise<void> {
     chat.chat_type === "room"
       ? await cs.rest.PATCH("/chat/rooms/{id}", { params: { path }, body: { name } })
       : await cs.rest.PATCH("/chat/groups/{id}", { params: { path }, body: { name } });
-  if (error) showError(new ChatSphereError(error.code, error.detail));
+  if (error) showError(error);
 }
 
 export function renderMessages(toBottom: boolean): void {
@@ -242,7 +242,7 @@ export async function toggleBlock(userId: string): Promise<void> {
   const params = { params: { path: { user_id: userId } } };
   const blocked = state.blocked.has(userId);
   const { error } = blocked ? await cs.rest.DELETE("/chat/blocks/{user_id}", params) : await cs.rest.PUT("/chat/blocks/{user_id}", params);
-  if (error) return showError(new ChatSphereError(error.code, error.detail));
+  if (error) return showError(error);
   if (blocked) state.blocked.delete(userId);
   else state.blocked.add(userId);
   renderHeader();

@@ -72,7 +72,7 @@ export async function showMembers(): Promise<void> {
         : what === "mute"
           ? await cs.rest.POST("/chat/rooms/{id}/mutes", { params: { path }, body: { user_id: userId, until: new Date(Date.now() + 10 * 60_000).toISOString() } })
           : await cs.rest.POST("/chat/rooms/{id}/bans", { params: { path }, body: { user_id: userId } });
-    if (error) showError(new ChatSphereError(error.code, error.detail));
+    if (error) showError(error);
     else {
       dialog.close();
       dialog.remove();

@@ -38,8 +38,9 @@ export async function learnNames(ids: Iterable<string>): Promise<void> {
   }
 }
 
+/** Shows what went wrong: a thrown error, or the error body of a REST call (`{code, detail}`). */
 export function showError(e: unknown): void {
-  const text = e instanceof ChatSphereError ? e.detail : String(e);
+  const text = e instanceof ChatSphereError || isErrorBody(e) ? e.detail : String(e);
   const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast" }));
   bar.setAttribute("role", "alert");
   bar.classList.remove("ok");
@@ -58,4 +59,8 @@ export function notice(text: string): void {
 
 export function time(iso: string): string {
   return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function isErrorBody(e: unknown): e is { code: string; detail: string } {
+  return typeof e === "object" && e !== null && typeof (e as { detail?: unknown }).detail === "string";
 }

@@ -1,5 +1,5 @@
 // The conversation list, and what starts or changes a conversation from it.
-import { ChatSphereError, chatKey, unwrap, type User } from "@chatsphere/client";
+import { chatKey, unwrap, type User } from "@chatsphere/client";
 import { type Conversation, cs, state } from "./session.js";
 import { h, remember, showError } from "./dom.js";
 import { openConversation, renderHeader } from "./conversation.js";
@@ -98,7 +98,7 @@ export async function toggleArchive(c: Conversation): Promise<void> {
   const params = { params: { path: { chat_type: c.chat_type, chat_id: c.chat_id } } };
   const path = "/chat/conversations/{chat_type}/{chat_id}/archive";
   const { error } = c.archived ? await cs.rest.DELETE(path, params) : await cs.rest.PUT(path, params);
-  if (error) return showError(new ChatSphereError(error.code, error.detail));
+  if (error) return showError(error);
   c.archived = !c.archived;
   renderHeader();
   renderConversations();
@@ -111,7 +111,7 @@ export async function toggleMute(c: Conversation): Promise<void> {
     params: { path: { chat_type: c.chat_type, chat_id: c.chat_id } },
     body: { muted },
   });
-  if (error) return showError(new ChatSphereError(error.code, error.detail));
+  if (error) return showError(error);
   c.notifications_muted = muted;
   c.notifications_muted_until = null;
   renderHeader();

@@ -53,18 +53,18 @@ export async function edit(m: Message): Promise<void> {
 export async function remove(m: Message): Promise<void> {
   if (!confirm("Delete this message?")) return;
   const { error } = await cs.rest.DELETE("/chat/messages/{id}", { params: { path: { id: m.id } } });
-  if (error) showError(new ChatSphereError(error.code, error.detail));
+  if (error) showError(error);
 }
 
 export async function react(m: Message, emoji: string, add: boolean): Promise<void> {
   const params = { params: { path: { id: m.id, emoji } } };
   const { error } = add ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params) : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params);
-  if (error) showError(new ChatSphereError(error.code, error.detail));
+  if (error) showError(error);
 }
 
 export async function pin(m: Message): Promise<void> {
   const { error } = await cs.rest.PUT("/chat/messages/{id}/pin", { params: { path: { id: m.id } } });
-  if (error) showError(new ChatSphereError(error.code, error.detail));
+  if (error) showError(error);
 }
 
 export async function download(id: string, filename: string): Promise<void> {
