@@ -97,9 +97,12 @@ export async function newPrivate(): Promise<void> {
 export async function toggleArchive(c: Conversation): Promise<void> {
   const params = { params: { path: { chat_type: c.chat_type, chat_id: c.chat_id } } };
   const path = "/chat/conversations/{chat_type}/{chat_id}/archive";
-  const { error } = c.archived ? await cs.rest.DELETE(path, params) : await cs.rest.PUT(path, params);
+  // Set, not toggled, once answered: the change's `conversation_settings` event may have set
+  // it already.
+  const archive = !c.archived;
+  const { error } = archive ? await cs.rest.PUT(path, params) : await cs.rest.DELETE(path, params);
   if (error) return showError(error);
-  c.archived = !c.archived;
+  c.archived = archive;
   renderHeader();
   renderConversations();
 }
