@@ -39,7 +39,10 @@ async function newPage() {
 async function person(name) {
   const { page, errors } = await newPage();
   const username = `${name}_${run}`;
-  await page.goto(base);
+  // The page runs under its content security policy: a script or style it blocks would show
+  // as a console error, which fails the run at its end.
+  const csp = (await page.goto(base))?.headers()["content-security-policy"] ?? "";
+  check(csp.includes("script-src 'self'") && csp.includes("frame-ancestors 'none'"), `${name}'s page comes with its content security policy`);
   await page.locator("summary").click();
   await page.fill('input[name="username"]', username);
   await page.fill('input[name="password"]', "wonderland-e2e");
