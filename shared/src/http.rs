@@ -153,18 +153,18 @@ mod tests {
 
     use axum::{routing::post, Router};
     use serde_json::Value;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
-    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::{finish, EdgeConfig};
-    use crate::extract::ApiJson;
+    use crate::{
+        extract::ApiJson,
+        server::tests::{read_to_close, sent, serving},
+    };
+
+    const HEAD: &[u8] = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n";
 
     /// A service echoing a JSON body back, through [`finish`] with a one-second pause limit.
     async fn echo() -> io::Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let router = finish(
             Router::new().route(
                 "/echo",
@@ -176,38 +176,16 @@ mod tests {
                 body_timeout: Duration::from_secs(1),
             },
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::server::serve_until(
-            listener,
-            router,
-            Duration::from_secs(10),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok((addr, stop))
-    }
-
-    const HEAD: &[u8] = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n";
-
-    /// What the server sent until it closed the connection; `None` if still open after 5 s.
-    async fn until_closed(stream: &mut TcpStream) -> Option<String> {
-        let mut all = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
-            .await
-            .ok()?
-            .ok()?;
-        Some(String::from_utf8_lossy(&all).into_owned())
+        serving(router, Duration::from_secs(10)).await
     }
 
     #[tokio::test]
     async fn a_body_that_stops_arriving_is_answered_408_and_its_connection_closed() -> io::Result<()>
     {
         let (addr, _stop) = echo().await?;
-        let mut stalled = TcpStream::connect(addr).await?;
-        stalled.write_all(HEAD).await?;
+        let mut stalled = sent(addr, HEAD).await?;
         stalled.write_all(b"{\"a\":").await?;
-        let answer = until_closed(&mut stalled).await;
+        let answer = read_to_close(&mut stalled).await;
         let answer = answer.unwrap_or_else(|| panic!("still open 5 s after the body stopped"));
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
@@ -217,8 +195,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_body_that_keeps_coming_is_read_whole() -> io::Result<()> {
         let (addr, _stop) = echo().await?;
-        let mut slow = TcpStream::connect(addr).await?;
-        slow.write_all(HEAD).await?;
+        let mut slow = sent(addr, HEAD).await?;
         // 13 bytes over about 2.4 s: longer than the pause limit in all, never paused as long.
         for piece in [&b"{\"a\":"[..], b" [1,", b" 2]", b"}"] {
             tokio::time::sleep(Duration::from_millis(600)).await;

@@ -126,7 +126,7 @@ fn without_delay(stream: &TcpStream) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{io, net::SocketAddr, time::Duration};
 
     use axum::{extract::ConnectInfo, routing::get, Router};
@@ -135,20 +135,19 @@ mod tests {
         net::{TcpListener, TcpStream},
     };
 
-    /// A server on a free port with a one-second header timeout; stops when the sender sends
-    /// or drops.
-    async fn server() -> io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    /// Serves `router` on a free port with `header_timeout`; stops when the sender sends or
+    /// drops. Also for other modules' tests of the edge.
+    pub(crate) async fn serving(
+        router: Router,
+        header_timeout: Duration,
+    ) -> io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let router = Router::new().route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(super::serve_until(
             listener,
             router,
-            Duration::from_secs(1),
+            header_timeout,
             async move {
                 let _ = stopped.await;
             },
@@ -156,15 +155,24 @@ mod tests {
         Ok((addr, stop))
     }
 
+    /// A server answering `/peer` with the client's address, with a one-second header timeout.
+    async fn server() -> io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+        let router = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        serving(router, Duration::from_secs(1)).await
+    }
+
     /// A connection to `addr` that has sent `request` (whole or not).
-    async fn sent(addr: SocketAddr, request: &[u8]) -> io::Result<TcpStream> {
+    pub(crate) async fn sent(addr: SocketAddr, request: &[u8]) -> io::Result<TcpStream> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(request).await?;
         Ok(stream)
     }
 
     /// Reads until the server closes the connection; `None` if it is still open after 5 s.
-    async fn read_to_close(stream: &mut TcpStream) -> Option<String> {
+    pub(crate) async fn read_to_close(stream: &mut TcpStream) -> Option<String> {
         let mut all = Vec::new();
         match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await {
             Ok(_) => Some(String::from_utf8_lossy(&all).into_owned()),
