@@ -40,19 +40,19 @@ export async function learnNames(ids: Iterable<string>): Promise<void> {
 
 /** Shows what went wrong: a thrown error, or the error body of a REST call (`{code, detail}`). */
 export function showError(e: unknown): void {
-  const text = e instanceof ChatSphereError || isErrorBody(e) ? e.detail : String(e);
-  const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast" }));
-  bar.setAttribute("role", "alert");
-  bar.classList.remove("ok");
-  bar.textContent = text;
-  setTimeout(() => bar.remove(), 5000);
+  toast(e instanceof ChatSphereError || isErrorBody(e) ? e.detail : String(e), "alert");
 }
 
 /** A passing message that is not an error. */
 export function notice(text: string): void {
+  toast(text, "status");
+}
+
+/** The bar at the foot of the screen, for five seconds: an error (`alert`) or a notice. */
+function toast(text: string, role: "alert" | "status"): void {
   const bar = document.querySelector("#toast") ?? document.body.appendChild(h("div", { id: "toast" }));
-  bar.setAttribute("role", "status");
-  bar.classList.add("ok");
+  bar.setAttribute("role", role);
+  bar.classList.toggle("ok", role === "status");
   bar.textContent = text;
   setTimeout(() => bar.remove(), 5000);
 }
