@@ -305,6 +305,24 @@ try {
   await secondsGroup.getByTestId("muted").waitFor();
   await second.page.getByTestId("mute").filter({ hasText: "Unmute" }).waitFor();
   check(true, "Alice mutes the group in one browser; her other browser shows it at once");
+  // Reads follow the user too: with the group open in her first browser only, a message Bob
+  // sends there is read at once, and her second browser, once it has the message (its list
+  // entry's tooltip shows the last one), counts it read as well.
+  await second.page.locator(`li[data-chat^="private:"]`).filter({ hasText: bob.username }).locator("button").click();
+  await second.page.getByTestId("chat-title").filter({ hasText: bob.username }).waitFor();
+  await bob.page.locator(`li[data-chat="group:${groupId}"]`).locator("button").click();
+  await bob.page.getByTestId("compose").fill("read this anywhere");
+  await bob.page.getByTestId("send").click();
+  await alice.page.getByTestId("messages").getByText("read this anywhere").waitFor();
+  await second.page.waitForFunction(
+    (key) => {
+      const item = document.querySelector(`li[data-chat="${key}"]`);
+      const button = item?.querySelector("button");
+      return button?.title.endsWith(": read this anywhere") === true && item?.querySelector('[data-testid="unread"]') === null;
+    },
+    `group:${groupId}`,
+  );
+  check(true, "a message Alice reads in one browser is not unread in her other one");
   await alice.page.getByTestId("change-password").click();
   await alice.page.fill('input[name="current"]', "wonderland-e2e");
   await alice.page.fill('input[name="next"]', "looking-glass-e2e");

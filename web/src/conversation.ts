@@ -160,7 +160,11 @@ export function markRead(): void {
   if (!state.open || !last || document.hidden) return;
   state.socket?.markRead(state.open, last.seq);
   const c = state.conversations.find((x) => chatKey(x) === chatKey(state.open!));
-  if (c) c.unread_count = 0;
+  if (c) {
+    c.unread_count = 0;
+    c.mention_count = 0;
+    c.last_read_seq = Math.max(c.last_read_seq, last.seq);
+  }
 }
 
 export function onMessage(m: Message, chat: ChatRef): void {

@@ -1,7 +1,7 @@
 // The conversation list, and what starts or changes a conversation from it.
 import { chatKey, unwrap, type User } from "@chatsphere/client";
 import { type Conversation, cs, state } from "./session.js";
-import { h, remember, showError } from "./dom.js";
+import { h, nameOf, remember, showError } from "./dom.js";
 import { openConversation, renderHeader } from "./conversation.js";
 
 export async function refreshConversations(): Promise<void> {
@@ -27,7 +27,7 @@ export function renderConversations(): void {
         { class: open ? "open" : "", "data-chat": chatKey(c) },
         h(
           "button",
-          { onclick: () => void openConversation({ chat_type: c.chat_type, chat_id: c.chat_id, name: c.name }) },
+          { title: preview(c), onclick: () => void openConversation({ chat_type: c.chat_type, chat_id: c.chat_id, name: c.name }) },
           h("span", { class: `kind ${c.chat_type}` }, c.chat_type === "room" ? "#" : c.chat_type === "group" ? "◆" : online ? "●" : "○"),
           h("span", { class: "name" }, c.name),
           c.notifications_muted && h("span", { class: "muted", title: "Notifications muted", "data-testid": "muted" }, "🔕"),
@@ -47,6 +47,14 @@ export function renderConversations(): void {
         )
       : "",
   );
+}
+
+/** The conversation's last message, as its entry's tooltip shows it. */
+function preview(c: Conversation): string {
+  const m = c.last_message;
+  if (!m) return c.name;
+  const what = m.is_deleted ? "message deleted" : m.content || m.attachment?.filename || "";
+  return `${nameOf(m.from_user_id)}: ${what}`;
 }
 
 export async function newRoom(): Promise<void> {

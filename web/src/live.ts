@@ -37,6 +37,17 @@ export function listen(socket: ChatSocket): void {
     setTimeout(renderTyping, 4100);
   });
   socket.on("read", (d) => {
+    if (d.user_id === state.me?.id) {
+      // Read on another device of the user's: what is left unread here goes by it.
+      const c = state.conversations.find((x) => chatKey(x) === chatKey(d));
+      if (c && d.seq > c.last_read_seq) {
+        c.last_read_seq = d.seq;
+        c.unread_count = Math.max(0, (c.last_message?.seq ?? 0) - d.seq);
+        if (c.unread_count === 0) c.mention_count = 0;
+        renderConversations();
+      }
+      return;
+    }
     if (state.open && chatKey(d) === chatKey(state.open) && d.user_id !== state.me?.id) {
       state.reads.set(d.user_id, Math.max(d.seq, state.reads.get(d.user_id) ?? 0));
       renderSeen();
