@@ -323,6 +323,22 @@ try {
     `group:${groupId}`,
   );
   check(true, "a message Alice reads in one browser is not unread in her other one");
+
+  // Mentions: away from the group in both browsers, Alice sees it marked when Bob names her
+  // there; opening it shows the message marked, and both browsers drop the mark.
+  await alice.page.locator(`li[data-chat^="private:"]`).filter({ hasText: bob.username }).locator("button").click();
+  await alice.page.getByTestId("chat-title").filter({ hasText: bob.username }).waitFor();
+  await bob.page.getByTestId("compose").fill(`@${alice.username} a word for you`);
+  await bob.page.getByTestId("send").click();
+  const alicesGroup = alice.page.locator(`li[data-chat="group:${groupId}"]`);
+  await alicesGroup.getByTestId("mentioned").waitFor();
+  await secondsGroup.getByTestId("mentioned").waitFor();
+  check(true, "Bob names Alice in the group: both her browsers mark it");
+  await alicesGroup.locator("button").click();
+  await alice.page.locator("#messages li.mentions-me").filter({ hasText: "a word for you" }).waitFor();
+  await alicesGroup.getByTestId("mentioned").waitFor({ state: "detached" });
+  await secondsGroup.getByTestId("mentioned").waitFor({ state: "detached" });
+  check(true, "opening it shows the message marked, and both browsers drop the mark");
   await alice.page.getByTestId("change-password").click();
   await alice.page.fill('input[name="current"]', "wonderland-e2e");
   await alice.page.fill('input[name="next"]', "looking-glass-e2e");

@@ -3,7 +3,7 @@ import { ChatSphereError, chatKey, unwrap, type ChatRef, type Message } from "@c
 import { cs, state } from "./session.js";
 import { h, learnNames, nameOf, remember, showError, time } from "./dom.js";
 import { refreshConversations, renderConversations, toggleArchive, toggleMute } from "./list.js";
-import { messageItem } from "./messages.js";
+import { mentionsMe, messageItem } from "./messages.js";
 import { showMembers, showPins } from "./dialogs.js";
 
 export async function openConversation(chat: ChatRef & { name: string }): Promise<void> {
@@ -188,7 +188,10 @@ export function onMessage(m: Message, chat: ChatRef): void {
   }
   c.last_message = m;
   c.archived = false; // news brings an archived conversation back, as the server has it
-  if (!open && m.from_user_id !== state.me?.id) c.unread_count += 1;
+  if (!open && m.from_user_id !== state.me?.id) {
+    c.unread_count += 1;
+    if (mentionsMe(m)) c.mention_count += 1;
+  }
   state.conversations = [c, ...state.conversations.filter((x) => x !== c)];
   renderConversations();
 }

@@ -31,6 +31,7 @@ export function renderConversations(): void {
           h("span", { class: `kind ${c.chat_type}` }, c.chat_type === "room" ? "#" : c.chat_type === "group" ? "◆" : online ? "●" : "○"),
           h("span", { class: "name" }, c.name),
           c.notifications_muted && h("span", { class: "muted", title: "Notifications muted", "data-testid": "muted" }, "🔕"),
+          c.mention_count > 0 && h("span", { class: "badge mention", title: "You were mentioned", "data-testid": "mentioned" }, "@"),
           c.unread_count > 0 && h("span", { class: "badge", "data-testid": "unread" }, String(c.unread_count)),
         ),
       );

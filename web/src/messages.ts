@@ -6,9 +6,10 @@ import { replaceMessage } from "./conversation.js";
 
 export function messageItem(m: Message): HTMLLIElement {
   const mine = m.from_user_id === state.me?.id;
+  const classes = [mine ? "mine" : "", !mine && mentionsMe(m) ? "mentions-me" : ""].filter(Boolean).join(" ");
   const item = h(
     "li",
-    { class: mine ? "mine" : "", "data-seq": String(m.seq), "data-id": m.id },
+    { class: classes, "data-seq": String(m.seq), "data-id": m.id },
     h("div", { class: "meta" }, h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
     m.content || m.is_deleted || !m.attachment ? h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content) : null,
   );
@@ -74,4 +75,9 @@ export async function download(id: string, filename: string): Promise<void> {
   const a = h("a", { href: url, download: filename });
   a.click();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/** Whether `m` names the user (`@username`, or `@room` / `@group`). */
+export function mentionsMe(m: Message): boolean {
+  return m.mentions_all === true || (state.me !== null && (m.mentions ?? []).includes(state.me.id));
 }
