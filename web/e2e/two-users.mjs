@@ -142,6 +142,24 @@ try {
   await alicesReply.locator(".reaction.add").click();
   await alice.page.locator("#messages li").filter({ hasText: "hi Bob, welcome" }).locator(".reaction").filter({ hasText: "👍 1" }).waitFor();
   check(true, "Alice sees Bob's reaction");
+  // A reply: Bob answers Alice's message; Alice sees his answer quote it, and it is stored as
+  // an answer to it.
+  await alicesReply.hover();
+  await alicesReply.getByTestId("reply").click();
+  await bob.page.getByTestId("replying").filter({ hasText: "hi Bob, welcome" }).waitFor();
+  await bob.page.getByTestId("compose").fill("count me in");
+  await bob.page.getByTestId("send").click();
+  const answer = alice.page.locator("#messages li").filter({ hasText: "count me in" });
+  await answer.getByTestId("quote").filter({ hasText: `${alice.username}: hi Bob, welcome` }).waitFor();
+  check((await bob.page.getByTestId("replying").isHidden()) === true, "Bob's composer is no longer replying once sent");
+  const answered = await alice.page.evaluate(async (text) => {
+    const token = JSON.parse(localStorage.getItem("chatsphere.tokens")).access_token;
+    const rooms = await (await fetch("/chat/conversations", { headers: { authorization: `Bearer ${token}` } })).json();
+    const room = rooms.find((c) => c.last_message?.content === text);
+    return room?.last_message?.reply_to_id ?? null;
+  }, "count me in");
+  const original = await alice.page.locator("#messages li").filter({ hasText: "hi Bob, welcome" }).first().getAttribute("data-id");
+  check(answered !== null && answered === original, "Bob's answer is stored as a reply to Alice's message");
   if (shots) await alice.page.screenshot({ path: `${shots}/app-room.png` });
 
   // Moderation: Alice, the room's owner, mutes Bob from the member list; both see it happen,

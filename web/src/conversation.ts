@@ -8,6 +8,7 @@ import { showMembers, showPins } from "./dialogs.js";
 
 export async function openConversation(chat: ChatRef & { name: string }): Promise<void> {
   state.open = chat;
+  answering(null);
   state.messages = [];
   state.reads.clear();
   const page = unwrap(
@@ -201,12 +202,38 @@ export async function sendCurrent(): Promise<void> {
   const content = input.value.trim();
   if (!content || !state.open || !state.socket) return;
   input.value = "";
+  const replyTo = state.replyTo;
+  answering(null);
   try {
-    await state.socket.send(state.open, content);
+    await state.socket.send(state.open, content, replyTo ? { reply_to_id: replyTo.id } : {});
     if (!state.conversations.some((c) => state.open && chatKey(c) === chatKey(state.open))) await refreshConversations();
   } catch (e) {
     showError(e);
   }
+}
+
+/** Makes the next send an answer to `m` (or to nothing), shown above the composer. */
+export function answering(m: Message | null): void {
+  state.replyTo = m;
+  const bar = document.querySelector<HTMLDivElement>("#replying");
+  if (!bar) return;
+  bar.hidden = m === null;
+  bar.replaceChildren(
+    ...(m
+      ? [
+          h("span", {}, `Replying to ${nameOf(m.from_user_id)}: `, h("em", {}, snippet(m))),
+          h("button", { class: "link", title: "Cancel the reply", "data-testid": "cancel-reply", onclick: () => answering(null) }, "×"),
+        ]
+      : []),
+  );
+  if (m) document.querySelector<HTMLInputElement>("#compose")?.focus();
+}
+
+/** A message in a line: its start, or what it holds when it has no text. */
+export function snippet(m: Message): string {
+  if (m.is_deleted) return "message deleted";
+  const text = m.content || m.attachment?.filename || "";
+  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
 }
 
 /** Uploads the chosen file (to the URL the server hands out) and sends it as a message. */

@@ -2,7 +2,7 @@
 import { ChatSphereError, unwrap, type Message } from "@chatsphere/client";
 import { cs, state } from "./session.js";
 import { h, nameOf, showError, time } from "./dom.js";
-import { replaceMessage } from "./conversation.js";
+import { answering, replaceMessage, snippet } from "./conversation.js";
 
 export function messageItem(m: Message): HTMLLIElement {
   const mine = m.from_user_id === state.me?.id;
@@ -11,6 +11,7 @@ export function messageItem(m: Message): HTMLLIElement {
     "li",
     { class: classes, "data-seq": String(m.seq), "data-id": m.id },
     h("div", { class: "meta" }, h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
+    m.reply_to_id && !m.is_deleted ? quote(m.reply_to_id) : null,
     m.content || m.is_deleted || !m.attachment ? h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content) : null,
   );
   if (m.attachment && !m.is_deleted) {
@@ -36,7 +37,14 @@ export function messageItem(m: Message): HTMLLIElement {
         ),
       );
     }
-    item.append(h("div", { class: "tools" }, h("button", { class: "link", "data-testid": "pin", onclick: () => void pin(m) }, "Pin")));
+    item.append(
+      h(
+        "div",
+        { class: "tools" },
+        h("button", { class: "link", "data-testid": "reply", onclick: () => answering(m) }, "Reply"),
+        h("button", { class: "link", "data-testid": "pin", onclick: () => void pin(m) }, "Pin"),
+      ),
+    );
   }
   return item;
 }
@@ -75,6 +83,15 @@ export async function download(id: string, filename: string): Promise<void> {
   const a = h("a", { href: url, download: filename });
   a.click();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/** The message a reply answers, as a line above it: who wrote what (when it is on screen),
+ *  and a click takes the user there. */
+function quote(id: string): HTMLElement {
+  const original = state.messages.find((x) => x.id === id);
+  const text = original ? `${nameOf(original.from_user_id)}: ${snippet(original)}` : "an earlier message";
+  const jump = () => document.querySelector(`#messages li[data-id="${id}"]`)?.scrollIntoView({ block: "center" });
+  return h("button", { class: "quote link", "data-testid": "quote", onclick: jump }, `↪ ${text}`);
 }
 
 /** Whether `m` names the user (`@username`, or `@room` / `@group`). */

@@ -41,4 +41,6 @@ export const state = {
   blocked: new Set<string>(),
   /** Whether the list shows the archived conversations. */
   showArchived: false,
+  /** The message the next send answers (`reply_to_id`), if the user chose one. */
+  replyTo: null as Message | null,
 };

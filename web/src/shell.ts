@@ -65,6 +65,7 @@ export function renderShell(): void {
         h("ol", { id: "messages", "data-testid": "messages" }),
         h("div", { id: "typing", "data-testid": "typing" }),
         h("div", { id: "seen", "data-testid": "seen" }),
+        h("div", { id: "replying", hidden: true, "data-testid": "replying" }),
         h("form", { id: "composer", hidden: true, onsubmit: (e: Event) => (e.preventDefault(), void sendCurrent()) },
           h("input", { id: "compose", name: "content", placeholder: "Message", autocomplete: "off", maxlength: "4000", "data-testid": "compose", oninput: () => state.open && state.socket?.typing(state.open) }),
           h("label", { class: "attach", title: "Attach a file" }, "Attach", h("input", { type: "file", hidden: true, "data-testid": "attach", onchange: (e: Event) => void attach(e.target as HTMLInputElement) })),
