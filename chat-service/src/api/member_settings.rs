@@ -177,8 +177,16 @@ async fn answer(
         }
         Err(e) => return Err(e.into()),
     }
-    // Read back rather than taken from the request: two devices changing settings at once
-    // each announce both settings as stored, so the last event any device gets is the truth.
+    announce(state, caller.user_id, c).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells every connection of `user` their settings for `c` as stored now. Read back rather than
+/// taken from the request, so an event never claims what a concurrent change undid; should two
+/// devices change settings at the same instant, their events may still arrive in either order,
+/// and the conversation list is the record. A failure to read them back is logged, not
+/// answered: the setting is stored.
+async fn announce(state: &AppState, user: uuid::Uuid, c: &Conversation) {
     let now = sqlx::query!(
         r#"SELECT n.conversation_id IS NOT NULL AS "notifications_muted!",
                   n.until AS notifications_muted_until,
@@ -191,18 +199,24 @@ async fn answer(
                   ON a.conversation_id = c.id AND a.user_id = $2 AND c.last_seq <= a.up_to_seq
            WHERE c.id = $1"#,
         c.id,
-        caller.user_id
+        user
     )
     .fetch_one(&state.db)
-    .await?;
+    .await;
+    let now = match now {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read back a member's settings to announce them");
+            return;
+        }
+    };
     let event = Event::ConversationSettings {
-        user_id: caller.user_id,
+        user_id: user,
         chat_type: c.chat_type,
         chat_id: c.chat_id,
         notifications_muted: now.notifications_muted,
         notifications_muted_until: now.notifications_muted_until,
         archived: now.archived,
     };
-    state.publisher.to_user(caller.user_id, &event).await;
-    Ok(StatusCode::NO_CONTENT)
+    state.publisher.to_user(user, &event).await;
 }
