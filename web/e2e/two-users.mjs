@@ -182,7 +182,8 @@ try {
   await alice.page.getByTestId("send").click();
   const bobsEntry = bob.page.locator(`li[data-chat^="private:"]`).filter({ hasText: alice.username });
   await bobsEntry.getByTestId("unread").filter({ hasText: "1" }).waitFor();
-  check(true, "the private chat appears in Bob's list, one unread");
+  await bobsEntry.getByTestId("preview").filter({ hasText: `${alice.username}: just between us` }).waitFor();
+  check(true, "the private chat appears in Bob's list, one unread, its last message under its name");
   if (shots) await bob.page.screenshot({ path: `${shots}/app-unread.png` });
   await bobsEntry.locator("button").click();
   await bob.page.getByTestId("messages").getByText("just between us").waitFor();

@@ -2,7 +2,7 @@
 import { chatKey, unwrap, type User } from "@chatsphere/client";
 import { type Conversation, cs, state } from "./session.js";
 import { h, nameOf, remember, showError } from "./dom.js";
-import { openConversation, renderHeader } from "./conversation.js";
+import { openConversation, renderHeader, snippet } from "./conversation.js";
 
 export async function refreshConversations(): Promise<void> {
   state.conversations = unwrap(await cs.rest.GET("/chat/conversations"));
@@ -29,7 +29,7 @@ export function renderConversations(): void {
           "button",
           { title: preview(c), onclick: () => void openConversation({ chat_type: c.chat_type, chat_id: c.chat_id, name: c.name }) },
           h("span", { class: `kind ${c.chat_type}` }, c.chat_type === "room" ? "#" : c.chat_type === "group" ? "◆" : online ? "●" : "○"),
-          h("span", { class: "name" }, c.name),
+          h("span", { class: "name" }, c.name, c.last_message ? h("small", { class: "preview", "data-testid": "preview" }, preview(c)) : null),
           c.notifications_muted && h("span", { class: "muted", title: "Notifications muted", "data-testid": "muted" }, "🔕"),
           c.mention_count > 0 && h("span", { class: "badge mention", title: "You were mentioned", "data-testid": "mentioned" }, "@"),
           c.unread_count > 0 && h("span", { class: "badge", "data-testid": "unread" }, String(c.unread_count)),
@@ -50,12 +50,12 @@ export function renderConversations(): void {
   );
 }
 
-/** The conversation's last message, as its entry's tooltip shows it. */
+/** The conversation's last message in a line, under its name and as its tooltip. */
 function preview(c: Conversation): string {
   const m = c.last_message;
   if (!m) return c.name;
-  const what = m.is_deleted ? "message deleted" : m.content || m.attachment?.filename || "";
-  return `${nameOf(m.from_user_id)}: ${what}`;
+  const who = m.from_user_id === state.me?.id ? "You" : nameOf(m.from_user_id);
+  return `${who}: ${snippet(m)}`;
 }
 
 export async function newRoom(): Promise<void> {
