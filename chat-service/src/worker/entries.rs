@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_hold_one_command_or_several() {
+    fn entries_hold_one_command_or_several() -> Result<(), Box<dyn std::error::Error>> {
         let command = SendCommand {
             user_id: Uuid::nil(),
             session_id: "s".into(),
@@ -156,13 +156,14 @@ mod tests {
             attachment_id: None,
             traceparent: None,
         };
-        let one = HashMap::from([(COMMAND_FIELD.to_owned(), encode(&command).unwrap())]);
+        let one = HashMap::from([(COMMAND_FIELD.to_owned(), encode(&command)?)]);
         assert_eq!(decode_entry("1-0", &one), vec![Some(command.clone())]);
         let list = vec![command.clone(), command.clone(), command.clone()];
-        let many = HashMap::from([(BATCH_FIELD.to_owned(), encode(&list).unwrap())]);
+        let many = HashMap::from([(BATCH_FIELD.to_owned(), encode(&list)?)]);
         assert_eq!(decode_entry("2-0", &many).len(), 3);
         let garbage = HashMap::from([(BATCH_FIELD.to_owned(), b"nope".to_vec())]);
         assert_eq!(decode_entry("3-0", &garbage), vec![None]);
         assert_eq!(decode_entry("4-0", &HashMap::new()), vec![None]);
+        Ok(())
     }
 }
