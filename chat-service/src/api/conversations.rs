@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use shared::{
     chat::{ChatType, Message},
     error::ErrorBody,
-    extract::{bounded_int, id_list, ApiQuery},
+    extract::{bounded_int, id_list, ApiPath, ApiQuery},
     jwt::AuthUser,
     ApiError, ApiResult,
 };
@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
+    api::member_of,
     model::{MessageRow, UserSummary},
     AppState,
 };
@@ -124,6 +125,46 @@ pub async fn list(
         // to), each entry with its counts: read whole, it is rated like the other long lists.
         state.list_rate(caller.user_id).await?;
     }
+    summaries(&state, caller.user_id, None, before, limit)
+        .await
+        .map(Json)
+}
+
+/// `GET /chat/conversations/{chat_type}/{chat_id}`
+#[utoipa::path(get, path = "/chat/conversations/{chat_type}/{chat_id}", operation_id = "get_conversation", tag = "conversations", security(("bearer" = [])),
+    params(
+        ("chat_type" = ChatType, Path, description = "room, private or group"),
+        ("chat_id" = Uuid, Path, description = "Room or group id; for private chats the other user's id"),
+    ),
+    responses(
+        (status = 200, description = "One of the caller's conversations, as `GET /chat/conversations` lists it (an extension): for a conversation that appears while connected (a first private message, a group the caller is added to) without reading the whole list", body = ConversationSummary),
+        (status = 403, description = "Not a member (rooms: join first)", body = ErrorBody),
+        (status = 404, description = "No such room or group, or no private chat with that user yet", body = ErrorBody),
+        (status = 422, description = "Invalid `chat_type` or `chat_id`", body = ErrorBody),
+    ))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiPath((chat_type, chat_id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<ConversationSummary>> {
+    let c = member_of(&state, &caller, &chat_type, &chat_id).await?;
+    summaries(&state, caller.user_id, Some(c.id), None, None)
+        .await?
+        .pop()
+        // The membership ended between its check and the read.
+        .map(Json)
+        .ok_or_else(|| ApiError::forbidden("you are not in that conversation"))
+}
+
+/// The list's entries of `user`: every conversation, or `only` the one, most recent activity
+/// first, those `before` a place in the list, at most `limit`.
+async fn summaries(
+    state: &AppState,
+    user: Uuid,
+    only: Option<Uuid>,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: Option<i64>,
+) -> ApiResult<Vec<ConversationSummary>> {
     let (before_time, before_id) = before.unzip();
     // Ties in time (members added in one transaction) are ordered by id, so that a page
     // ends between two conversations, never inside a tie.
@@ -157,12 +198,14 @@ pub async fn list(
            WHERE m.user_id = $1 AND (c.chat_type <> 'PRIVATE' OR c.last_seq > 0)
              AND ($2::timestamptz IS NULL
                   OR (COALESCE(c.last_message_at, m.joined_at), c.id) < ($2, $3::uuid))
+             AND ($5::uuid IS NULL OR c.id = $5)
            ORDER BY 9 DESC, c.id DESC
            LIMIT $4"#,
-        caller.user_id,
+        user,
         before_time,
         before_id,
-        limit
+        limit,
+        only
     )
     .fetch_all(&state.db)
     .await?;
@@ -194,7 +237,7 @@ pub async fn list(
             ChatType::Room => r.room_id,
             ChatType::Group => r.group_id,
             ChatType::Private => {
-                if r.user_low == Some(caller.user_id) {
+                if r.user_low == Some(user) {
                     r.user_high
                 } else {
                     r.user_low
@@ -221,7 +264,7 @@ pub async fn list(
             cursor: Cursor::new(r.updated_at, r.id).encode(),
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// The most users one `GET /chat/online-users?ids=` asks about.

@@ -24,11 +24,7 @@ use shared::{
 };
 use utoipa::ToSchema;
 
-use crate::{
-    api::parse_chat,
-    conversation::{self, Conversation},
-    AppState,
-};
+use crate::{api::member_of, conversation::Conversation, AppState};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NotificationsRequest {
@@ -147,18 +143,6 @@ pub async fn unarchive(
     .execute(&state.db)
     .await;
     answer(&state, &caller, &c, stored).await
-}
-
-/// The caller's conversation at `{chat_type}/{chat_id}`: 422 for a bad path, 403 for a room or
-/// group they are not in, 404 for a private chat not started.
-async fn member_of(
-    state: &AppState,
-    caller: &AuthUser,
-    chat_type: &str,
-    chat_id: &str,
-) -> ApiResult<Conversation> {
-    let (chat_type, chat_id) = parse_chat(chat_type, chat_id)?;
-    conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await
 }
 
 /// 204 once a setting is stored, and the member's connections told the settings as they now

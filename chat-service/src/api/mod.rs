@@ -22,11 +22,11 @@ use axum::{
     Router,
 };
 use shared::docs::{BearerAuth, CommonErrors};
-use shared::{chat::ChatType, ApiError, ApiResult};
+use shared::{chat::ChatType, jwt::AuthUser, ApiError, ApiResult};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::{model::UserSummary, AppState};
+use crate::{conversation::Conversation, model::UserSummary, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -100,6 +100,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/chat/conversations", get(conversations::list))
         .route(
+            "/chat/conversations/{chat_type}/{chat_id}",
+            get(conversations::get_one),
+        )
+        .route(
             "/chat/conversations/{chat_type}/{chat_id}/notifications",
             put(member_settings::set_notifications),
         )
@@ -125,7 +129,7 @@ pub fn router() -> Router<AppState> {
         groups::create, groups::list, groups::get_one, groups::update, groups::add_members, groups::remove_member,
         messages::history, messages::send, messages::edit, messages::delete, messages::mark_read,
         search::search, uploads::create, uploads::download, uploads::thumbnail,
-        conversations::list, conversations::online_users,
+        conversations::list, conversations::get_one, conversations::online_users,
         member_settings::set_notifications, member_settings::archive, member_settings::unarchive,
         pins_blocks::pin, pins_blocks::unpin, pins_blocks::pins,
         pins_blocks::block, pins_blocks::unblock, pins_blocks::blocks,
@@ -174,6 +178,18 @@ pub fn parse_chat(chat_type: &str, chat_id: &str) -> ApiResult<(ChatType, Uuid)>
         (Some(t), Some(id)) => Ok((t, id)),
         _ => Err(ApiError::validation(problems)),
     }
+}
+
+/// The caller's conversation at `{chat_type}/{chat_id}`: 422 for a bad path, 403 for a room or
+/// group they are not in, 404 for a private chat not started.
+pub async fn member_of(
+    state: &AppState,
+    caller: &AuthUser,
+    chat_type: &str,
+    chat_id: &str,
+) -> ApiResult<Conversation> {
+    let (chat_type, chat_id) = parse_chat(chat_type, chat_id)?;
+    crate::conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await
 }
 
 /// Members of a room or group, by username.

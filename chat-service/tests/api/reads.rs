@@ -313,6 +313,115 @@ async fn conversations_page_by_cursor(db: PgPool) {
     }
 }
 
+/// `GET /chat/conversations/{chat_type}/{chat_id}` (an extension) answers one entry of the
+/// list exactly as the list has it, for each kind of conversation and from either side of a
+/// private chat; 403 outside a room or group, 404 for a private chat not started, 422 for a bad
+/// path. It is not rated like the whole list.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn one_conversation_reads_as_the_list_has_it(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let erin = app.user("erin").await;
+    let room = app.room(&alice, "Lobby", &[&bob]).await;
+    let r = app
+        .post(
+            &alice,
+            "/chat/groups",
+            json!({"name": "Pals", "member_ids": [bob.id]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let group = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.send(&alice, &format!("room/{room}"), "hello @bob")
+        .await;
+    app.send(&alice, &format!("private/{}", bob.id), "psst")
+        .await;
+    let r = app
+        .put_json(
+            &bob,
+            &format!("/chat/conversations/group/{group}/notifications"),
+            json!({"muted": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let list: Vec<Value> = app
+        .get(&bob, "/chat/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 3);
+    for entry in &list {
+        let path = format!(
+            "/chat/conversations/{}/{}",
+            entry["chat_type"].as_str().unwrap(),
+            entry["chat_id"].as_str().unwrap()
+        );
+        let r = app.get(&bob, &path).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(&r.json::<Value>().await.unwrap(), entry, "{path}");
+    }
+    let private = find(&list, "private", &alice.id.to_string());
+    assert_eq!(private["unread_count"], 1);
+    assert_eq!(find(&list, "room", &room.to_string())["mention_count"], 1);
+    assert_eq!(find(&list, "group", &group)["notifications_muted"], true);
+    // Alice's side of the private chat is named by Bob's id, and read.
+    let r = app
+        .get(&alice, &format!("/chat/conversations/private/{}", bob.id))
+        .await;
+    let mine = r.json::<Value>().await.unwrap();
+    assert_eq!(mine["chat_id"], bob.id.to_string());
+    assert_eq!(mine["unread_count"], 0);
+    assert_eq!(mine["last_message"]["id"], private["last_message"]["id"]);
+
+    for (path, status, code) in [
+        (
+            format!("/chat/conversations/room/{room}"),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            format!("/chat/conversations/group/{group}"),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            format!("/chat/conversations/private/{}", bob.id),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/chat/conversations/private/{}", uuid::Uuid::new_v4()),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/chat/conversations/channel/{room}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        ),
+        (
+            "/chat/conversations/room/nope".to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+        ),
+    ] {
+        assert_error(app.get(&erin, &path).await, status, code).await;
+    }
+    // Many single reads in a row are answered (the whole list is rated at bursts of 20).
+    for _ in 0..30 {
+        let r = app
+            .get(&bob, &format!("/chat/conversations/room/{room}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
 /// A member archives a conversation (an extension): the list shows it `archived` until a
 /// message after its latest arrives, whoever sends it, or until unarchived; leaving drops it;
 /// only members may.

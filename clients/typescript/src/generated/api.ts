@@ -347,6 +347,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/chat/conversations/{chat_type}/{chat_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GET /chat/conversations/{chat_type}/{chat_id} */
+        get: operations["get_conversation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/chat/conversations/{chat_type}/{chat_id}/archive": {
         parameters: {
             query?: never;
@@ -2807,6 +2824,76 @@ export interface operations {
             };
             /** @description `rate_limited`: read whole (without `limit`) more often than `LIST_RATE_PER_SECOND` (2 a second, bursts of 20, per user, shared with the other long lists); see Retry-After. Pages are not counted */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_conversation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description room, private or group */
+                chat_type: components["schemas"]["ChatType"];
+                /** @description Room or group id; for private chats the other user's id */
+                chat_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One of the caller's conversations, as `GET /chat/conversations` lists it (an extension): for a conversation that appears while connected (a first private message, a group the caller is added to) without reading the whole list */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationSummary"];
+                };
+            };
+            /** @description No valid access token (`invalid_token`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not a member (rooms: join first) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such room or group, or no private chat with that user yet */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid `chat_type` or `chat_id` */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
