@@ -2,7 +2,7 @@
 import { ChatSphereError, chatKey, unwrap, type ChatRef, type Message } from "@chatsphere/client";
 import { cs, state } from "./session.js";
 import { h, learnNames, nameOf, remember, showError, time } from "./dom.js";
-import { refreshConversations, renderConversations, toggleArchive, toggleMute } from "./list.js";
+import { refreshConversation, renderConversations, toggleArchive, toggleMute } from "./list.js";
 import { mentionsMe, messageItem } from "./messages.js";
 import { showMembers, showPins } from "./dialogs.js";
 
@@ -184,7 +184,7 @@ export function onMessage(m: Message, chat: ChatRef): void {
   }
   const c = state.conversations.find((x) => chatKey(x) === chatKey(chat));
   if (!c) {
-    void refreshConversations();
+    void refreshConversation(chat).catch(showError);
     return;
   }
   c.last_message = m;
@@ -200,13 +200,14 @@ export function onMessage(m: Message, chat: ChatRef): void {
 export async function sendCurrent(): Promise<void> {
   const input = document.querySelector<HTMLInputElement>("#compose")!;
   const content = input.value.trim();
-  if (!content || !state.open || !state.socket) return;
+  const open = state.open;
+  if (!content || !open || !state.socket) return;
   input.value = "";
   const replyTo = state.replyTo;
   answering(null);
   try {
-    await state.socket.send(state.open, content, replyTo ? { reply_to_id: replyTo.id } : {});
-    if (!state.conversations.some((c) => state.open && chatKey(c) === chatKey(state.open))) await refreshConversations();
+    await state.socket.send(open, content, replyTo ? { reply_to_id: replyTo.id } : {});
+    if (!state.conversations.some((c) => chatKey(c) === chatKey(open))) await refreshConversation(open);
   } catch (e) {
     showError(e);
   }

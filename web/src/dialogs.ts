@@ -3,7 +3,7 @@
 import { ChatSphereError, chatKey, chatOf, unwrap, type User } from "@chatsphere/client";
 import { cs, type Room, state } from "./session.js";
 import { h, nameOf, notice, remember, showError } from "./dom.js";
-import { refreshConversations } from "./list.js";
+import { refreshConversation } from "./list.js";
 import { openConversation } from "./conversation.js";
 
 /** Public rooms, 50 at a time by name, filtered by the start of their name. */
@@ -27,7 +27,7 @@ export async function browseRooms(): Promise<void> {
               if (!r.is_member) unwrap(await cs.rest.POST("/chat/rooms/{id}/join", { params: { path: { id: r.id } } }));
               dialog.close();
               dialog.remove();
-              await refreshConversations();
+              await refreshConversation({ chat_type: "room", chat_id: r.id });
               await openConversation({ chat_type: "room", chat_id: r.id, name: r.name });
             } catch (e) {
               showError(e);

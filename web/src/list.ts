@@ -1,5 +1,5 @@
 // The conversation list, and what starts or changes a conversation from it.
-import { chatKey, unwrap, type User } from "@chatsphere/client";
+import { chatKey, unwrap, type ChatRef, type User } from "@chatsphere/client";
 import { type Conversation, cs, state } from "./session.js";
 import { h, nameOf, remember, showError } from "./dom.js";
 import { openConversation, renderHeader, snippet } from "./conversation.js";
@@ -10,6 +10,28 @@ export async function refreshConversations(): Promise<void> {
   renderConversations();
   // The open conversation may have just become one of the user's (a first private message, a
   // room joined): its header gains the controls of their own conversations.
+  renderHeader();
+}
+
+/**
+ * Reads one conversation of the user's into the list, as it now stands (one that appeared — a
+ * first private message, a room joined, a group the user was added to — or changed); one the user
+ * is no longer in leaves the list. Cheaper than reading the whole list, which is rated.
+ */
+export async function refreshConversation(chat: ChatRef): Promise<void> {
+  const path = { chat_type: chat.chat_type, chat_id: chat.chat_id };
+  const result = await cs.rest.GET("/chat/conversations/{chat_type}/{chat_id}", { params: { path } });
+  const others = state.conversations.filter((c) => chatKey(c) !== chatKey(chat));
+  if (result.response.status === 403 || result.response.status === 404) {
+    state.conversations = others;
+  } else {
+    const c = unwrap(result);
+    state.socket?.track(c, c.last_message?.seq ?? 0);
+    // Its place in the list: most recent activity first.
+    const at = others.findIndex((x) => Date.parse(x.updated_at) < Date.parse(c.updated_at));
+    state.conversations = at < 0 ? [...others, c] : [...others.slice(0, at), c, ...others.slice(at)];
+  }
+  renderConversations();
   renderHeader();
 }
 
@@ -63,7 +85,7 @@ export async function newRoom(): Promise<void> {
   if (!name) return;
   try {
     const room = unwrap(await cs.rest.POST("/chat/rooms", { body: { name } }));
-    await refreshConversations();
+    await refreshConversation({ chat_type: "room", chat_id: room.id });
     await openConversation({ chat_type: "room", chat_id: room.id, name: room.name });
   } catch (e) {
     showError(e);
@@ -83,7 +105,7 @@ export async function newGroup(): Promise<void> {
   try {
     const members = (await Promise.all(names.map(findUser))).filter((u): u is User => u !== null);
     const group = unwrap(await cs.rest.POST("/chat/groups", { body: { name, member_ids: members.map((u) => u.id) } }));
-    await refreshConversations();
+    await refreshConversation({ chat_type: "group", chat_id: group.id });
     await openConversation({ chat_type: "group", chat_id: group.id, name: group.name });
   } catch (e) {
     showError(e);

@@ -3,7 +3,7 @@ import { chatKey, type ChatSocket } from "@chatsphere/client";
 import { cs, state, TOKENS } from "./session.js";
 import { learnNames, nameOf } from "./dom.js";
 import { renderLogin } from "./login.js";
-import { refreshConversations, renderConversations } from "./list.js";
+import { refreshConversation, renderConversations } from "./list.js";
 import {
   membershipText,
   note,
@@ -67,7 +67,7 @@ export function listen(socket: ChatSocket): void {
     if (open && state.open === open) note(membershipText(d));
     // The list changes only when the change is the user's own (joined, added, removed, …):
     // others coming and going in a large room would otherwise reload it on every event.
-    if (d.user_id === state.me?.id) await refreshConversations();
+    if (d.user_id === state.me?.id) await refreshConversation(d);
   });
   socket.on("conversation_updated", (d) => {
     const c = state.conversations.find((x) => chatKey(x) === chatKey(d));
