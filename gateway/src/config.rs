@@ -110,7 +110,7 @@ impl GatewayConfig {
             jwt: JwtConfig::from_env()?,
             allowed_origins: config::allowed_origins()?,
             debug: config::debug()?,
-            chat_service_url: config::string("CHAT_SERVICE_URL", "http://127.0.0.1:8002")?,
+            chat_service_url: config::http_url("CHAT_SERVICE_URL", "http://127.0.0.1:8002")?,
             heartbeat_interval: Duration::from_millis(config::parsed(
                 "HEARTBEAT_INTERVAL_MS",
                 25_000,
@@ -161,14 +161,6 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(grace),
             shutdown_spread: Duration::from_secs(spread.min(grace.saturating_sub(2))),
         };
-        if !(c.chat_service_url.starts_with("http://")
-            || c.chat_service_url.starts_with("https://"))
-        {
-            return Err(ConfigError::new(
-                "CHAT_SERVICE_URL",
-                "is invalid: expected an http(s) URL",
-            ));
-        }
         for (name, v) in [
             (
                 "HEARTBEAT_INTERVAL_MS",

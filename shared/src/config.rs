@@ -78,6 +78,19 @@ pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
     }
 }
 
+/// An http(s) URL setting with a default: anything else stops the process at start.
+pub fn http_url(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let url = string(name, default)?;
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url)
+    } else {
+        Err(ConfigError::new(
+            name,
+            "is invalid: expected an http(s) URL",
+        ))
+    }
+}
+
 /// A string setting with a default.
 pub fn string(name: &'static str, default: &str) -> Result<String, ConfigError> {
     Ok(raw(name)?.unwrap_or_else(|| default.to_owned()))
