@@ -1,12 +1,10 @@
 //! Rows as Postgres returns them, and their API shapes.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use shared::{
     chat::{Attachment, ChatType, Message, MessageType},
     ApiError,
 };
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A row of `messages`.
@@ -74,14 +72,4 @@ pub fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>, ApiError> {
     rows.into_iter().map(Message::try_from).collect()
 }
 
-/// A user as other users see it (the contract's user object, without email).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct UserSummary {
-    pub id: Uuid,
-    pub username: String,
-    pub display_name: String,
-    pub avatar_url: Option<String>,
-    pub is_active: bool,
-    pub created_at: DateTime<Utc>,
-    pub last_seen: Option<DateTime<Utc>>,
-}
+pub use shared::chat::UserSummary;

@@ -142,6 +142,19 @@ impl Attachment {
     }
 }
 
+/// A user as other users see it (the contract's user object, without email): in member and
+/// online lists, and in `user_updated` events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 /// An uploaded file attached to a message. Download it at `GET /chat/attachments/{id}` (and
 /// an image's thumbnail at `.../thumbnail`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
