@@ -612,8 +612,9 @@ pub struct UpdateMeRequest {
 /// `PATCH /auth/me`
 #[utoipa::path(patch, path = "/auth/me", tag = "auth", security(("bearer" = [])), request_body = UpdateMeRequest,
     responses(
-        (status = 200, description = "The updated caller", body = UserBody),
+        (status = 200, description = "The updated caller. Everyone in a room, group or private chat with the caller, and the caller's other connections, get `user_updated` (an extension)", body = UserBody),
         (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: more than `PROFILE_UPDATES_PER_HOUR` (20) changes of the display name or avatar in an hour; see Retry-After", body = ErrorBody),
     ))]
 async fn update_me(
     State(state): State<AppState>,
@@ -642,7 +643,12 @@ async fn update_me(
         }
     };
     problems.finish()?;
-    active_user(&state, caller).await?;
+    let current = active_user(&state, caller).await?;
+    if display_name.is_none() && avatar_url.is_none() {
+        // Nothing to change: nothing counted, nothing announced.
+        return Ok(Json(current.own()));
+    }
+    profile_quota(&state, caller.user_id).await?;
     let user = users::update_profile(
         &state.db,
         caller.user_id,
@@ -653,7 +659,21 @@ async fn update_me(
     )
     .await?
     .ok_or_else(|| ApiError::unauthorized("account_disabled", "the account is deactivated"))?;
+    state.announcer.changed(caller.user_id);
     Ok(Json(user.own()))
+}
+
+/// Counts a change of `user`'s display name or avatar against `PROFILE_UPDATES_PER_HOUR`: each
+/// is announced to every conversation the user is in.
+pub async fn profile_quota(state: &AppState, user: uuid::Uuid) -> ApiResult<()> {
+    shared::limits::quota(
+        &state.redis,
+        state.keys().quota("profile", &user.to_string()),
+        state.config.profile_updates_per_hour,
+        3600,
+        "too many profile changes; try again later",
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -37,8 +37,9 @@ fn unusable(detail: impl Into<String>) -> ApiError {
 /// `PUT /auth/me/avatar`
 #[utoipa::path(put, path = "/auth/me/avatar", tag = "auth", security(("bearer" = [])), request_body = AvatarRequest,
     responses(
-        (status = 200, description = "The caller, `avatar_url` pointing at the resized copy (at most 256 pixels a side)", body = UserBody),
+        (status = 200, description = "The caller, `avatar_url` pointing at the resized copy (at most 256 pixels a side); others who share a conversation with the caller get `user_updated`, as after `PATCH /auth/me`", body = UserBody),
         (status = 422, description = "Not an image upload of the caller's, used already, expired, or the stored file is not as declared", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: past `PROFILE_UPDATES_PER_HOUR`, shared with `PATCH /auth/me`; see Retry-After", body = ErrorBody),
         (status = 503, description = "Object storage unavailable", body = ErrorBody),
     ))]
 pub async fn set_avatar(
@@ -76,6 +77,7 @@ pub async fn set_avatar(
     {
         return Err(unusable(problem));
     }
+    crate::api::profile_quota(&state, caller.user_id).await?;
     let slot = storage::DecodeSlot::acquire().await;
     let bytes = state.storage.get(&u.object_key).await?;
     let (_, _, small) = storage::shrink_image(slot, bytes, AVATAR_SIDE)
@@ -118,6 +120,7 @@ pub async fn set_avatar(
             tracing::warn!(error = %e, "could not delete a replaced avatar");
         }
     }
+    state.announcer.changed(caller.user_id);
     let user = crate::users::find(&state.db, caller.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;

@@ -54,6 +54,13 @@ pub struct AuthConfig {
     /// `REGISTRATIONS_PER_HOUR`: accounts one client address may register per hour (default
     /// 20), so nobody fills the database with accounts.
     pub registrations_per_hour: u32,
+    /// `PROFILE_UPDATES_PER_HOUR`: display name and avatar changes one user may make per hour
+    /// (default 20; 429 `too_many_requests` past it). Each is announced to every conversation
+    /// the user is in.
+    pub profile_updates_per_hour: u32,
+    /// `CHAT_SERVICE_URL`: chat-service's internal API, told of profile changes (default
+    /// `http://127.0.0.1:8002`).
+    pub chat_service_url: String,
     /// Where avatars are stored: the same `S3_*` or `UPLOAD_DIR` as chat-service's.
     pub storage: shared::storage::StorageConfig,
     /// The same upload limits as chat-service's.
@@ -106,6 +113,8 @@ impl AuthConfig {
             refresh_reuse_grace_seconds: config::parsed("REFRESH_REUSE_GRACE_SECONDS", 10)?,
             login_max_delay_seconds: config::parsed("LOGIN_MAX_DELAY_SECONDS", 30)?,
             registrations_per_hour: config::parsed("REGISTRATIONS_PER_HOUR", 20)?,
+            profile_updates_per_hour: config::parsed("PROFILE_UPDATES_PER_HOUR", 20)?,
+            chat_service_url: config::http_url("CHAT_SERVICE_URL", "http://127.0.0.1:8002")?,
             storage: shared::storage::StorageConfig::from_env()?,
             uploads: shared::storage::UploadLimits::from_env()?,
         };
@@ -130,6 +139,10 @@ impl AuthConfig {
             (
                 "LOGIN_FAILURE_WINDOW_SECONDS",
                 config.login_failure_window_seconds,
+            ),
+            (
+                "PROFILE_UPDATES_PER_HOUR",
+                u64::from(config.profile_updates_per_hour),
             ),
         ] {
             if value == 0 {

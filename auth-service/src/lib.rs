@@ -10,6 +10,7 @@
 //! [`Application`] binds, reports its port and serves until SIGTERM/SIGINT; tests run it on port 0.
 
 pub mod admin;
+pub mod announce;
 pub mod api;
 pub mod avatars;
 pub mod config;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub config: Arc<AuthConfig>,
     /// Object storage, for avatars.
     pub storage: shared::storage::Storage,
+    /// Tells chat-service of profile changes.
+    pub announcer: announce::ProfileAnnouncer,
 }
 
 impl AppState {
@@ -121,6 +124,7 @@ impl Application {
             config.jwt.revocation_poll,
         )
         .await;
+        let announcer = announce::ProfileAnnouncer::new(&config.chat_service_url, jwt.clone())?;
         let state = AppState {
             db: db.clone(),
             redis: redis.clone(),
@@ -132,6 +136,7 @@ impl Application {
             config: Arc::new(config.clone()),
             storage: shared::storage::Storage::new(&config.storage, &config.jwt.secret_key)
                 .map_err(|e| anyhow::anyhow!("object storage (S3_* or UPLOAD_DIR): {e}"))?,
+            announcer,
         };
         let health = HealthState {
             service: "auth-service",

@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 /// The `type` of every frame the server sends, in the order of [`server_frames`].
-pub const SERVER_FRAME_TYPES: [&str; 18] = [
+pub const SERVER_FRAME_TYPES: [&str; 19] = [
     "ready",
     "ack",
     "error",
@@ -24,6 +24,7 @@ pub const SERVER_FRAME_TYPES: [&str; 18] = [
     "pin",
     "conversation_updated",
     "conversation_settings",
+    "user_updated",
     "synced",
     "token_expiring",
     "reauthed",
@@ -227,6 +228,11 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
                 ],
                 &["notifications_muted", "notifications_muted_until", "archived"],
             ),
+        ),
+        (
+            "user_updated",
+            "A user changed their display name or avatar (`PATCH /auth/me`, `PUT /auth/me/avatar`; an extension): the user as `GET /auth/users` now shows them. To the connections of everyone in a room, group or private chat with them, and of the user; once per conversation shared, so the same change may arrive more than once. Missed while disconnected: look the users up again after a reconnect.",
+            json!({"$ref": "#/components/schemas/UserSummary"}),
         ),
         (
             "synced",

@@ -404,6 +404,10 @@ pub enum Event {
         notifications_muted_until: Option<DateTime<Utc>>,
         archived: bool,
     },
+    /// A user changed their display name or avatar: on the channel of every room and group
+    /// they are in, their private chats' peers' channels and their own, so whoever shows their
+    /// name shows the new one. Published by chat-service when auth-service tells it.
+    UserUpdated(UserSummary),
     /// A login (`sid`) or, without one, every login of `user_id` was revoked: their sockets
     /// close with 4001. Published on the user's channel by auth-service.
     Revoked { user_id: Uuid, sid: Option<Uuid> },

@@ -53,6 +53,10 @@ pub fn test_config() -> AuthConfig {
         refresh_reuse_grace_seconds: 10,
         login_max_delay_seconds: 30,
         registrations_per_hour: 10_000,
+        profile_updates_per_hour: 100,
+        // No chat-service here: profile announcements fail and are logged (the gateway's tests
+        // run them against a real one).
+        chat_service_url: "http://127.0.0.1:9".into(),
         storage: shared::storage::StorageConfig::Local {
             dir: std::env::temp_dir().join(format!("chatsphere-test-{}", uuid::Uuid::new_v4())),
             public_url: String::new(),

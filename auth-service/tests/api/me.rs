@@ -6,7 +6,7 @@ use shared::jwt::Claims;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, spawn_app, SECRET};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, SECRET};
 
 fn sign(claims: &Claims, alg: Algorithm, secret: &str) -> String {
     jsonwebtoken::encode(
@@ -198,6 +198,48 @@ async fn patch_me_updates_the_profile(db: PgPool) {
         .await
         .unwrap();
     assert_error(r, StatusCode::UNAUTHORIZED, "not_authenticated").await;
+}
+
+/// Display name and avatar changes are limited per user and hour
+/// (`PROFILE_UPDATES_PER_HOUR`, here 2): each is announced to every conversation of the user.
+/// Refused changes store nothing; an empty body is no change; another user is not held up.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn profile_changes_are_limited_per_hour(db: PgPool) {
+    let app = spawn_app_with(db, |c| c.profile_updates_per_hour = 2).await;
+    let patch = |token: String, name: &'static str| {
+        app.http
+            .patch(app.url("/auth/me"))
+            .bearer_auth(token)
+            .json(&json!({ "display_name": name }))
+            .send()
+    };
+    let token = |v: Value| v["access_token"].as_str().unwrap().to_owned();
+    let alice = app.register("alice").await;
+    let alice = token(app.tokens(&alice).await);
+    let bob = app.register("bob").await;
+    let bob = token(app.tokens(&bob).await);
+    for name in ["one", "two"] {
+        assert_eq!(
+            patch(alice.clone(), name).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    // A body that changes nothing is not counted.
+    let r = app
+        .http
+        .patch(app.url("/auth/me"))
+        .bearer_auth(&alice)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["display_name"], "two");
+    let r = patch(alice.clone(), "three").await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
+    let me: Value = app.me(&alice).await.json().await.unwrap();
+    assert_eq!(me["display_name"], "two");
+    assert_eq!(patch(bob, "b").await.unwrap().status(), StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]

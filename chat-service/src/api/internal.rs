@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::{extract::State, http::StatusCode, Json};
 use shared::{
-    chat::ChatType,
+    chat::{ChatType, Event},
     extract::{ApiJson, ApiPath},
     internal::{
         Membership, ReadRequest, RepairRequest, RepairResponse, RepairResult, ServiceCaller,
@@ -15,7 +15,7 @@ use shared::{
 };
 use uuid::Uuid;
 
-use crate::{api::messages, conversation, AppState};
+use crate::{api::messages, conversation, model::UserSummary, AppState};
 
 /// The most messages one sync or repair returns per conversation.
 const MAX_LIMIT: i64 = 500;
@@ -79,6 +79,49 @@ pub async fn user_conversations(
         contacts,
         blocked,
     }))
+}
+
+/// `POST /internal/users/{id}/profile`: auth-service's word that the user changed their display
+/// name or avatar. Everyone who shows the user hears it as `user_updated`, with the user as
+/// stored now: one publish per room and group they are in (its members), per private chat (the
+/// other user's channel), and on their own channel (their other devices).
+pub async fn profile_changed(
+    State(state): State<AppState>,
+    _: ServiceCaller,
+    ApiPath(user): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let profile = sqlx::query_as!(
+        UserSummary,
+        r#"SELECT id, username, display_name, avatar_url, is_active, created_at, last_seen
+           FROM users WHERE id = $1"#,
+        user
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let rows = sqlx::query!(
+        r#"SELECT c.id, c.user_low, c.user_high
+           FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+           WHERE m.user_id = $1"#,
+        user
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let keys = state.publisher.keys();
+    let mut channels = Vec::with_capacity(rows.len() + 1);
+    channels.push(keys.user_channel(user));
+    for r in rows {
+        channels.push(match (r.user_low, r.user_high) {
+            // A private chat: its pair of users.
+            (Some(low), Some(high)) => keys.user_channel(if low == user { high } else { low }),
+            _ => keys.conversation_channel(r.id),
+        });
+    }
+    state
+        .publisher
+        .publish(&channels, &Event::UserUpdated(profile))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Groups whose members one query reads while choosing contacts.

@@ -116,6 +116,10 @@ pub fn router() -> Router<AppState> {
             "/internal/users/{id}/conversations",
             get(internal::user_conversations),
         )
+        .route(
+            "/internal/users/{id}/profile",
+            post(internal::profile_changed),
+        )
         .route("/internal/sync", post(internal::sync))
         .route("/internal/repair", post(internal::repair))
         .route("/internal/read", post(internal::read))

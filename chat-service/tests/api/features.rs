@@ -1,9 +1,13 @@
-//! Pins, blocking and read receipts (contract, "Conversation features").
+//! Pins, blocking and read receipts (contract, "Conversation features"), and profile changes
+//! going out to the conversations.
+
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::chat::Event;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::helpers::{assert_error, spawn_app};
 
@@ -514,4 +518,89 @@ async fn mention_count(
     list.iter()
         .find(|c| c["chat_id"] == chat_id.to_string())
         .map(|c| c["mention_count"].as_i64().unwrap())
+}
+
+/// `POST /internal/users/{id}/profile` (auth-service's word that a user changed their display
+/// name or avatar) publishes `user_updated`, with the user as stored, once on each channel that
+/// reaches someone who shows the user: each room and group they are in, each private chat's
+/// peer, their own; nowhere else. Internal callers only; an unknown user is 404.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_profile_change_goes_to_every_conversation_of_the_user(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let dave = app.user("dave").await;
+    let erin = app.user("erin").await;
+    let room = app.room(&bob, "lobby", &[&alice]).await;
+    let r = app
+        .post(
+            &carol,
+            "/chat/groups",
+            json!({"name": "g", "member_ids": [alice.id]}),
+        )
+        .await;
+    let group: Uuid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.send(&dave, &format!("private/{}", alice.id), "hi")
+        .await;
+    sqlx::query("UPDATE users SET display_name = 'Alice Liddell' WHERE id = $1")
+        .bind(alice.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let expected = [
+        app.keys.conversation_channel(room),
+        app.keys.conversation_channel(group),
+        app.keys.user_channel(dave.id),
+        app.keys.user_channel(alice.id),
+    ];
+    let mut watched = expected.to_vec();
+    watched.push(app.keys.user_channel(erin.id));
+    let mut watcher = app.watch(watched).await;
+    let profile = |id: Uuid| app.url(&format!("/internal/users/{id}/profile"));
+
+    let r = app
+        .http
+        .post(profile(alice.id))
+        .bearer_auth(app.internal_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let mut reached: Vec<String> = Vec::new();
+    for (channel, event) in watcher.drain(Duration::from_millis(500)).await {
+        match event {
+            Event::UserUpdated(user) => {
+                assert_eq!(user.id, alice.id);
+                assert_eq!(user.display_name, "Alice Liddell");
+                reached.push(channel);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    reached.sort();
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(reached, expected);
+
+    let r = app
+        .http
+        .post(profile(alice.id))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    let r = app
+        .http
+        .post(profile(Uuid::new_v4()))
+        .bearer_auth(app.internal_token())
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
 }

@@ -407,6 +407,13 @@ impl Hub {
                     }
                 }
             }
+            Event::UserUpdated(user) => {
+                // To everyone here who shares the conversation (or is the user): a user in
+                // several conversations with someone reaches them once per conversation.
+                for conn in self.receivers(channel, None) {
+                    self.send(&conn, "user_updated", &user, false);
+                }
+            }
             Event::Revoked { user_id, sid } => {
                 if self.state().channels.user_of(channel) == Some(user_id) {
                     // Known to the node at once: its sockets close (see `close_revoked`) and

@@ -620,3 +620,45 @@ async fn settings_reach_every_device_of_their_user(db: PgPool) {
         "{frames:?}"
     );
 }
+
+/// A display name changed through auth-service reaches, as `user_updated`, everyone who shares
+/// a conversation with the user on every gateway — a room's members, a private chat's peer —
+/// and the user's own connections; a stranger gets nothing. The path is the real one:
+/// auth-service tells chat-service, which publishes to the conversations.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn profile_changes_reach_whoever_shares_a_conversation(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let auth = s.auth_service().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let dave = s.user("dave").await;
+    s.room(&bob, "lobby", &[&alice]).await;
+    s.send_rest(&alice, &format!("private/{}", carol.id), "hi")
+        .await;
+    let mut own = s.connect(1, &alice).await;
+    let mut b = s.connect(0, &bob).await;
+    let mut c = s.connect(1, &carol).await;
+    let mut d = s.connect(0, &dave).await;
+    let r = s
+        .http
+        .patch(format!("{auth}/auth/me"))
+        .bearer_auth(&alice.token)
+        .json(&json!({"display_name": "Alice Liddell"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for conn in [&mut own, &mut b, &mut c] {
+        let user = &conn.expect("user_updated").await["data"];
+        assert_eq!(user["id"], alice.id.to_string());
+        assert_eq!(user["username"], "alice");
+        assert_eq!(user["display_name"], "Alice Liddell");
+        assert!(user.get("email").is_none(), "{user}");
+    }
+    let frames = d.drain(Duration::from_millis(300)).await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "user_updated"),
+        "{frames:?}"
+    );
+}

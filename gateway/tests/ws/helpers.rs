@@ -255,6 +255,8 @@ impl Stack {
             trusted_proxies: vec![],
             refresh_reuse_grace_seconds: 10,
             registrations_per_hour: 1000,
+            profile_updates_per_hour: 1000,
+            chat_service_url: self.chat[0].clone(),
             storage: shared::storage::StorageConfig::Local {
                 dir: std::env::temp_dir().join(format!("chatsphere-test-{}", uuid::Uuid::new_v4())),
                 public_url: String::new(),
