@@ -144,7 +144,7 @@ export class ChatSphere {
   connect(extra: Partial<Pick<SocketOptions, "positions" | "backoff">> = {}): ChatSocket {
     const wsUrl =
       this.options.wsUrl ?? `${this.options.baseUrl.replace(/^http/, "ws").replace(/\/$/, "")}/ws`;
-    return new ChatSocket({
+    const socket = new ChatSocket({
       ...extra,
       url: wsUrl,
       encoding: this.options.encoding,
@@ -161,6 +161,9 @@ export class ChatSphere {
         },
       },
     });
+    // A changed display name or avatar replaces what `users` knew of the user.
+    socket.on("user_updated", (user) => this.users.remember([user]));
+    return socket;
   }
 
   private async authorizedFetch(request: Request): Promise<Response> {

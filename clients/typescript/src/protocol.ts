@@ -81,6 +81,11 @@ export interface ServerEvents {
     notifications_muted_until: string | null;
     archived: boolean;
   };
+  /**
+   * A user who shares a conversation with this one (or this user) changed their display name or
+   * avatar: the user as `GET /auth/users` now shows them. Once per conversation shared.
+   */
+  user_updated: components["schemas"]["UserSummary"];
   synced: { results: Array<ChatRef & { messages: Message[]; has_more: boolean }> };
   token_expiring: { expires_at: string };
   reauthed: { expires_at: string };

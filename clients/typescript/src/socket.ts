@@ -71,6 +71,11 @@ export interface SocketEvents {
   conversation_updated: [data: ServerEvents["conversation_updated"]];
   /** The user muted, unmuted, archived or unarchived a conversation, on any device. */
   conversation_settings: [data: ServerEvents["conversation_settings"]];
+  /**
+   * Someone who shares a conversation with the user, or the user, changed their display name or
+   * avatar (`ChatSphere.connect()` sockets have already put it in `users`).
+   */
+  user_updated: [user: ServerEvents["user_updated"]];
   /** A `reauth` was accepted: the connection now lives until `expires_at`. */
   reauthed: [data: ServerEvents["reauthed"]];
   /** The connection is ready (after every reconnect too). */
@@ -430,6 +435,7 @@ export class ChatSocket extends Emitter<SocketEvents> {
       case "pin":
       case "conversation_updated":
       case "conversation_settings":
+      case "user_updated":
         return (this.emit as (t: string, d: unknown) => void)(frame.type, frame.data);
       default:
         return; // pong, and types newer than this client

@@ -399,6 +399,26 @@ describe("ChatSocket on the real stack", () => {
     expect(heard[0]).toMatchObject({ chat_type: "room", chat_id: room.id });
     expect(Date.parse(heard[1]?.notifications_muted_until ?? "")).toBe(Date.parse(until));
   });
+
+  it("hears a peer's new display name and keeps it in its user directory", async () => {
+    const alice = await as(aliceOf);
+    const bob = await as(bobOf);
+    await bob.cs.rest.POST("/chat/messages/{chat_type}/{chat_id}", {
+      params: { path: { chat_type: "private", chat_id: alice.id } },
+      body: { content: "hi" },
+    });
+    await bob.cs.users.get([alice.id]);
+    const b = bob.cs.connect();
+    cleanup.push(() => b.close());
+    const heard: Array<ServerEvents["user_updated"]> = [];
+    b.on("user_updated", (u) => heard.push(u));
+    await ready(b);
+    const name = `Alice ${crypto.randomUUID().slice(0, 8)}`;
+    unwrap(await alice.cs.rest.PATCH("/auth/me", { body: { display_name: name } }));
+    await eventually(() => heard.some((u) => u.id === alice.id));
+    expect(heard.find((u) => u.id === alice.id)).toMatchObject({ username: alice.username, display_name: name });
+    expect(bob.cs.users.peek(alice.id)?.display_name).toBe(name);
+  });
 });
 
 describe("the documents", () => {
@@ -410,7 +430,7 @@ describe("the documents", () => {
     for (const t of ["send_message", "typing", "mark_read", "sync", "reauth", "ping"]) {
       expect(doc.components.messages).toHaveProperty(`client_${t}`);
     }
-    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin", "conversation_updated", "conversation_settings"]) {
+    for (const t of ["ready", "ack", "error", "message", "synced", "token_expiring", "reauthed", "reaction", "pin", "conversation_updated", "conversation_settings", "user_updated"]) {
       expect(doc.components.messages).toHaveProperty(`server_${t}`);
     }
   });

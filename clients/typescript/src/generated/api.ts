@@ -1294,7 +1294,10 @@ export interface components {
             last_seen?: string | null;
             username: string;
         };
-        /** @description A user as other users see it (the contract's user object, without email). */
+        /**
+         * @description A user as other users see it (the contract's user object, without email): in member and
+         *     online lists, and in `user_updated` events.
+         */
         UserSummary: {
             avatar_url?: string | null;
             /** Format: date-time */
@@ -1994,7 +1997,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The updated caller */
+            /** @description The updated caller. Everyone in a room, group or private chat with the caller, and the caller's other connections, get `user_updated` (an extension) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2048,6 +2051,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `too_many_requests`: more than `PROFILE_UPDATES_PER_HOUR` (20) changes of the display name or avatar in an hour; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A dependency (Postgres, Redis, object storage) is unavailable; retry */
             503: {
                 headers: {
@@ -2072,7 +2084,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The caller, `avatar_url` pointing at the resized copy (at most 256 pixels a side) */
+            /** @description The caller, `avatar_url` pointing at the resized copy (at most 256 pixels a side); others who share a conversation with the caller get `user_updated`, as after `PATCH /auth/me` */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2119,6 +2131,15 @@ export interface operations {
             };
             /** @description Not an image upload of the caller's, used already, expired, or the stored file is not as declared */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_requests`: past `PROFILE_UPDATES_PER_HOUR`, shared with `PATCH /auth/me`; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
