@@ -358,6 +358,12 @@ try {
   await alicesGroup.getByTestId("mentioned").waitFor({ state: "detached" });
   await secondsGroup.getByTestId("mentioned").waitFor({ state: "detached" });
   check(true, "opening it shows the message marked, and both browsers drop the mark");
+  answerPrompt(bob.page, `Bobby ${run}`);
+  await bob.page.getByTestId("change-name").click();
+  await bob.page.getByTestId("me").filter({ hasText: `Bobby ${run}` }).waitFor();
+  await alice.page.locator(`li[data-chat^="private:"]`).filter({ hasText: `Bobby ${run}` }).waitFor();
+  await alice.page.locator("#messages li").filter({ hasText: "a word for you" }).filter({ hasText: `Bobby ${run}` }).waitFor();
+  check(true, "Bob renames himself: Alice's list and open conversation show the new name at once");
   await alice.page.getByTestId("change-password").click();
   await alice.page.fill('input[name="current"]', "wonderland-e2e");
   await alice.page.fill('input[name="next"]', "looking-glass-e2e");

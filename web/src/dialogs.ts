@@ -1,5 +1,5 @@
 // The dialogs over the main screen: public rooms, a room's members, search results, pins,
-// the password.
+// the user's name and password.
 import { ChatSphereError, chatKey, chatOf, unwrap, type User } from "@chatsphere/client";
 import { cs, type Room, state } from "./session.js";
 import { h, nameOf, notice, remember, showError } from "./dom.js";
@@ -164,6 +164,20 @@ export async function showPins(): Promise<void> {
     );
     document.body.append(dialog);
     dialog.showModal();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+/** Changes the user's display name; whoever shares a conversation with them sees the new one. */
+export async function changeName(): Promise<void> {
+  const me = state.me;
+  const name = me ? prompt("Display name", nameOf(me.id))?.trim() : undefined;
+  if (!name) return;
+  try {
+    remember([unwrap(await cs.rest.PATCH("/auth/me", { body: { display_name: name } }))]);
+    const shown = document.querySelector<HTMLElement>("[data-testid=me]");
+    if (shown) shown.textContent = shown.title = name;
   } catch (e) {
     showError(e);
   }

@@ -9,6 +9,7 @@ import {
   note,
   onMessage,
   renderHeader,
+  renderMessages,
   renderSeen,
   renderTyping,
   replaceMessage,
@@ -80,6 +81,17 @@ export function listen(socket: ChatSocket): void {
       const who = d.by === state.me?.id ? "You" : nameOf(d.by);
       note(`${who} renamed the ${d.chat_type} to “${d.name}”`);
     }
+  });
+  // Someone shown here (or the user) changed their display name or avatar; the SDK has already
+  // put it in `cs.users`, where every name on screen comes from, except a private chat's entry.
+  socket.on("user_updated", (u) => {
+    for (const c of state.conversations) if (c.chat_type === "private" && c.chat_id === u.id) c.name = u.display_name;
+    if (state.open?.chat_type === "private" && state.open.chat_id === u.id) state.open.name = u.display_name;
+    renderConversations();
+    renderHeader();
+    renderMessages(false);
+    const me = document.querySelector<HTMLElement>("[data-testid=me]");
+    if (me && u.id === state.me?.id) me.textContent = me.title = u.display_name;
   });
   // A mute or archive made on this device or another: the settings as they now are.
   socket.on("conversation_settings", (d) => {

@@ -4,7 +4,7 @@ import { cs, state } from "./session.js";
 import { app, h, nameOf, remember } from "./dom.js";
 import { newGroup, newPrivate, newRoom, refreshConversations } from "./list.js";
 import { attach, onScroll, sendCurrent } from "./conversation.js";
-import { browseRooms, changePassword, search } from "./dialogs.js";
+import { browseRooms, changeName, changePassword, search } from "./dialogs.js";
 import { listen } from "./live.js";
 
 /** Signs in to the main screen: the user, their conversations, then the live connection. */
@@ -38,6 +38,7 @@ export function renderShell(): void {
           {},
           h("strong", { "data-testid": "me", title: nameOf(state.me!.id) }, nameOf(state.me!.id)),
           h("span", {},
+            h("button", { class: "link", "data-testid": "change-name", title: "Change your display name", onclick: () => void changeName() }, "Name"),
             h("button", { class: "link", "data-testid": "change-password", onclick: () => changePassword() }, "Password"),
             h("button", { class: "link", onclick: () => void logout() }, "Log out"),
           ),
