@@ -533,18 +533,7 @@ async fn a_profile_change_goes_to_every_conversation_of_the_user(db: PgPool) {
     let dave = app.user("dave").await;
     let erin = app.user("erin").await;
     let room = app.room(&bob, "lobby", &[&alice]).await;
-    let r = app
-        .post(
-            &carol,
-            "/chat/groups",
-            json!({"name": "g", "member_ids": [alice.id]}),
-        )
-        .await;
-    let group: Uuid = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let group = app.group(&carol, "g", &[&alice]).await;
     app.send(&dave, &format!("private/{}", alice.id), "hi")
         .await;
     sqlx::query("UPDATE users SET display_name = 'Alice Liddell' WHERE id = $1")

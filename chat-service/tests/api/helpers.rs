@@ -244,6 +244,21 @@ impl TestApp {
         id
     }
 
+    /// Creates a group as `owner` with `members` in it.
+    pub async fn group(&self, owner: &User, name: &str, members: &[&User]) -> Uuid {
+        let ids: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+        let r = self
+            .post(
+                owner,
+                "/chat/groups",
+                serde_json::json!({"name": name, "member_ids": ids}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let group: Value = r.json().await.unwrap();
+        group["id"].as_str().unwrap().parse().unwrap()
+    }
+
     /// Sends a text message; returns the message object.
     pub async fn send(&self, from: &User, chat: &str, content: &str) -> Value {
         let r = self

@@ -16,17 +16,7 @@ async fn conversations_show_last_message_and_falling_unread_counts(db: PgPool) {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let room = app.room(&alice, "Lobby", &[&bob]).await;
-    let r = app
-        .post(
-            &alice,
-            "/chat/groups",
-            json!({"name": "Pals", "member_ids": [bob.id]}),
-        )
-        .await;
-    let group = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group = app.group(&alice, "Pals", &[&bob]).await.to_string();
 
     // No private chat listed before its first message.
     let list: Vec<Value> = app
@@ -324,18 +314,7 @@ async fn one_conversation_reads_as_the_list_has_it(db: PgPool) {
     let bob = app.user("bob").await;
     let erin = app.user("erin").await;
     let room = app.room(&alice, "Lobby", &[&bob]).await;
-    let r = app
-        .post(
-            &alice,
-            "/chat/groups",
-            json!({"name": "Pals", "member_ids": [bob.id]}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let group = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group = app.group(&alice, "Pals", &[&bob]).await.to_string();
     app.send(&alice, &format!("room/{room}"), "hello @bob")
         .await;
     app.send(&alice, &format!("private/{}", bob.id), "psst")
