@@ -426,7 +426,7 @@ mod tests {
     fn every_reference_resolves_and_every_frame_has_a_message() {
         let doc = document(
             "1",
-            json!({"ChatType": {}, "MessageType": {}, "Message": {}}),
+            json!({"ChatType": {}, "MessageType": {}, "Message": {}, "UserSummary": {}}),
         );
         let text = doc.to_string();
         for target in text.split("\"$ref\":\"#/").skip(1) {
