@@ -498,7 +498,8 @@ impl DecodeSlot {
     }
 }
 
-/// A decoded image: its size, and a copy no larger than `max` on either side as PNG. Runs on a
+/// A decoded image: its size, and a copy no larger than `max` on either side (never enlarged) as
+/// PNG. Runs on a
 /// blocking thread (decoding is CPU work), holding `slot` until done; a decompression bomb is
 /// refused by the decoder's limits, not allocated.
 pub async fn shrink_image(
@@ -518,7 +519,12 @@ pub async fn shrink_image(
         reader.limits(limits);
         let img = reader.decode().map_err(|e| e.to_string())?;
         let (w, h) = (img.width(), img.height());
-        let small = img.thumbnail(max, max);
+        // `thumbnail` scales to fit either way: a smaller image is kept at its size.
+        let small = if w > max || h > max {
+            img.thumbnail(max, max)
+        } else {
+            img
+        };
         let mut out = std::io::Cursor::new(Vec::new());
         small
             .write_to(&mut out, image::ImageFormat::Png)
@@ -587,6 +593,28 @@ mod tests {
         .err()
         .unwrap_or_default();
         assert!(e.to_lowercase().contains("limit"), "{e}");
+    }
+
+    /// A real `width` × `height` RGB image, encoded as PNG.
+    fn png(width: u32, height: u32) -> Bytes {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::new_rgb8(width, height)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .map(|()| Bytes::from(out.into_inner()))
+            .unwrap_or_default()
+    }
+
+    async fn shrunk_size(bytes: Bytes, max: u32) -> (u32, u32) {
+        let (_, _, small) = shrink_image(DecodeSlot::acquire().await, bytes, max)
+            .await
+            .unwrap_or_default();
+        image::load_from_memory(&small).map_or((0, 0), |i| (i.width(), i.height()))
+    }
+
+    #[tokio::test]
+    async fn images_are_shrunk_to_fit_and_never_enlarged() {
+        assert_eq!(shrunk_size(png(640, 320), 64).await, (64, 32));
+        assert_eq!(shrunk_size(png(16, 12), 64).await, (16, 12));
     }
 
     #[tokio::test]
