@@ -11,6 +11,8 @@ const shots = process.argv[3];
 const gatewayMetrics = (process.argv[4] ?? "").split(",").filter(Boolean);
 const run = `${process.pid.toString(36)}${Date.now().toString(36).slice(-4)}`;
 const TIMEOUT = 15_000;
+/** A 16 × 16 PNG, for pictures and avatars. */
+const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mM4EaBBEmIY1TCqYfhqAAC/xkAQBZlNgAAAAABJRU5ErkJggg==", "base64");
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -121,6 +123,10 @@ try {
   await alice.page.getByTestId("attach").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("trail head at nine\n") });
   await bob.page.getByTestId("messages").getByTestId("file").filter({ hasText: "notes.txt" }).waitFor();
   check(true, "Bob sees the file Alice attached");
+  // A picture: its thumbnail shows in the conversation (loaded, not just a button).
+  await alice.page.getByTestId("attach").setInputFiles({ name: "sunset.png", mimeType: "image/png", buffer: PNG });
+  await bob.page.locator('[data-testid="thumbnail"]:not([hidden]) img').waitFor();
+  check(await bob.page.locator('[data-testid="thumbnail"] img').evaluate((img) => img.naturalWidth > 0 && img.src.startsWith("blob:")), "Bob sees the picture Alice sent, inline");
   // A pin: Alice (the room's owner) pins Bob's message; Bob finds it among the pinned ones.
   const bobsMessage = alice.page.locator("#messages li").filter({ hasText: "hello Alice" });
   await bobsMessage.hover();
@@ -364,6 +370,11 @@ try {
   await alice.page.locator(`li[data-chat^="private:"]`).filter({ hasText: `Bobby ${run}` }).waitFor();
   await alice.page.locator("#messages li").filter({ hasText: "a word for you" }).filter({ hasText: `Bobby ${run}` }).waitFor();
   check(true, "Bob renames himself: Alice's list and open conversation show the new name at once");
+  await bob.page.getByTestId("avatar-file").setInputFiles({ name: "me.png", mimeType: "image/png", buffer: PNG });
+  await bob.page.locator("#me [data-testid=avatar] img").waitFor();
+  const bobsLine = alice.page.locator("#messages li").filter({ hasText: "a word for you" });
+  await bobsLine.locator("[data-testid=avatar] img").waitFor();
+  check(await bobsLine.locator("[data-testid=avatar] img").evaluate((img) => img.naturalWidth > 0), "Bob sets an avatar: it shows beside his message in Alice's browser at once");
   await alice.page.getByTestId("change-password").click();
   await alice.page.fill('input[name="current"]', "wonderland-e2e");
   await alice.page.fill('input[name="next"]', "looking-glass-e2e");

@@ -1,10 +1,11 @@
 // The open conversation: its header, its messages as they come and go, reading and sending.
-import { ChatSphereError, chatKey, unwrap, type ChatRef, type Message } from "@chatsphere/client";
+import { chatKey, unwrap, type ChatRef, type Message } from "@chatsphere/client";
 import { cs, state } from "./session.js";
 import { h, learnNames, nameOf, remember, showError, time } from "./dom.js";
 import { refreshConversation, renderConversations, toggleArchive, toggleMute } from "./list.js";
 import { mentionsMe, messageItem } from "./messages.js";
 import { showMembers, showPins } from "./dialogs.js";
+import { upload } from "./files.js";
 
 export async function openConversation(chat: ChatRef & { name: string }): Promise<void> {
   state.open = chat;
@@ -237,18 +238,17 @@ export function snippet(m: Message): string {
   return text.length > 80 ? `${text.slice(0, 80)}…` : text;
 }
 
-/** Uploads the chosen file (to the URL the server hands out) and sends it as a message. */
+/** Uploads the chosen file and sends it as a message. */
 export async function attach(input: HTMLInputElement): Promise<void> {
   const file = input.files?.[0];
   input.value = "";
-  if (!file || !state.open || !state.socket) return;
+  // Sent where it was chosen, whatever is open once it is uploaded.
+  const open = state.open;
+  const socket = state.socket;
+  if (!file || !open || !socket) return;
   try {
-    const contentType = file.type || "application/octet-stream";
-    const ticket = unwrap(await cs.rest.POST("/chat/uploads", { body: { filename: file.name, content_type: contentType, size: file.size } }));
-    const put = await fetch(ticket.url, { method: ticket.method, headers: { "content-type": contentType, ...(ticket.headers as Record<string, string>) }, body: file });
-    if (!put.ok) throw new ChatSphereError("upload_failed", `the upload was refused (${put.status})`);
-    const image = contentType.startsWith("image/");
-    await state.socket.send(state.open, "", { message_type: image ? "image" : "file", attachment_id: ticket.upload_id });
+    const attachmentId = await upload(file);
+    await socket.send(open, "", { message_type: file.type.startsWith("image/") ? "image" : "file", attachment_id: attachmentId });
   } catch (e) {
     showError(e);
   }

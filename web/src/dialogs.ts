@@ -5,6 +5,7 @@ import { cs, type Room, state } from "./session.js";
 import { h, nameOf, notice, remember, showError } from "./dom.js";
 import { refreshConversation } from "./list.js";
 import { openConversation } from "./conversation.js";
+import { renderMe } from "./shell.js";
 
 /** Public rooms, 50 at a time by name, filtered by the start of their name. */
 export async function browseRooms(): Promise<void> {
@@ -176,8 +177,7 @@ export async function changeName(): Promise<void> {
   if (!name) return;
   try {
     remember([unwrap(await cs.rest.PATCH("/auth/me", { body: { display_name: name } }))]);
-    const shown = document.querySelector<HTMLElement>("[data-testid=me]");
-    if (shown) shown.textContent = shown.title = name;
+    renderMe();
   } catch (e) {
     showError(e);
   }

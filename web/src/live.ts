@@ -4,6 +4,7 @@ import { cs, state, TOKENS } from "./session.js";
 import { learnNames, nameOf } from "./dom.js";
 import { renderLogin } from "./login.js";
 import { refreshConversation, renderConversations } from "./list.js";
+import { renderMe } from "./shell.js";
 import {
   membershipText,
   note,
@@ -90,8 +91,7 @@ export function listen(socket: ChatSocket): void {
     renderConversations();
     renderHeader();
     renderMessages(false);
-    const me = document.querySelector<HTMLElement>("[data-testid=me]");
-    if (me && u.id === state.me?.id) me.textContent = me.title = u.display_name;
+    if (u.id === state.me?.id) renderMe();
   });
   // A mute or archive made on this device or another: the settings as they now are.
   socket.on("conversation_settings", (d) => {

@@ -3,6 +3,7 @@ import { ChatSphereError, unwrap, type Message } from "@chatsphere/client";
 import { cs, state } from "./session.js";
 import { h, nameOf, showError, time } from "./dom.js";
 import { answering, replaceMessage, snippet } from "./conversation.js";
+import { avatar, thumbnail } from "./files.js";
 
 export function messageItem(m: Message): HTMLLIElement {
   const mine = m.from_user_id === state.me?.id;
@@ -10,12 +11,13 @@ export function messageItem(m: Message): HTMLLIElement {
   const item = h(
     "li",
     { class: classes, "data-seq": String(m.seq), "data-id": m.id },
-    h("div", { class: "meta" }, h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
+    h("div", { class: "meta" }, avatar(m.from_user_id), " ", h("strong", {}, nameOf(m.from_user_id)), " ", h("time", {}, time(m.created_at)), m.is_edited && !m.is_deleted ? h("em", {}, " (edited)") : null),
     m.reply_to_id && !m.is_deleted ? quote(m.reply_to_id) : null,
     m.content || m.is_deleted || !m.attachment ? h("div", { class: m.is_deleted ? "content deleted" : "content" }, m.is_deleted ? "message deleted" : m.content) : null,
   );
   if (m.attachment && !m.is_deleted) {
     const a = m.attachment;
+    if (a.content_type.startsWith("image/")) item.append(thumbnail(a.id, a.filename, () => void download(a.id, a.filename)));
     item.append(h("div", {}, h("button", { class: "file", "data-testid": "file", onclick: () => void download(a.id, a.filename) }, `${a.filename} (${Math.ceil(a.size / 1024)} KiB)`)));
   }
   if (!m.is_deleted) {

@@ -5,6 +5,7 @@ import { app, h, nameOf, remember } from "./dom.js";
 import { newGroup, newPrivate, newRoom, refreshConversations } from "./list.js";
 import { attach, onScroll, sendCurrent } from "./conversation.js";
 import { browseRooms, changeName, changePassword, search } from "./dialogs.js";
+import { avatar, setAvatar } from "./files.js";
 import { listen } from "./live.js";
 
 /** Signs in to the main screen: the user, their conversations, then the live connection. */
@@ -36,9 +37,10 @@ export function renderShell(): void {
         h(
           "header",
           {},
-          h("strong", { "data-testid": "me", title: nameOf(state.me!.id) }, nameOf(state.me!.id)),
+          h("span", { id: "me", class: "me" }),
           h("span", {},
             h("button", { class: "link", "data-testid": "change-name", title: "Change your display name", onclick: () => void changeName() }, "Name"),
+            h("label", { class: "link", title: "Choose a picture of you" }, "Avatar", h("input", { type: "file", accept: "image/*", hidden: true, "data-testid": "avatar-file", onchange: (e: Event) => void setAvatar(e.target as HTMLInputElement) })),
             h("button", { class: "link", "data-testid": "change-password", onclick: () => changePassword() }, "Password"),
             h("button", { class: "link", onclick: () => void logout() }, "Log out"),
           ),
@@ -76,6 +78,14 @@ export function renderShell(): void {
     ),
   );
   document.querySelector("#messages")!.addEventListener("scroll", onScroll);
+  renderMe();
+}
+
+/** The user's own picture and name, atop the list. */
+export function renderMe(): void {
+  const me = state.me;
+  const name = me ? nameOf(me.id) : "";
+  document.querySelector("#me")?.replaceChildren(...(me ? [avatar(me.id), h("strong", { "data-testid": "me", title: name }, name)] : []));
 }
 
 export async function logout(): Promise<void> {

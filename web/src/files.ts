@@ -1,0 +1,92 @@
+// Files: uploading one, and the pictures shown from them — users' avatars and images'
+// thumbnails. Each picture is fetched once (a thumbnail with the user's token) and shown from a
+// blob: URL, so the page's Content-Security-Policy (images from the page's own origin, data: and
+// blob: only) holds wherever the object store lives.
+import { ChatSphereError, unwrap } from "@chatsphere/client";
+import { cs } from "./session.js";
+import { h, remember, showError } from "./dom.js";
+import { renderMe } from "./shell.js";
+
+/** blob: URLs by what they were fetched from; `null` when it could not be. */
+const loaded = new Map<string, Promise<string | null>>();
+
+function cached(key: string, load: () => Promise<Blob | null>): Promise<string | null> {
+  let url = loaded.get(key);
+  if (!url) {
+    url = load()
+      .then((blob) => (blob ? URL.createObjectURL(blob) : null))
+      .catch(() => null);
+    loaded.set(key, url);
+  }
+  return url;
+}
+
+/**
+ * The avatar served by this deployment (`/auth/avatars/…`, set with an upload), or null. An
+ * `avatar_url` set to somewhere else is not fetched: the viewer's browser would call a host of
+ * the other user's choosing.
+ */
+function servedAvatar(url: string | null | undefined): string | null {
+  if (!url) return null;
+  try {
+    const u = new URL(url, location.origin);
+    return u.origin === location.origin && u.pathname.startsWith("/auth/avatars/") ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A user's picture: their avatar, or the first letter of their name until it loads or without one. */
+export function avatar(userId: string): HTMLElement {
+  const user = cs.users.peek(userId);
+  const name = user?.display_name || user?.username || "?";
+  const el = h("span", { class: "avatar", "data-testid": "avatar", "aria-hidden": "true" }, [...name][0]?.toUpperCase() ?? "?");
+  const url = servedAvatar(user?.avatar_url);
+  if (url) {
+    void cached(url, async () => {
+      const res = await fetch(url);
+      return res.ok ? res.blob() : null;
+    }).then((src) => {
+      if (src) el.replaceChildren(h("img", { src, alt: "" }));
+    });
+  }
+  return el;
+}
+
+/** An image attachment's thumbnail, shown once it has loaded; `open` on a click. */
+export function thumbnail(attachmentId: string, filename: string, open: () => void): HTMLElement {
+  const img = h("img", { alt: filename });
+  const button = h("button", { class: "thumb", "data-testid": "thumbnail", title: `Open ${filename}`, hidden: true, onclick: open }, img);
+  void cached(`thumbnail:${attachmentId}`, async () => {
+    const { data } = await cs.rest.GET("/chat/attachments/{id}/thumbnail", { params: { path: { id: attachmentId } }, parseAs: "blob" });
+    return data instanceof Blob ? data : null;
+  }).then((src) => {
+    if (!src) return;
+    img.src = src;
+    button.hidden = false;
+  });
+  return button;
+}
+
+/** Uploads `file` (to the URL the server hands out); its upload id, for a message or an avatar. */
+export async function upload(file: File): Promise<string> {
+  const contentType = file.type || "application/octet-stream";
+  const ticket = unwrap(await cs.rest.POST("/chat/uploads", { body: { filename: file.name, content_type: contentType, size: file.size } }));
+  const put = await fetch(ticket.url, { method: ticket.method, headers: { "content-type": contentType, ...(ticket.headers as Record<string, string>) }, body: file });
+  if (!put.ok) throw new ChatSphereError("upload_failed", `the upload was refused (${put.status})`);
+  return ticket.upload_id;
+}
+
+/** Makes the chosen image the user's avatar; everyone who shows the user sees it. */
+export async function setAvatar(input: HTMLInputElement): Promise<void> {
+  const file = input.files?.[0];
+  input.value = "";
+  if (!file) return;
+  try {
+    const uploadId = await upload(file);
+    remember([unwrap(await cs.rest.PUT("/auth/me/avatar", { body: { upload_id: uploadId } }))]);
+    renderMe();
+  } catch (e) {
+    showError(e);
+  }
+}
