@@ -63,6 +63,8 @@ export class ChatSphere {
   /** Users by id, looked up in batches and remembered: `await cs.users.get(authorIds)`. */
   readonly users: UserDirectory;
   private readonly store: TokenStore;
+  /** Whether a socket of this client was ready before (the next `ready` is a reconnect). */
+  private connectedBefore = false;
   private refreshing: Promise<TokenPair> | null = null;
   private readonly fetchImpl: typeof fetch;
 
@@ -161,8 +163,13 @@ export class ChatSphere {
         },
       },
     });
-    // A changed display name or avatar replaces what `users` knew of the user.
+    // A changed display name or avatar replaces what `users` knew of the user; while no socket
+    // was connected, such changes went unheard, so what was known then is asked about again.
     socket.on("user_updated", (user) => this.users.remember([user]));
+    socket.on("ready", () => {
+      if (this.connectedBefore) this.users.markStale();
+      this.connectedBefore = true;
+    });
     return socket;
   }
 

@@ -11,5 +11,5 @@ export {
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./socket.js";
-export { UserDirectory, type User } from "./users.js";
+export { UserDirectory, type User, type UserDirectoryEvents } from "./users.js";
 export type { components, paths } from "./generated/api.js";

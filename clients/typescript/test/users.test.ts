@@ -3,7 +3,8 @@ import { randomUUID } from "node:crypto";
 
 import { beforeAll, describe, expect, it } from "vitest";
 
-import { register, signIn, type TestUser } from "./stack.js";
+import { unwrap, type User } from "../src/index.js";
+import { eventually, register, signIn, type TestUser } from "./stack.js";
 
 let alice: TestUser;
 let bob: TestUser;
@@ -46,6 +47,37 @@ describe("UserDirectory on the real stack", () => {
     const again = await cs.users.get([bob.id, unknown]);
     expect(again.get(bob.id)?.username).toBe(bob.username);
     expect(asked).toHaveLength(1);
+  });
+
+  it("asks again, after a reconnect, about users it knew, and says who changed", async () => {
+    const dana = await register("dana");
+    const { cs, asked } = await counting(bob);
+    await cs.users.get([dana.id]);
+    const updated: User[] = [];
+    cs.users.on("updated", (u) => updated.push(u));
+    const first = cs.connect();
+    await eventually(() => first.state === "open");
+    first.close();
+    // Dana renames herself; nothing tells Bob (he has no socket then, and no chat with her).
+    const name = `Dana ${randomUUID().slice(0, 8)}`;
+    const danas = await signIn(dana);
+    unwrap(await danas.rest.PATCH("/auth/me", { body: { display_name: name } }));
+    expect(cs.users.peek(dana.id)?.display_name).not.toBe(name);
+    const second = cs.connect();
+    try {
+      await eventually(() => second.state === "open");
+      // Answered at once with what was known; asked again in the background.
+      const now = await cs.users.get([dana.id]);
+      expect(now.get(dana.id)?.display_name).not.toBe(name);
+      await eventually(() => updated.some((u) => u.id === dana.id));
+      expect(cs.users.peek(dana.id)?.display_name).toBe(name);
+      expect(asked).toHaveLength(2);
+      // Fresh again: not asked a third time.
+      await cs.users.get([dana.id]);
+      expect(asked).toHaveLength(2);
+    } finally {
+      second.close();
+    }
   });
 
   it("asks 100 ids at a time", async () => {
