@@ -5,7 +5,6 @@ import { cs, type Room, state } from "./session.js";
 import { h, nameOf, notice, remember, showError } from "./dom.js";
 import { refreshConversation } from "./list.js";
 import { openConversation } from "./conversation.js";
-import { renderMe } from "./shell.js";
 
 /** Public rooms, 50 at a time by name, filtered by the start of their name. */
 export async function browseRooms(): Promise<void> {
@@ -176,8 +175,8 @@ export async function changeName(): Promise<void> {
   const name = me ? prompt("Display name", nameOf(me.id))?.trim() : undefined;
   if (!name) return;
   try {
+    // Redrawn, here and wherever the user is shown, by the directory's `updated`.
     remember([unwrap(await cs.rest.PATCH("/auth/me", { body: { display_name: name } }))]);
-    renderMe();
   } catch (e) {
     showError(e);
   }

@@ -5,7 +5,6 @@
 import { ChatSphereError, unwrap } from "@chatsphere/client";
 import { cs } from "./session.js";
 import { h, remember, showError } from "./dom.js";
-import { renderMe } from "./shell.js";
 
 /** blob: URLs by what they were fetched from; `null` when it could not be. */
 const loaded = new Map<string, Promise<string | null>>();
@@ -84,8 +83,8 @@ export async function setAvatar(input: HTMLInputElement): Promise<void> {
   if (!file) return;
   try {
     const uploadId = await upload(file);
+    // Redrawn by the directory's `updated`, as a change heard from the server would be.
     remember([unwrap(await cs.rest.PUT("/auth/me/avatar", { body: { upload_id: uploadId } }))]);
-    renderMe();
   } catch (e) {
     showError(e);
   }

@@ -1,7 +1,7 @@
 // Live events: what each event from the socket changes on screen.
 import { chatKey, type ChatSocket } from "@chatsphere/client";
 import { cs, state, TOKENS } from "./session.js";
-import { learnNames, nameOf } from "./dom.js";
+import { learnNames, nameOf, showError } from "./dom.js";
 import { renderLogin } from "./login.js";
 import { refreshConversation, renderConversations } from "./list.js";
 import { renderMe } from "./shell.js";
@@ -16,8 +16,19 @@ import {
   replaceMessage,
 } from "./conversation.js";
 
-/** Keeps the screen in step with `socket`'s events. */
+/** Keeps the screen in step with `socket`'s events, and with what becomes known of users. */
 export function listen(socket: ChatSocket): void {
+  // Someone shown here (or the user) changed their display name or avatar: heard live
+  // (`user_updated`) or found on asking again after a reconnect. Every name and picture on
+  // screen comes from `cs.users`, except a private chat's entry.
+  cs.users.on("updated", (u) => {
+    for (const c of state.conversations) if (c.chat_type === "private" && c.chat_id === u.id) c.name = u.display_name;
+    if (state.open?.chat_type === "private" && state.open.chat_id === u.id) state.open.name = u.display_name;
+    renderConversations();
+    renderHeader();
+    renderMessages(false);
+    if (u.id === state.me?.id) renderMe();
+  });
   socket.on("state", (s) => {
     document.querySelector("#status")!.textContent = s === "open" ? "" : s === "closed" ? "disconnected" : `${s}…`;
   });
@@ -69,7 +80,7 @@ export function listen(socket: ChatSocket): void {
     if (open && state.open === open) note(membershipText(d));
     // The list changes only when the change is the user's own (joined, added, removed, …):
     // others coming and going in a large room would otherwise reload it on every event.
-    if (d.user_id === state.me?.id) await refreshConversation(d);
+    if (d.user_id === state.me?.id) await refreshConversation(d).catch(showError);
   });
   socket.on("conversation_updated", (d) => {
     const c = state.conversations.find((x) => chatKey(x) === chatKey(d));
@@ -82,16 +93,6 @@ export function listen(socket: ChatSocket): void {
       const who = d.by === state.me?.id ? "You" : nameOf(d.by);
       note(`${who} renamed the ${d.chat_type} to “${d.name}”`);
     }
-  });
-  // Someone shown here (or the user) changed their display name or avatar; the SDK has already
-  // put it in `cs.users`, where every name on screen comes from, except a private chat's entry.
-  socket.on("user_updated", (u) => {
-    for (const c of state.conversations) if (c.chat_type === "private" && c.chat_id === u.id) c.name = u.display_name;
-    if (state.open?.chat_type === "private" && state.open.chat_id === u.id) state.open.name = u.display_name;
-    renderConversations();
-    renderHeader();
-    renderMessages(false);
-    if (u.id === state.me?.id) renderMe();
   });
   // A mute or archive made on this device or another: the settings as they now are.
   socket.on("conversation_settings", (d) => {
