@@ -499,9 +499,8 @@ impl DecodeSlot {
 }
 
 /// A decoded image: its size, and a copy no larger than `max` on either side (never enlarged) as
-/// PNG. Runs on a
-/// blocking thread (decoding is CPU work), holding `slot` until done; a decompression bomb is
-/// refused by the decoder's limits, not allocated.
+/// PNG. Runs on a blocking thread (decoding is CPU work), holding `slot` until done; a
+/// decompression bomb is refused by the decoder's limits, not allocated.
 pub async fn shrink_image(
     slot: DecodeSlot,
     bytes: Bytes,
