@@ -29,6 +29,12 @@ export function listen(socket: ChatSocket): void {
     renderMessages(false);
     if (u.id === state.me?.id) renderMe();
   });
+  // After a reconnect the SDK counts what it knew of users as stale: asking about the ones on
+  // screen brings any change made meanwhile, as `updated` (the first time, names not known yet).
+  socket.on("ready", () => {
+    const privates = state.conversations.filter((c) => c.chat_type === "private").map((c) => c.chat_id);
+    void learnNames([...state.messages.map((m) => m.from_user_id), ...privates]);
+  });
   socket.on("state", (s) => {
     document.querySelector("#status")!.textContent = s === "open" ? "" : s === "closed" ? "disconnected" : `${s}…`;
   });
