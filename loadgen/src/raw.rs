@@ -445,28 +445,28 @@ mod tests {
         out
     }
 
-    /// Reads one masked client frame and returns its opcode and unmasked payload.
+    /// Reads one masked client frame and returns its opcode and unmasked payload. Reads no byte
+    /// past the frame: the next one may have arrived with it (a pong and the text after it).
     async fn client_frame(socket: &mut tokio::net::TcpStream) -> (OpCode, Vec<u8>) {
-        let mut buf = Vec::new();
-        loop {
-            let mut cursor = Cursor::new(&buf[..]);
-            if let Some((header, length)) = FrameHeader::parse(&mut cursor).unwrap() {
-                let start = cursor.position() as usize;
-                if buf.len() >= start + length as usize {
-                    let mask = header.mask.expect("client frames are masked");
-                    let payload = buf[start..start + length as usize]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| b ^ mask[i % 4])
-                        .collect();
-                    return (header.opcode, payload);
-                }
+        let mut head = Vec::new();
+        let (header, length) = loop {
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).await.expect("client closed");
+            head.push(byte[0]);
+            if let Some(parsed) = FrameHeader::parse(&mut Cursor::new(&head[..])).unwrap() {
+                break parsed;
             }
-            let mut chunk = [0u8; 512];
-            let n = socket.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "client closed");
-            buf.extend_from_slice(&chunk[..n]);
+        };
+        let mut payload = vec![0u8; usize::try_from(length).unwrap()];
+        socket
+            .read_exact(&mut payload)
+            .await
+            .expect("client closed");
+        let mask = header.mask.expect("client frames are masked");
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
         }
+        (header.opcode, payload)
     }
 
     #[tokio::test]
