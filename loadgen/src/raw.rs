@@ -447,30 +447,33 @@ mod tests {
 
     /// Reads one masked client frame and returns its opcode and unmasked payload. Reads no byte
     /// past the frame: the next one may have arrived with it (a pong and the text after it).
-    async fn client_frame(socket: &mut tokio::net::TcpStream) -> (OpCode, Vec<u8>) {
+    async fn client_frame(socket: &mut tokio::net::TcpStream) -> anyhow::Result<(OpCode, Vec<u8>)> {
         let mut head = Vec::new();
         let (header, length) = loop {
             let mut byte = [0u8; 1];
-            socket.read_exact(&mut byte).await.expect("client closed");
+            socket
+                .read_exact(&mut byte)
+                .await
+                .context("client closed")?;
             head.push(byte[0]);
-            if let Some(parsed) = FrameHeader::parse(&mut Cursor::new(&head[..])).unwrap() {
+            if let Some(parsed) = FrameHeader::parse(&mut Cursor::new(&head[..]))? {
                 break parsed;
             }
         };
-        let mut payload = vec![0u8; usize::try_from(length).unwrap()];
+        let mut payload = vec![0u8; usize::try_from(length)?];
         socket
             .read_exact(&mut payload)
             .await
-            .expect("client closed");
-        let mask = header.mask.expect("client frames are masked");
+            .context("client closed")?;
+        let mask = header.mask.context("client frames are masked")?;
         for (i, b) in payload.iter_mut().enumerate() {
             *b ^= mask[i % 4];
         }
-        (header.opcode, payload)
+        Ok((header.opcode, payload))
     }
 
     #[tokio::test]
-    async fn frames_split_anywhere_or_larger_than_the_buffer_arrive_whole() {
+    async fn frames_split_anywhere_or_larger_than_the_buffer_arrive_whole() -> anyhow::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let big = "x".repeat(3 * READ_CHUNK);
@@ -507,7 +510,7 @@ mod tests {
                 first.extend(server_frame(OpCode::Data(Data::Text), b"early"));
                 socket.write_all(&first).await.unwrap();
                 assert_eq!(
-                    client_frame(&mut socket).await,
+                    client_frame(&mut socket).await?,
                     (OpCode::Control(Control::Pong), b"hb".to_vec())
                 );
                 // Split inside a header, then a frame three buffers long, then two at once.
@@ -524,12 +527,13 @@ mod tests {
                 two.extend(server_frame(OpCode::Data(Data::Text), b"three"));
                 socket.write_all(&two).await.unwrap();
                 assert_eq!(
-                    client_frame(&mut socket).await,
+                    client_frame(&mut socket).await?,
                     (OpCode::Control(Control::Pong), b"later".to_vec())
                 );
-                let (opcode, text) = client_frame(&mut socket).await;
+                let (opcode, text) = client_frame(&mut socket).await?;
                 assert_eq!(opcode, OpCode::Data(Data::Text));
                 assert_eq!(text, b"sent");
+                anyhow::Ok(())
             })
         };
         let connection = connect(addr, "tok", Ipv4Addr::LOCALHOST).await.unwrap();
@@ -555,9 +559,10 @@ mod tests {
                 b"three".to_vec()
             ]
         );
-        send_text(&writer, b"sent").unwrap();
-        server.await.unwrap();
-        assert_eq!(readers.stop().unwrap().len(), 1);
+        send_text(&writer, b"sent")?;
+        server.await??;
+        assert_eq!(readers.stop()?.len(), 1);
+        Ok(())
     }
 
     #[tokio::test]
