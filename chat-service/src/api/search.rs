@@ -7,6 +7,7 @@
 //! phrase of consecutive characters: a substring.
 
 use axum::{extract::State, Json};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{
     chat::Message,
@@ -32,20 +33,23 @@ const MAX_QUERY_CHARS: usize = 200;
 const MAX_TERMS: usize = 10;
 /// What answering a match through the index costs, in rows walked: the index plan visits each
 /// match's page wherever it lies, keeps the whole row and sorts them all, while the walk reads a
-/// conversation's rows in order. Over 1M messages (2026-12-05) a match cost 3.5–9 µs that way and
-/// a walked row 1.0–2.4 µs.
-const INDEX_ROW_COST: f64 = 2.5;
+/// conversation's rows in order. Over 1M messages in 50 conversations (2026-12-06, warm) a
+/// match cost 4.4–5.5 µs that way and a walked row 1.3–1.5 µs.
+const INDEX_ROW_COST: f64 = 3.3;
 
-/// Which plan answers a query: every match from the index (then sorted), or each conversation
-/// walked newest first until enough rows match, whichever costs less. The index plan reads the
-/// query's `matches` (all of them, anywhere), the walk about `take / frequency` rows per
-/// conversation, the frequency being `matches / messages`. `conversations` is how many the
-/// search covers.
+/// Which plan answers a query: every match from the index (then sorted), or the conversations
+/// walked newest first until enough rows match, whichever reads less. The index plan reads the
+/// query's `matches` (all of them, anywhere). The walk reads about `1 / frequency` rows per
+/// match it finds, the frequency being `matches / messages`: each conversation's rows up to its
+/// first match, then `take` matches' worth per merging statement (see [`merged`]). `conversations`
+/// is how many the search covers.
 pub fn from_index(matches: f64, messages: f64, conversations: f64, take: f64) -> bool {
     if matches <= 0.0 {
         return true;
     }
-    let walked = conversations.max(1.0) * take * messages.max(matches) / matches;
+    let conversations = conversations.max(1.0);
+    let statements = (conversations / MERGE_BRANCHES as f64).ceil();
+    let walked = (conversations + statements * take) * messages.max(matches) / matches;
     matches * INDEX_ROW_COST <= walked
 }
 
@@ -59,7 +63,7 @@ pub struct Terms {
     pub substrings: Vec<String>,
     /// `ILIKE` patterns every match satisfies: the ASCII letter-and-digit runs of the words
     /// (a lexeme that prefixes a word of the message is in its text). Cheap to test, they let
-    /// the walking plan skip most rows before parsing them.
+    /// the walking plans skip most rows before parsing them.
     pub prefilter: Vec<String>,
 }
 
@@ -243,120 +247,271 @@ pub async fn search(
         ApiError::unavailable("busy", "too many searches at once; retry shortly")
     })?;
 
-    let take = limit + 1;
-    // Two plans, chosen by [`from_index`] from the planner's estimate of the query's matches
-    // (migration 20261205000001; counting them cost as much as the cheaper plan). A rare query:
-    // every match through the index, then the caller's conversations, newest first. A common
-    // one: each conversation's messages walked newest first, each checked, so a few rows per
-    // conversation find the newest matches (a LATERAL per membership across conversations).
-    // Left to itself the planner did the worst of each: for a common word it sorted hundreds of
-    // thousands of matches, for a rare one it walked every row.
-    let mut tx = state.db.begin().await?;
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await?;
-    // The query as Postgres parses it (as it parsed the messages: the same function and
-    // `simple` configuration), its estimated matches, the table's size and the conversations
-    // searched, in one round trip.
-    let mut first: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT q::text, search_match_estimate(q), \
-         (SELECT reltuples::float8 FROM pg_class WHERE oid = 'messages'::regclass), ",
-    );
-    match scope {
-        Scope::One(_) => first.push("1::int8"),
-        Scope::Mine(user) => first
-            .push("(SELECT count(*) FROM conversation_members WHERE user_id = ")
-            .push_bind(user)
-            .push(")"),
-    };
-    first.push(" FROM (SELECT ");
-    push_tsquery(&mut first, &terms);
-    first.push(" AS q) parsed");
-    let (tsquery, estimate, table_rows, conversations): (Option<String>, Option<i64>, f64, i64) =
-        first.build_query_as().fetch_one(&mut *tx).await?;
-    // Words the parser finds no lexeme in match nothing.
-    let Some(tsquery) = tsquery else {
-        return Ok(Json(SearchResults {
-            messages: vec![],
-            has_more: false,
-        }));
-    };
-    let rare = from_index(
-        estimate.unwrap_or(0) as f64,
-        table_rows,
-        conversations as f64,
-        take as f64,
-    );
-    let matching = Matching {
-        terms: &terms,
-        tsquery: &tsquery,
-    };
-    if !rare {
-        // Walk, checking each row (the prefilter first): a bitmap of the index's matches in
-        // every conversation is what this plan is there to avoid.
-        sqlx::query("SET LOCAL enable_bitmapscan = off")
-            .execute(&mut *tx)
-            .await?;
-    }
-
-    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new("");
-    if rare {
-        sql.push("WITH hits AS MATERIALIZED (SELECT m.* FROM messages m WHERE true");
-        push_matching(&mut sql, matching);
-        sql.push(") SELECT m.* FROM hits m WHERE ");
-        match scope {
-            Scope::One(conversation) => {
-                sql.push("m.conversation_id = ").push_bind(conversation);
-            }
-            Scope::Mine(user) => {
-                sql.push(
-                    "m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ",
-                )
-                .push_bind(user)
-                .push(")");
-            }
-        }
-    }
-    match (scope, rare) {
-        (Scope::One(_), true) => {}
-        (Scope::One(conversation), false) => {
-            sql.push("SELECT m.* FROM messages m WHERE m.conversation_id = ")
-                .push_bind(conversation);
-            push_matching(&mut sql, matching);
-        }
-        (Scope::Mine(user), false) => {
-            sql.push(
-                "SELECT m.* FROM conversation_members cm CROSS JOIN LATERAL \
-                 (SELECT m.* FROM messages m WHERE m.conversation_id = cm.conversation_id",
-            );
-            push_matching(&mut sql, matching);
-            push_before_id(&mut sql, before_id);
-            sql.push(" ORDER BY m.seq DESC LIMIT ")
-                .push_bind(take)
-                .push(") m WHERE cm.user_id = ")
-                .push_bind(user);
-        }
-        (Scope::Mine(_), true) => push_before_id(&mut sql, before_id),
-    }
-    match scope {
-        Scope::One(_) => {
-            if let Some(seq) = before_seq {
-                sql.push(" AND m.seq < ").push_bind(seq);
-            }
-            sql.push(" ORDER BY m.seq DESC");
-        }
-        Scope::Mine(_) => {
-            sql.push(" ORDER BY m.created_at DESC, m.id DESC");
-        }
-    }
-    sql.push(" LIMIT ").push_bind(take);
-    let mut rows: Vec<MessageRow> = sql.build_query_as().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
+    let mut rows = find(&state.db, terms, scope, limit + 1, before_seq, before_id).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let mut messages = model::messages(rows)?;
     crate::api::enrich(&state, caller.user_id, &mut messages).await?;
     Ok(Json(SearchResults { messages, has_more }))
+}
+
+/// Up to `take` matches of `terms` in `scope`, newest first, older than `before_seq` (one
+/// conversation) or the message `before_id` (across conversations) when given.
+async fn find(
+    db: &sqlx::PgPool,
+    terms: Terms,
+    scope: Scope,
+    take: i64,
+    before_seq: Option<i64>,
+    before_id: Option<Uuid>,
+) -> ApiResult<Vec<MessageRow>> {
+    // Two plans, chosen by [`from_index`] from the planner's estimate of the query's matches
+    // (migration 20261205000001; counting them cost as much as the cheaper plan). A rare query:
+    // every match through the index, then the caller's conversations, newest first. A common
+    // one: the conversations' messages walked newest first, each checked, until the answer is
+    // found. Left to itself the planner did the worst of each: for a common word it sorted
+    // hundreds of thousands of matches, for a rare one it walked every row. Plans are not
+    // compiled (a JIT compilation, about 9 ms, cost more than most searches).
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    // The query as Postgres parses it (as it parsed the messages: the same function and
+    // `simple` configuration), its estimated matches, the table's size, the conversations
+    // searched and where the page starts, in one round trip.
+    let mut first: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT q::text, search_match_estimate(q), \
+         (SELECT reltuples::float8 FROM pg_class WHERE oid = 'messages'::regclass), ",
+    );
+    match scope {
+        Scope::One(_) => first.push("NULL::uuid[]"),
+        Scope::Mine(user) => first
+            .push(
+                "(SELECT array_agg(conversation_id ORDER BY conversation_id) \
+                 FROM conversation_members WHERE user_id = ",
+            )
+            .push_bind(user)
+            .push(")"),
+    };
+    first
+        .push(", (SELECT created_at FROM messages WHERE id = ")
+        .push_bind(before_id)
+        .push(") FROM (SELECT ");
+    push_tsquery(&mut first, &terms);
+    first.push(" AS q) parsed");
+    type First = (
+        Option<String>,
+        Option<i64>,
+        f64,
+        Option<Vec<Uuid>>,
+        Option<DateTime<Utc>>,
+    );
+    let (tsquery, estimate, table_rows, conversations, before_time): First =
+        first.build_query_as().fetch_one(&mut *tx).await?;
+    // Words the parser finds no lexeme in match nothing; a page after a message that does not
+    // exist has nothing on it.
+    let Some(tsquery) = tsquery else {
+        return Ok(vec![]);
+    };
+    if before_id.is_some() && before_time.is_none() && matches!(scope, Scope::Mine(_)) {
+        return Ok(vec![]);
+    }
+    let conversations = conversations.unwrap_or_default();
+    let rare = from_index(
+        estimate.unwrap_or(0) as f64,
+        table_rows,
+        match scope {
+            Scope::One(_) => 1.0,
+            Scope::Mine(_) => conversations.len() as f64,
+        },
+        take as f64,
+    );
+    let matching = Matching {
+        tsquery,
+        prefilter: terms.prefilter,
+        substrings: terms.substrings.iter().map(|t| like_pattern(t)).collect(),
+        take,
+    };
+    let rows = match (scope, rare) {
+        (Scope::One(conversation), rare) => {
+            if !rare {
+                walk_only(&mut tx).await?;
+            }
+            let sql = if rare { ONE_FROM_INDEX } else { ONE_WALKED };
+            matching
+                .bind(sqlx::query_as(sql))
+                .bind(conversation)
+                .bind(before_seq.unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?
+        }
+        (Scope::Mine(user), true) => {
+            matching
+                .bind(sqlx::query_as(MINE_FROM_INDEX))
+                .bind(user)
+                .bind(before_time)
+                .bind(before_id)
+                .fetch_all(&mut *tx)
+                .await?
+        }
+        (Scope::Mine(_), false) => {
+            walk_only(&mut tx).await?;
+            merged(&mut tx, &matching, &conversations, before_time, before_id).await?
+        }
+    };
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The conditions on `m` that make it a match: undeleted, the unspaced terms' characters
+/// consecutive (`$3`: a phrase of single characters also matches when punctuation stands
+/// between them), and the query (`$1`). A macro so the statements below are constants.
+macro_rules! matching {
+    () => {
+        "NOT m.is_deleted AND m.content LIKE ALL($3) \
+         AND to_tsvector('simple', search_text(m.content)) @@ $1::tsquery"
+    };
+}
+
+/// [`matching!`] for the plans that walk rows: the prefilter's patterns (`$2`) first, cheap, so
+/// most rows are passed over before they are parsed. (The index's matches need no prefilter.)
+macro_rules! walked_matching {
+    () => {
+        concat!("m.content ILIKE ALL($2) AND ", matching!())
+    };
+}
+
+/// One conversation (`$5`), every match through the index, older than seq `$6`.
+const ONE_FROM_INDEX: &str = concat!(
+    "WITH hits AS MATERIALIZED (SELECT m.* FROM messages m WHERE ",
+    matching!(),
+    ") SELECT m.* FROM hits m WHERE m.conversation_id = $5 AND m.seq < $6 \
+     ORDER BY m.seq DESC LIMIT $4"
+);
+
+/// One conversation (`$5`) walked newest first from seq `$6`.
+const ONE_WALKED: &str = concat!(
+    "SELECT m.* FROM messages m WHERE m.conversation_id = $5 AND m.seq < $6 AND ",
+    walked_matching!(),
+    " ORDER BY m.seq DESC LIMIT $4"
+);
+
+/// The conversations of user `$5`, every match through the index, older than the message at
+/// (`$6`, `$7`) when they are given.
+const MINE_FROM_INDEX: &str = concat!(
+    "WITH hits AS MATERIALIZED (SELECT m.* FROM messages m WHERE ",
+    matching!(),
+    ") SELECT m.* FROM hits m WHERE m.conversation_id IN \
+     (SELECT conversation_id FROM conversation_members WHERE user_id = $5) \
+     AND (m.created_at, m.id) < (COALESCE($6, 'infinity'), COALESCE($7, 'ffffffff-ffff-ffff-ffff-ffffffffffff')) \
+     ORDER BY m.created_at DESC, m.id DESC LIMIT $4"
+);
+
+/// What a statement needs to find matches: `$1` to `$4` of each.
+struct Matching {
+    /// The query as Postgres parsed it.
+    tsquery: String,
+    /// `ILIKE` patterns every match satisfies ([`Terms::prefilter`]).
+    prefilter: Vec<String>,
+    /// `LIKE` patterns of the unspaced terms.
+    substrings: Vec<String>,
+    /// Rows wanted: a page and one more (to tell whether there are more).
+    take: i64,
+}
+
+type RowQuery<'q> = sqlx::query::QueryAs<'q, Postgres, MessageRow, sqlx::postgres::PgArguments>;
+
+impl Matching {
+    fn bind<'q>(&'q self, query: RowQuery<'q>) -> RowQuery<'q> {
+        query
+            .bind(&self.tsquery)
+            .bind(&self.prefilter)
+            .bind(&self.substrings)
+            .bind(self.take)
+    }
+}
+
+/// The walking plans read rows in order and check each: a bitmap of the index's matches is what
+/// they are there to avoid.
+async fn walk_only(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
+    sqlx::query("SET LOCAL enable_bitmapscan = off")
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// The most conversations one merging statement walks (its `UNION ALL` branches). A search over
+/// more runs a statement per this many and keeps the newest of their answers.
+const MERGE_BRANCHES: usize = 128;
+/// The fewest branches a merging statement has. Statements come in powers of two from this to
+/// [`MERGE_BRANCHES`], padded with a conversation that does not exist, so a connection
+/// prepares (and plans) at most five of them, once.
+const MERGE_MIN_BRANCHES: usize = 8;
+
+/// A statement that walks `branches` conversations (`$7` on) newest first, each by
+/// `messages (conversation_id, created_at, id)` from the message at (`$5`, `$6`) when given,
+/// and merges the walks: Postgres reads each conversation up to its first match, then only as
+/// far as the answer needs (its Merge Append).
+fn merge_statement(branches: usize) -> String {
+    let mut sql = String::from("SELECT m.* FROM (");
+    for k in 0..branches {
+        if k > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!(
+            "(SELECT m.* FROM messages m WHERE m.conversation_id = ${} AND (m.created_at, m.id) < \
+             (COALESCE($5, 'infinity'), COALESCE($6, 'ffffffff-ffff-ffff-ffff-ffffffffffff')) AND {} \
+             ORDER BY m.created_at DESC, m.id DESC)",
+            7 + k,
+            walked_matching!()
+        ));
+    }
+    sql.push_str(") m ORDER BY m.created_at DESC, m.id DESC LIMIT $4");
+    sql
+}
+
+/// How many branches the statement for `conversations` conversations has.
+fn branches(conversations: usize) -> usize {
+    conversations
+        .next_power_of_two()
+        .clamp(MERGE_MIN_BRANCHES, MERGE_BRANCHES)
+}
+
+/// The newest matches across `conversations`, older than (`before_time`, `before_id`) when
+/// given: one merging statement per [`MERGE_BRANCHES`] conversations, their answers merged here.
+async fn merged(
+    tx: &mut sqlx::PgConnection,
+    matching: &Matching,
+    conversations: &[Uuid],
+    before_time: Option<DateTime<Utc>>,
+    before_id: Option<Uuid>,
+) -> ApiResult<Vec<MessageRow>> {
+    // The statements are planned once per connection, not per search: a custom plan of 128
+    // branches costs about 16 ms, and the plan is the same whatever the conversations.
+    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+        .execute(&mut *tx)
+        .await?;
+    let mut rows = Vec::new();
+    for chunk in conversations.chunks(MERGE_BRANCHES) {
+        let branches = branches(chunk.len());
+        let sql = merge_statement(branches);
+        let mut query = matching
+            .bind(sqlx::query_as(&sql))
+            .bind(before_time)
+            .bind(before_id);
+        for id in chunk
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(Uuid::nil()))
+            .take(branches)
+        {
+            query = query.bind(id);
+        }
+        rows.extend(query.fetch_all(&mut *tx).await?);
+    }
+    rows.sort_unstable_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
+    rows.truncate(matching.take as usize);
+    Ok(rows)
 }
 
 /// The query as one `tsquery`: each lexeme of the words a prefix term, each unspaced term a
@@ -384,39 +539,6 @@ fn push_tsquery(sql: &mut QueryBuilder<'_, Postgres>, terms: &Terms) {
     }
 }
 
-/// A parsed query and the `tsquery` Postgres made of it.
-#[derive(Clone, Copy)]
-struct Matching<'a> {
-    terms: &'a Terms,
-    tsquery: &'a str,
-}
-
-/// The conditions on `m` that make it a match: undeleted, and every term.
-fn push_matching(sql: &mut QueryBuilder<'_, Postgres>, matching: Matching<'_>) {
-    sql.push(" AND NOT m.is_deleted");
-    for pattern in &matching.terms.prefilter {
-        sql.push(" AND m.content ILIKE ").push_bind(pattern.clone());
-    }
-    // The characters themselves, consecutive: a phrase of single characters also matches
-    // when punctuation stands between them.
-    for term in &matching.terms.substrings {
-        sql.push(" AND m.content LIKE ")
-            .push_bind(like_pattern(term));
-    }
-    sql.push(" AND to_tsvector('simple', search_text(m.content)) @@ ")
-        .push_bind(matching.tsquery.to_owned())
-        .push("::tsquery");
-}
-
-/// Across conversations, matches older than the message `before_id`.
-fn push_before_id(sql: &mut QueryBuilder<'_, Postgres>, before_id: Option<Uuid>) {
-    if let Some(id) = before_id {
-        sql.push(" AND (m.created_at, m.id) < (SELECT created_at, id FROM messages WHERE id = ")
-            .push_bind(id)
-            .push(")");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,17 +563,33 @@ mod tests {
 
     #[test]
     fn the_plan_that_reads_fewer_rows_is_chosen() {
-        // 1M messages, 21 rows wanted from one conversation: the walk reads 21M / matches, the
-        // index 2.5 × matches.
-        assert!(from_index(2_800.0, 1e6, 1.0, 21.0));
-        assert!(!from_index(3_000.0, 1e6, 1.0, 21.0));
-        // Across 50 conversations the walk reads 50 times as much.
-        assert!(from_index(20_000.0, 1e6, 50.0, 21.0));
-        assert!(!from_index(21_000.0, 1e6, 50.0, 21.0));
+        // 1M messages, 21 rows wanted from one conversation: the walk reads 22M / matches (up
+        // to the first match, then 21 more), the index 3.3 × matches.
+        assert!(from_index(2_500.0, 1e6, 1.0, 21.0));
+        assert!(!from_index(2_600.0, 1e6, 1.0, 21.0));
+        // Across 50 conversations, merged: each read up to its first match, then 21 matches'
+        // worth in all (71M / matches).
+        assert!(from_index(4_600.0, 1e6, 50.0, 21.0));
+        assert!(!from_index(4_700.0, 1e6, 50.0, 21.0));
+        // 200 conversations take two merging statements, each finding 21 (242M / matches).
+        assert!(from_index(8_500.0, 1e6, 200.0, 21.0));
+        assert!(!from_index(8_600.0, 1e6, 200.0, 21.0));
         // Nothing matches: the index says so at once. A table whose size is not known yet
         // (never analyzed) counts as holding the matches.
         assert!(from_index(0.0, 1e6, 50.0, 21.0));
         assert!(from_index(3.0, -1.0, 1.0, 21.0));
+    }
+
+    #[test]
+    fn merging_statements_come_in_five_sizes() {
+        assert_eq!(branches(1), 8);
+        assert_eq!(branches(8), 8);
+        assert_eq!(branches(9), 16);
+        assert_eq!(branches(100), 128);
+        assert_eq!(branches(128), 128);
+        let sql = merge_statement(8);
+        assert_eq!(sql.matches("UNION ALL").count(), 7);
+        assert!(sql.contains("$14 ") && !sql.contains("$15"));
     }
 
     #[test]

@@ -345,6 +345,107 @@ async fn common_words_walk_conversations_with_the_same_answers(db: PgPool) {
     );
 }
 
+/// A common word across more conversations than one merging statement walks (128): the
+/// newest matches of all of them, interleaved in time, come out in one order, page after page,
+/// whichever statement found them; a deleted match and a room the caller is not in never.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn common_words_across_many_conversations_merge_newest_first(db: PgPool) {
+    const ROOMS: i64 = 140;
+    // Few enough pages of 100 for the search rate's burst.
+    const PER_ROOM: i64 = 5;
+    let app = spawn_app(db.clone()).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    // Rooms made in SQL (140 creations would meet the per-user room quota), each alice's.
+    let rooms: Vec<Uuid> = sqlx::query_scalar(
+        "WITH made AS (
+             INSERT INTO rooms (id, name, created_by)
+             SELECT gen_random_uuid(), 'many ' || r, $1 FROM generate_series(0, $2 - 1) AS r
+             RETURNING id, name)
+         SELECT id FROM made ORDER BY substring(name FROM 6)::int",
+    )
+    .bind(alice.id)
+    .bind(ROOMS)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO conversations (id, chat_type, room_id) SELECT r, 'ROOM', r FROM unnest($1::uuid[]) AS r",
+    )
+    .bind(&rooms)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO conversation_members (conversation_id, user_id)
+         SELECT r, $2 FROM unnest($1::uuid[]) AS r",
+    )
+    .bind(&rooms)
+    .bind(alice.id)
+    .execute(&db)
+    .await
+    .unwrap();
+    // Message `s` of room `r` is number `s * 140 + r` in time: every room takes a turn.
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, from_user_id, room_id, content, message_type, chat_type, created_at)
+         SELECT gen_random_uuid(), rooms.id, s, $2, rooms.id, 'common ' || (s * $3 + rooms.n - 1),
+                'TEXT', 'ROOM', now() - make_interval(secs => (($4 - s) * $3 + $3 - rooms.n)::double precision)
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS rooms(id, n) CROSS JOIN generate_series(1, $4) AS s",
+    )
+    .bind(&rooms)
+    .bind(alice.id)
+    .bind(ROOMS)
+    .bind(PER_ROOM)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = ANY($1)")
+        .bind(&rooms)
+        .bind(PER_ROOM)
+        .execute(&db)
+        .await
+        .unwrap();
+    // Newer than all of them, in a room alice is not in; and other talk, for the estimates.
+    let theirs = app.room(&bob, "theirs", &[]).await;
+    fill(&db, theirs, bob.id, 100, "'common word ' || s").await;
+    let elsewhere = app.room(&bob, "elsewhere", &[]).await;
+    fill(&db, elsewhere, bob.id, 2000, "'talk t' || (s % 200)").await;
+    // The newest match of all is deleted.
+    sqlx::query("UPDATE messages SET is_deleted = true, content = '' WHERE content = $1")
+        .bind(format!("common {}", PER_ROOM * ROOMS + ROOMS - 1))
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE messages").execute(&db).await.unwrap();
+
+    let expected = |from: i64, n: i64| -> Vec<String> {
+        (0..n).map(|i| format!("common {}", from - i)).collect()
+    };
+    let newest = PER_ROOM * ROOMS + ROOMS - 2;
+    let mut page = search(&app, &alice, "q=common&limit=30").await;
+    assert_eq!(contents(&page), expected(newest, 30));
+    let mut seen = 30;
+    while page["has_more"] == true {
+        let id = page["messages"].as_array().unwrap().last().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        page = search(&app, &alice, &format!("q=common&limit=100&before_id={id}")).await;
+        let got = contents(&page);
+        assert_eq!(
+            got,
+            expected(newest - seen, got.len() as i64),
+            "after {seen}"
+        );
+        seen += got.len() as i64;
+    }
+    assert_eq!(
+        seen,
+        PER_ROOM * ROOMS - 1,
+        "every match once, the deleted one never"
+    );
+}
+
 /// Rows wait in the search index's pending list until merged; the background task merges them
 /// (so no send's insert has to), and [`flush`] finds nothing to do when the index is gone.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
