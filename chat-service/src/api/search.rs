@@ -267,7 +267,8 @@ async fn find(
 ) -> ApiResult<Vec<MessageRow>> {
     // Two plans, chosen by [`from_index`] from the planner's estimate of the query's matches
     // (migration 20261205000001; counting them cost as much as the cheaper plan). A rare query:
-    // every match through the index, then the caller's conversations, newest first. A common
+    // its matches through the index (in one conversation, only that conversation's; across
+    // conversations every match, then the caller's), newest first. A common
     // one: the conversations' messages walked newest first, each checked, until the answer is
     // found. Left to itself the planner did the worst of each: for a common word it sorted
     // hundreds of thousands of matches, for a rare one it walked every row. Plans are not
@@ -334,7 +335,9 @@ async fn find(
     };
     let rows = match (scope, rare) {
         (Scope::One(conversation), rare) => {
-            if !rare {
+            if rare {
+                bitmaps_only(&mut tx).await?;
+            } else {
                 walk_only(&mut tx).await?;
             }
             let sql = if rare { ONE_FROM_INDEX } else { ONE_WALKED };
@@ -381,12 +384,13 @@ macro_rules! walked_matching {
     };
 }
 
-/// One conversation (`$5`), every match through the index, older than seq `$6`.
+/// One conversation (`$5`), its matches through the index, older than seq `$6`: run with
+/// [`bitmaps_only`], the search index's matches and the conversation's rows are two bitmaps
+/// Postgres intersects before it reads a row, so only the conversation's matches are read.
 const ONE_FROM_INDEX: &str = concat!(
-    "WITH hits AS MATERIALIZED (SELECT m.* FROM messages m WHERE ",
+    "SELECT m.* FROM messages m WHERE m.conversation_id = $5 AND m.seq < $6 AND ",
     matching!(),
-    ") SELECT m.* FROM hits m WHERE m.conversation_id = $5 AND m.seq < $6 \
-     ORDER BY m.seq DESC LIMIT $4"
+    " ORDER BY m.seq DESC LIMIT $4"
 );
 
 /// One conversation (`$5`) walked newest first from seq `$6`.
@@ -429,6 +433,21 @@ impl Matching {
             .bind(&self.substrings)
             .bind(self.take)
     }
+}
+
+/// The one-conversation index plan reads only rows both bitmaps hold (Postgres's BitmapAnd):
+/// no index scan in seq order (which walks the conversation), and a plan made for this query's
+/// words, not a generic one that cannot tell how many rows they match. Over 1M messages
+/// (2026-12-06, warm) 1.2–1.9 ms where materializing every match of the table and keeping the
+/// conversation's took 3.3–7.5.
+async fn bitmaps_only(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
+    sqlx::query(
+        "SELECT set_config('enable_indexscan', 'off', true), \
+         set_config('plan_cache_mode', 'force_custom_plan', true)",
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// The walking plans read rows in order and check each: a bitmap of the index's matches is what
