@@ -271,12 +271,9 @@ async fn find(
     // conversations every match, then the caller's), newest first. A common
     // one: the conversations' messages walked newest first, each checked, until the answer is
     // found. Left to itself the planner did the worst of each: for a common word it sorted
-    // hundreds of thousands of matches, for a rare one it walked every row. Plans are not
-    // compiled (a JIT compilation, about 9 ms, cost more than most searches).
+    // hundreds of thousands of matches, for a rare one it walked every row.
     let mut tx = db.begin().await?;
-    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
+    set_local(&mut tx, SEARCHING).await?;
     // The query as Postgres parses it (as it parsed the messages: the same function and
     // `simple` configuration), its estimated matches, the table's size, the conversations
     // searched and where the page starts, in one round trip.
@@ -335,12 +332,12 @@ async fn find(
     };
     let rows = match (scope, rare) {
         (Scope::One(conversation), rare) => {
-            if rare {
-                bitmaps_only(&mut tx).await?;
+            let (sql, settings) = if rare {
+                (ONE_FROM_INDEX, BITMAPS_ONLY)
             } else {
-                walk_only(&mut tx).await?;
-            }
-            let sql = if rare { ONE_FROM_INDEX } else { ONE_WALKED };
+                (ONE_WALKED, WALKING)
+            };
+            set_local(&mut tx, settings).await?;
             matching
                 .bind(sqlx::query_as(sql))
                 .bind(conversation)
@@ -358,7 +355,7 @@ async fn find(
                 .await?
         }
         (Scope::Mine(_), false) => {
-            walk_only(&mut tx).await?;
+            set_local(&mut tx, MERGING).await?;
             merged(&mut tx, &matching, &conversations, before_time, before_id).await?
         }
     };
@@ -385,7 +382,7 @@ macro_rules! walked_matching {
 }
 
 /// One conversation (`$5`), its matches through the index, older than seq `$6`: run with
-/// [`bitmaps_only`], the search index's matches and the conversation's rows are two bitmaps
+/// [`BITMAPS_ONLY`], the search index's matches and the conversation's rows are two bitmaps
 /// Postgres intersects before it reads a row, so only the conversation's matches are read.
 const ONE_FROM_INDEX: &str = concat!(
     "SELECT m.* FROM messages m WHERE m.conversation_id = $5 AND m.seq < $6 AND ",
@@ -435,27 +432,48 @@ impl Matching {
     }
 }
 
+/// Planner settings, for the rest of a search's transaction.
+type Settings = &'static [(&'static str, &'static str)];
+
+/// Every search: no sequential scan of `messages`, and no JIT compilation (about 9 ms whenever
+/// a plan's estimated cost crossed its threshold, more than most searches take).
+const SEARCHING: Settings = &[("enable_seqscan", "off"), ("jit", "off")];
+
+/// The walking plans read rows in order and check each: a bitmap of the index's matches is what
+/// they are there to avoid.
+const WALKING: Settings = &[("enable_bitmapscan", "off")];
+
+/// The merging statements walk (as [`WALKING`]) and are planned once per connection, not per
+/// search: a custom plan of 128 branches costs about 16 ms, and the plan is the same whatever
+/// the conversations.
+const MERGING: Settings = &[
+    ("enable_bitmapscan", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+];
+
 /// The one-conversation index plan reads only rows both bitmaps hold (Postgres's BitmapAnd):
 /// no index scan in seq order (which walks the conversation), and a plan made for this query's
 /// words, not a generic one that cannot tell how many rows they match. Over 1M messages
 /// (2026-12-06, warm) 1.2–1.9 ms where materializing every match of the table and keeping the
 /// conversation's took 3.3–7.5.
-async fn bitmaps_only(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
-    sqlx::query(
-        "SELECT set_config('enable_indexscan', 'off', true), \
-         set_config('plan_cache_mode', 'force_custom_plan', true)",
-    )
-    .execute(tx)
-    .await?;
-    Ok(())
-}
+const BITMAPS_ONLY: Settings = &[
+    ("enable_indexscan", "off"),
+    ("plan_cache_mode", "force_custom_plan"),
+];
 
-/// The walking plans read rows in order and check each: a bitmap of the index's matches is what
-/// they are there to avoid.
-async fn walk_only(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
-    sqlx::query("SET LOCAL enable_bitmapscan = off")
-        .execute(tx)
-        .await?;
+/// Applies `settings` until the transaction ends, in one round trip.
+async fn set_local(tx: &mut sqlx::PgConnection, settings: Settings) -> ApiResult<()> {
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new("SELECT ");
+    let mut calls = sql.separated(", ");
+    for (name, value) in settings {
+        calls
+            .push("set_config(")
+            .push_bind_unseparated(*name)
+            .push_unseparated(", ")
+            .push_bind_unseparated(*value)
+            .push_unseparated(", true)");
+    }
+    sql.build().execute(tx).await?;
     Ok(())
 }
 
@@ -498,6 +516,7 @@ fn branches(conversations: usize) -> usize {
 
 /// The newest matches across `conversations`, older than (`before_time`, `before_id`) when
 /// given: one merging statement per [`MERGE_BRANCHES`] conversations, their answers merged here.
+/// Run with [`MERGING`].
 async fn merged(
     tx: &mut sqlx::PgConnection,
     matching: &Matching,
@@ -505,11 +524,6 @@ async fn merged(
     before_time: Option<DateTime<Utc>>,
     before_id: Option<Uuid>,
 ) -> ApiResult<Vec<MessageRow>> {
-    // The statements are planned once per connection, not per search: a custom plan of 128
-    // branches costs about 16 ms, and the plan is the same whatever the conversations.
-    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-        .execute(&mut *tx)
-        .await?;
     let mut rows = Vec::new();
     for chunk in conversations.chunks(MERGE_BRANCHES) {
         let branches = branches(chunk.len());
