@@ -21,7 +21,7 @@ export function listen(socket: ChatSocket): void {
   // Someone shown here (or the user) changed their display name or avatar: heard live
   // (`user_updated`) or found on asking again after a reconnect. Every name and picture on
   // screen comes from `cs.users`, except a private chat's entry.
-  cs.users.on("updated", (u) => {
+  const stopRedrawing = cs.users.on("updated", (u) => {
     for (const c of state.conversations) if (c.chat_type === "private" && c.chat_id === u.id) c.name = u.display_name;
     if (state.open?.chat_type === "private" && state.open.chat_id === u.id) state.open.name = u.display_name;
     renderConversations();
@@ -39,6 +39,8 @@ export function listen(socket: ChatSocket): void {
     document.querySelector("#status")!.textContent = s === "open" ? "" : s === "closed" ? "disconnected" : `${s}…`;
   });
   socket.on("stopped", () => {
+    // The directory outlives the session: the next sign-in listens anew.
+    stopRedrawing();
     localStorage.removeItem(TOKENS);
     renderLogin();
   });
