@@ -231,7 +231,7 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "user_updated",
-            "A user changed their display name or avatar (`PATCH /auth/me`, `PUT /auth/me/avatar`; an extension): the user as `GET /auth/users` now shows them. To the connections of everyone in a room, group or private chat with them, and of the user; once per conversation shared, so the same change may arrive more than once. Missed while disconnected: look the users up again after a reconnect.",
+            "A user changed their display name or avatar (`PATCH /auth/me`, `PUT /auth/me/avatar`; an extension): the user as `GET /auth/users` now shows them. To the connections of everyone in a room, group or private chat with them, and of the user; once per connection however many conversations it shares with them, and one user's changes in the order they were stored. Missed while disconnected: look the users up again after a reconnect.",
             json!({"$ref": "#/components/schemas/UserSummary"}),
         ),
         (

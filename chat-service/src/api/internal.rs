@@ -85,18 +85,29 @@ pub async fn user_conversations(
 /// name or avatar. Everyone who shows the user hears it as `user_updated`, with the user as
 /// stored now: one publish per room and group they are in (its members), per private chat (the
 /// other user's channel), and on their own channel (their other devices).
+///
+/// One user's announcements go out one at a time, on every replica (a transaction-scoped
+/// advisory lock on the user): each reads the user after the change that called it and
+/// publishes before the next one reads, so two quick changes never reach a channel in the
+/// wrong order and the last word on every channel is the user as stored.
 pub async fn profile_changed(
     State(state): State<AppState>,
     _: ServiceCaller,
     ApiPath(user): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(PROFILE_ANNOUNCEMENTS)
+        .bind(lock_key(user))
+        .execute(&mut *tx)
+        .await?;
     let profile = sqlx::query_as!(
         UserSummary,
         r#"SELECT id, username, display_name, avatar_url, is_active, created_at, last_seen
            FROM users WHERE id = $1"#,
         user
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("no such user"))?;
     let rows = sqlx::query!(
@@ -105,7 +116,7 @@ pub async fn profile_changed(
            WHERE m.user_id = $1"#,
         user
     )
-    .fetch_all(&state.db)
+    .fetch_all(&mut *tx)
     .await?;
     let keys = state.publisher.keys();
     let mut channels = Vec::with_capacity(rows.len() + 1);
@@ -121,7 +132,20 @@ pub async fn profile_changed(
         .publisher
         .publish(&channels, &Event::UserUpdated(profile))
         .await;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The first key of the advisory locks that order profile announcements (the second is the
+/// user's [`lock_key`]): two 32-bit keys, a space apart from the one-key locks (sqlx's
+/// migration lock among them).
+const PROFILE_ANNOUNCEMENTS: i32 = 0x7072_6f66; // "prof"
+
+/// A user's 32-bit lock key. Two users sharing one only wait for each other.
+fn lock_key(user: Uuid) -> i32 {
+    let (high, low) = user.as_u64_pair();
+    let folded = high ^ low;
+    (folded ^ (folded >> 32)) as u32 as i32
 }
 
 /// Groups whose members one query reads while choosing contacts.

@@ -2,7 +2,7 @@
 //! encoded at most once per encoding and the same bytes are queued on every receiving
 //! connection; typing and presence skip users who blocked their sender.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use serde::Serialize;
 use shared::{
@@ -408,9 +408,15 @@ impl Hub {
                 }
             }
             Event::UserUpdated(user) => {
-                // To everyone here who shares the conversation (or is the user): a user in
-                // several conversations with someone reaches them once per conversation.
-                for conn in self.receivers(channel, None) {
+                // To everyone here who shares the conversation (or is the user), once: the
+                // same change comes on the channel of each conversation they share.
+                let now = Instant::now();
+                let mut receivers = self.receivers(channel, None);
+                {
+                    let mut profiles = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
+                    receivers.retain(|c| profiles.tell(&user, c.id, now));
+                }
+                for conn in receivers {
                     self.send(&conn, "user_updated", &user, false);
                 }
             }

@@ -7,6 +7,7 @@
 //! - [`ordering`] — each conversation's messages once and in order; gaps held until repaired.
 //! - [`repair`] — fetching missed messages from chat-service, off the dispatcher.
 //! - [`fanout`] — each event turned into its receivers' frames.
+//! - [`profiles`] — a profile change once per connection, though it comes on many channels.
 //!
 //! One Redis connection per node subscribes to the channels its connections need: the channel
 //! of every room and group one of its users is in, and each of its users' own channel. One
@@ -19,6 +20,7 @@ mod channels;
 mod fanout;
 mod memberships;
 pub mod ordering;
+mod profiles;
 mod registry;
 pub mod repair;
 pub mod subscriber;
@@ -37,6 +39,7 @@ use shared::{
 };
 use uuid::Uuid;
 
+use self::profiles::Profiles;
 pub use self::registry::Refusal;
 use self::{
     channels::{Channels, Pending},
@@ -67,6 +70,8 @@ pub struct Hub {
     keys: Keys,
     chat: ChatClient,
     next_id: AtomicU64,
+    /// Used by the dispatcher only.
+    profiles: Mutex<Profiles>,
 }
 
 /// The hub's tasks, for the application to run: subscriptions and repairs.
@@ -97,6 +102,7 @@ impl Hub {
             keys,
             chat,
             next_id: AtomicU64::new(1),
+            profiles: Mutex::default(),
         };
         (
             hub,

@@ -662,3 +662,75 @@ async fn profile_changes_reach_whoever_shares_a_conversation(db: PgPool) {
         "{frames:?}"
     );
 }
+
+/// Someone who shares several conversations with the user (two rooms, a group, a private chat)
+/// hears a profile change once on each connection, though it is published on the channel of
+/// each. Changes made at the same moment reach them in the order they were stored: the last
+/// `user_updated` every connection gets is the profile as stored, and none repeats the one
+/// before it.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn profile_changes_reach_each_connection_once_and_in_order(db: PgPool) {
+    let s = stack(db, 2, |_| {}).await;
+    let auth = s.auth_service().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    s.room(&bob, "lobby", &[&alice]).await;
+    s.room(&alice, "den", &[&bob]).await;
+    s.rest(
+        &alice,
+        reqwest::Method::POST,
+        "/chat/groups",
+        json!({"name": "pair", "member_ids": [bob.id]}),
+    )
+    .await;
+    s.send_rest(&alice, &format!("private/{}", bob.id), "hi")
+        .await;
+    let mut phone = s.connect(0, &bob).await;
+    let mut laptop = s.connect(1, &bob).await;
+    let mut own = s.connect(0, &alice).await;
+    let rename = |name: String| {
+        let request = s
+            .http
+            .patch(format!("{auth}/auth/me"))
+            .bearer_auth(&alice.token)
+            .json(&json!({ "display_name": name }));
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(rename("Alice Liddell".into()).await, 200);
+    for conn in [&mut phone, &mut laptop, &mut own] {
+        let heard = names_heard(conn.drain(Duration::from_millis(600)).await);
+        assert_eq!(heard, ["Alice Liddell"]);
+    }
+
+    let statuses =
+        futures_util::future::join_all((0..6).map(|i| rename(format!("Alice {i}")))).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let me: Value = s
+        .http
+        .get(format!("{auth}/auth/me"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for conn in [&mut phone, &mut laptop, &mut own] {
+        let heard = names_heard(conn.drain(Duration::from_millis(800)).await);
+        assert_eq!(
+            heard.last().map(String::as_str),
+            me["display_name"].as_str(),
+            "{heard:?}"
+        );
+        assert!(heard.windows(2).all(|w| w[0] != w[1]), "{heard:?}");
+    }
+}
+
+/// The display names of the `user_updated` frames among `frames`, in order.
+fn names_heard(frames: Vec<Value>) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "user_updated")
+        .filter_map(|f| f["data"]["display_name"].as_str().map(str::to_owned))
+        .collect()
+}
