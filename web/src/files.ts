@@ -6,8 +6,16 @@ import { ChatSphereError, unwrap } from "@chatsphere/client";
 import { cs } from "./session.js";
 import { h, remember, showError } from "./dom.js";
 
-/** blob: URLs by what they were fetched from; `null` when it could not be. */
+/**
+ * blob: URLs by what they were fetched from; `null` when it could not be. A failure is
+ * forgotten after `RETRY_MS`, so a picture missed for a passing reason (the network dropped, a
+ * service was busy) is asked for again, by the element still waiting for it or by the next one
+ * that shows it, while a picture that keeps failing costs a request per `RETRY_MS` at most.
+ */
 const loaded = new Map<string, Promise<string | null>>();
+const RETRY_MS = 2_000;
+/** How many times an element on the page asks again for its picture, further apart each time. */
+const RETRIES = 3;
 
 function cached(key: string, load: () => Promise<Blob | null>): Promise<string | null> {
   let url = loaded.get(key);
@@ -16,8 +24,28 @@ function cached(key: string, load: () => Promise<Blob | null>): Promise<string |
       .then((blob) => (blob ? URL.createObjectURL(blob) : null))
       .catch(() => null);
     loaded.set(key, url);
+    void url.then((src) => {
+      if (src === null) setTimeout(() => loaded.delete(key), RETRY_MS);
+    });
   }
   return url;
+}
+
+/**
+ * Calls `show` with the picture's blob: URL once it has loaded. While `el` is on the page, a
+ * failure is tried again after 2, 4 and 8 seconds; then the picture stays as it is drawn
+ * without it until the element is drawn again.
+ */
+function showWhenLoaded(el: HTMLElement, key: string, load: () => Promise<Blob | null>, show: (src: string) => void, attempt = 0): void {
+  void cached(key, load).then((src) => {
+    if (src) {
+      show(src);
+    } else if (attempt < RETRIES) {
+      setTimeout(() => {
+        if (el.isConnected) showWhenLoaded(el, key, load, show, attempt + 1);
+      }, RETRY_MS * 2 ** attempt + 100);
+    }
+  });
 }
 
 /**
@@ -42,12 +70,11 @@ export function avatar(userId: string): HTMLElement {
   const el = h("span", { class: "avatar", "data-testid": "avatar", "aria-hidden": "true" }, [...name][0]?.toUpperCase() ?? "?");
   const url = servedAvatar(user?.avatar_url);
   if (url) {
-    void cached(url, async () => {
+    const load = async () => {
       const res = await fetch(url);
       return res.ok ? res.blob() : null;
-    }).then((src) => {
-      if (src) el.replaceChildren(h("img", { src, alt: "" }));
-    });
+    };
+    showWhenLoaded(el, url, load, (src) => el.replaceChildren(h("img", { src, alt: "" })));
   }
   return el;
 }
@@ -56,11 +83,11 @@ export function avatar(userId: string): HTMLElement {
 export function thumbnail(attachmentId: string, filename: string, open: () => void): HTMLElement {
   const img = h("img", { alt: filename });
   const button = h("button", { class: "thumb", "data-testid": "thumbnail", title: `Open ${filename}`, hidden: true, onclick: open }, img);
-  void cached(`thumbnail:${attachmentId}`, async () => {
+  const load = async () => {
     const { data } = await cs.rest.GET("/chat/attachments/{id}/thumbnail", { params: { path: { id: attachmentId } }, parseAs: "blob" });
     return data instanceof Blob ? data : null;
-  }).then((src) => {
-    if (!src) return;
+  };
+  showWhenLoaded(button, `thumbnail:${attachmentId}`, load, (src) => {
     img.src = src;
     button.hidden = false;
   });
