@@ -239,7 +239,7 @@ impl Application {
         let partitions = config.run_send_worker.then(|| {
             // The send loops' own connections, which plan their statements generically (see
             // `generic_plan_pool`): three per partition (each loop keeps two, see
-            // `worker::Kept`, and a batch's other queries take a third), as many as this
+            // `worker::batch::Kept`, and a batch's other queries take a third), as many as this
             // replica could hold.
             let send_db = shared::db::generic_plan_pool(
                 &db,
