@@ -414,7 +414,8 @@ impl Hub {
                 let mut receivers = self.receivers(channel, None);
                 {
                     let mut profiles = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
-                    receivers.retain(|c| profiles.tell(&user, c.id, now));
+                    let told = profiles.told(&user, now);
+                    receivers.retain(|c| told.insert(c.id));
                 }
                 for conn in receivers {
                     self.send(&conn, "user_updated", &user, false);

@@ -33,12 +33,9 @@ struct Heard {
 }
 
 impl Profiles {
-    /// Whether connection `conn` is yet to be told `profile`; from now on it counts as told.
-    pub fn tell(&mut self, profile: &UserSummary, conn: ConnId, now: Instant) -> bool {
-        self.heard(profile, now).told.insert(conn)
-    }
-
-    fn heard(&mut self, profile: &UserSummary, now: Instant) -> &mut Heard {
+    /// The connections already told `profile`, for the caller to add those it tells now; empty
+    /// when `profile` is news (a first change, or one unlike the latest heard of the user).
+    pub fn told(&mut self, profile: &UserSummary, now: Instant) -> &mut HashSet<ConnId> {
         if self
             .pruned_at
             .is_none_or(|t| now.duration_since(t) >= REMEMBERED)
@@ -59,7 +56,7 @@ impl Profiles {
                 told: HashSet::new(),
             };
         }
-        heard
+        &mut heard.told
     }
 }
 
@@ -79,6 +76,11 @@ mod tests {
         }
     }
 
+    /// Whether `conn` is told `profile` (as the fan-out asks).
+    fn tell(p: &mut Profiles, profile: &UserSummary, conn: ConnId, now: Instant) -> bool {
+        p.told(profile, now).insert(conn)
+    }
+
     #[test]
     fn each_change_once_per_connection() {
         let mut p = Profiles::default();
@@ -86,18 +88,18 @@ mod tests {
         let alice = Uuid::new_v4();
         let (a, b) = (user(alice, "A"), user(alice, "B"));
         // A on two channels that both feed connection 1; connection 2 on the second only.
-        assert!(p.tell(&a, 1, now));
-        assert!(!p.tell(&a, 1, now));
-        assert!(p.tell(&a, 2, now));
+        assert!(tell(&mut p, &a, 1, now));
+        assert!(!tell(&mut p, &a, 1, now));
+        assert!(tell(&mut p, &a, 2, now));
         // B, then A again: each is news to both.
-        assert!(p.tell(&b, 1, now));
-        assert!(!p.tell(&b, 1, now));
-        assert!(p.tell(&b, 2, now));
-        assert!(p.tell(&a, 1, now));
-        assert!(p.tell(&a, 2, now));
-        assert!(!p.tell(&a, 2, now));
+        assert!(tell(&mut p, &b, 1, now));
+        assert!(!tell(&mut p, &b, 1, now));
+        assert!(tell(&mut p, &b, 2, now));
+        assert!(tell(&mut p, &a, 1, now));
+        assert!(tell(&mut p, &a, 2, now));
+        assert!(!tell(&mut p, &a, 2, now));
         // Another user's change is its own.
-        assert!(p.tell(&user(Uuid::new_v4(), "A"), 1, now));
+        assert!(tell(&mut p, &user(Uuid::new_v4(), "A"), 1, now));
     }
 
     #[test]
@@ -105,12 +107,12 @@ mod tests {
         let mut p = Profiles::default();
         let now = Instant::now();
         let a = user(Uuid::new_v4(), "A");
-        assert!(p.tell(&a, 1, now));
-        assert!(!p.tell(&a, 1, now + REMEMBERED / 2));
-        assert!(p.tell(&a, 1, now + REMEMBERED));
+        assert!(tell(&mut p, &a, 1, now));
+        assert!(!tell(&mut p, &a, 1, now + REMEMBERED / 2));
+        assert!(tell(&mut p, &a, 1, now + REMEMBERED));
         // Pruning drops users not heard of lately.
         let b = user(Uuid::new_v4(), "B");
-        assert!(p.tell(&b, 1, now + REMEMBERED * 3));
+        assert!(tell(&mut p, &b, 1, now + REMEMBERED * 3));
         assert_eq!(p.latest.len(), 1);
     }
 }
