@@ -209,3 +209,77 @@ async fn through_nginx() {
         .unwrap();
     assert_eq!(r.status(), 404, "the internal API is not public");
 }
+
+/// What nginx answers itself is JSON, as the services' answers are: requests it refuses before
+/// any location (a request line or a header over 8 KiB, a line it cannot parse), a file the
+/// app does not have, a method its page does not take. Sent over a bare socket, as a client
+/// that builds its own requests would.
+#[tokio::test]
+#[ignore = "needs the stack behind nginx: run scripts/e2e"]
+async fn nginx_refusals_are_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let long = "a".repeat(9000);
+    let cases = [
+        (
+            format!("GET /chat/rooms?x={long} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!("GET /chat/rooms HTTP/1.1\r\nHost: x\r\nX-Big: {long}\r\n\r\n"),
+            400,
+            "headers_too_large",
+        ),
+        ("NONSENSE\r\n\r\n".to_owned(), 400, "bad_request"),
+        (
+            "GET /assets/none.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET /_errors/not_found.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                .to_owned(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_owned(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET /assets/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+            .await
+            .expect("nginx closes within 10 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let what = &request[..request.len().min(40)];
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {head}"
+        );
+        assert!(
+            head.lines()
+                .any(|l| l.eq_ignore_ascii_case("content-type: application/json")),
+            "{what}: {head}"
+        );
+        let body: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        assert_eq!(body["code"], code, "{what}");
+    }
+}
