@@ -195,7 +195,7 @@ impl Presence {
         match reserved {
             Ok(n) => n == 1,
             Err(e) => {
-                tracing::warn!(error = %e, "socket reservation unavailable; letting the socket through");
+                tracing::warn!(error = %e, %user, "socket reservation unavailable; letting the socket through");
                 true
             }
         }
@@ -206,7 +206,7 @@ impl Presence {
         let released: Result<i64, Error> =
             self.redis.zrem(self.keys.user_sockets(user), session).await;
         if let Err(e) = released {
-            tracing::warn!(error = %e, "socket release failed");
+            tracing::warn!(error = %e, %user, session, "socket release failed");
         }
     }
 

@@ -99,7 +99,7 @@ struct Ready<'a> {
 fn reply<D: Serialize>(conn: &Arc<ConnShared>, kind: &'static str, data: &D) {
     match protocol::encode(conn.encoding, kind, data) {
         Ok(frame) => conn.push(Outbound::reply(frame, kind)),
-        Err(e) => tracing::error!(error = %e, "could not encode a reply"),
+        Err(e) => tracing::error!(error = %e, kind, user = %conn.user, "could not encode a reply"),
     }
 }
 
@@ -182,7 +182,7 @@ async fn open(
     let first = match registered {
         Ok(first) => first,
         Err(refusal) => {
-            tracing::info!(?refusal, "connection refused after upgrade");
+            tracing::info!(?refusal, %user, "connection refused after upgrade");
             close_gracefully(ws, CloseCode::Again, "gateway full").await;
             return false;
         }
@@ -196,7 +196,7 @@ async fn open(
                     .await
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "presence claim failed"),
+            Err(e) => tracing::warn!(error = %e, %user, "presence claim failed"),
         }
         stage_done("presence", claiming);
     }
@@ -235,7 +235,7 @@ async fn finish(
         match gw.presence.withdraw(user).await {
             Ok(true) => gw.presence.announce(user, false, &contacts).await,
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "presence withdrawal failed"),
+            Err(e) => tracing::warn!(error = %e, %user, "presence withdrawal failed"),
         }
     }
     metrics::counter!("gateway_connections_closed_total").increment(1);
