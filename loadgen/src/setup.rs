@@ -109,6 +109,12 @@ impl Setup {
     /// Puts every user of `users` in `rooms_per_user` rooms of 100 (each round of rooms splits
     /// the users, shifted, into consecutive hundreds) and `privates_per_user` private chats with
     /// the users next to them (about; the ends of the list have fewer).
+    ///
+    /// Every room and conversation is created first and the tables analyzed, and only then the
+    /// members go in. Each member row's foreign-key check and the rooms' member-count trigger
+    /// are statements Postgres plans once per connection: planned while `conversations` was
+    /// nearly empty (and autovacuum off), they scanned the whole table for every member, and
+    /// 15,000 users' 450,000 memberships read billions of rows (tens of minutes).
     pub async fn memberships(
         &self,
         users: &[Uuid],
@@ -116,39 +122,66 @@ impl Setup {
         privates_per_user: usize,
     ) -> anyhow::Result<()> {
         const MEMBERS: usize = 100;
+        const ROWS_PER_STATEMENT: usize = 10_000;
         let n = users.len();
+        // (conversation, user) pairs, inserted once every conversation exists.
+        let mut members: Vec<(Uuid, Uuid)> = Vec::new();
+        let mut rooms: Vec<(Uuid, Uuid)> = Vec::new(); // (room, creator)
         if n >= MEMBERS {
             for round in 0..rooms_per_user {
                 let shift = round * 37 % n;
                 for start in (0..n - n % MEMBERS).step_by(MEMBERS) {
-                    let members: Vec<Uuid> = (start..start + MEMBERS)
-                        .map(|i| users[(i + shift) % n])
-                        .collect();
-                    self.room(&members).await?;
+                    let room = Uuid::now_v7();
+                    rooms.push((room, users[(start + shift) % n]));
+                    members
+                        .extend((start..start + MEMBERS).map(|i| (room, users[(i + shift) % n])));
                 }
             }
         }
-        let (mut ids, mut low, mut high) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
+            let (ids, creators): (Vec<Uuid>, Vec<Uuid>) = chunk.iter().copied().unzip();
+            let names: Vec<String> = ids
+                .iter()
+                .map(|id| format!("lg-{}-{}", self.run, id.simple()))
+                .collect();
+            let mut tx = self.db.begin().await?;
+            sqlx::query(
+                "INSERT INTO rooms (id, name, created_by)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[])",
+            )
+            .bind(&ids)
+            .bind(names)
+            .bind(creators)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO conversations (id, chat_type, room_id)
+                 SELECT i, 'ROOM', i FROM unnest($1::uuid[]) AS t(i)",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        let mut privates: Vec<(Uuid, Uuid, Uuid)> = Vec::new(); // (conversation, low, high)
         for i in 0..n {
             for d in 1..=privates_per_user / 2 {
                 if let Some(&other) = users.get(i + d) {
-                    let (a, b) = if users[i] < other {
+                    let (low, high) = if users[i] < other {
                         (users[i], other)
                     } else {
                         (other, users[i])
                     };
-                    ids.push(Uuid::now_v7());
-                    low.push(a);
-                    high.push(b);
+                    let id = Uuid::now_v7();
+                    privates.push((id, low, high));
+                    members.extend([(id, low), (id, high)]);
                 }
             }
         }
-        for ((ids, low), high) in ids
-            .chunks(10_000)
-            .zip(low.chunks(10_000))
-            .zip(high.chunks(10_000))
-        {
-            let mut tx = self.db.begin().await?;
+        for chunk in privates.chunks(ROWS_PER_STATEMENT) {
+            let ids: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
+            let low: Vec<Uuid> = chunk.iter().map(|p| p.1).collect();
+            let high: Vec<Uuid> = chunk.iter().map(|p| p.2).collect();
             sqlx::query(
                 "INSERT INTO conversations (id, chat_type, user_low, user_high)
                  SELECT i, 'PRIVATE', l, h FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(i, l, h)",
@@ -156,19 +189,21 @@ impl Setup {
             .bind(ids)
             .bind(low)
             .bind(high)
-            .execute(&mut *tx)
+            .execute(&self.db)
             .await?;
+        }
+        // Plans made from here on see the tables as they now are.
+        self.analyze().await?;
+        for chunk in members.chunks(ROWS_PER_STATEMENT) {
+            let (conversations, users): (Vec<Uuid>, Vec<Uuid>) = chunk.iter().copied().unzip();
             sqlx::query(
                 "INSERT INTO conversation_members (conversation_id, user_id)
-                 SELECT i, u FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(i, l, h),
-                      LATERAL (VALUES (l), (h)) AS m(u)",
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[])",
             )
-            .bind(ids)
-            .bind(low)
-            .bind(high)
-            .execute(&mut *tx)
+            .bind(conversations)
+            .bind(users)
+            .execute(&self.db)
             .await?;
-            tx.commit().await?;
         }
         self.analyze().await
     }
