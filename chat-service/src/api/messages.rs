@@ -25,7 +25,8 @@ use crate::{
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page {
     pub messages: Vec<Message>,
-    /// With `before` or neither: older messages exist. With `after`: newer messages exist.
+    /// With `before` or neither: older messages exist. With `after` (alone or with `before`):
+    /// more messages follow the page.
     pub has_more: bool,
 }
 
@@ -35,10 +36,11 @@ pub struct PageQuery {
     /// 1–100, default 50.
     #[param(value_type = Option<i64>)]
     limit: Option<String>,
-    /// The page just before this seq.
+    /// The page just before this seq. With `after` too: the messages strictly between the two,
+    /// from the oldest.
     #[param(value_type = Option<i64>, minimum = 0, maximum = 9007199254740991.0)]
     before: Option<String>,
-    /// The page just after this seq.
+    /// The page just after this seq (with `before`, up to it).
     #[param(value_type = Option<i64>, minimum = 0, maximum = 9007199254740991.0)]
     after: Option<String>,
 }

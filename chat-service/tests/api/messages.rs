@@ -77,6 +77,23 @@ async fn history_pages_by_seq(db: PgPool) {
         .unwrap();
     assert_eq!(seqs(&end), [6, 7]);
     assert_eq!(end["has_more"], false);
+    // Both: the messages strictly between, from the oldest, a page at a time (a gap filled).
+    let between: Value = app
+        .get(&alice, &format!("{path}?limit=2&after=1&before=6"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&between), [2, 3]);
+    assert_eq!(between["has_more"], true);
+    let rest: Value = app
+        .get(&alice, &format!("{path}?limit=2&after=3&before=6"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&rest), [4, 5]);
+    assert_eq!(rest["has_more"], false);
     let all: Value = app.get(&alice, &path).await.json().await.unwrap();
     assert_eq!(seqs(&all), [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(all["messages"][0]["content"], "m1");

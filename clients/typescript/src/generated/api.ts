@@ -1133,7 +1133,10 @@ export interface components {
         };
         /** @description A page of history, ascending by `seq`. */
         Page: {
-            /** @description With `before` or neither: older messages exist. With `after`: newer messages exist. */
+            /**
+             * @description With `before` or neither: older messages exist. With `after` (alone or with `before`):
+             *     more messages follow the page.
+             */
             has_more: boolean;
             messages: components["schemas"]["Message"][];
         };
@@ -3700,9 +3703,12 @@ export interface operations {
             query?: {
                 /** @description 1–100, default 50. */
                 limit?: number;
-                /** @description The page just before this seq. */
+                /**
+                 * @description The page just before this seq. With `after` too: the messages strictly between the two,
+                 *     from the oldest.
+                 */
                 before?: number;
-                /** @description The page just after this seq. */
+                /** @description The page just after this seq (with `before`, up to it). */
                 after?: number;
             };
             header?: never;
