@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use shared::internal::UserConversations;
-use tokio::net::TcpStream;
+use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_tungstenite::{
     tungstenite::{
         error::{CapacityError, Error as WsError},
@@ -244,7 +244,12 @@ async fn finish(
 /// Sends a close frame with `code`, then reads (and drops) what the client still sends until
 /// its own close frame arrives or [`CLOSE_WAIT`] passes. Closing the socket with unread data in
 /// it would make the kernel reset the connection, and a reset can destroy the close frame
-/// before the client reads it; this way the client always learns the code.
+/// before the client reads it (a proxy between, nginx, passes the reset on and may drop the
+/// close frame it had not yet relayed); this way the client always learns the code.
+///
+/// After a frame tungstenite refused (one over 64 KiB: its header was read, the rest was not)
+/// it reads nothing more, and what follows is no longer frames anyway: then the socket is read
+/// as bytes until the client ends the connection or the wait is over.
 async fn close_gracefully(ws: &mut Socket, code: CloseCode, reason: &'static str) {
     metrics::counter!("gateway_closes_total", "code" => close_label(code)).increment(1);
     let frame = CloseFrame {
@@ -255,7 +260,16 @@ async fn close_gracefully(ws: &mut Socket, code: CloseCode, reason: &'static str
         if ws.close(Some(frame)).await.is_err() {
             return;
         }
-        while let Some(Ok(_)) = ws.next().await {}
+        loop {
+            match ws.next().await {
+                // The client's own close frame: the handshake is complete.
+                Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            }
+        }
+        let mut skipped = [0u8; 4096];
+        while let Ok(1..) = ws.get_mut().read(&mut skipped).await {}
     })
     .await;
 }
