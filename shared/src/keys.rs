@@ -200,6 +200,13 @@ impl Keys {
         format!("{}{{revoked}}", self.prefix)
     }
 
+    /// Pub/sub channel on which every revocation is announced as it is recorded (its members,
+    /// one a line): every process listens, so none waits for its next poll. Tagged as the set
+    /// is, so on a cluster both live in one slot.
+    pub fn revocations_channel(&self) -> String {
+        format!("{}{{revoked}}:live", self.prefix)
+    }
+
     /// A single-use WebSocket ticket (`POST /auth/ws-ticket`), by the SHA-256 of its text.
     pub fn ws_ticket(&self, ticket_hash: &str) -> String {
         format!("{}ticket:{{{}}}", self.prefix, ticket_hash)

@@ -3,14 +3,17 @@
 //! user), a deleted (deactivated) account.
 //!
 //! auth-service records each revocation in the sorted set [`Keys::revocations`] (member
-//! `s:{user}:{sid}` or `u:{user}`, score = when it was recorded, Unix ms) and publishes
-//! [`crate::chat::Event::Revoked`] on the user's channel, so gateways holding the user's sockets
-//! close them at once. Every process also keeps the set in memory, reading what is new every
-//! `REVOCATION_POLL_MS` (default 1000): checking a token is one in-process lookup, and a
-//! process that missed the event (a gateway whose subscriber was reconnecting) learns it at the
-//! next poll. Staleness is bounded by the poll interval. A record is kept for as long as any
-//! token it concerns can live (the access-token lifetime plus the verification leeway); after
-//! that every such token has expired anyway, so it is pruned.
+//! `s:{user}:{sid}` or `u:{user}`, score = when it was recorded, Unix ms), announces it on
+//! [`Keys::revocations_channel`] and publishes [`crate::chat::Event::Revoked`] on the user's
+//! channel, so gateways holding the user's sockets close them at once. Every process keeps the
+//! set in memory: checking a token is one in-process lookup. It hears each announcement on a
+//! connection of its own, before auth-service has answered the call that revoked (Redis has
+//! passed the announcement on by the time it acknowledges the publish), so a client's next call
+//! is refused wherever it lands. A process that missed announcements (its listening connection
+//! was down) learns them from the set, which it reads for what is new every
+//! `REVOCATION_POLL_MS` (default 1000) and whenever that connection comes back. A record is
+//! kept for as long as any token it concerns can live (the access-token lifetime plus the
+//! verification leeway); after that every such token has expired anyway, so it is pruned.
 
 use std::{
     collections::HashMap,
@@ -173,6 +176,21 @@ impl Revocations {
         for r in revocations {
             self.learn(*r, now);
         }
+        // Recorded: a process that misses the announcement reads the record at its next poll.
+        let announcement = revocations
+            .iter()
+            .map(Revocation::member)
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let Err(e) = crate::redis::publish(
+            &self.redis,
+            &self.keys.revocations_channel(),
+            announcement.into_bytes(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "could not announce revocations; other processes learn them at their next poll");
+        }
         Ok(())
     }
 
@@ -243,7 +261,54 @@ impl Revocations {
             tracing::warn!(error = %e, "could not read revocations yet; will retry");
         }
         tokio::spawn(revocations.clone().run());
+        tokio::spawn(revocations.clone().listen());
         revocations
+    }
+
+    /// Takes in every announcement (see [`Revocations::revoke_all`]), on a connection of its
+    /// own, for as long as the process runs. Each time the connection comes back it subscribes
+    /// again and reads the set for what was announced meanwhile.
+    pub async fn listen(self: Arc<Self>) {
+        let listener = self.redis.clone_new();
+        let mut messages = listener.message_rx();
+        let mut connections = listener.reconnect_rx();
+        let channel = self.keys.revocations_channel();
+        listener.connect();
+        loop {
+            tokio::select! {
+                connected = connections.recv() => {
+                    if connected.is_err() {
+                        return;
+                    }
+                    let subscribed = if listener.is_clustered() {
+                        listener.ssubscribe(channel.as_str()).await
+                    } else {
+                        listener.subscribe(channel.as_str()).await
+                    };
+                    if let Err(e) = subscribed {
+                        tracing::warn!(error = %e, "could not listen for revocations; polling only");
+                    }
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(error = %e, "could not read revocations; will retry");
+                    }
+                }
+                message = messages.recv() => match message {
+                    Ok(m) => {
+                        let text = m.value.as_bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                        for r in text.lines().filter_map(Revocation::parse) {
+                            self.note(r);
+                        }
+                    }
+                    // Announcements were dropped here: the set has them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(e) = self.refresh().await {
+                            tracing::warn!(error = %e, "could not read revocations; will retry");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
     }
 
     /// Polls every `REVOCATION_POLL_MS`, for as long as the process runs.
