@@ -1,5 +1,7 @@
 //! `chat-service` serves the `/chat` API and persists WebSocket sends;
-//! `chat-service migrate` applies migrations and exits.
+//! `chat-service migrate` applies migrations and exits; `chat-service upload-origin` prints the
+//! origin browsers upload to and download from (nothing when it is the page's own), for the
+//! browser app's `Content-Security-Policy`.
 
 use std::process::ExitCode;
 
@@ -27,6 +29,13 @@ async fn main() -> ExitCode {
     let outcome = match std::env::args().nth(1).as_deref() {
         Some("migrate") => shared::startup::migrate_only(&config.database).await,
         Some("health") => shared::startup::probe(config.server.port).await,
+        Some("upload-origin") => match config.storage.browser_origin() {
+            Ok(origin) => {
+                println!("{}", origin.unwrap_or_default());
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("the object store's address: {e}")),
+        },
         None => {
             async {
                 Application::build(config)
@@ -38,7 +47,7 @@ async fn main() -> ExitCode {
             .await
         }
         Some(other) => Err(anyhow::anyhow!(
-            "unknown command {other:?}; expected none, `migrate` or `health`"
+            "unknown command {other:?}; expected none, `migrate`, `health` or `upload-origin`"
         )),
     };
     telemetry.shutdown().await;

@@ -27,7 +27,7 @@ render_nginx() {
   [ "$(id -u)" = 0 ] && user_line="user root;"
   sed -e "s|\${LISTEN_PORT}|$listen|g" -e "s|\${AUTH_ADDR}|$auth|g" -e "s|\${CHAT_ADDR}|$chat|g" \
       -e "s|\${GATEWAY_SERVERS}|$servers|g" -e "s|\${ACCESS_LOG}|$NGINX_PREFIX/logs/access.log|g" \
-      -e "s|\${WEB_ROOT}|${WEB_ROOT:-$PWD/web/dist}|g" \
+      -e "s|\${WEB_ROOT}|${WEB_ROOT:-$PWD/web/dist}|g" -e "s|\${UPLOAD_ORIGINS}|${UPLOAD_ORIGINS:-}|g" \
       deploy/nginx/chatsphere.conf.template >"$NGINX_PREFIX/chatsphere.conf"
   cat >"$NGINX_PREFIX/nginx.conf" <<CONF
 $user_line
@@ -72,6 +72,11 @@ stack_start() {
   for p in 8001 8002 8003 8004; do
     wait_healthy "http://127.0.0.1:$p/health" || die "the service on port $p did not become healthy; see .run/logs/"
   done
+  # The browser app may connect to the object store (its Content-Security-Policy), wherever the
+  # settings put it; UPLOAD_ORIGINS, when set, names the origins itself.
+  if [ -z "${UPLOAD_ORIGINS+set}" ]; then
+    UPLOAD_ORIGINS=$("$bin/chat-service" upload-origin) || die "chat-service upload-origin failed"
+  fi
   render_nginx "$port" 127.0.0.1:8001 127.0.0.1:8002 127.0.0.1:8003 127.0.0.1:8004
   "$(nginx_bin)" -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" -g 'daemon off;' >.run/logs/nginx.log 2>&1 &
   STACK_PIDS+=($!)

@@ -74,6 +74,40 @@ impl StorageConfig {
     }
 }
 
+impl StorageConfig {
+    /// The origin (`scheme://host[:port]`) at which browsers reach the URLs this store hands
+    /// out, when it is not the page's own: what the browser app's `Content-Security-Policy`
+    /// must let it connect to. `None`: paths on the page's origin (a local directory without
+    /// `PUBLIC_URL`). The same addressing as the signer's: a custom endpoint is used as given
+    /// (with virtual-hosted requests it names the bucket itself); without one, Amazon's
+    /// regional endpoint, the bucket as its subdomain unless `path_style`.
+    pub fn browser_origin(&self) -> Result<Option<String>, String> {
+        let url = match self {
+            StorageConfig::Local { public_url, .. } if public_url.is_empty() => return Ok(None),
+            StorageConfig::Local { public_url, .. } => public_url.clone(),
+            StorageConfig::S3 {
+                endpoint,
+                public_endpoint,
+                bucket,
+                region,
+                path_style,
+                ..
+            } => match (public_endpoint.as_str(), endpoint.as_str()) {
+                ("", "") if *path_style => format!("https://s3.{region}.amazonaws.com"),
+                ("", "") => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+                ("", named) | (named, _) => named.to_owned(),
+            },
+        };
+        let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
+        let origin = parsed.origin();
+        if origin.is_tuple() {
+            Ok(Some(origin.ascii_serialization()))
+        } else {
+            Err(format!("{url}: not an http(s) URL"))
+        }
+    }
+}
+
 /// What may be uploaded: `MAX_UPLOAD_BYTES` (default 25 MiB), `ALLOWED_UPLOAD_TYPES` (comma
 /// separated), `UPLOAD_URL_TTL_SECONDS` (default 900), `DOWNLOAD_URL_TTL_SECONDS` (default 300),
 /// `UPLOAD_EXPIRY_HOURS` (unused uploads are deleted after it, default 24).
@@ -642,6 +676,49 @@ mod tests {
         ] {
             assert!(!valid_key(bad), "{bad}");
         }
+    }
+
+    /// The origin the browser app is told to allow is the one the signer's URLs have, for
+    /// every way of addressing a store.
+    #[tokio::test]
+    async fn the_browser_origin_is_where_signed_urls_point() {
+        let s3 = |endpoint: &str, public_endpoint: &str, path_style: bool| StorageConfig::S3 {
+            endpoint: endpoint.into(),
+            public_endpoint: public_endpoint.into(),
+            bucket: "files".into(),
+            region: "eu-west-1".into(),
+            access_key_id: "key".into(),
+            secret_access_key: "secret".into(),
+            path_style,
+        };
+        for config in [
+            s3("", "", false),
+            s3("", "", true),
+            s3("http://minio:9000", "", true),
+            s3("http://minio:9000", "https://files.example.com:8443", true),
+            s3("https://files.store.example", "", false),
+        ] {
+            let signed = Storage::new(&config, "secret")
+                .unwrap()
+                .signed_url(reqwest::Method::PUT, "uploads/x1", Duration::from_secs(60))
+                .await
+                .unwrap();
+            let expected = reqwest::Url::parse(&signed)
+                .unwrap()
+                .origin()
+                .ascii_serialization();
+            assert_eq!(config.browser_origin(), Ok(Some(expected)), "{config:?}");
+        }
+        let local = |public_url: &str| StorageConfig::Local {
+            dir: std::env::temp_dir(),
+            public_url: public_url.into(),
+        };
+        assert_eq!(local("").browser_origin(), Ok(None));
+        assert_eq!(
+            local("https://chat.example.com/base").browser_origin(),
+            Ok(Some("https://chat.example.com".into()))
+        );
+        assert!(local("chat.example.com").browser_origin().is_err());
     }
 
     #[tokio::test]
