@@ -1,5 +1,6 @@
 //! `@username`, `@room` and `@group` in message content, resolved when a message is stored:
-//! the named users who are members of the conversation, and whether everyone was named.
+//! the named users who are members of the conversation, and whether everyone was named (then,
+//! in a conversation of at most [`MAX_NAMES`] members, every member is listed too).
 //! A word counts as a mention when `@` starts it (start of text or after a character that
 //! cannot be part of a username) and a username's characters (`A-Z a-z 0-9 _ . -`, 3–32) follow;
 //! a trailing `.` or `-` (the end of a sentence) is not part of it.
@@ -10,9 +11,12 @@ use shared::chat::ChatType;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// The most users one message mentions: the first this many distinct names (`@room` / `@group`
-/// names everyone). Without a bound one message of 4,000 characters named some 800, each a
-/// lookup when stored, a row of `message_mentions` and a webhook recipient.
+/// The most users one message mentions: the first this many distinct names. Without a bound one
+/// message of 4,000 characters named some 800, each a lookup when stored, a row of
+/// `message_mentions` and a webhook recipient. `@room` / `@group` names everyone: their ids are
+/// listed as well when the conversation has at most this many members; in a larger one the
+/// message says `mentions_all` alone (thousands of ids in every copy of it, and a row each,
+/// would cost more than the rest of the message).
 pub const MAX_NAMES: usize = 50;
 
 fn username_char(c: char) -> bool {
@@ -82,6 +86,30 @@ pub async fn resolve(db: &PgPool, items: &[(Uuid, ChatType, &str)]) -> sqlx::Res
             names.push(name.clone());
         }
     }
+    let everyone_in: Vec<Uuid> = items
+        .iter()
+        .zip(&parsed)
+        .filter(|(_, (_, everyone))| *everyone)
+        .map(|((conversation, _, _), _)| *conversation)
+        .collect();
+    let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    if !everyone_in.is_empty() {
+        // Each conversation's members, for those with at most MAX_NAMES: no more than one
+        // over the bound is read from any.
+        let rows = sqlx::query!(
+            r#"SELECT c.id AS "id!", s.members AS "members!"
+               FROM unnest($1::uuid[]) AS c(id),
+               LATERAL (SELECT array_agg(f.user_id ORDER BY f.user_id) AS members, count(*) AS n
+                        FROM (SELECT user_id FROM conversation_members
+                              WHERE conversation_id = c.id LIMIT $2 + 1) f) s
+               WHERE s.n <= $2"#,
+            &everyone_in,
+            MAX_NAMES as i64
+        )
+        .fetch_all(db)
+        .await?;
+        members.extend(rows.into_iter().map(|r| (r.id, r.members)));
+    }
     let mut found: HashMap<(Uuid, String), Uuid> = HashMap::new();
     if !names.is_empty() {
         let rows = sqlx::query!(
@@ -102,12 +130,19 @@ pub async fn resolve(db: &PgPool, items: &[(Uuid, ChatType, &str)]) -> sqlx::Res
     Ok(items
         .iter()
         .zip(parsed)
-        .map(|((conversation, _, _), (wanted, everyone))| Mentions {
-            users: wanted
+        .map(|((conversation, _, _), (wanted, everyone))| {
+            let mut users: Vec<Uuid> = wanted
                 .into_iter()
                 .filter_map(|name| found.get(&(*conversation, name)).copied())
-                .collect(),
-            everyone,
+                .collect();
+            if let Some(all) = members.get(conversation).filter(|_| everyone) {
+                users.extend(
+                    all.iter()
+                        .filter(|id| !users.contains(id))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            Mentions { users, everyone }
         })
         .collect())
 }

@@ -347,26 +347,34 @@ impl Notifier {
         else {
             return Ok(None);
         };
+        // Who the content names (`mentions` also lists everyone for `@room` in a small room):
+        // naming someone passes their mute, `@room` does not.
+        let conversation = row.conversation_id;
+        let message = Message::try_from(row).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+        let named: Vec<String> = crate::mentions::parse(&message.content, message.chat_type)
+            .0
+            .into_iter()
+            .collect();
         let concerned = sqlx::query_scalar!(
-            r#"SELECT m.user_id FROM conversation_members m
+            r#"SELECT m.user_id FROM conversation_members m JOIN users u ON u.id = m.user_id
                WHERE m.conversation_id = $1 AND m.user_id <> $2
                  AND ($3 OR m.user_id = ANY($4) OR m.user_id = $5)
                  AND NOT EXISTS (SELECT 1 FROM user_blocks b
                                  WHERE b.blocker_id = m.user_id AND b.blocked_id = $2)
-                 AND (m.user_id = ANY($4)
+                 AND ((m.user_id = ANY($4) AND lower(u.username) = ANY($6))
                       OR NOT EXISTS (SELECT 1 FROM notification_mutes n
                                      WHERE n.conversation_id = m.conversation_id
                                        AND n.user_id = m.user_id
                                        AND (n.until IS NULL OR n.until > now())))"#,
-            row.conversation_id,
-            row.from_user_id,
-            row.mentions_all,
-            &row.mentions,
-            row.to_user_id
+            conversation,
+            message.from_user_id,
+            message.mentions_all,
+            &message.mentions,
+            message.to_user_id,
+            &named
         )
         .fetch_all(&self.db)
         .await?;
-        let message = Message::try_from(row).map_err(|e| anyhow::anyhow!("{}", e.detail))?;
         let online = shared::presence::online_among(&self.redis, &self.keys, &concerned).await?;
         let away = concerned
             .into_iter()

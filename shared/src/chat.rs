@@ -117,7 +117,9 @@ pub struct Message {
     /// message has none; changes arrive as `reaction` events).
     #[serde(default)]
     pub reactions: Vec<Reaction>,
-    /// Members named `@username` in the content, resolved when it was stored (or edited).
+    /// Members named `@username` in the content, resolved when it was stored (or edited); with
+    /// `@room` / `@group`, every member too while the conversation has at most 50 (beyond,
+    /// `mentions_all` alone says it).
     #[serde(default)]
     pub mentions: Vec<Uuid>,
     /// Whether `@room` (in a room) or `@group` (in a group) named every member.

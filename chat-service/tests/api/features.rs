@@ -387,6 +387,10 @@ async fn mentions_are_resolved_when_stored_and_counted_until_read(db: PgPool) {
         .send(&alice, &format!("room/{room}"), "@room lunch?")
         .await;
     assert_eq!(all["mentions_all"], true);
+    // Everyone, by name too (a small room): Alice and Bob.
+    let mut everyone = vec![alice.id, bob.id];
+    everyone.sort();
+    assert_eq!(all["mentions"], json!(everyone));
     assert_eq!(mention_count(&app, &bob, room).await, Some(2));
     assert_eq!(
         mention_count(&app, &alice, room).await,
@@ -420,6 +424,42 @@ async fn mentions_are_resolved_when_stored_and_counted_until_read(db: PgPool) {
         page["messages"][2]["mentions_all"], true,
         "history carries them"
     );
+}
+
+/// `@room` names every member in `mentions` while the room has at most 50; beyond, the message
+/// says `mentions_all` alone, and every member still counts it as a mention.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn everyone_is_listed_by_name_in_rooms_of_at_most_fifty(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[&bob]).await;
+    let join = |count: i32| {
+        sqlx::query(
+            "WITH u AS (INSERT INTO users (id, username, email, display_name, password_hash)
+                        SELECT gen_random_uuid(), 'm' || $2 || '_' || i, 'm' || $2 || '_' || i || '@example.com', 'm', 'x'
+                        FROM generate_series(1, $1) AS i RETURNING id)
+             INSERT INTO conversation_members (conversation_id, user_id) SELECT $3, id FROM u",
+        )
+        .bind(count)
+        .bind(count.to_string())
+        .bind(room)
+    };
+    // 50 members: each is named.
+    join(48).execute(&app.db).await.unwrap();
+    let m = app.send(&bob, &format!("room/{room}"), "@room hi").await;
+    let named = m["mentions"].as_array().unwrap();
+    assert_eq!(named.len(), 50);
+    assert!(named.contains(&json!(alice.id)) && named.contains(&json!(bob.id)));
+    assert_eq!(m["mentions_all"], true);
+    // 51: none is, the flag says it.
+    join(1).execute(&app.db).await.unwrap();
+    let m = app
+        .send(&bob, &format!("room/{room}"), "@room hi again @alice")
+        .await;
+    assert_eq!(m["mentions"], json!([alice.id]), "named ones still are");
+    assert_eq!(m["mentions_all"], true);
+    assert_eq!(mention_count(&app, &alice, room).await, Some(2));
 }
 
 /// A user blocks at most 1,000 users: the next is 409 `too_many_blocks`, blocking one of them

@@ -1081,7 +1081,11 @@ export interface components {
             id: string;
             is_deleted: boolean;
             is_edited: boolean;
-            /** @description Members named `@username` in the content, resolved when it was stored (or edited). */
+            /**
+             * @description Members named `@username` in the content, resolved when it was stored (or edited); with
+             *     `@room` / `@group`, every member too while the conversation has at most 50 (beyond,
+             *     `mentions_all` alone says it).
+             */
             mentions?: string[];
             /** @description Whether `@room` (in a room) or `@group` (in a group) named every member. */
             mentions_all?: boolean;
