@@ -177,9 +177,11 @@ impl Revocations {
             self.learn(*r, now);
         }
         // Recorded: a process that misses the announcement reads the record at its next poll.
+        // Each line is a member and its score, so that listeners note it as the poll would (the
+        // poll reads on from the newest score it knows).
         let announcement = revocations
             .iter()
-            .map(Revocation::member)
+            .map(|r| format!("{} {now}", r.member()))
             .collect::<Vec<_>>()
             .join("\n");
         if let Err(e) = crate::redis::publish(
@@ -295,8 +297,8 @@ impl Revocations {
                 message = messages.recv() => match message {
                     Ok(m) => {
                         let text = m.value.as_bytes().map(String::from_utf8_lossy).unwrap_or_default();
-                        for r in text.lines().filter_map(Revocation::parse) {
-                            self.note(r);
+                        for (r, at) in text.lines().filter_map(announced) {
+                            self.learn(r, at);
                         }
                     }
                     // Announcements were dropped here: the set has them.
@@ -324,9 +326,27 @@ impl Revocations {
     }
 }
 
+/// One line of an announcement: a revocation and when it was recorded.
+fn announced(line: &str) -> Option<(Revocation, i64)> {
+    let (member, at) = line.split_once(' ')?;
+    Some((Revocation::parse(member)?, at.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announcements_carry_each_revocation_and_its_score() {
+        let user = Uuid::new_v4();
+        let r = Revocation::Account { user };
+        assert_eq!(
+            announced(&format!("{} 1700000000123", r.member())),
+            Some((r, 1_700_000_000_123))
+        );
+        assert_eq!(announced(&r.member()), None);
+        assert_eq!(announced("u:nonsense 5"), None);
+    }
 
     #[test]
     fn members_round_trip() {
