@@ -151,7 +151,7 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "read",
-            "A member has read up to `seq` (at most one per reader per conversation per second).",
+            "A member has read up to `seq` (at most one per reader per conversation per second). The reader's other connections get it too; the connection whose `mark_read` it is does not.",
             with(&[("user_id", uuid("")), ("seq", seq())], &["user_id", "seq"]),
         ),
         (

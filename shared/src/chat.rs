@@ -319,6 +319,10 @@ pub enum Event {
         conversation_id: Uuid,
         peer_id: Option<Uuid>,
         seq: i64,
+        /// The connection whose `mark_read` this is (its `session_id`), which is not told:
+        /// the contract's "the reader's other connections".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
     },
     /// Someone is typing; ephemeral, published by gateways, never stored. Rooms and groups:
     /// on the conversation channel; private chats: on the peer's user channel.

@@ -163,4 +163,7 @@ pub struct ReadRequest {
     pub chat_type: ChatType,
     pub chat_id: Uuid,
     pub seq: i64,
+    /// The connection that sent `mark_read` (its `session_id`): the `read` event spares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }

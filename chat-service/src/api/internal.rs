@@ -337,6 +337,6 @@ pub async fn read(
     }
     let c =
         conversation::for_marking_read(&state.db, req.user_id, req.chat_type, req.chat_id).await?;
-    crate::api::reads::record_read(&state, req.user_id, c, req.seq).await?;
+    crate::api::reads::record_read(&state, req.user_id, c, req.seq, req.session).await?;
     Ok(StatusCode::NO_CONTENT)
 }

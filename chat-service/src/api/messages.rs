@@ -462,6 +462,6 @@ pub async fn mark_read(
     let conversation =
         conversation::for_marking_read(&state.db, caller.user_id, chat_type, chat_id).await?;
     state.require_events()?;
-    crate::api::reads::record_read(&state, caller.user_id, conversation, req.seq).await?;
+    crate::api::reads::record_read(&state, caller.user_id, conversation, req.seq, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

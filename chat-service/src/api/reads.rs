@@ -29,12 +29,14 @@ const READ_EVENT_EVERY: Duration = Duration::from_secs(1);
 /// The most readers a room's receipts list.
 const ROOM_READERS: i64 = 200;
 
-/// Moves a read position forwards (never past the newest message) and tells who should know.
+/// Moves a read position forwards (never past the newest message) and tells who should know;
+/// `session`, the WebSocket connection that asked, excepted.
 pub async fn record_read(
     state: &AppState,
     user: Uuid,
     conversation: conversation::Conversation,
     seq: i64,
+    session: Option<String>,
 ) -> ApiResult<()> {
     let moved = sqlx::query_scalar!(
         r#"UPDATE conversation_members m
@@ -50,18 +52,20 @@ pub async fn record_read(
     .fetch_optional(&state.db)
     .await?;
     if let Some(seq) = moved {
-        announce_read(state, user, conversation, seq).await;
+        announce_read(state, user, conversation, seq, session).await;
     }
     Ok(())
 }
 
 /// Publishes `read` now if this reader published none in this conversation within the last
-/// second; otherwise makes sure one (the newest position) goes out when the second is over.
+/// second; otherwise makes sure one (the newest position) goes out when the second is over,
+/// to every connection (the newest position may be another connection's).
 async fn announce_read(
     state: &AppState,
     user: Uuid,
     conversation: conversation::Conversation,
     seq: i64,
+    session: Option<String>,
 ) {
     let keys = state.publisher.keys();
     let gate = keys.read_gate(user, conversation.id);
@@ -78,7 +82,7 @@ async fn announce_read(
         .await;
     match first {
         // The first of this second (or Redis is away: better an event too many than none).
-        Ok(Some(_)) | Err(_) => publish_read(state, user, conversation, seq).await,
+        Ok(Some(_)) | Err(_) => publish_read(state, user, conversation, seq, session).await,
         Ok(None) => {
             let trailing = format!("{gate}:trailing");
             let scheduled: Result<Option<String>, Error> = state
@@ -104,7 +108,7 @@ async fn announce_read(
                     .await;
                     let _: Result<i64, Error> = state.redis.del(&trailing).await;
                     if let Ok(Some(seq)) = newest {
-                        publish_read(&state, user, conversation, seq).await;
+                        publish_read(&state, user, conversation, seq, None).await;
                     }
                 });
             }
@@ -117,6 +121,7 @@ async fn publish_read(
     user: Uuid,
     conversation: conversation::Conversation,
     seq: i64,
+    session: Option<String>,
 ) {
     let event = Event::Read {
         user_id: user,
@@ -124,6 +129,7 @@ async fn publish_read(
         conversation_id: conversation.id,
         peer_id: conversation.peer(),
         seq,
+        session,
     };
     match conversation.chat_type {
         // Every member's connections (the reader's included) are on the group's channel.

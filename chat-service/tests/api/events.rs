@@ -134,7 +134,8 @@ async fn membership_edit_delete_and_read_events(db: PgPool) {
             chat_type: ChatType::Room,
             conversation_id: room,
             peer_id: None,
-            seq: 1
+            seq: 1,
+            session: None
         }
     );
 }

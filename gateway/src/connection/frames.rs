@@ -181,6 +181,7 @@ pub(super) async fn handle(
                         chat_type: r.chat_type,
                         chat_id: r.chat_id,
                         seq: r.seq,
+                        session: Some(conn.session.clone()),
                     };
                     if let Err(e) = gw.hub.chat().mark_read(&request).await {
                         reply_error(&conn, &call_error(e).answering("mark_read"));

@@ -212,8 +212,12 @@ impl Hub {
                 conversation_id,
                 peer_id,
                 seq,
+                session,
             } => {
                 for conn in self.receivers(channel, None) {
+                    if session.as_ref() == Some(&conn.session) {
+                        continue;
+                    }
                     let chat_id = match (chat_type, peer_id) {
                         (ChatType::Private, Some(peer)) if conn.user == user_id => peer,
                         (ChatType::Private, _) => user_id,
