@@ -79,7 +79,13 @@ pub async fn set_avatar(
     }
     crate::api::profile_quota(&state, caller.user_id).await?;
     let slot = storage::DecodeSlot::acquire().await;
-    let bytes = state.storage.get(&u.object_key).await?;
+    // At most the size just checked: the client may have written to its URL since.
+    let bytes = match state.storage.get_at_most(&u.object_key, declared).await {
+        Err(storage::StorageError::TooLarge(_)) => {
+            return Err(unusable("the stored file changed after it was checked"))
+        }
+        read => read?,
+    };
     let (_, _, small) = storage::shrink_image(slot, bytes, AVATAR_SIDE)
         .await
         .map_err(|e| unusable(format!("the image could not be read: {e}")))?;
@@ -92,8 +98,9 @@ pub async fn set_avatar(
     );
     let mut tx = state.db.begin().await?;
     let claimed = sqlx::query!(
-        "UPDATE uploads SET used_at = now() WHERE id = $1 AND used_at IS NULL",
-        req.upload_id
+        "UPDATE uploads SET used_at = now(), file_key = $2 WHERE id = $1 AND used_at IS NULL",
+        req.upload_id,
+        key
     )
     .execute(&mut *tx)
     .await?

@@ -27,12 +27,62 @@ fn unusable(detail: impl Into<String>) -> ApiError {
     ApiError::invalid_field("attachment_id", detail)
 }
 
+/// An upload checked for a message: what the message shows, and the checked copy it will
+/// serve ([`check_for_message`]).
+pub struct Checked {
+    pub attachment: Attachment,
+    /// Deleted when dropped, unless [`UploadCopy::keep`] was called (its message was stored).
+    pub copy: Option<UploadCopy>,
+}
+
+/// A copy of an upload made for one send. Dropped without [`UploadCopy::keep`] (the send was refused,
+/// failed, or will be retried with a copy of its own), it is deleted from the store.
+pub struct UploadCopy {
+    key: String,
+    storage: Option<Storage>,
+}
+
+impl UploadCopy {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Its message was stored: the copy stays.
+    pub fn keep(mut self) {
+        self.storage = None;
+    }
+}
+
+impl Drop for UploadCopy {
+    fn drop(&mut self) {
+        let Some(storage) = self.storage.take() else {
+            return;
+        };
+        let key = std::mem::take(&mut self.key);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = storage.delete(&key).await {
+                    tracing::warn!(error = %e, key, "could not delete an unused copy of an upload");
+                }
+            });
+        }
+    }
+}
+
 /// Checks that `sender` may attach upload `id` to a message of `message_type` now: their own,
-/// unused, unexpired, of an allowed type (an image for `image`), and the stored object as
-/// declared (size; type, where the bytes show one). 422 naming `attachment_id` otherwise.
+/// unused, unexpired, of an allowed type (an image for `image`); then copies the stored object
+/// and checks the copy as declared (size; type, where the bytes show one). 422 naming
+/// `attachment_id` otherwise.
+///
+/// The message serves the copy, never the upload itself: the uploader can write to the upload
+/// URL until it expires (S3 cannot refuse a second PUT to a presigned URL), so only a copy
+/// made and checked here is known to hold what was checked, for as long as the message lasts.
+/// Each check copies to a key of its own: two sends of one upload at once cannot overwrite each
+/// other's checked copy, and the one the database stores names its copy in the same statement.
 ///
 /// A send repeated with the same `client_id` passes the "used" check when its first delivery
-/// stored the message with this upload: the pipeline then answers with that message.
+/// stored the message with this upload: the pipeline then answers with that message (and no
+/// copy is made).
 pub async fn check_for_message(
     db: &PgPool,
     files: &Files,
@@ -40,7 +90,7 @@ pub async fn check_for_message(
     id: Uuid,
     message_type: MessageType,
     client_id: Option<&str>,
-) -> Result<Attachment, ApiError> {
+) -> Result<Checked, ApiError> {
     let Some(u) = sqlx::query!(
         r#"SELECT owner_id, filename, content_type, size, object_key, used_at,
                   expires_at < now() AS "expired!", width, height
@@ -55,6 +105,14 @@ pub async fn check_for_message(
     if u.owner_id != sender {
         return Err(unusable("is not an upload of yours"));
     }
+    let attachment = Attachment {
+        id,
+        filename: u.filename,
+        content_type: u.content_type,
+        size: u.size,
+        width: u.width,
+        height: u.height,
+    };
     if u.used_at.is_some() {
         let repeated = match client_id {
             Some(client_id) => {
@@ -73,42 +131,47 @@ pub async fn check_for_message(
         if !repeated {
             return Err(unusable("was used already (an upload is used once)"));
         }
-        return Ok(Attachment {
-            id,
-            filename: u.filename,
-            content_type: u.content_type,
-            size: u.size,
-            width: u.width,
-            height: u.height,
+        return Ok(Checked {
+            attachment,
+            copy: None,
         });
     }
     if u.expired {
         return Err(unusable("has expired; upload the file again"));
     }
-    if !files.limits.allows(&u.content_type) {
-        return Err(unusable(format!("{} is not allowed", u.content_type)));
+    if !files.limits.allows(&attachment.content_type) {
+        return Err(unusable(format!(
+            "{} is not allowed",
+            attachment.content_type
+        )));
     }
-    if message_type == MessageType::Image && !u.content_type.starts_with("image/") {
+    if message_type == MessageType::Image && !attachment.content_type.starts_with("image/") {
         return Err(unusable("an image message needs an image upload"));
     }
-    let declared = u64::try_from(u.size).unwrap_or(0);
+    let declared = u64::try_from(attachment.size).unwrap_or(0);
     if declared > files.limits.max_bytes {
         return Err(unusable("is larger than MAX_UPLOAD_BYTES"));
     }
+    let copy = UploadCopy {
+        key: format!("attachments/{id}/{}", Uuid::new_v4()),
+        storage: Some(files.storage.clone()),
+    };
+    match files.storage.copy(&u.object_key, copy.key()).await {
+        Err(storage::StorageError::NotFound) => {
+            return Err(unusable("no file was uploaded for it"))
+        }
+        copied => copied?,
+    }
     if let Some(problem) = files
         .storage
-        .check_declared(&u.object_key, &u.content_type, declared)
+        .check_declared(copy.key(), &attachment.content_type, declared)
         .await?
     {
         return Err(unusable(problem));
     }
-    Ok(Attachment {
-        id,
-        filename: u.filename,
-        content_type: u.content_type,
-        size: u.size,
-        width: u.width,
-        height: u.height,
+    Ok(Checked {
+        attachment,
+        copy: Some(copy),
     })
 }
 
@@ -148,7 +211,8 @@ pub async fn fill(db: &PgPool, messages: &mut [shared::chat::Message]) -> Result
 /// made already; returns the thumbnail's key. `None`: not an image, or not decodable.
 pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<String>, ApiError> {
     let Some(u) = sqlx::query!(
-        "SELECT content_type, object_key, thumbnail_key FROM uploads WHERE id = $1",
+        r#"SELECT content_type, size, COALESCE(file_key, object_key) AS "key!", thumbnail_key
+           FROM uploads WHERE id = $1"#,
         id
     )
     .fetch_optional(db)
@@ -163,7 +227,14 @@ pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<St
         return Ok(None);
     }
     let slot = storage::DecodeSlot::acquire().await;
-    let bytes = files.storage.get(&u.object_key).await?;
+    let declared = u64::try_from(u.size).unwrap_or(0);
+    let bytes = match files.storage.get_at_most(&u.key, declared).await {
+        Err(storage::StorageError::TooLarge(_)) => {
+            tracing::warn!(upload = %id, "an image is larger than declared; no thumbnail");
+            return Ok(None);
+        }
+        read => read?,
+    };
     let (width, height, small) = match storage::shrink_image(slot, bytes, THUMBNAIL_SIDE).await {
         Ok(made) => made,
         Err(e) => {
@@ -217,7 +288,37 @@ pub async fn clean_up(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
     Ok(expired.len() as u64)
 }
 
-/// Runs [`clean_up`] every `every` until `shutdown`.
+/// Deletes the uploaded objects of used uploads whose upload URL has expired (their uses serve
+/// copies, see [`check_for_message`]); returns how many. Until the URL expires, its holder could
+/// write the object again, so it is left until then.
+pub async fn remove_used(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
+    let used = sqlx::query!(
+        r#"SELECT id, object_key FROM uploads
+           WHERE file_key IS NOT NULL AND NOT upload_removed                  AND created_at < now() - make_interval(secs => $1)
+           LIMIT 500"#,
+        files.limits.upload_ttl.as_secs_f64()
+    )
+    .fetch_all(db)
+    .await?;
+    let mut removed = Vec::with_capacity(used.len());
+    for row in used {
+        match files.storage.delete(&row.object_key).await {
+            Ok(()) => removed.push(row.id),
+            Err(e) => {
+                tracing::warn!(error = %e, key = row.object_key, "could not delete a used upload's object")
+            }
+        }
+    }
+    sqlx::query!(
+        "UPDATE uploads SET upload_removed = true WHERE id = ANY($1)",
+        &removed
+    )
+    .execute(db)
+    .await?;
+    Ok(removed.len() as u64)
+}
+
+/// Runs [`clean_up`] and [`remove_used`] every `every` until `shutdown`.
 pub async fn clean_up_loop(
     db: PgPool,
     files: Files,
@@ -232,6 +333,14 @@ pub async fn clean_up_loop(
                 tracing::info!(count = n, "expired uploads deleted");
             }
             Err(e) => tracing::warn!(error = %e.detail, "could not clean up expired uploads"),
+        }
+        match remove_used(&db, &files).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("chat_uploads_copied_removed_total").increment(n);
+                tracing::debug!(count = n, "used uploads' own objects deleted");
+            }
+            Err(e) => tracing::warn!(error = %e.detail, "could not delete used uploads' objects"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

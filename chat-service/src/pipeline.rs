@@ -40,6 +40,9 @@ pub struct Draft {
     pub reply_to_id: Option<Uuid>,
     /// The upload it carries, checked (`attachments::check_for_message`).
     pub attachment: Option<shared::chat::Attachment>,
+    /// The checked copy of that upload the message serves (none for a send repeated after its
+    /// message was stored): recorded on the upload in the statement that stores the message.
+    pub attachment_file: Option<String>,
 }
 
 /// What became of one draft.
@@ -437,6 +440,7 @@ async fn insert(
     let mut mentioned: Vec<String> = Vec::with_capacity(new.len());
     let mut everyone: Vec<bool> = Vec::with_capacity(new.len());
     let mut attachments: Vec<Option<Uuid>> = Vec::with_capacity(new.len());
+    let mut attachment_files: Vec<Option<String>> = Vec::with_capacity(new.len());
     for &(d, id, m) in new {
         let place = counts.entry(d.conversation.id).or_insert(0);
         *place += 1;
@@ -461,16 +465,17 @@ async fn insert(
         );
         everyone.push(m.everyone);
         attachments.push(d.attachment.as_ref().map(|a| a.id));
+        attachment_files.push(d.attachment_file.clone());
     }
     let rows = sqlx::query!(
         r#"WITH input AS (
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[],
                                         $5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[],
                                         $10::text[], $11::uuid[], $12::text[], $13::text[],
-                                        $14::bool[], $15::uuid[])
+                                        $14::bool[], $15::uuid[], $16::text[])
                        AS t(id, conversation_id, place, from_user_id, to_user_id, room_id,
                             group_id, content, message_type, chat_type, reply_to_id, client_id,
-                            mentions, mentions_all, attachment_id)
+                            mentions, mentions_all, attachment_id, attachment_file)
                ),
                counts AS (
                    SELECT conversation_id, count(*) AS n FROM input GROUP BY conversation_id
@@ -501,10 +506,12 @@ async fn insert(
                    RETURNING id, conversation_id, from_user_id, seq, created_at, attachment_id
                ),
                -- An upload is used once: the unique index on messages.attachment_id refuses a
-               -- second message with it (the batch then stores its sends one by one).
+               -- second message with it (the batch then stores its sends one by one). The
+               -- message serves the copy its send checked.
                used AS (
-                   UPDATE uploads SET used_at = now()
-                   WHERE id IN (SELECT attachment_id FROM inserted WHERE attachment_id IS NOT NULL)
+                   UPDATE uploads u SET used_at = now(), file_key = i.attachment_file
+                   FROM inserted n JOIN input i ON i.id = n.id
+                   WHERE u.id = n.attachment_id
                ),
                -- The senders' array restricts `m` before the join (through the members'
                -- (user_id, conversation_id) index): without it, a members table small enough
@@ -535,7 +542,8 @@ async fn insert(
         &client_ids as &[Option<String>],
         &mentioned,
         &everyone,
-        &attachments as &[Option<Uuid>]
+        &attachments as &[Option<Uuid>],
+        &attachment_files as &[Option<String>]
     )
     .fetch_all(conn)
     .await?;

@@ -190,6 +190,10 @@ pub fn mismatch(
 pub enum StorageError {
     #[error("object not found")]
     NotFound,
+    /// Larger than the reader allowed (it changed since it was checked, or was never as
+    /// declared).
+    #[error("the object is larger than {0} bytes")]
+    TooLarge(u64),
     #[error("storage: {0}")]
     Other(String),
 }
@@ -208,6 +212,11 @@ impl From<StorageError> for crate::ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::NotFound => crate::ApiError::not_found("no such object"),
+            StorageError::TooLarge(max) => crate::ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "object_too_large",
+                format!("the stored object is larger than {max} bytes"),
+            ),
             StorageError::Other(detail) => {
                 tracing::warn!(error = %detail, "object storage unavailable");
                 crate::ApiError::unavailable(
@@ -249,8 +258,8 @@ enum Inner {
 /// The path of local objects' URLs, before the key.
 pub const LOCAL_PREFIX: &str = "/chat/files/";
 
-/// Keys are ours (`uploads/<uuid>`, `thumbnails/<uuid>`, `avatars/<uuid>`): ASCII letters,
-/// digits, `-` and `/`, never `..`.
+/// Keys are ours (`uploads/<uuid>`, `attachments/<uuid>/<uuid>`, `thumbnails/<uuid>`,
+/// `avatars/<uuid>`): ASCII letters, digits, `-` and `/`, never `..`.
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 200
@@ -406,16 +415,48 @@ impl Storage {
         Ok(mismatch(declared_type, declared_size, stored, &head))
     }
 
-    /// The whole object.
-    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        match &*self.inner {
+    /// The whole object, when it is at most `limit` bytes ([`StorageError::TooLarge`] if not,
+    /// read no further than that): a client can replace what it uploaded (on S3, as long as
+    /// its URL lasts), so a size checked before is no bound on what is read after.
+    pub async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
+        let bytes = match &*self.inner {
             Inner::S3 { store: s3, .. } => {
-                Ok(s3.get(&ObjectPath::from(key)).await?.bytes().await?)
+                s3.get_range(&ObjectPath::from(key), 0..limit.saturating_add(1))
+                    .await?
             }
             Inner::Local { dir, .. } => {
-                Ok(Bytes::from(tokio::fs::read(local_path(dir, key)?).await?))
+                use tokio::io::AsyncReadExt;
+                let file = tokio::fs::File::open(local_path(dir, key)?).await?;
+                let mut buf = Vec::new();
+                file.take(limit.saturating_add(1))
+                    .read_to_end(&mut buf)
+                    .await?;
+                Bytes::from(buf)
+            }
+        };
+        if bytes.len() as u64 > limit {
+            return Err(StorageError::TooLarge(limit));
+        }
+        Ok(bytes)
+    }
+
+    /// Copies the object at `from` to `to` within the store (the bytes do not pass through
+    /// this process on S3).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        match &*self.inner {
+            Inner::S3 { store: s3, .. } => {
+                s3.copy(&ObjectPath::from(from), &ObjectPath::from(to))
+                    .await?;
+            }
+            Inner::Local { dir, .. } => {
+                let target = local_path(dir, to)?;
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                tokio::fs::copy(local_path(dir, from)?, target).await?;
             }
         }
+        Ok(())
     }
 
     /// Stores `bytes` at `key` with `content_type`.

@@ -210,9 +210,9 @@ pub async fn send(
         chat_id,
     )
     .await?;
-    let attachment = match req.attachment_id {
-        Some(id) => Some(
-            crate::attachments::check_for_message(
+    let (attachment, copy) = match req.attachment_id {
+        Some(id) => {
+            let checked = crate::attachments::check_for_message(
                 &state.db,
                 &state.files,
                 caller.user_id,
@@ -220,9 +220,10 @@ pub async fn send(
                 req.message_type,
                 req.client_id.as_deref(),
             )
-            .await?,
-        ),
-        None => None,
+            .await?;
+            (Some(checked.attachment), checked.copy)
+        }
+        None => (None, None),
     };
     let draft = Draft {
         sender: caller.user_id,
@@ -232,6 +233,7 @@ pub async fn send(
         message_type: req.message_type,
         reply_to_id: req.reply_to_id,
         attachment,
+        attachment_file: copy.as_ref().map(|c| c.key().to_owned()),
     };
     let mut persisted =
         pipeline::persist(&state.db, &state.publisher, std::slice::from_ref(&draft)).await?;
@@ -240,6 +242,9 @@ pub async fn send(
         .pop()
         .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
     if let Outcome::Created(m) = &outcome {
+        if let Some(copy) = copy {
+            copy.keep();
+        }
         state.publisher.new_message(m, conversation.id).await;
         if let Some(a) = m
             .attachment

@@ -154,7 +154,7 @@ async fn redirect(state: &AppState, key: &str) -> ApiResult<Response> {
 /// conversation): 404 if no message uses it, 403 for anyone else.
 async fn readable(state: &AppState, caller: Uuid, id: Uuid) -> ApiResult<(String, Uuid)> {
     let row = sqlx::query!(
-        r#"SELECT u.object_key, m.conversation_id
+        r#"SELECT COALESCE(u.file_key, u.object_key) AS "key!", m.conversation_id
            FROM uploads u JOIN messages m ON m.attachment_id = u.id
            WHERE u.id = $1 AND NOT m.is_deleted"#,
         id
@@ -165,7 +165,7 @@ async fn readable(state: &AppState, caller: Uuid, id: Uuid) -> ApiResult<(String
     if !conversation::is_member(&state.db, row.conversation_id, caller).await? {
         return Err(attachments::not_a_member());
     }
-    Ok((row.object_key, row.conversation_id))
+    Ok((row.key, row.conversation_id))
 }
 
 /// `GET /chat/attachments/{id}`
@@ -298,16 +298,23 @@ pub async fn get_file(
     Query(q): Query<Signed>,
 ) -> ApiResult<Response> {
     check_signed(&state, "GET", &key, &q)?;
-    let bytes = match state.files.storage.get(&key).await {
+    // Every object here was written within the upload limit (the PUT above, or a copy of one).
+    let bytes = match state
+        .files
+        .storage
+        .get_at_most(&key, state.files.limits.max_bytes)
+        .await
+    {
         Ok(b) => b,
         Err(shared::storage::StorageError::NotFound) => {
             return Err(ApiError::not_found("no such file"))
         }
         Err(e) => return Err(e.into()),
     };
-    let content_type = if key.starts_with("uploads/") {
+    // An upload or an attachment's copy: as declared; anything else is a PNG we made.
+    let content_type = if key.starts_with("uploads/") || key.starts_with("attachments/") {
         sqlx::query_scalar!(
-            "SELECT content_type FROM uploads WHERE object_key = $1",
+            "SELECT content_type FROM uploads WHERE object_key = $1 OR file_key = $1",
             key
         )
         .fetch_optional(&state.db)

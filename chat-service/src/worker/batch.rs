@@ -310,6 +310,9 @@ impl SendWorker {
         }
         let mut drafts = Vec::new();
         let mut draft_of = Vec::new();
+        // Each draft's checked copy of its upload, deleted when dropped unless its message is
+        // stored (an early return for a retry drops them all: the retry copies afresh).
+        let mut copies = Vec::new();
         for (i, command) in commands.iter().enumerate() {
             let Some(c) = command else { continue };
             if verdicts[i].is_some() {
@@ -318,8 +321,8 @@ impl SendWorker {
             match resolved.get(&(c.user_id, c.chat_type, c.chat_id)) {
                 Some(Ok(conversation)) => {
                     // Attachments are rare: checked one by one (the stored object included).
-                    let attachment = match c.attachment_id {
-                        None => None,
+                    let (attachment, copy) = match c.attachment_id {
+                        None => (None, None),
                         Some(id) => match crate::attachments::check_for_message(
                             &self.db,
                             &self.files,
@@ -330,7 +333,7 @@ impl SendWorker {
                         )
                         .await
                         {
-                            Ok(a) => Some(a),
+                            Ok(checked) => (Some(checked.attachment), checked.copy),
                             Err(e) if e.is_transient() => return Err(e),
                             Err(e) => {
                                 verdicts[i] = Some(Verdict::Refused(Refusal::of(&e)));
@@ -347,7 +350,9 @@ impl SendWorker {
                         message_type: c.message_type,
                         reply_to_id: c.reply_to_id,
                         attachment,
+                        attachment_file: copy.as_ref().map(|c| c.key().to_owned()),
                     });
+                    copies.push(copy);
                 }
                 Some(Err(refusal)) => {
                     verdicts[i] = Some(Verdict::Refused(refusal.clone()));
@@ -381,7 +386,15 @@ impl SendWorker {
                 };
             stage("write", writing);
             turn = persisted.turn;
-            for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {
+            for (((i, result), draft), copy) in draft_of
+                .into_iter()
+                .zip(persisted.results)
+                .zip(&drafts)
+                .zip(copies)
+            {
+                if let (Ok(Outcome::Created(_)), Some(copy)) = (&result, copy) {
+                    copy.keep();
+                }
                 verdicts[i] = Some(match result {
                     Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
                     Err(e) if e.is_transient() => return Err(e),

@@ -37,6 +37,20 @@ async fn upload(
     declared: usize,
     bytes: Vec<u8>,
 ) -> String {
+    upload_at(app, user, name, content_type, declared, bytes)
+        .await
+        .0
+}
+
+/// [`upload`], returning the upload URL too.
+async fn upload_at(
+    app: &TestApp,
+    user: &User,
+    name: &str,
+    content_type: &str,
+    declared: usize,
+    bytes: Vec<u8>,
+) -> (String, String) {
     let r = app
         .post(
             user,
@@ -59,7 +73,10 @@ async fn upload(
         .await
         .unwrap();
     assert!(r.status().is_success(), "upload: {}", r.status());
-    ticket["upload_id"].as_str().unwrap().to_owned()
+    (
+        ticket["upload_id"].as_str().unwrap().to_owned(),
+        absolute(app, ticket["url"].as_str().unwrap()),
+    )
 }
 
 /// Follows a download's 302 by hand: (status of the API call, bytes behind the Location).
@@ -94,7 +111,7 @@ async fn attachments_work(app: TestApp) {
     let mut watcher = app.watch(vec![app.keys.conversation_channel(room)]).await;
 
     let picture = png(400, 300);
-    let id = upload(
+    let (id, url) = upload_at(
         &app,
         &alice,
         "cat.png",
@@ -134,6 +151,31 @@ async fn attachments_work(app: TestApp) {
     assert_eq!(bytes.unwrap(), picture);
     let (status, _) = download(&app, &carol, &format!("/chat/attachments/{id}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // The upload URL lasts beyond the send, and S3 takes a second PUT to it: what a member gets
+    // stays what was checked, not another picture of the same size and type written there now.
+    let other: Vec<u8> = picture.iter().map(|b| b ^ 0x55).collect();
+    let mut swapped = png(400, 300);
+    swapped.truncate(64);
+    swapped.extend_from_slice(&other[64..]);
+    let r = reqwest::Client::new()
+        .put(&url)
+        .header("content-type", "image/png")
+        .body(swapped)
+        .send()
+        .await
+        .unwrap();
+    // The local store refuses it; S3 stores it.
+    assert!(
+        r.status().is_success() || r.status() == StatusCode::CONFLICT,
+        "{}",
+        r.status()
+    );
+    let (status, bytes) = download(&app, &bob, &format!("/chat/attachments/{id}")).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert!(
+        bytes.unwrap() == picture,
+        "the download changed after the send"
+    );
     let (status, thumb) = download(&app, &bob, &format!("/chat/attachments/{id}/thumbnail")).await;
     assert_eq!(status, StatusCode::FOUND);
     let thumb = image::load_from_memory(&thumb.unwrap()).unwrap();
@@ -330,7 +372,33 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
         bytes.clone(),
     )
     .await;
-    let fresh = upload(&app, &alice, "u.txt", "text/plain", bytes.len(), bytes).await;
+    let fresh = upload(
+        &app,
+        &alice,
+        "u.txt",
+        "text/plain",
+        bytes.len(),
+        bytes.clone(),
+    )
+    .await;
+    let sent = upload(
+        &app,
+        &alice,
+        "s.txt",
+        "text/plain",
+        bytes.len(),
+        bytes.clone(),
+    )
+    .await;
+    let room = app.room(&alice, "notes", &[]).await;
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "file", "attachment_id": sent}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
     sqlx::query("UPDATE uploads SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
         .bind(&old)
         .execute(&db)
@@ -339,7 +407,10 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
     assert!(dir.join(format!("uploads/{old}")).exists());
     let files = chat_service::attachments::Files {
         storage: shared::storage::Storage::new(&config, "k").unwrap(),
-        limits: Default::default(),
+        limits: shared::storage::UploadLimits {
+            upload_ttl: Duration::ZERO,
+            ..Default::default()
+        },
     };
     let removed = chat_service::attachments::clean_up(&db, &files)
         .await
@@ -353,11 +424,37 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
         dir.join(format!("uploads/{fresh}")).exists(),
         "an unexpired upload stays"
     );
-    let left: Vec<String> = sqlx::query_scalar("SELECT id::text FROM uploads")
+    assert!(dir.join(format!("uploads/{sent}")).exists());
+    let mut left: Vec<String> = sqlx::query_scalar("SELECT id::text FROM uploads")
         .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(left, vec![fresh]);
+    left.sort();
+    let mut kept = vec![fresh.clone(), sent.clone()];
+    kept.sort();
+    assert_eq!(left, kept);
+
+    // A used upload's own object goes once its upload URL has expired (here at once): the
+    // message serves the copy checked when it was sent.
+    let removed = chat_service::attachments::remove_used(&db, &files)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(!dir.join(format!("uploads/{sent}")).exists());
+    assert!(dir.join(format!("uploads/{fresh}")).exists());
+    let (status, got) = download(&app, &alice, &format!("/chat/attachments/{sent}")).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(got.unwrap(), bytes);
+    let copies = std::fs::read_dir(dir.join(format!("attachments/{sent}")))
+        .unwrap()
+        .count();
+    assert_eq!(copies, 1, "one copy, the message's");
+    assert_eq!(
+        chat_service::attachments::remove_used(&db, &files)
+            .await
+            .unwrap(),
+        0
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
