@@ -5,7 +5,6 @@ import { h, learnNames, nameOf, remember, showError, time } from "./dom.js";
 import { refreshConversation, renderConversations, toggleArchive, toggleMute } from "./list.js";
 import { mentionsMe, messageItem } from "./messages.js";
 import { showMembers, showPins } from "./dialogs.js";
-import { upload } from "./files.js";
 
 export async function openConversation(chat: ChatRef & { name: string }): Promise<void> {
   state.open = chat;
@@ -247,7 +246,7 @@ export async function attach(input: HTMLInputElement): Promise<void> {
   const socket = state.socket;
   if (!file || !open || !socket) return;
   try {
-    const attachmentId = await upload(file);
+    const attachmentId = await cs.upload(file);
     await socket.send(open, "", { message_type: file.type.startsWith("image/") ? "image" : "file", attachment_id: attachmentId });
   } catch (e) {
     showError(e);

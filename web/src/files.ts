@@ -2,7 +2,7 @@
 // thumbnails. Each picture is fetched once (a thumbnail with the user's token) and shown from a
 // blob: URL, so the page's Content-Security-Policy (images from the page's own origin, data: and
 // blob: only) holds wherever the object store lives.
-import { ChatSphereError, unwrap } from "@chatsphere/client";
+import { unwrap } from "@chatsphere/client";
 import { cs } from "./session.js";
 import { h, remember, showError } from "./dom.js";
 
@@ -94,22 +94,13 @@ export function thumbnail(attachmentId: string, filename: string, open: () => vo
   return button;
 }
 
-/** Uploads `file` (to the URL the server hands out); its upload id, for a message or an avatar. */
-export async function upload(file: File): Promise<string> {
-  const contentType = file.type || "application/octet-stream";
-  const ticket = unwrap(await cs.rest.POST("/chat/uploads", { body: { filename: file.name, content_type: contentType, size: file.size } }));
-  const put = await fetch(ticket.url, { method: ticket.method, headers: { "content-type": contentType, ...(ticket.headers as Record<string, string>) }, body: file });
-  if (!put.ok) throw new ChatSphereError("upload_failed", `the upload was refused (${put.status})`);
-  return ticket.upload_id;
-}
-
 /** Makes the chosen image the user's avatar; everyone who shows the user sees it. */
 export async function setAvatar(input: HTMLInputElement): Promise<void> {
   const file = input.files?.[0];
   input.value = "";
   if (!file) return;
   try {
-    const uploadId = await upload(file);
+    const uploadId = await cs.upload(file);
     // Redrawn by the directory's `updated`, as a change heard from the server would be.
     remember([unwrap(await cs.rest.PUT("/auth/me/avatar", { body: { upload_id: uploadId } }))]);
   } catch (e) {

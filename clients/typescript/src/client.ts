@@ -142,6 +142,36 @@ export class ChatSphere {
     return this.refreshing;
   }
 
+  /**
+   * Uploads a file for a message (its `attachment_id`) or an avatar (`PUT /auth/me/avatar`):
+   * declares it (`POST /chat/uploads`), then sends the bytes straight to the storage URL the
+   * server hands out, with the headers it names (never the access token: that URL is signed).
+   * Resolves to the upload id. `filename` and `contentType` default to the file's own.
+   */
+  async upload(file: Blob, options: { filename?: string; contentType?: string } = {}): Promise<string> {
+    const filename = options.filename ?? (file as Blob & { name?: string }).name ?? "file";
+    const contentType = options.contentType ?? (file.type || "application/octet-stream");
+    const ticket = unwrap(
+      await this.rest.POST("/chat/uploads", { body: { filename, content_type: contentType, size: file.size } }),
+    );
+    // The local store's URLs are paths on the public entry; an object store's are absolute.
+    const url = new URL(ticket.url, this.options.baseUrl);
+    const res = await this.fetchImpl(url, {
+      method: ticket.method,
+      headers: { "content-type": contentType, ...(ticket.headers as Record<string, string>) },
+      body: file,
+    });
+    if (!res.ok) {
+      const refused = await errorOf(res);
+      throw new ChatSphereError(
+        refused.code.startsWith("http_") ? "upload_failed" : refused.code,
+        `the storage refused the upload (${res.status}): ${refused.detail}`,
+        res.status,
+      );
+    }
+    return ticket.upload_id;
+  }
+
   /** Opens a socket that stays connected until `close()` (see `ChatSocket`). */
   connect(extra: Partial<Pick<SocketOptions, "positions" | "backoff">> = {}): ChatSocket {
     const wsUrl =
