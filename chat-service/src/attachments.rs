@@ -31,15 +31,21 @@ fn unusable(detail: impl Into<String>) -> ApiError {
 /// serve ([`check_for_message`]).
 pub struct Checked {
     pub attachment: Attachment,
-    /// Deleted when dropped, unless [`UploadCopy::keep`] was called (its message was stored).
+    /// None for a send repeated after its message was stored.
     pub copy: Option<UploadCopy>,
 }
 
-/// A copy of an upload made for one send. Dropped without [`UploadCopy::keep`] (the send was refused,
-/// failed, or will be retried with a copy of its own), it is deleted from the store.
+/// How long after its send gave up an unkept copy is looked at: by then a statement that was
+/// storing its message (a request cancelled while it ran) has committed or failed.
+const UNKEPT_COPY_GRACE: Duration = Duration::from_secs(30);
+
+/// A copy of an upload made and checked for one send. Kept ([`UploadCopy::keep`]) once its
+/// message is stored; dropped otherwise (the send was refused, failed, will be retried with a
+/// copy of its own, or its request was cancelled), it is deleted from the store a little later
+/// unless a stored message names it after all.
 pub struct UploadCopy {
     key: String,
-    storage: Option<Storage>,
+    cleanup: Option<(Storage, PgPool)>,
 }
 
 impl UploadCopy {
@@ -49,23 +55,39 @@ impl UploadCopy {
 
     /// Its message was stored: the copy stays.
     pub fn keep(mut self) {
-        self.storage = None;
+        self.cleanup = None;
     }
 }
 
 impl Drop for UploadCopy {
     fn drop(&mut self) {
-        let Some(storage) = self.storage.take() else {
+        let Some((storage, db)) = self.cleanup.take() else {
             return;
         };
         let key = std::mem::take(&mut self.key);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = storage.delete(&key).await {
-                    tracing::warn!(error = %e, key, "could not delete an unused copy of an upload");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(UNKEPT_COPY_GRACE).await;
+            let named = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM uploads WHERE file_key = $1) AS "named!""#,
+                key
+            )
+            .fetch_one(&db)
+            .await;
+            match named {
+                Ok(false) => {
+                    if let Err(e) = storage.delete(&key).await {
+                        tracing::warn!(error = %e, key, "could not delete an unused copy of an upload");
+                    }
                 }
-            });
-        }
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, key, "could not tell whether a copy of an upload is used; left in place")
+                }
+            }
+        });
     }
 }
 
@@ -152,23 +174,33 @@ pub async fn check_for_message(
     if declared > files.limits.max_bytes {
         return Err(unusable("is larger than MAX_UPLOAD_BYTES"));
     }
-    let copy = UploadCopy {
-        key: format!("attachments/{id}/{}", Uuid::new_v4()),
-        storage: Some(files.storage.clone()),
-    };
-    match files.storage.copy(&u.object_key, copy.key()).await {
+    let key = format!("attachments/{id}/{}", Uuid::new_v4());
+    match files.storage.copy(&u.object_key, &key).await {
         Err(storage::StorageError::NotFound) => {
             return Err(unusable("no file was uploaded for it"))
         }
         copied => copied?,
     }
-    if let Some(problem) = files
+    let problem = match files
         .storage
-        .check_declared(copy.key(), &attachment.content_type, declared)
-        .await?
+        .check_declared(&key, &attachment.content_type, declared)
+        .await
     {
+        Ok(problem) => problem,
+        Err(e) => {
+            let _ = files.storage.delete(&key).await;
+            return Err(e.into());
+        }
+    };
+    if let Some(problem) = problem {
+        // Refused for good: the copy goes now.
+        files.storage.delete(&key).await?;
         return Err(unusable(problem));
     }
+    let copy = UploadCopy {
+        key,
+        cleanup: Some((files.storage.clone(), db.clone())),
+    };
     Ok(Checked {
         attachment,
         copy: Some(copy),

@@ -399,6 +399,21 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    // A send refused by the check of its copy leaves no copy behind.
+    let lie = upload(&app, &alice, "l.txt", "text/plain", 3, bytes.clone()).await;
+    let r = app
+        .post(
+            &alice,
+            &format!("/chat/messages/room/{room}"),
+            json!({"message_type": "file", "attachment_id": lie}),
+        )
+        .await;
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+    let lie_copies = dir.join(format!("attachments/{lie}"));
+    assert!(
+        !lie_copies.exists() || std::fs::read_dir(&lie_copies).unwrap().count() == 0,
+        "a refused send's copy is deleted"
+    );
     sqlx::query("UPDATE uploads SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
         .bind(&old)
         .execute(&db)
@@ -430,7 +445,7 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
         .await
         .unwrap();
     left.sort();
-    let mut kept = vec![fresh.clone(), sent.clone()];
+    let mut kept = vec![fresh.clone(), sent.clone(), lie.clone()];
     kept.sort();
     assert_eq!(left, kept);
 
