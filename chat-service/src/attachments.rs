@@ -303,6 +303,48 @@ pub fn thumbnails_later(db: PgPool, files: Files, ids: Vec<Uuid>) {
     });
 }
 
+/// Deletes every object of attachment `id` (the upload, its checked copy, its thumbnail), on a
+/// spawned task: its message was deleted, and nobody may download it any more. The row stays
+/// (the deleted message still names it). A failure is logged; the objects then stay.
+pub fn remove_files_later(db: PgPool, files: Files, id: Uuid) {
+    tokio::spawn(async move {
+        let row = match sqlx::query!(
+            "SELECT object_key, file_key, thumbnail_key FROM uploads WHERE id = $1",
+            id
+        )
+        .fetch_optional(&db)
+        .await
+        {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(upload = %id, error = %e, "could not read a deleted attachment's objects; left in place");
+                return;
+            }
+        };
+        let keys = std::iter::once(row.object_key)
+            .chain(row.file_key)
+            .chain(row.thumbnail_key);
+        let mut removed = true;
+        for key in keys {
+            if let Err(e) = files.storage.delete(&key).await {
+                tracing::warn!(upload = %id, key, error = %e, "could not delete a deleted attachment's object");
+                removed = false;
+            }
+        }
+        if removed {
+            metrics::counter!("chat_attachments_removed_total").increment(1);
+            if let Err(e) =
+                sqlx::query!("UPDATE uploads SET upload_removed = true WHERE id = $1", id)
+                    .execute(&db)
+                    .await
+            {
+                tracing::debug!(upload = %id, error = %e, "could not note a removed upload");
+            }
+        }
+    });
+}
+
 /// Deletes uploads never used and past `expires_at`, rows and objects; returns how many.
 pub async fn clean_up(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
     let expired = sqlx::query!(

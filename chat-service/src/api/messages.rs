@@ -417,6 +417,14 @@ pub async fn delete_message(
     }
     tx.commit().await?;
     if let Some(row) = row {
+        if let Some(attachment) = row.attachment_id {
+            // Nobody may download it any more: its bytes go too.
+            crate::attachments::remove_files_later(
+                state.db.clone(),
+                state.files.clone(),
+                attachment,
+            );
+        }
         let conversation_id = row.conversation_id;
         let message = Message::try_from(row)?;
         let event = Event::MessageDeleted {

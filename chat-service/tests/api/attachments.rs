@@ -351,7 +351,7 @@ async fn uploads_are_declared_within_the_limits(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn expired_unused_uploads_are_deleted(db: PgPool) {
+async fn the_store_keeps_only_what_is_served(db: PgPool) {
     // The app's store is a directory this test knows, so it can see the objects go.
     let dir = std::env::temp_dir().join(format!("cs-cleanup-{}", Uuid::new_v4()));
     let config = StorageConfig::Local {
@@ -399,6 +399,10 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    let message = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // A send refused by the check of its copy leaves no copy behind.
     let lie = upload(&app, &alice, "l.txt", "text/plain", 3, bytes.clone()).await;
     let r = app
@@ -470,6 +474,22 @@ async fn expired_unused_uploads_are_deleted(db: PgPool) {
             .unwrap(),
         0
     );
+
+    // A deleted message's attachment goes from the store (nobody may download it any more).
+    let r = app
+        .delete(&alice, &format!("/chat/messages/{message}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let copies = dir.join(format!("attachments/{sent}"));
+    let mut gone = false;
+    for _ in 0..100 {
+        if std::fs::read_dir(&copies).unwrap().count() == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the deleted message's file is still stored");
     let _ = std::fs::remove_dir_all(dir);
 }
 
