@@ -7,7 +7,15 @@
 //! that implements it (MinIO, Ceph, R2, …), with custom endpoints, path-style addressing and
 //! any region, and it signs presigned URLs (SigV4) itself.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -15,7 +23,8 @@ use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
     path::Path as ObjectPath,
     signer::Signer,
-    Attribute, Attributes, ObjectStore, PutOptions, PutPayload,
+    Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, PutOptions, PutPayload,
+    RetryConfig,
 };
 use sha2::Sha256;
 
@@ -242,6 +251,51 @@ impl From<std::io::Error> for StorageError {
 #[derive(Clone)]
 pub struct Storage {
     inner: Arc<Inner>,
+    outage: Arc<Outage>,
+}
+
+/// How long after a failed request to the object store every request fails at once, without
+/// trying: during an outage a send with an attachment is answered `unavailable` straight away
+/// instead of each waiting out its own timeouts and retries (on the send loop, that wait would
+/// hold up every send of its partition).
+const OUTAGE_PAUSE: Duration = Duration::from_secs(5);
+
+/// A request to the object store is tried at most this many times more, within this long, and
+/// waits at most this long to connect: an unreachable store fails a request in seconds (the
+/// crate's defaults retry for up to three minutes).
+const STORE_RETRIES: usize = 2;
+const STORE_RETRY_TIMEOUT: Duration = Duration::from_secs(5);
+const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// When the object store last failed (as time since `since`), so [`Storage`] can fail fast.
+struct Outage {
+    since: Instant,
+    /// Milliseconds after `since` until which requests fail at once; 0 when none failed.
+    until_ms: AtomicU64,
+}
+
+impl Outage {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn ongoing(&self) -> bool {
+        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) {
+        let until = self
+            .now_ms()
+            .saturating_add(OUTAGE_PAUSE.as_millis() as u64);
+        self.until_ms.store(until, Ordering::Relaxed);
+    }
 }
 
 enum Inner {
@@ -284,7 +338,17 @@ impl Storage {
                 path_style,
             } => {
                 let build = |endpoint: &str| {
+                    // Client options first: setting them replaces any set before
+                    // (`with_allow_http` is one).
                     let mut b = AmazonS3Builder::new()
+                        .with_client_options(
+                            ClientOptions::new().with_connect_timeout(STORE_CONNECT_TIMEOUT),
+                        )
+                        .with_retry(RetryConfig {
+                            backoff: BackoffConfig::default(),
+                            max_retries: STORE_RETRIES,
+                            retry_timeout: STORE_RETRY_TIMEOUT,
+                        })
                         .with_bucket_name(bucket)
                         .with_region(region)
                         .with_virtual_hosted_style_request(!path_style);
@@ -324,7 +388,31 @@ impl Storage {
         };
         Ok(Self {
             inner: Arc::new(inner),
+            outage: Arc::new(Outage::new()),
         })
+    }
+
+    /// A request to the S3 store: refused at once while an outage is noted, and noting one when
+    /// it fails for any reason but a missing object.
+    async fn s3<T>(
+        &self,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T, StorageError> {
+        if self.outage.ongoing() {
+            return Err(StorageError::Other(
+                "the object store failed moments ago; not tried".into(),
+            ));
+        }
+        match request.await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e = StorageError::from(e);
+                if matches!(e, StorageError::Other(_)) {
+                    self.outage.failed();
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn is_local(&self) -> bool {
@@ -373,7 +461,7 @@ impl Storage {
     /// The stored object's size, or `NotFound`.
     pub async fn size(&self, key: &str) -> Result<u64, StorageError> {
         match &*self.inner {
-            Inner::S3 { store: s3, .. } => Ok(s3.head(&ObjectPath::from(key)).await?.size),
+            Inner::S3 { store: s3, .. } => Ok(self.s3(s3.head(&ObjectPath::from(key))).await?.size),
             Inner::Local { dir, .. } => Ok(tokio::fs::metadata(local_path(dir, key)?).await?.len()),
         }
     }
@@ -386,7 +474,9 @@ impl Storage {
             return Ok(Bytes::new());
         }
         match &*self.inner {
-            Inner::S3 { store: s3, .. } => Ok(s3.get_range(&ObjectPath::from(key), 0..end).await?),
+            Inner::S3 { store: s3, .. } => {
+                self.s3(s3.get_range(&ObjectPath::from(key), 0..end)).await
+            }
             Inner::Local { dir, .. } => {
                 use tokio::io::AsyncReadExt;
                 let mut f = tokio::fs::File::open(local_path(dir, key)?).await?;
@@ -421,7 +511,7 @@ impl Storage {
     pub async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
         let bytes = match &*self.inner {
             Inner::S3 { store: s3, .. } => {
-                s3.get_range(&ObjectPath::from(key), 0..limit.saturating_add(1))
+                self.s3(s3.get_range(&ObjectPath::from(key), 0..limit.saturating_add(1)))
                     .await?
             }
             Inner::Local { dir, .. } => {
@@ -445,7 +535,7 @@ impl Storage {
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
         match &*self.inner {
             Inner::S3 { store: s3, .. } => {
-                s3.copy(&ObjectPath::from(from), &ObjectPath::from(to))
+                self.s3(s3.copy(&ObjectPath::from(from), &ObjectPath::from(to)))
                     .await?;
             }
             Inner::Local { dir, .. } => {
@@ -470,14 +560,14 @@ impl Storage {
             Inner::S3 { store: s3, .. } => {
                 let mut attributes = Attributes::new();
                 attributes.insert(Attribute::ContentType, content_type.to_owned().into());
-                s3.put_opts(
+                self.s3(s3.put_opts(
                     &ObjectPath::from(key),
                     PutPayload::from(bytes),
                     PutOptions {
                         attributes,
                         ..Default::default()
                     },
-                )
+                ))
                 .await?;
                 Ok(())
             }
@@ -495,10 +585,7 @@ impl Storage {
     /// Removes an object (absent is fine).
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let r = match &*self.inner {
-            Inner::S3 { store: s3, .. } => s3
-                .delete(&ObjectPath::from(key))
-                .await
-                .map_err(StorageError::from),
+            Inner::S3 { store: s3, .. } => self.s3(s3.delete(&ObjectPath::from(key))).await,
             Inner::Local { dir, .. } => tokio::fs::remove_file(local_path(dir, key)?)
                 .await
                 .map_err(StorageError::from),
@@ -617,6 +704,51 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unreachable store fails a request within the retry budget, and the requests after it
+    /// at once, without trying, until the pause is over.
+    #[tokio::test]
+    async fn an_unreachable_store_fails_fast() {
+        // A loopback port nobody listens on: connections are refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let storage = Storage::new(
+            &StorageConfig::S3 {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                public_endpoint: String::new(),
+                bucket: "b".into(),
+                region: "us-east-1".into(),
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                path_style: true,
+            },
+            "secret",
+        )
+        .unwrap();
+        let started = Instant::now();
+        let first = storage.size("uploads/x").await;
+        assert!(matches!(first, Err(StorageError::Other(_))), "{first:?}");
+        assert!(
+            started.elapsed() < STORE_RETRY_TIMEOUT + STORE_CONNECT_TIMEOUT * 2,
+            "the first failure took {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let second = storage.copy("uploads/x", "attachments/x/y").await;
+        match second {
+            Err(StorageError::Other(e)) => assert!(e.contains("not tried"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_millis(50));
+        // Once the pause is over, the store is tried again.
+        storage.outage.until_ms.store(0, Ordering::Relaxed);
+        match storage.delete("uploads/x").await {
+            Err(StorageError::Other(e)) => assert!(!e.contains("not tried"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// A PNG that claims `width` × `height` RGBA pixels and holds none.
     fn png_claiming(width: u32, height: u32) -> Vec<u8> {

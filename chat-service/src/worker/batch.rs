@@ -334,6 +334,12 @@ impl SendWorker {
                         .await
                         {
                             Ok(checked) => (Some(checked.attachment), checked.copy),
+                            // The object store is down: this send is answered `unavailable`
+                            // (its client retries); the others of the batch go on.
+                            Err(e) if e.code == "storage_unavailable" => {
+                                verdicts[i] = Some(Verdict::Refused(Refusal::of(&e)));
+                                continue;
+                            }
                             Err(e) if e.is_transient() => return Err(e),
                             Err(e) => {
                                 verdicts[i] = Some(Verdict::Refused(Refusal::of(&e)));

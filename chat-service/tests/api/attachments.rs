@@ -5,7 +5,10 @@ use std::{process::Stdio, time::Duration};
 
 use reqwest::{redirect::Policy, StatusCode};
 use serde_json::{json, Value};
-use shared::{chat::Event, storage::StorageConfig};
+use shared::{
+    chat::{ChatType, Event, MessageType},
+    storage::StorageConfig,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -530,8 +533,8 @@ async fn moto() -> Moto {
     panic!("moto_server did not start");
 }
 
-#[sqlx::test(migrator = "shared::db::MIGRATOR")]
-async fn attachments_on_an_s3_api(db: PgPool) {
+/// An app whose store is a bucket of moto's S3 server (running while the `Moto` lives).
+async fn s3_app(db: PgPool) -> (Moto, TestApp) {
     let s3 = moto().await;
     // moto takes a bucket made with a plain PUT.
     let r = reqwest::Client::new()
@@ -554,5 +557,56 @@ async fn attachments_on_an_s3_api(db: PgPool) {
         }
     })
     .await;
+    (s3, app)
+}
+
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn attachments_on_an_s3_api(db: PgPool) {
+    let (_s3, app) = s3_app(db).await;
     attachments_work(app).await;
+}
+
+/// An object store that stops answering refuses only the sends that need it: a socket send
+/// with an attachment is answered `unavailable` (its client retries), and the other sends of
+/// its partition, before and after it, are stored at once rather than waiting for the store.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_store_outage_holds_up_only_the_sends_that_need_it(db: PgPool) {
+    let (s3, app) = s3_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "files", &[&bob]).await;
+    let doc = b"minutes of the meeting".to_vec();
+    let id = upload(&app, &alice, "notes.txt", "text/plain", doc.len(), doc).await;
+    drop(s3);
+
+    let mut watcher = app
+        .watch(vec![
+            app.keys.user_channel(alice.id),
+            app.keys.user_channel(bob.id),
+        ])
+        .await;
+    let redis = crate::bus::redis().await;
+    let mut file = crate::bus::command(alice.id, ChatType::Room, room, "file", "");
+    file.message_type = MessageType::File;
+    file.attachment_id = Some(id.parse().unwrap());
+    let started = std::time::Instant::now();
+    crate::bus::push(
+        &redis,
+        &app,
+        &[
+            crate::bus::command(bob.id, ChatType::Room, room, "before", "one"),
+            file,
+            crate::bus::command(bob.id, ChatType::Room, room, "after", "two"),
+        ],
+    )
+    .await;
+    let outcomes = crate::bus::outcomes(&mut watcher, 3).await;
+    assert_eq!(outcomes["before"], "ack");
+    assert_eq!(outcomes["after"], "ack");
+    assert_eq!(outcomes["file"], "unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the store's outage held the partition up for {:?}",
+        started.elapsed()
+    );
 }

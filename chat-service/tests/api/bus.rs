@@ -9,7 +9,7 @@ use shared::chat::{encode, ChatType, Event, MessageType, SendCommand};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{redis_url, spawn_app, spawn_app_with, TestApp, PARTITIONS, SECRET};
+use crate::helpers::{redis_url, spawn_app, spawn_app_with, TestApp, Watcher, PARTITIONS, SECRET};
 
 pub(crate) async fn redis() -> Client {
     let c = Builder::from_config(Config::from_url(&redis_url()).unwrap())
@@ -19,7 +19,7 @@ pub(crate) async fn redis() -> Client {
     c
 }
 
-fn command(
+pub(crate) fn command(
     user: Uuid,
     chat_type: ChatType,
     chat_id: Uuid,
@@ -38,6 +38,30 @@ fn command(
         attachment_id: None,
         traceparent: None,
     }
+}
+
+/// What became of `n` commands, by `client_id`: "ack", or the code they were refused with.
+/// Messages are passed over; any other event fails the test.
+pub(crate) async fn outcomes(
+    watcher: &mut Watcher,
+    n: usize,
+) -> std::collections::BTreeMap<String, String> {
+    let mut outcomes = std::collections::BTreeMap::new();
+    while outcomes.len() < n {
+        match watcher.next().await.1 {
+            Event::SendFailed {
+                client_id, code, ..
+            } => {
+                outcomes.insert(client_id, code);
+            }
+            Event::Ack { client_id, .. } => {
+                outcomes.insert(client_id, "ack".into());
+            }
+            Event::Message { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    outcomes
 }
 
 /// How many entries of the send stream are delivered but not yet acknowledged.
@@ -69,7 +93,7 @@ pub(crate) async fn stream_length(redis: &Client, app: &TestApp) -> i64 {
     total
 }
 
-async fn push(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
+pub(crate) async fn push(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
     for c in commands {
         let (stream, fields) = entry(app, c);
         let _: String = redis.xadd(stream, false, None, "*", fields).await.unwrap();
@@ -243,21 +267,7 @@ async fn refused_commands_get_send_failed_and_garbage_is_dropped(db: PgPool) {
         ],
     )
     .await;
-    let mut outcomes = std::collections::BTreeMap::new();
-    while outcomes.len() < 4 {
-        match watcher.next().await.1 {
-            Event::SendFailed {
-                client_id, code, ..
-            } => {
-                outcomes.insert(client_id, code);
-            }
-            Event::Ack { client_id, .. } => {
-                outcomes.insert(client_id, "ack".into());
-            }
-            Event::Message { .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let outcomes = outcomes(&mut watcher, 4).await;
     assert_eq!(outcomes["a"], "forbidden");
     assert_eq!(outcomes["b"], "not_found");
     assert_eq!(outcomes["c"], "invalid_payload");
