@@ -175,21 +175,39 @@ pub async fn check_for_message(
         return Err(unusable("is larger than MAX_UPLOAD_BYTES"));
     }
     let key = format!("attachments/{id}/{}", Uuid::new_v4());
-    match files.storage.copy(&u.object_key, &key).await {
-        Err(storage::StorageError::NotFound) => {
+    let checked = tokio::time::timeout(
+        CHECK_DEADLINE,
+        copy_and_check(
+            files,
+            &u.object_key,
+            &key,
+            &attachment.content_type,
+            declared,
+        ),
+    )
+    .await;
+    let problem = match checked {
+        Ok(Ok(problem)) => problem,
+        Ok(Err(storage::StorageError::NotFound)) => {
             return Err(unusable("no file was uploaded for it"))
         }
-        copied => copied?,
-    }
-    let problem = match files
-        .storage
-        .check_declared(&key, &attachment.content_type, declared)
-        .await
-    {
-        Ok(problem) => problem,
-        Err(e) => {
+        Ok(Err(e)) => {
             let _ = files.storage.delete(&key).await;
             return Err(e.into());
+        }
+        Err(_) => {
+            // A store that takes this long is as good as down for a send (the send loop's
+            // other sends wait for it): noted, so the next sends do not wait too. The copy may
+            // still land; its guard deletes it later.
+            files.storage.note_outage();
+            drop(UploadCopy {
+                key,
+                cleanup: Some((files.storage.clone(), db.clone())),
+            });
+            return Err(storage::StorageError::Other(format!(
+                "copying and checking an upload took over {CHECK_DEADLINE:?}"
+            ))
+            .into());
         }
     };
     if let Some(problem) = problem {
@@ -205,6 +223,25 @@ pub async fn check_for_message(
         attachment,
         copy: Some(copy),
     })
+}
+
+/// The longest a send waits for its upload's copy and check.
+const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Copies `object_key` to `key` and checks the copy against the declaration: the problem, if
+/// any ([`storage::mismatch`]).
+async fn copy_and_check(
+    files: &Files,
+    object_key: &str,
+    key: &str,
+    content_type: &str,
+    declared: u64,
+) -> Result<Option<String>, storage::StorageError> {
+    files.storage.copy(object_key, key).await?;
+    files
+        .storage
+        .check_declared(key, content_type, declared)
+        .await
 }
 
 /// The attachments of `ids` (uploads used by messages), by id.

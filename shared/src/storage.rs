@@ -258,7 +258,7 @@ pub struct Storage {
 /// trying: during an outage a send with an attachment is answered `unavailable` straight away
 /// instead of each waiting out its own timeouts and retries (on the send loop, that wait would
 /// hold up every send of its partition).
-const OUTAGE_PAUSE: Duration = Duration::from_secs(5);
+const OUTAGE_PAUSE: Duration = Duration::from_secs(10);
 
 /// A request to the object store is tried at most this many times more, within this long, and
 /// waits at most this long to connect: an unreachable store fails a request in seconds (the
@@ -390,6 +390,14 @@ impl Storage {
             inner: Arc::new(inner),
             outage: Arc::new(Outage::new()),
         })
+    }
+
+    /// Notes an outage of the store (a caller gave up waiting for it): for a while every
+    /// request fails at once.
+    pub fn note_outage(&self) {
+        if !self.is_local() {
+            self.outage.failed();
+        }
     }
 
     /// A request to the S3 store: refused at once while an outage is noted, and noting one when

@@ -533,6 +533,19 @@ async fn moto() -> Moto {
     panic!("moto_server did not start");
 }
 
+/// An S3 store at `endpoint` (path-style, moto's test credentials).
+fn s3_config(endpoint: String, bucket: &str) -> StorageConfig {
+    StorageConfig::S3 {
+        endpoint,
+        public_endpoint: String::new(),
+        bucket: bucket.into(),
+        region: "eu-central-1".into(),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+        path_style: true,
+    }
+}
+
 /// An app whose store is a bucket of moto's S3 server (running while the `Moto` lives).
 async fn s3_app(db: PgPool) -> (Moto, TestApp) {
     let s3 = moto().await;
@@ -546,15 +559,7 @@ async fn s3_app(db: PgPool) -> (Moto, TestApp) {
     let prefix = format!("test:{}:", Uuid::new_v4());
     let endpoint = s3.endpoint.clone();
     let app = spawn_app_with(db, &prefix, |c| {
-        c.storage = StorageConfig::S3 {
-            endpoint,
-            public_endpoint: String::new(),
-            bucket: "chatsphere-test".into(),
-            region: "eu-central-1".into(),
-            access_key_id: "testing".into(),
-            secret_access_key: "testing".into(),
-            path_style: true,
-        }
+        c.storage = s3_config(endpoint, "chatsphere-test")
     })
     .await;
     (s3, app)
@@ -609,4 +614,45 @@ async fn a_store_outage_holds_up_only_the_sends_that_need_it(db: PgPool) {
         "the store's outage held the partition up for {:?}",
         started.elapsed()
     );
+}
+
+/// A store that takes connections and never answers: a send with an attachment is answered 503
+/// once the check's deadline is past, and the sends after it at once, without waiting again.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_silent_store_is_given_up_on(db: PgPool) {
+    // Never accepted: the kernel completes connections, nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let prefix = format!("test:{}:", Uuid::new_v4());
+    let app = spawn_app_with(db, &prefix, |c| c.storage = s3_config(endpoint, "silent")).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "files", &[]).await;
+    let mut waits = Vec::new();
+    for _ in 0..2 {
+        // Declaring signs a URL: the store is not asked.
+        let r = app
+            .post(
+                &alice,
+                "/chat/uploads",
+                json!({"filename": "a.txt", "content_type": "text/plain", "size": 3}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let ticket: Value = r.json().await.unwrap();
+        let started = std::time::Instant::now();
+        let r = app
+            .post(
+                &alice,
+                &format!("/chat/messages/room/{room}"),
+                json!({"message_type": "file", "attachment_id": ticket["upload_id"]}),
+            )
+            .await;
+        assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
+        waits.push(started.elapsed());
+    }
+    assert!(waits[0] < Duration::from_secs(8), "{waits:?}");
+    assert!(waits[1] < Duration::from_secs(1), "{waits:?}");
+    // Sends without attachments are not held up.
+    app.send(&alice, &format!("room/{room}"), "still here")
+        .await;
 }
