@@ -38,6 +38,9 @@ pub struct Checked {
 /// How long after its send gave up an unkept copy is looked at: by then a statement that was
 /// storing its message (a request cancelled while it ran) has committed or failed.
 const UNKEPT_COPY_GRACE: Duration = Duration::from_secs(30);
+/// How many times the database is asked about an unkept copy (30 s, then 60 s more, …: about
+/// half an hour in all) before it is left in place.
+const UNKEPT_COPY_ATTEMPTS: u32 = 8;
 
 /// A copy of an upload made and checked for one send. Kept ([`UploadCopy::keep`]) once its
 /// message is stored; dropped otherwise (the send was refused, failed, will be retried with a
@@ -69,22 +72,27 @@ impl Drop for UploadCopy {
             return;
         };
         runtime.spawn(async move {
-            tokio::time::sleep(UNKEPT_COPY_GRACE).await;
-            let named = sqlx::query_scalar!(
-                r#"SELECT EXISTS (SELECT 1 FROM uploads WHERE file_key = $1) AS "named!""#,
-                key
-            )
-            .fetch_one(&db)
-            .await;
-            match named {
-                Ok(false) => {
-                    if let Err(e) = storage.delete(&key).await {
-                        tracing::warn!(error = %e, key, "could not delete an unused copy of an upload");
+            // The database may be what failed the send: asked again, later each time.
+            for attempt in 1..=UNKEPT_COPY_ATTEMPTS {
+                tokio::time::sleep(UNKEPT_COPY_GRACE * attempt).await;
+                let named = sqlx::query_scalar!(
+                    r#"SELECT EXISTS (SELECT 1 FROM uploads WHERE file_key = $1) AS "named!""#,
+                    key
+                )
+                .fetch_one(&db)
+                .await;
+                match named {
+                    Ok(false) => {
+                        if let Err(e) = storage.delete(&key).await {
+                            tracing::warn!(error = %e, key, "could not delete an unused copy of an upload");
+                        }
+                        return;
                     }
-                }
-                Ok(true) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, key, "could not tell whether a copy of an upload is used; left in place")
+                    Ok(true) => return,
+                    Err(e) if attempt == UNKEPT_COPY_ATTEMPTS => {
+                        tracing::warn!(error = %e, key, "could not tell whether a copy of an upload is used; left in place")
+                    }
+                    Err(_) => {}
                 }
             }
         });
