@@ -125,7 +125,7 @@ pub fn server_frames() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "error",
-            "A frame was refused; the connection stays open. Codes: invalid_json, unknown_type, invalid_payload, forbidden, not_found, rate_limited, send_failed, muted, blocked, invalid_token.",
+            "A frame was refused; the connection stays open. Codes: invalid_json, unknown_type, invalid_payload, forbidden, not_found, rate_limited, send_failed, muted, blocked, invalid_token, unavailable (the message bus or chat-service is down or behind right now, or, for a send with an attachment, the object store: retry with the same client_id).",
             object(
                 &[
                     ("code", json!({"type": "string"})),
