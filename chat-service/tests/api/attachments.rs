@@ -366,33 +366,12 @@ async fn the_store_keeps_only_what_is_served(db: PgPool) {
     let app = spawn_app_with(db.clone(), &prefix, |c| c.storage = store).await;
     let alice = app.user("alice").await;
     let bytes = b"temporary".to_vec();
-    let old = upload(
-        &app,
-        &alice,
-        "t.txt",
-        "text/plain",
-        bytes.len(),
-        bytes.clone(),
-    )
-    .await;
-    let fresh = upload(
-        &app,
-        &alice,
-        "u.txt",
-        "text/plain",
-        bytes.len(),
-        bytes.clone(),
-    )
-    .await;
-    let sent = upload(
-        &app,
-        &alice,
-        "s.txt",
-        "text/plain",
-        bytes.len(),
-        bytes.clone(),
-    )
-    .await;
+    let mut ids = Vec::new();
+    for name in ["t.txt", "u.txt", "s.txt"] {
+        ids.push(upload(&app, &alice, name, "text/plain", bytes.len(), bytes.clone()).await);
+    }
+    // An upload left to expire, one still fresh, and one a message uses.
+    let [old, fresh, sent]: [String; 3] = ids.try_into().unwrap();
     let room = app.room(&alice, "notes", &[]).await;
     let r = app
         .post(
