@@ -7,6 +7,13 @@
 //! that implements it (MinIO, Ceph, R2, …), with custom endpoints, path-style addressing and
 //! any region, and it signs presigned URLs (SigV4) itself.
 
+mod config;
+mod content;
+mod signing;
+
+pub use config::{StorageConfig, UploadLimits, DEFAULT_ALLOWED_TYPES};
+pub use content::{mismatch, shrink_image, sniff, DecodeSlot};
+
 use std::{
     future::Future,
     path::PathBuf,
@@ -28,171 +35,10 @@ use object_store::{
 };
 use sha2::Sha256;
 
-use crate::config::{self, ConfigError};
+use signing::{constant_time_eq, local_signature};
 
 /// The HTTP method a signed URL allows.
 pub use reqwest::Method;
-
-/// `S3_ENDPOINT`, `S3_BUCKET`, `S3_REGION`, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`,
-/// `S3_PATH_STYLE`, or `UPLOAD_DIR` and `PUBLIC_URL` for the local directory.
-#[derive(Debug, Clone)]
-pub enum StorageConfig {
-    S3 {
-        /// Empty: Amazon's endpoint for the region.
-        endpoint: String,
-        /// The endpoint in the URLs handed to clients when they reach the store at another
-        /// address than the services do (`S3_PUBLIC_ENDPOINT`; empty: `endpoint`).
-        public_endpoint: String,
-        bucket: String,
-        region: String,
-        access_key_id: String,
-        secret_access_key: String,
-        /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key` (default:
-        /// on with a custom endpoint, off for Amazon).
-        path_style: bool,
-    },
-    Local {
-        dir: PathBuf,
-        /// Prefix of the URLs handed to clients (`PUBLIC_URL`, e.g. `https://chat.example.com`);
-        /// empty gives paths (`/chat/files/...`) that a browser resolves against the page.
-        public_url: String,
-    },
-}
-
-impl StorageConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let bucket = config::string("S3_BUCKET", "")?;
-        if bucket.is_empty() {
-            return Ok(StorageConfig::Local {
-                dir: PathBuf::from(config::string("UPLOAD_DIR", "data/uploads")?),
-                public_url: config::string("PUBLIC_URL", "")?
-                    .trim_end_matches('/')
-                    .to_owned(),
-            });
-        }
-        let endpoint = config::string("S3_ENDPOINT", "")?;
-        Ok(StorageConfig::S3 {
-            public_endpoint: config::string("S3_PUBLIC_ENDPOINT", "")?,
-            path_style: config::flag("S3_PATH_STYLE", !endpoint.is_empty())?,
-            endpoint,
-            bucket,
-            region: config::string("S3_REGION", "us-east-1")?,
-            access_key_id: config::string("S3_ACCESS_KEY_ID", "")?,
-            secret_access_key: config::string("S3_SECRET_ACCESS_KEY", "")?,
-        })
-    }
-}
-
-impl StorageConfig {
-    /// The origin (`scheme://host[:port]`) at which browsers reach the URLs this store hands
-    /// out, when it is not the page's own: what the browser app's `Content-Security-Policy`
-    /// must let it connect to. `None`: paths on the page's origin (a local directory without
-    /// `PUBLIC_URL`). The same addressing as the signer's: a custom endpoint is used as given
-    /// (with virtual-hosted requests it names the bucket itself); without one, Amazon's
-    /// regional endpoint, the bucket as its subdomain unless `path_style`.
-    pub fn browser_origin(&self) -> Result<Option<String>, String> {
-        let url = match self {
-            StorageConfig::Local { public_url, .. } if public_url.is_empty() => return Ok(None),
-            StorageConfig::Local { public_url, .. } => public_url.clone(),
-            StorageConfig::S3 {
-                endpoint,
-                public_endpoint,
-                bucket,
-                region,
-                path_style,
-                ..
-            } => match (public_endpoint.as_str(), endpoint.as_str()) {
-                ("", "") if *path_style => format!("https://s3.{region}.amazonaws.com"),
-                ("", "") => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-                ("", named) | (named, _) => named.to_owned(),
-            },
-        };
-        let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
-        let origin = parsed.origin();
-        if origin.is_tuple() {
-            Ok(Some(origin.ascii_serialization()))
-        } else {
-            Err(format!("{url}: not an http(s) URL"))
-        }
-    }
-}
-
-/// What may be uploaded: `MAX_UPLOAD_BYTES` (default 25 MiB), `ALLOWED_UPLOAD_TYPES` (comma
-/// separated), `UPLOAD_URL_TTL_SECONDS` (default 900), `DOWNLOAD_URL_TTL_SECONDS` (default 300),
-/// `UPLOAD_EXPIRY_HOURS` (unused uploads are deleted after it, default 24).
-#[derive(Debug, Clone)]
-pub struct UploadLimits {
-    pub max_bytes: u64,
-    pub allowed_types: Vec<String>,
-    pub upload_ttl: Duration,
-    pub download_ttl: Duration,
-    pub expiry: Duration,
-}
-
-/// The default `ALLOWED_UPLOAD_TYPES`.
-pub const DEFAULT_ALLOWED_TYPES: &str =
-    "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,application/zip";
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: 25 * 1024 * 1024,
-            allowed_types: DEFAULT_ALLOWED_TYPES
-                .split(',')
-                .map(str::to_owned)
-                .collect(),
-            upload_ttl: Duration::from_secs(900),
-            download_ttl: Duration::from_secs(300),
-            expiry: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-impl UploadLimits {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let types = config::string("ALLOWED_UPLOAD_TYPES", DEFAULT_ALLOWED_TYPES)?;
-        Ok(Self {
-            max_bytes: config::parsed("MAX_UPLOAD_BYTES", 25u64 * 1024 * 1024)?,
-            allowed_types: types
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty())
-                .collect(),
-            upload_ttl: Duration::from_secs(config::parsed("UPLOAD_URL_TTL_SECONDS", 900u64)?),
-            download_ttl: Duration::from_secs(config::parsed("DOWNLOAD_URL_TTL_SECONDS", 300u64)?),
-            expiry: Duration::from_secs(3600 * config::parsed("UPLOAD_EXPIRY_HOURS", 24u64)?),
-        })
-    }
-
-    pub fn allows(&self, content_type: &str) -> bool {
-        self.allowed_types.iter().any(|t| t == content_type)
-    }
-}
-
-/// Why a stored object does not match its declaration (a 422 on `upload_id`/`attachment_id`),
-/// or `None` when it does: the size as declared, and, when the bytes show a type (images, PDF,
-/// archives…), that type. A declared image must show its type.
-pub fn mismatch(
-    declared_type: &str,
-    declared_size: u64,
-    stored_size: u64,
-    head: &[u8],
-) -> Option<String> {
-    if stored_size != declared_size {
-        return Some(format!(
-            "the stored object is {stored_size} bytes, not the {declared_size} declared"
-        ));
-    }
-    match sniff(head) {
-        Some(seen) if seen != declared_type => Some(format!(
-            "the stored object is {seen}, not the {declared_type} declared"
-        )),
-        None if declared_type.starts_with("image/") => {
-            Some(format!("the stored object is not {declared_type}"))
-        }
-        _ => None,
-    }
-}
 
 /// A failure of the store (unreachable, refused) or of a local file.
 #[derive(Debug, thiserror::Error)]
@@ -620,95 +466,6 @@ fn local_path(dir: &std::path::Path, key: &str) -> Result<PathBuf, StorageError>
     Ok(dir.join(key))
 }
 
-fn local_signature(key: &[u8], method: &str, object: &str, expires: i64) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
-        return String::new();
-    };
-    mac.update(method.as_bytes());
-    mac.update(b"\n");
-    mac.update(object.as_bytes());
-    mac.update(b"\n");
-    mac.update(expires.to_string().as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The largest image (either side, in pixels) decoded for a thumbnail or an avatar.
-const MAX_DECODED_SIDE: u32 = 12_000;
-
-/// The most memory one decode may take: an 8,000 × 8,000 picture with an alpha channel, a
-/// 48-megapixel photo without one. A small file can claim far more (a decompression bomb):
-/// the decoder refuses it from its header, before allocating.
-const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Images decoded at once in one process. Decoding is CPU work, and each decode may take
-/// [`MAX_DECODE_BYTES`]: without a bound, one user's burst of image messages (their thumbnails
-/// are made off the send path, all at once) could take every core and gigabytes of memory.
-const DECODES_AT_ONCE: usize = 2;
-
-static DECODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DECODES_AT_ONCE);
-
-/// One of the process's [`DECODES_AT_ONCE`] turns at decoding an image. Take it before reading
-/// the file, so files waiting for a turn are not held in memory meanwhile; [`shrink_image`]
-/// keeps it until the decode is done.
-pub struct DecodeSlot(#[allow(dead_code)] Option<tokio::sync::SemaphorePermit<'static>>);
-
-impl DecodeSlot {
-    /// Waits for a turn.
-    pub async fn acquire() -> Self {
-        // The semaphore is never closed, so a permit always comes.
-        Self(DECODING.acquire().await.ok())
-    }
-}
-
-/// A decoded image: its size, and a copy no larger than `max` on either side (never enlarged) as
-/// PNG. Runs on a blocking thread (decoding is CPU work), holding `slot` until done; a
-/// decompression bomb is refused by the decoder's limits, not allocated.
-pub async fn shrink_image(
-    slot: DecodeSlot,
-    bytes: Bytes,
-    max: u32,
-) -> Result<(u32, u32, Bytes), String> {
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?;
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(MAX_DECODED_SIDE);
-        limits.max_image_height = Some(MAX_DECODED_SIDE);
-        limits.max_alloc = Some(MAX_DECODE_BYTES);
-        reader.limits(limits);
-        let img = reader.decode().map_err(|e| e.to_string())?;
-        let (w, h) = (img.width(), img.height());
-        // `thumbnail` scales to fit either way: a smaller image is kept at its size.
-        let small = if w > max || h > max {
-            img.thumbnail(max, max)
-        } else {
-            img
-        };
-        let mut out = std::io::Cursor::new(Vec::new());
-        small
-            .write_to(&mut out, image::ImageFormat::Png)
-            .map_err(|e| e.to_string())?;
-        Ok((w, h, Bytes::from(out.into_inner())))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-/// The content type the bytes show (their magic numbers), when they show one.
-pub fn sniff(head: &[u8]) -> Option<&'static str> {
-    infer::get(head).map(|t| t.mime_type())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,92 +513,6 @@ mod tests {
             Err(StorageError::Other(e)) => assert!(!e.contains("not tried"), "{e}"),
             other => panic!("{other:?}"),
         }
-    }
-
-    /// A PNG that claims `width` × `height` RGBA pixels and holds none.
-    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
-        fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(kind);
-            crc.update(data);
-            out.extend_from_slice(kind);
-            out.extend_from_slice(data);
-            out.extend_from_slice(&crc.finalize().to_be_bytes());
-        }
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut header = Vec::new();
-        header.extend_from_slice(&width.to_be_bytes());
-        header.extend_from_slice(&height.to_be_bytes());
-        // 8 bits per channel, RGBA, deflate, adaptive filtering, not interlaced.
-        header.extend_from_slice(&[8, 6, 0, 0, 0]);
-        chunk(&mut png, b"IHDR", &header);
-        // An empty zlib stream: no pixel data at all.
-        chunk(
-            &mut png,
-            b"IDAT",
-            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-        );
-        chunk(&mut png, b"IEND", &[]);
-        png
-    }
-
-    #[tokio::test]
-    async fn an_image_claiming_more_memory_than_a_decode_may_take_is_refused_unread() {
-        // 9,000 × 9,000 RGBA is 324 MB: within the side limit, past the memory one.
-        let refused = shrink_image(
-            DecodeSlot::acquire().await,
-            Bytes::from(png_claiming(9_000, 9_000)),
-            64,
-        )
-        .await;
-        let e = refused.err().unwrap_or_default();
-        assert!(e.to_lowercase().contains("limit"), "{e}");
-        // Too wide, however little memory it claims.
-        let e = shrink_image(
-            DecodeSlot::acquire().await,
-            Bytes::from(png_claiming(13_000, 1)),
-            64,
-        )
-        .await
-        .err()
-        .unwrap_or_default();
-        assert!(e.to_lowercase().contains("limit"), "{e}");
-    }
-
-    /// A real `width` × `height` RGB image, encoded as PNG.
-    fn png(width: u32, height: u32) -> Bytes {
-        let mut out = std::io::Cursor::new(Vec::new());
-        image::DynamicImage::new_rgb8(width, height)
-            .write_to(&mut out, image::ImageFormat::Png)
-            .map(|()| Bytes::from(out.into_inner()))
-            .unwrap_or_default()
-    }
-
-    async fn shrunk_size(bytes: Bytes, max: u32) -> (u32, u32) {
-        let (_, _, small) = shrink_image(DecodeSlot::acquire().await, bytes, max)
-            .await
-            .unwrap_or_default();
-        image::load_from_memory(&small).map_or((0, 0), |i| (i.width(), i.height()))
-    }
-
-    #[tokio::test]
-    async fn images_are_shrunk_to_fit_and_never_enlarged() {
-        assert_eq!(shrunk_size(png(640, 320), 64).await, (64, 32));
-        assert_eq!(shrunk_size(png(16, 12), 64).await, (16, 12));
-    }
-
-    #[tokio::test]
-    async fn images_are_decoded_a_few_at_a_time() {
-        let held: Vec<DecodeSlot> =
-            futures_util::future::join_all((0..DECODES_AT_ONCE).map(|_| DecodeSlot::acquire()))
-                .await;
-        let waiting = tokio::spawn(DecodeSlot::acquire());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "a turn past the bound waits");
-        drop(held);
-        let turn = tokio::time::timeout(Duration::from_secs(2), waiting).await;
-        assert!(turn.is_ok(), "and gets one once a decode is done");
     }
 
     #[test]
@@ -936,33 +607,5 @@ mod tests {
         );
         assert!(!s.verify_local("PUT", "uploads/x1", 1, sig), "expired");
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_stored_object_must_match_its_declaration() {
-        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
-        assert_eq!(mismatch("image/png", 16, 16, png), None);
-        assert!(mismatch("image/png", 15, 16, png)
-            .unwrap()
-            .contains("16 bytes"));
-        assert!(mismatch("image/jpeg", 16, 16, png)
-            .unwrap()
-            .contains("image/png"));
-        assert!(
-            mismatch("image/png", 5, 5, b"hello").is_some(),
-            "an image must look like one"
-        );
-        assert_eq!(mismatch("text/plain", 5, 5, b"hello"), None);
-        assert!(
-            mismatch("text/plain", 16, 16, png).is_some(),
-            "no PNG passed off as text"
-        );
-    }
-
-    #[test]
-    fn sniffing_sees_images_and_pdfs() {
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some("image/png"));
-        assert_eq!(sniff(b"%PDF-1.7\n"), Some("application/pdf"));
-        assert_eq!(sniff(b"hello world"), None);
     }
 }
