@@ -157,7 +157,14 @@ pub async fn serve(
     let ttl = state.config.uploads.download_ttl;
     let url = state
         .storage
-        .signed_url(storage::Method::GET, &format!("avatars/{id}"), ttl)
+        .download_url(
+            &format!("avatars/{id}"),
+            ttl,
+            &storage::Served {
+                content_type: "image/png",
+                filename: "avatar.png",
+            },
+        )
         .await?;
     let location = HeaderValue::from_str(&url)
         .map_err(|_| ApiError::internal("a signed URL is not a header"))?;

@@ -14,6 +14,7 @@ use shared::{
     error::ErrorBody,
     extract::{ApiJson, ApiPath},
     jwt::AuthUser,
+    storage::{Served, UploadTerms},
     ApiError, ApiResult,
 };
 use tokio::io::AsyncWriteExt;
@@ -28,7 +29,7 @@ pub struct UploadRequest {
     pub filename: String,
     /// One of `ALLOWED_UPLOAD_TYPES`, e.g. `image/png`.
     pub content_type: String,
-    /// Bytes, 1 to `MAX_UPLOAD_BYTES` (default 25 MiB); the stored file must be exactly this.
+    /// Bytes, 1 to `MAX_UPLOAD_BYTES` (default 25 MiB): the upload URL takes exactly this many.
     pub size: u64,
 }
 
@@ -39,8 +40,9 @@ pub struct UploadTicket {
     /// Always `PUT`.
     pub method: &'static str,
     /// Send the bytes here, as given (with `headers`); it may be another host (object storage).
+    /// It takes exactly `size` bytes of `content_type` (anything else is refused, 403).
     pub url: String,
-    /// Headers to send with the bytes.
+    /// Headers to send with the bytes (`content-type`, as declared).
     #[schema(value_type = Object)]
     pub headers: serde_json::Map<String, serde_json::Value>,
     /// Seconds the URL stays valid.
@@ -99,7 +101,14 @@ pub async fn create(
     let url = state
         .files
         .storage
-        .signed_url(reqwest::Method::PUT, &key, limits.upload_ttl)
+        .upload_url(
+            &key,
+            limits.upload_ttl,
+            &UploadTerms {
+                content_type: &content_type,
+                size: req.size,
+            },
+        )
         .await?;
     sqlx::query!(
         r#"INSERT INTO uploads (id, owner_id, filename, content_type, size, object_key, expires_at)
@@ -128,12 +137,12 @@ pub async fn create(
     ))
 }
 
-/// A 302 to a short-lived URL of `key`.
-async fn redirect(state: &AppState, key: &str) -> ApiResult<Response> {
+/// A 302 to a short-lived URL of `key`, served as `served` says.
+async fn redirect(state: &AppState, key: &str, served: &Served<'_>) -> ApiResult<Response> {
     let url = state
         .files
         .storage
-        .signed_url(reqwest::Method::GET, key, state.files.limits.download_ttl)
+        .download_url(key, state.files.limits.download_ttl, served)
         .await?;
     let location = HeaderValue::from_str(&url)
         .map_err(|_| ApiError::internal("a signed URL is not a header"))?;
@@ -150,11 +159,19 @@ async fn redirect(state: &AppState, key: &str) -> ApiResult<Response> {
         .into_response())
 }
 
-/// The object keys of an attachment the caller may download (a member of its message's
+/// An attachment the caller may download: its object and how it was declared.
+struct Readable {
+    key: String,
+    content_type: String,
+    filename: String,
+}
+
+/// The attachment `id` if the caller may download it (a member of its message's
 /// conversation): 404 if no message uses it, 403 for anyone else.
-async fn readable(state: &AppState, caller: Uuid, id: Uuid) -> ApiResult<(String, Uuid)> {
+async fn readable(state: &AppState, caller: Uuid, id: Uuid) -> ApiResult<Readable> {
     let row = sqlx::query!(
-        r#"SELECT COALESCE(u.file_key, u.object_key) AS "key!", m.conversation_id
+        r#"SELECT COALESCE(u.file_key, u.object_key) AS "key!", u.content_type, u.filename,
+                  m.conversation_id
            FROM uploads u JOIN messages m ON m.attachment_id = u.id
            WHERE u.id = $1 AND NOT m.is_deleted"#,
         id
@@ -165,14 +182,18 @@ async fn readable(state: &AppState, caller: Uuid, id: Uuid) -> ApiResult<(String
     if !conversation::is_member(&state.db, row.conversation_id, caller).await? {
         return Err(attachments::not_a_member());
     }
-    Ok((row.key, row.conversation_id))
+    Ok(Readable {
+        key: row.key,
+        content_type: row.content_type,
+        filename: row.filename,
+    })
 }
 
 /// `GET /chat/attachments/{id}`
 #[utoipa::path(get, path = "/chat/attachments/{id}", tag = "attachments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The attachment's id (its upload id)")),
     responses(
-        (status = 302, description = "To a short-lived download URL (DOWNLOAD_URL_TTL_SECONDS)"),
+        (status = 302, description = "To a short-lived download URL (DOWNLOAD_URL_TTL_SECONDS), served with the declared type, as a download named after the file (an image: inline)"),
         (status = 403, description = "Not a member of the attachment's conversation", body = ErrorBody),
         (status = 404, description = "No message has this attachment (or it was deleted)", body = ErrorBody),
     ))]
@@ -181,8 +202,16 @@ pub async fn download(
     caller: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Response> {
-    let (key, _) = readable(&state, caller.user_id, id).await?;
-    redirect(&state, &key).await
+    let file = readable(&state, caller.user_id, id).await?;
+    redirect(
+        &state,
+        &file.key,
+        &Served {
+            content_type: &file.content_type,
+            filename: &file.filename,
+        },
+    )
+    .await
 }
 
 /// `GET /chat/attachments/{id}/thumbnail`
@@ -198,23 +227,54 @@ pub async fn thumbnail(
     caller: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Response> {
-    readable(&state, caller.user_id, id).await?;
+    let file = readable(&state, caller.user_id, id).await?;
     // Made after the send; made now if that has not happened yet.
     let key = attachments::thumbnail(&state.db, &state.files, id)
         .await?
         .ok_or_else(|| ApiError::not_found("this attachment has no thumbnail"))?;
-    redirect(&state, &key).await
+    let stem = file
+        .filename
+        .rsplit_once('.')
+        .map_or(file.filename.as_str(), |(stem, _)| stem);
+    redirect(
+        &state,
+        &key,
+        &Served {
+            content_type: "image/png",
+            filename: &format!("{stem}-thumbnail.png"),
+        },
+    )
+    .await
 }
 
+/// A local URL's query: its expiry and signature, and the terms it was signed under (an
+/// upload's declared type and size; a download's type and disposition).
 #[derive(Debug, Deserialize)]
 pub struct Signed {
     expires: Option<i64>,
     sig: Option<String>,
+    #[serde(rename = "type")]
+    content_type: Option<String>,
+    size: Option<String>,
+    disposition: Option<String>,
 }
 
-fn check_signed(state: &AppState, method: &str, key: &str, q: &Signed) -> ApiResult<()> {
-    let ok = match (q.expires, q.sig.as_deref()) {
-        (Some(expires), Some(sig)) => state.files.storage.verify_local(method, key, expires, sig),
+fn check_signed(
+    state: &AppState,
+    method: &str,
+    key: &str,
+    q: &Signed,
+    terms: &[(&str, &Option<String>)],
+) -> ApiResult<()> {
+    let terms: Option<Vec<(&str, &str)>> = terms
+        .iter()
+        .map(|(name, value)| value.as_deref().map(|v| (*name, v)))
+        .collect();
+    let ok = match (q.expires, q.sig.as_deref(), terms) {
+        (Some(expires), Some(sig), Some(terms)) => state
+            .files
+            .storage
+            .verify_local(method, key, expires, &terms, sig),
         _ => false,
     };
     if ok {
@@ -224,16 +284,53 @@ fn check_signed(state: &AppState, method: &str, key: &str, q: &Signed) -> ApiRes
     }
 }
 
-/// `PUT /chat/files/{*key}`: the local store's upload URL. The bytes are streamed to a file,
-/// at most `MAX_UPLOAD_BYTES` (413 past it); whether they match the declaration is checked
-/// when the upload is used.
+/// 403: the request is not the one the URL was signed for (as S3 answers a presigned URL).
+fn not_as_signed(detail: String) -> ApiError {
+    ApiError::forbidden(detail)
+}
+
+/// `PUT /chat/files/{*key}`: the local store's upload URL. Like a presigned S3 URL, it takes
+/// exactly the declared number of bytes, sent with the declared `Content-Type` (403
+/// otherwise), streamed to a file; whether the bytes are of that type is checked when the
+/// upload is used.
 pub async fn put_file(
     State(state): State<AppState>,
     axum::extract::Path(key): axum::extract::Path<String>,
     Query(q): Query<Signed>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    check_signed(&state, "PUT", &key, &q)?;
+    check_signed(
+        &state,
+        "PUT",
+        &key,
+        &q,
+        &[("type", &q.content_type), ("size", &q.size)],
+    )?;
+    let declared_type = q.content_type.as_deref().unwrap_or_default();
+    let size: u64 = q
+        .size
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    let sent_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !sent_type.trim().eq_ignore_ascii_case(declared_type) {
+        return Err(not_as_signed(format!(
+            "this URL takes {declared_type} (send Content-Type: {declared_type})"
+        )));
+    }
+    let sent_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if sent_length.is_some_and(|n| n != size) {
+        return Err(not_as_signed(format!(
+            "this URL takes exactly the {size} bytes declared"
+        )));
+    }
     let unused = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM uploads WHERE object_key = $1 AND used_at IS NULL) AS "unused!""#,
         key
@@ -274,16 +371,21 @@ pub async fn put_file(
             }
         };
         written += chunk.len() as u64;
-        if written > state.files.limits.max_bytes {
+        if written > size {
             drop(file);
             let _ = tokio::fs::remove_file(&partial).await;
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("uploads are at most {} bytes", state.files.limits.max_bytes),
-            ));
+            return Err(not_as_signed(format!(
+                "this URL takes exactly the {size} bytes declared"
+            )));
         }
         file.write_all(&chunk).await.map_err(io)?;
+    }
+    if written != size {
+        drop(file);
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(not_as_signed(format!(
+            "this URL takes exactly the {size} bytes declared, not {written}"
+        )));
     }
     file.flush().await.map_err(io)?;
     drop(file);
@@ -291,13 +393,20 @@ pub async fn put_file(
     Ok(StatusCode::OK)
 }
 
-/// `GET /chat/files/{*key}`: the local store's download URL.
+/// `GET /chat/files/{*key}`: the local store's download URL, served with the type and
+/// disposition it was signed with (as S3 serves a presigned URL's response overrides).
 pub async fn get_file(
     State(state): State<AppState>,
     axum::extract::Path(key): axum::extract::Path<String>,
     Query(q): Query<Signed>,
 ) -> ApiResult<Response> {
-    check_signed(&state, "GET", &key, &q)?;
+    check_signed(
+        &state,
+        "GET",
+        &key,
+        &q,
+        &[("type", &q.content_type), ("disposition", &q.disposition)],
+    )?;
     // Every object here was written within the upload limit (the PUT above, or a copy of one).
     let bytes = match state
         .files
@@ -311,29 +420,18 @@ pub async fn get_file(
         }
         Err(e) => return Err(e.into()),
     };
-    // An upload or an attachment's copy: as declared; anything else is a PNG we made.
-    let content_type = if key.starts_with("uploads/") || key.starts_with("attachments/") {
-        sqlx::query_scalar!(
-            "SELECT content_type FROM uploads WHERE object_key = $1 OR file_key = $1",
-            key
-        )
-        .fetch_optional(&state.db)
-        .await?
-        .unwrap_or_else(|| "application/octet-stream".to_owned())
-    } else {
-        "image/png".to_owned()
-    };
     let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&content_type) {
-        headers.insert(header::CONTENT_TYPE, v);
+    for (name, value) in [
+        (header::CONTENT_TYPE, &q.content_type),
+        (header::CONTENT_DISPOSITION, &q.disposition),
+    ] {
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
     }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment"),
     );
     Ok((StatusCode::OK, headers, bytes).into_response())
 }

@@ -54,6 +54,21 @@ async fn upload_at(
     declared: usize,
     bytes: Vec<u8>,
 ) -> (String, String) {
+    let (id, url, status) = try_upload(app, user, name, content_type, declared, bytes).await;
+    assert!(status.is_success(), "upload: {status}");
+    (id, url)
+}
+
+/// Declares an upload and sends `bytes` to its URL: the upload id, the URL and the status of
+/// the PUT.
+async fn try_upload(
+    app: &TestApp,
+    user: &User,
+    name: &str,
+    content_type: &str,
+    declared: usize,
+    bytes: Vec<u8>,
+) -> (String, String, StatusCode) {
     let r = app
         .post(
             user,
@@ -75,15 +90,48 @@ async fn upload_at(
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "upload: {}", r.status());
     (
         ticket["upload_id"].as_str().unwrap().to_owned(),
         absolute(app, ticket["url"].as_str().unwrap()),
+        r.status(),
     )
+}
+
+/// Sends attachment `id` to `room` as a message of `kind` (`file` or `image`), over REST.
+async fn send_attachment(
+    app: &TestApp,
+    user: &User,
+    room: Uuid,
+    kind: &str,
+    id: &str,
+) -> reqwest::Response {
+    app.post(
+        user,
+        &format!("/chat/messages/room/{room}"),
+        json!({"message_type": kind, "attachment_id": id}),
+    )
+    .await
 }
 
 /// Follows a download's 302 by hand: (status of the API call, bytes behind the Location).
 async fn download(app: &TestApp, user: &User, path: &str) -> (StatusCode, Option<Vec<u8>>) {
+    let (status, served) = download_served(app, user, path).await;
+    (status, served.map(|s| s.bytes))
+}
+
+/// What a download URL served.
+struct ServedFile {
+    location: String,
+    headers: reqwest::header::HeaderMap,
+    bytes: Vec<u8>,
+}
+
+/// [`download`], with the Location and the headers the file came with.
+async fn download_served(
+    app: &TestApp,
+    user: &User,
+    path: &str,
+) -> (StatusCode, Option<ServedFile>) {
     let http = reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
@@ -101,7 +149,38 @@ async fn download(app: &TestApp, user: &User, path: &str) -> (StatusCode, Option
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let body = http.get(absolute(app, &location)).send().await.unwrap();
     assert_eq!(body.status(), StatusCode::OK, "{location}");
-    (status, Some(body.bytes().await.unwrap().to_vec()))
+    let headers = body.headers().clone();
+    let bytes = body.bytes().await.unwrap().to_vec();
+    (
+        status,
+        Some(ServedFile {
+            location,
+            headers,
+            bytes,
+        }),
+    )
+}
+
+/// `file` was served as `content_type` with `disposition`: S3 is asked to in the signed URL
+/// (moto ignores the request; S3 and MinIO honour it), the local store does it.
+fn assert_served(file: &ServedFile, content_type: &str, disposition: &str) {
+    if file.location.starts_with('/') {
+        assert_eq!(file.headers["content-type"], content_type);
+        assert_eq!(file.headers["content-disposition"], disposition);
+        assert_eq!(file.headers["x-content-type-options"], "nosniff");
+    } else {
+        let url = reqwest::Url::parse(&file.location).unwrap();
+        let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        for pair in [
+            ("response-content-type", content_type),
+            ("response-content-disposition", disposition),
+        ] {
+            assert!(
+                query.contains(&(pair.0.into(), pair.1.into())),
+                "{pair:?} in {url}"
+            );
+        }
+    }
 }
 
 /// Upload, send, the live event, download as a member, 403 as a stranger, a thumbnail, and
@@ -148,10 +227,17 @@ async fn attachments_work(app: TestApp) {
         other => panic!("expected the message, got {other:?}"),
     }
 
-    // A member downloads the very bytes; a stranger may not.
-    let (status, bytes) = download(&app, &bob, &format!("/chat/attachments/{id}")).await;
+    // A member downloads the very bytes, shown inline as the declared type; a stranger may
+    // not download them.
+    let (status, served) = download_served(&app, &bob, &format!("/chat/attachments/{id}")).await;
     assert_eq!(status, StatusCode::FOUND);
-    assert_eq!(bytes.unwrap(), picture);
+    let served = served.unwrap();
+    assert_eq!(served.bytes, picture);
+    assert_served(
+        &served,
+        "image/png",
+        "inline; filename=\"cat.png\"; filename*=UTF-8''cat.png",
+    );
     let (status, _) = download(&app, &carol, &format!("/chat/attachments/{id}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // The upload URL lasts beyond the send, and S3 takes a second PUT to it: what a member gets
@@ -179,10 +265,61 @@ async fn attachments_work(app: TestApp) {
         bytes.unwrap() == picture,
         "the download changed after the send"
     );
-    let (status, thumb) = download(&app, &bob, &format!("/chat/attachments/{id}/thumbnail")).await;
+    let (status, thumb) =
+        download_served(&app, &bob, &format!("/chat/attachments/{id}/thumbnail")).await;
     assert_eq!(status, StatusCode::FOUND);
-    let thumb = image::load_from_memory(&thumb.unwrap()).unwrap();
+    let thumb = thumb.unwrap();
+    assert_served(
+        &thumb,
+        "image/png",
+        "inline; filename=\"cat-thumbnail.png\"; filename*=UTF-8''cat-thumbnail.png",
+    );
+    let thumb = image::load_from_memory(&thumb.bytes).unwrap();
     assert_eq!((thumb.width(), thumb.height()), (320, 240));
+
+    // A page of HTML declared as text: the upload URL takes it only as text (S3 signs the
+    // type; moto does not check), and it is served as text, as a download, under its name.
+    let page = b"notes <img src=x onerror=alert(document.cookie)>".to_vec();
+    let r = app
+        .post(
+            &alice,
+            "/chat/uploads",
+            json!({"filename": "pag\u{e9} \"1\".txt", "content_type": "text/plain", "size": page.len()}),
+        )
+        .await;
+    let ticket: Value = r.json().await.unwrap();
+    let url = absolute(&app, ticket["url"].as_str().unwrap());
+    let put = |content_type: &'static str, body: Vec<u8>| {
+        reqwest::Client::new()
+            .put(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    if url.starts_with(&app.url("/")) {
+        let refused = put("text/html", page.clone()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let refused = put("text/plain", b"<script></script>".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "a shorter body");
+    }
+    assert!(put("text/plain", page.clone())
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let page_id = ticket["upload_id"].as_str().unwrap();
+    let r = send_attachment(&app, &alice, room, "file", page_id).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (_, served) = download_served(&app, &bob, &format!("/chat/attachments/{page_id}")).await;
+    let served = served.unwrap();
+    assert_eq!(served.bytes, page);
+    assert_served(
+        &served,
+        "text/plain",
+        "attachment; filename=\"pag_ _1_.txt\"; filename*=UTF-8''pag%C3%A9%20%221%22.txt",
+    );
     // History carries the attachment, with the image's size once the thumbnail is made.
     let page: Value = app
         .get(&bob, &format!("/chat/messages/room/{room}"))
@@ -214,21 +351,16 @@ async fn attachments_work(app: TestApp) {
     // Someone else's upload.
     let doc = b"minutes of the meeting".to_vec();
     let theirs = upload(&app, &alice, "notes.txt", "text/plain", doc.len(), doc).await;
-    let r = app
-        .post(
-            &bob,
-            &format!("/chat/messages/room/{room}"),
-            json!({"message_type": "file", "attachment_id": theirs}),
-        )
-        .await;
+    let r = send_attachment(&app, &bob, room, "file", &theirs).await;
     let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
     assert!(body["fields"]["attachment_id"]
         .as_str()
         .unwrap()
         .contains("yours"));
 
-    // A size lie and a type lie.
-    let lie = upload(
+    // A size lie: the upload URL refuses it (an S3 URL signs the length; moto does not check
+    // signatures and stores it), and a stored one is refused at use.
+    let (lie, _, status) = try_upload(
         &app,
         &bob,
         "big.txt",
@@ -237,30 +369,23 @@ async fn attachments_work(app: TestApp) {
         b"far more than five".to_vec(),
     )
     .await;
-    let r = app
-        .post(
-            &bob,
-            &format!("/chat/messages/room/{room}"),
-            json!({"message_type": "file", "attachment_id": lie}),
-        )
-        .await;
-    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
-    assert!(
-        body["fields"]["attachment_id"]
-            .as_str()
-            .unwrap()
-            .contains("bytes"),
-        "{body}"
-    );
+    if status.is_success() {
+        let r = send_attachment(&app, &bob, room, "file", &lie).await;
+        let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
+        assert!(
+            body["fields"]["attachment_id"]
+                .as_str()
+                .unwrap()
+                .contains("bytes"),
+            "{body}"
+        );
+    } else {
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    // A type lie.
     let text = b"not a picture at all".to_vec();
     let fake = upload(&app, &bob, "fake.png", "image/png", text.len(), text).await;
-    let r = app
-        .post(
-            &bob,
-            &format!("/chat/messages/room/{room}"),
-            json!({"message_type": "image", "attachment_id": fake}),
-        )
-        .await;
+    let r = send_attachment(&app, &bob, room, "image", &fake).await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
 
     // Declared but never uploaded; a file message needs an attachment.
@@ -373,27 +498,23 @@ async fn the_store_keeps_only_what_is_served(db: PgPool) {
     // An upload left to expire, one still fresh, and one a message uses.
     let [old, fresh, sent]: [String; 3] = ids.try_into().unwrap();
     let room = app.room(&alice, "notes", &[]).await;
-    let r = app
-        .post(
-            &alice,
-            &format!("/chat/messages/room/{room}"),
-            json!({"message_type": "file", "attachment_id": sent}),
-        )
-        .await;
+    let r = send_attachment(&app, &alice, room, "file", &sent).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let message = r.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
     // A send refused by the check of its copy leaves no copy behind.
-    let lie = upload(&app, &alice, "l.txt", "text/plain", 3, bytes.clone()).await;
-    let r = app
-        .post(
-            &alice,
-            &format!("/chat/messages/room/{room}"),
-            json!({"message_type": "file", "attachment_id": lie}),
-        )
-        .await;
+    let lie = upload(
+        &app,
+        &alice,
+        "l.png",
+        "image/png",
+        bytes.len(),
+        bytes.clone(),
+    )
+    .await;
+    let r = send_attachment(&app, &alice, room, "file", &lie).await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
     let lie_copies = dir.join(format!("attachments/{lie}"));
     assert!(

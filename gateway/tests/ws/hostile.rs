@@ -601,6 +601,7 @@ async fn attachments_travel_over_sockets(db: PgPool) {
     let r = s
         .http
         .put(format!("{}{}", s.chat[0], ticket["url"].as_str().unwrap()))
+        .header("content-type", "application/pdf")
         .body(bytes.clone())
         .send()
         .await

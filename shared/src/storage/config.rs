@@ -55,16 +55,16 @@ impl StorageConfig {
 }
 
 impl StorageConfig {
-    /// The origin (`scheme://host[:port]`) at which browsers reach the URLs this store hands
-    /// out, when it is not the page's own: what the browser app's `Content-Security-Policy`
-    /// must let it connect to. `None`: paths on the page's origin (a local directory without
-    /// `PUBLIC_URL`). The same addressing as the signer's: a custom endpoint is used as given
-    /// (with virtual-hosted requests it names the bucket itself); without one, Amazon's
-    /// regional endpoint, the bucket as its subdomain unless `path_style`.
-    pub fn browser_origin(&self) -> Result<Option<String>, String> {
-        let url = match self {
-            StorageConfig::Local { public_url, .. } if public_url.is_empty() => return Ok(None),
-            StorageConfig::Local { public_url, .. } => public_url.clone(),
+    /// The base of the object URLs handed to clients (an object's is `<base>/<key>`): the
+    /// same addressing as object_store's. A custom endpoint is used as given (with
+    /// virtual-hosted requests it names the bucket itself), the bucket appended with
+    /// `path_style`; without one, Amazon's regional endpoint, the bucket as its subdomain
+    /// unless `path_style`. `None`: paths on the page's origin (a local directory without
+    /// `PUBLIC_URL`).
+    pub fn public_base(&self) -> Option<String> {
+        match self {
+            StorageConfig::Local { public_url, .. } if public_url.is_empty() => None,
+            StorageConfig::Local { public_url, .. } => Some(public_url.clone()),
             StorageConfig::S3 {
                 endpoint,
                 public_endpoint,
@@ -72,11 +72,29 @@ impl StorageConfig {
                 region,
                 path_style,
                 ..
-            } => match (public_endpoint.as_str(), endpoint.as_str()) {
-                ("", "") if *path_style => format!("https://s3.{region}.amazonaws.com"),
-                ("", "") => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-                ("", named) | (named, _) => named.to_owned(),
-            },
+            } => {
+                let named = if public_endpoint.is_empty() {
+                    endpoint
+                } else {
+                    public_endpoint
+                };
+                let named = named.trim_end_matches('/');
+                Some(match (named.is_empty(), path_style) {
+                    (true, true) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+                    (true, false) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+                    (false, true) => format!("{named}/{bucket}"),
+                    (false, false) => named.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The origin (`scheme://host[:port]`) at which browsers reach the URLs this store hands
+    /// out, when it is not the page's own (see [`Self::public_base`]): what the browser app's
+    /// `Content-Security-Policy` must let it connect to.
+    pub fn browser_origin(&self) -> Result<Option<String>, String> {
+        let Some(url) = self.public_base() else {
+            return Ok(None);
         };
         let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
         let origin = parsed.origin();

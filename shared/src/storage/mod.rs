@@ -5,7 +5,8 @@
 //!
 //! S3 goes through the `object_store` crate: it speaks the S3 API to Amazon and to any store
 //! that implements it (MinIO, Ceph, R2, …), with custom endpoints, path-style addressing and
-//! any region, and it signs presigned URLs (SigV4) itself.
+//! any region. The presigned URLs handed to clients are signed here ([`signing`]): they pin
+//! what an upload may be and how a download is served.
 
 mod config;
 mod content;
@@ -13,6 +14,8 @@ mod signing;
 
 pub use config::{StorageConfig, UploadLimits, DEFAULT_ALLOWED_TYPES};
 pub use content::{mismatch, shrink_image, sniff, DecodeSlot};
+
+use signing::{aws_encode, constant_time_eq, local_signature, Keys, Presign};
 
 use std::{
     future::Future,
@@ -29,16 +32,10 @@ use hmac::{Hmac, Mac};
 use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
     path::Path as ObjectPath,
-    signer::Signer,
     Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, PutOptions, PutPayload,
     RetryConfig,
 };
 use sha2::Sha256;
-
-use signing::{constant_time_eq, local_signature};
-
-/// The HTTP method a signed URL allows.
-pub use reqwest::Method;
 
 /// A failure of the store (unreachable, refused) or of a local file.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +87,62 @@ impl From<std::io::Error> for StorageError {
         } else {
             StorageError::Other(e.to_string())
         }
+    }
+}
+
+/// What an upload URL admits: exactly `size` bytes, sent as `content_type` (as declared).
+pub struct UploadTerms<'a> {
+    pub content_type: &'a str,
+    pub size: u64,
+}
+
+/// How a download is served, whatever the stored object says of itself: as the declared
+/// type, and as a download named `filename` unless it is an image whose bytes were checked to
+/// be that image. On S3 an object's own `Content-Type` is whatever its uploader's PUT sent.
+pub struct Served<'a> {
+    pub content_type: &'a str,
+    pub filename: &'a str,
+}
+
+/// Types shown inline: raster images, whose bytes are checked to be of their declared type
+/// before anything serves them (an SVG, say, is a download: it can hold scripts).
+const INLINE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// RFC 8187's `attr-char`s stay as they are in `filename*`; everything else is encoded.
+const FILENAME_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+impl Served<'_> {
+    /// `inline` or `attachment`, with the file's name: in ASCII (anything else, `"` and `\`
+    /// as `_`) and in full (RFC 6266's `filename*`).
+    pub fn content_disposition(&self) -> String {
+        let kind = if INLINE_TYPES.contains(&self.content_type) {
+            "inline"
+        } else {
+            "attachment"
+        };
+        let ascii: String = self
+            .filename
+            .chars()
+            .map(|c| match c {
+                '"' | '\\' => '_',
+                ' '..='~' => c,
+                _ => '_',
+            })
+            .collect();
+        let full = percent_encoding::utf8_percent_encode(self.filename, FILENAME_ENCODE);
+        format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{full}")
     }
 }
 
@@ -145,8 +198,13 @@ impl Outage {
 }
 
 enum Inner {
-    /// The store as the services reach it, and the same store as clients do (it only signs).
-    S3 { store: AmazonS3, signer: AmazonS3 },
+    S3 {
+        /// The store as the services reach it.
+        store: AmazonS3,
+        /// The bucket's URL as clients reach it ([`StorageConfig::public_base`]).
+        public_base: String,
+        region: String,
+    },
     Local {
         dir: PathBuf,
         public_url: String,
@@ -176,48 +234,41 @@ impl Storage {
         let inner = match config {
             StorageConfig::S3 {
                 endpoint,
-                public_endpoint,
                 bucket,
                 region,
                 access_key_id,
                 secret_access_key,
                 path_style,
+                ..
             } => {
-                let build = |endpoint: &str| {
-                    // Client options first: setting them replaces any set before
-                    // (`with_allow_http` is one).
-                    let mut b = AmazonS3Builder::new()
-                        .with_client_options(
-                            ClientOptions::new().with_connect_timeout(STORE_CONNECT_TIMEOUT),
-                        )
-                        .with_retry(RetryConfig {
-                            backoff: BackoffConfig::default(),
-                            max_retries: STORE_RETRIES,
-                            retry_timeout: STORE_RETRY_TIMEOUT,
-                        })
-                        .with_bucket_name(bucket)
-                        .with_region(region)
-                        .with_virtual_hosted_style_request(!path_style);
-                    if !endpoint.is_empty() {
-                        b = b
-                            .with_endpoint(endpoint)
-                            .with_allow_http(endpoint.starts_with("http://"));
-                    }
-                    if !access_key_id.is_empty() {
-                        b = b
-                            .with_access_key_id(access_key_id)
-                            .with_secret_access_key(secret_access_key);
-                    }
-                    b.build()
-                };
-                let public = if public_endpoint.is_empty() {
-                    endpoint
-                } else {
-                    public_endpoint
-                };
+                // Client options first: setting them replaces any set before
+                // (`with_allow_http` is one).
+                let mut b = AmazonS3Builder::new()
+                    .with_client_options(
+                        ClientOptions::new().with_connect_timeout(STORE_CONNECT_TIMEOUT),
+                    )
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        max_retries: STORE_RETRIES,
+                        retry_timeout: STORE_RETRY_TIMEOUT,
+                    })
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_virtual_hosted_style_request(!path_style);
+                if !endpoint.is_empty() {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if !access_key_id.is_empty() {
+                    b = b
+                        .with_access_key_id(access_key_id)
+                        .with_secret_access_key(secret_access_key);
+                }
                 Inner::S3 {
-                    store: build(endpoint)?,
-                    signer: build(public)?,
+                    store: b.build()?,
+                    public_base: config.public_base().unwrap_or_default(),
+                    region: region.clone(),
                 }
             }
             StorageConfig::Local { dir, public_url } => {
@@ -273,38 +324,144 @@ impl Storage {
         matches!(*self.inner, Inner::Local { .. })
     }
 
-    /// A URL at which `method` (`GET` or `PUT`) on `key` is allowed until `ttl` from now.
-    pub async fn signed_url(
+    /// The URL a client uploads `key` to until `ttl` from now: one PUT of exactly
+    /// `terms.size` bytes sent with `Content-Type: terms.content_type` (S3 refuses any other,
+    /// as does chat-service for the local directory).
+    pub async fn upload_url(
         &self,
-        method: reqwest::Method,
         key: &str,
         ttl: Duration,
+        terms: &UploadTerms<'_>,
     ) -> Result<String, StorageError> {
+        let size = terms.size.to_string();
         match &*self.inner {
-            Inner::S3 { signer, .. } => Ok(signer
-                .signed_url(method, &ObjectPath::from(key), ttl)
-                .await?
-                .to_string()),
-            Inner::Local {
-                public_url, key: k, ..
-            } => {
-                let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
-                let sig = local_signature(k, method.as_str(), key, expires);
-                Ok(format!(
-                    "{public_url}{LOCAL_PREFIX}{key}?expires={expires}&sig={sig}"
-                ))
+            Inner::S3 { .. } => {
+                self.presign(
+                    "PUT",
+                    key,
+                    ttl,
+                    &[
+                        ("content-type", terms.content_type.to_owned()),
+                        ("content-length", size),
+                    ],
+                    &[],
+                )
+                .await
             }
+            Inner::Local { .. } => Ok(self.local_url(
+                "PUT",
+                key,
+                ttl,
+                &[("type", terms.content_type), ("size", &size)],
+            )),
         }
     }
 
-    /// Checks a local URL's signature and expiry (for chat-service's `/chat/files` routes).
-    pub fn verify_local(&self, method: &str, key: &str, expires: i64, sig: &str) -> bool {
+    /// The URL a client downloads `key` from until `ttl` from now, served as `served` says
+    /// whatever the stored object says of itself.
+    pub async fn download_url(
+        &self,
+        key: &str,
+        ttl: Duration,
+        served: &Served<'_>,
+    ) -> Result<String, StorageError> {
+        let disposition = served.content_disposition();
+        match &*self.inner {
+            Inner::S3 { .. } => {
+                self.presign(
+                    "GET",
+                    key,
+                    ttl,
+                    &[],
+                    &[
+                        ("response-content-type", served.content_type.to_owned()),
+                        ("response-content-disposition", disposition),
+                    ],
+                )
+                .await
+            }
+            Inner::Local { .. } => Ok(self.local_url(
+                "GET",
+                key,
+                ttl,
+                &[("type", served.content_type), ("disposition", &disposition)],
+            )),
+        }
+    }
+
+    /// A presigned S3 URL, signed with the store's current keys (static, or the environment's
+    /// or the instance's role).
+    async fn presign(
+        &self,
+        method: &str,
+        key: &str,
+        ttl: Duration,
+        headers: &[(&str, String)],
+        query: &[(&str, String)],
+    ) -> Result<String, StorageError> {
+        let Inner::S3 {
+            store,
+            public_base,
+            region,
+        } = &*self.inner
+        else {
+            return Err(StorageError::Other("not an S3 store".into()));
+        };
+        let credential = store.credentials().get_credential().await?;
+        let url = reqwest::Url::parse(&format!("{public_base}/{key}"))
+            .map_err(|e| StorageError::Other(format!("the object URL of {key}: {e}")))?;
+        let signed = Presign {
+            method,
+            url,
+            region,
+            headers,
+            query,
+            expires_in: ttl,
+        }
+        .sign(
+            &Keys {
+                id: &credential.key_id,
+                secret: &credential.secret_key,
+                token: credential.token.as_deref(),
+            },
+            chrono::Utc::now(),
+        );
+        Ok(signed.into())
+    }
+
+    /// A local URL for `method` on `key` under `terms`, until `ttl` from now.
+    fn local_url(&self, method: &str, key: &str, ttl: Duration, terms: &[(&str, &str)]) -> String {
+        let Inner::Local {
+            public_url, key: k, ..
+        } = &*self.inner
+        else {
+            return String::new();
+        };
+        let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
+        let sig = local_signature(k, method, key, expires, terms);
+        let terms: String = terms
+            .iter()
+            .map(|(name, value)| format!("&{name}={}", aws_encode(value)))
+            .collect();
+        format!("{public_url}{LOCAL_PREFIX}{key}?expires={expires}{terms}&sig={sig}")
+    }
+
+    /// Checks a local URL's signature and expiry (for chat-service's `/chat/files` routes):
+    /// `method` on `key` until `expires`, under `terms` as the URL carries them.
+    pub fn verify_local(
+        &self,
+        method: &str,
+        key: &str,
+        expires: i64,
+        terms: &[(&str, &str)],
+        sig: &str,
+    ) -> bool {
         match &*self.inner {
             Inner::Local { key: k, .. } => {
                 expires >= chrono::Utc::now().timestamp()
                     && valid_key(key)
                     && constant_time_eq(
-                        local_signature(k, method, key, expires).as_bytes(),
+                        local_signature(k, method, key, expires, terms).as_bytes(),
                         sig.as_bytes(),
                     )
             }
@@ -530,8 +687,14 @@ mod tests {
         }
     }
 
-    /// The origin the browser app is told to allow is the one the signer's URLs have, for
-    /// every way of addressing a store.
+    const PNG_OF_5: UploadTerms = UploadTerms {
+        content_type: "image/png",
+        size: 5,
+    };
+
+    /// The origin the browser app is told to allow is the one the signed URLs have, for
+    /// every way of addressing a store; each URL names the object where object_store's own
+    /// requests do.
     #[tokio::test]
     async fn the_browser_origin_is_where_signed_urls_point() {
         let s3 = |endpoint: &str, public_endpoint: &str, path_style: bool| StorageConfig::S3 {
@@ -543,23 +706,40 @@ mod tests {
             secret_access_key: "secret".into(),
             path_style,
         };
-        for config in [
-            s3("", "", false),
-            s3("", "", true),
-            s3("http://minio:9000", "", true),
-            s3("http://minio:9000", "https://files.example.com:8443", true),
-            s3("https://files.store.example", "", false),
+        for (config, object) in [
+            (
+                s3("", "", false),
+                "https://files.s3.eu-west-1.amazonaws.com/uploads/x1",
+            ),
+            (
+                s3("", "", true),
+                "https://s3.eu-west-1.amazonaws.com/files/uploads/x1",
+            ),
+            (
+                s3("http://minio:9000", "", true),
+                "http://minio:9000/files/uploads/x1",
+            ),
+            (
+                s3("http://minio:9000", "https://files.example.com:8443/", true),
+                "https://files.example.com:8443/files/uploads/x1",
+            ),
+            (
+                s3("https://files.store.example", "", false),
+                "https://files.store.example/uploads/x1",
+            ),
         ] {
             let signed = Storage::new(&config, "secret")
                 .unwrap()
-                .signed_url(reqwest::Method::PUT, "uploads/x1", Duration::from_secs(60))
+                .upload_url("uploads/x1", Duration::from_secs(60), &PNG_OF_5)
                 .await
                 .unwrap();
-            let expected = reqwest::Url::parse(&signed)
-                .unwrap()
-                .origin()
-                .ascii_serialization();
-            assert_eq!(config.browser_origin(), Ok(Some(expected)), "{config:?}");
+            let url = reqwest::Url::parse(&signed).unwrap();
+            assert_eq!(signed.split_once('?').unwrap().0, object, "{config:?}");
+            assert_eq!(
+                config.browser_origin(),
+                Ok(Some(url.origin().ascii_serialization())),
+                "{config:?}"
+            );
         }
         let local = |public_url: &str| StorageConfig::Local {
             dir: std::env::temp_dir(),
@@ -573,8 +753,82 @@ mod tests {
         assert!(local("chat.example.com").browser_origin().is_err());
     }
 
+    /// An S3 upload URL signs the declared type and length; a download URL the type and
+    /// disposition it is served with.
     #[tokio::test]
-    async fn local_urls_are_signed_per_method_key_and_expiry() {
+    async fn s3_urls_pin_the_upload_and_the_download() {
+        let storage = Storage::new(
+            &StorageConfig::S3 {
+                endpoint: "http://127.0.0.1:9000".into(),
+                public_endpoint: String::new(),
+                bucket: "files".into(),
+                region: "us-east-1".into(),
+                access_key_id: "key".into(),
+                secret_access_key: "secret".into(),
+                path_style: true,
+            },
+            "secret",
+        )
+        .unwrap();
+        let query = |url: &str| -> Vec<(String, String)> {
+            reqwest::Url::parse(url)
+                .unwrap()
+                .query_pairs()
+                .into_owned()
+                .collect()
+        };
+        let put = storage
+            .upload_url("uploads/x1", Duration::from_secs(60), &PNG_OF_5)
+            .await
+            .unwrap();
+        assert!(query(&put).contains(&(
+            "X-Amz-SignedHeaders".into(),
+            "content-length;content-type;host".into()
+        )));
+        let get = storage
+            .download_url(
+                "attachments/x1/y",
+                Duration::from_secs(60),
+                &Served {
+                    content_type: "text/plain",
+                    filename: "notes.txt",
+                },
+            )
+            .await
+            .unwrap();
+        let q = query(&get);
+        assert!(q.contains(&("response-content-type".into(), "text/plain".into())));
+        assert!(q.contains(&(
+            "response-content-disposition".into(),
+            "attachment; filename=\"notes.txt\"; filename*=UTF-8''notes.txt".into()
+        )));
+        assert!(q.iter().any(|(k, _)| k == "X-Amz-Signature"));
+    }
+
+    #[test]
+    fn only_checked_images_are_shown_inline() {
+        let served = |content_type, filename| {
+            Served {
+                content_type,
+                filename,
+            }
+            .content_disposition()
+        };
+        assert_eq!(
+            served("image/png", "cat.png"),
+            "inline; filename=\"cat.png\"; filename*=UTF-8''cat.png"
+        );
+        assert!(served("image/svg+xml", "x.svg").starts_with("attachment;"));
+        assert!(served("text/html", "x.html").starts_with("attachment;"));
+        assert_eq!(
+            served("application/pdf", "Über \"q\"\\1 (2).pdf"),
+            "attachment; filename=\"_ber _q__1 (2).pdf\"; \
+             filename*=UTF-8''%C3%9Cber%20%22q%22%5C1%20%282%29.pdf"
+        );
+    }
+
+    #[tokio::test]
+    async fn local_urls_are_signed_per_method_key_expiry_and_terms() {
         let dir = std::env::temp_dir().join(format!("cs-storage-{}", uuid::Uuid::new_v4()));
         let s = Storage::new(
             &StorageConfig::Local {
@@ -585,27 +839,43 @@ mod tests {
         )
         .unwrap();
         let url = s
-            .signed_url(reqwest::Method::PUT, "uploads/x1", Duration::from_secs(60))
+            .upload_url("uploads/x1", Duration::from_secs(60), &PNG_OF_5)
             .await
             .unwrap();
         assert!(url.starts_with("/chat/files/uploads/x1?expires="));
-        let q = url.split_once('?').unwrap().1;
-        let expires: i64 = q.split('&').next().unwrap()[8..].parse().unwrap();
-        let sig = q.split("sig=").nth(1).unwrap();
-        assert!(s.verify_local("PUT", "uploads/x1", expires, sig));
-        assert!(
-            !s.verify_local("GET", "uploads/x1", expires, sig),
-            "per method"
-        );
-        assert!(
-            !s.verify_local("PUT", "uploads/x2", expires, sig),
-            "per key"
-        );
-        assert!(
-            !s.verify_local("PUT", "uploads/x1", expires + 1, sig),
-            "per expiry"
-        );
-        assert!(!s.verify_local("PUT", "uploads/x1", 1, sig), "expired");
+        let q: Vec<(String, String)> = reqwest::Url::parse("http://x")
+            .unwrap()
+            .join(&url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        let get = |name: &str| {
+            q.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let expires: i64 = get("expires").parse().unwrap();
+        let sig = get("sig");
+        let terms = [("type", "image/png"), ("size", "5")];
+        assert_eq!((get("type"), get("size")), ("image/png".into(), "5".into()));
+        assert!(s.verify_local("PUT", "uploads/x1", expires, &terms, &sig));
+        let other_type = [("type", "text/html"), ("size", "5")];
+        let other_size = [("type", "image/png"), ("size", "6")];
+        for (method, key, expires, terms, what) in [
+            ("GET", "uploads/x1", expires, terms, "per method"),
+            ("PUT", "uploads/x2", expires, terms, "per key"),
+            ("PUT", "uploads/x1", expires + 1, terms, "per expiry"),
+            ("PUT", "uploads/x1", expires, other_type, "per type"),
+            ("PUT", "uploads/x1", expires, other_size, "per size"),
+            ("PUT", "uploads/x1", 1, terms, "expired"),
+        ] {
+            assert!(
+                !s.verify_local(method, key, expires, &terms, &sig),
+                "{what}"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
