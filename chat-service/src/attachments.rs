@@ -31,73 +31,16 @@ fn unusable(detail: impl Into<String>) -> ApiError {
 /// serve ([`check_for_message`]).
 pub struct Checked {
     pub attachment: Attachment,
-    /// None for a send repeated after its message was stored.
-    pub copy: Option<UploadCopy>,
+    /// The copy's key; None for a send repeated after its message was stored.
+    pub file_key: Option<String>,
 }
 
-/// How long after its send gave up an unkept copy is looked at: by then a statement that was
-/// storing its message (a request cancelled while it ran) has committed or failed.
-const UNKEPT_COPY_GRACE: Duration = Duration::from_secs(30);
-/// How many times the database is asked about an unkept copy (30 s, then 60 s more, …: about
-/// half an hour in all) before it is left in place.
-const UNKEPT_COPY_ATTEMPTS: u32 = 8;
+/// How long a copy made for a send is kept before the removal sweep deletes it unless a stored
+/// message names it: far longer than a send takes to be stored or to fail.
+const COPY_GRACE: Duration = Duration::from_secs(120);
 
-/// A copy of an upload made and checked for one send. Kept ([`UploadCopy::keep`]) once its
-/// message is stored; dropped otherwise (the send was refused, failed, will be retried with a
-/// copy of its own, or its request was cancelled), it is deleted from the store a little later
-/// unless a stored message names it after all.
-pub struct UploadCopy {
-    key: String,
-    cleanup: Option<(Storage, PgPool)>,
-}
-
-impl UploadCopy {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Its message was stored: the copy stays.
-    pub fn keep(mut self) {
-        self.cleanup = None;
-    }
-}
-
-impl Drop for UploadCopy {
-    fn drop(&mut self) {
-        let Some((storage, db)) = self.cleanup.take() else {
-            return;
-        };
-        let key = std::mem::take(&mut self.key);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            // The database may be what failed the send: asked again, later each time.
-            for attempt in 1..=UNKEPT_COPY_ATTEMPTS {
-                tokio::time::sleep(UNKEPT_COPY_GRACE * attempt).await;
-                let named = sqlx::query_scalar!(
-                    r#"SELECT EXISTS (SELECT 1 FROM uploads WHERE file_key = $1) AS "named!""#,
-                    key
-                )
-                .fetch_one(&db)
-                .await;
-                match named {
-                    Ok(false) => {
-                        if let Err(e) = storage.delete(&key).await {
-                            tracing::warn!(error = %e, key, "could not delete an unused copy of an upload");
-                        }
-                        return;
-                    }
-                    Ok(true) => return,
-                    Err(e) if attempt == UNKEPT_COPY_ATTEMPTS => {
-                        tracing::warn!(error = %e, key, "could not tell whether a copy of an upload is used; left in place")
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-    }
-}
+/// How often the removal sweep ([`remove_due`]) runs.
+pub const REMOVAL_EVERY: Duration = Duration::from_secs(30);
 
 /// Checks that `sender` may attach upload `id` to a message of `message_type` now: their own,
 /// unused, unexpired, of an allowed type (an image for `image`); then copies the stored object
@@ -163,7 +106,7 @@ pub async fn check_for_message(
         }
         return Ok(Checked {
             attachment,
-            copy: None,
+            file_key: None,
         });
     }
     if u.expired {
@@ -183,6 +126,17 @@ pub async fn check_for_message(
         return Err(unusable("is larger than MAX_UPLOAD_BYTES"));
     }
     let key = format!("attachments/{id}/{}", Uuid::new_v4());
+    // Due for removal before it exists: a copy whose send is never stored (refused later,
+    // failed, retried with a copy of its own, its request cancelled, the process gone) is
+    // deleted by the sweep, which leaves a copy a stored message names.
+    sqlx::query!(
+        "INSERT INTO object_removals (key, due_at, unless_used)
+         VALUES ($1, now() + make_interval(secs => $2), true)",
+        key,
+        COPY_GRACE.as_secs_f64()
+    )
+    .execute(db)
+    .await?;
     let checked = tokio::time::timeout(
         CHECK_DEADLINE,
         copy_and_check(
@@ -196,22 +150,14 @@ pub async fn check_for_message(
     .await;
     let problem = match checked {
         Ok(Ok(problem)) => problem,
-        Ok(Err(storage::StorageError::NotFound)) => {
-            return Err(unusable("no file was uploaded for it"))
-        }
-        Ok(Err(e)) => {
-            let _ = files.storage.delete(&key).await;
-            return Err(e.into());
-        }
+        Ok(Err(storage::StorageError::NotFound)) => Some("no file was uploaded for it".into()),
+        // The store failed: the sweep deletes whatever copy landed.
+        Ok(Err(e)) => return Err(e.into()),
         Err(_) => {
             // A store that takes this long is as good as down for a send (the send loop's
             // other sends wait for it): noted, so the next sends do not wait too. The copy may
-            // still land; its guard deletes it later.
+            // still land; the sweep deletes it.
             files.storage.note_outage();
-            drop(UploadCopy {
-                key,
-                cleanup: Some((files.storage.clone(), db.clone())),
-            });
             return Err(storage::StorageError::Other(format!(
                 "copying and checking an upload took over {CHECK_DEADLINE:?}"
             ))
@@ -219,17 +165,13 @@ pub async fn check_for_message(
         }
     };
     if let Some(problem) = problem {
-        // Refused for good: the copy goes now.
-        files.storage.delete(&key).await?;
+        // Refused for good: the copy goes now (or, if the store fails, with the sweep).
+        remove(db, files, vec![key]).await?;
         return Err(unusable(problem));
     }
-    let copy = UploadCopy {
-        key,
-        cleanup: Some((files.storage.clone(), db.clone())),
-    };
     Ok(Checked {
         attachment,
-        copy: Some(copy),
+        file_key: Some(key),
     })
 }
 
@@ -348,63 +290,116 @@ pub fn thumbnails_later(db: PgPool, files: Files, ids: Vec<Uuid>) {
     });
 }
 
-/// Deletes every object of attachment `id` (the upload, its checked copy, its thumbnail), on a
-/// spawned task: its message was deleted, and nobody may download it any more. The row stays
-/// (the deleted message still names it). A failure is logged; the objects then stay.
-pub fn remove_files_later(db: PgPool, files: Files, id: Uuid) {
+/// Queues every object of attachment `id` (the upload, its checked copy, its thumbnail) for
+/// removal, in the transaction that deletes its message: nobody may download it any more.
+/// The row stays (the deleted message still names it). Returns the keys, for [`remove_later`].
+pub async fn queue_removal(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<Vec<String>, ApiError> {
+    Ok(sqlx::query_scalar!(
+        r#"WITH u AS (
+               UPDATE uploads SET upload_removed = true WHERE id = $1
+               RETURNING object_key, file_key, thumbnail_key)
+           INSERT INTO object_removals (key, due_at)
+           SELECT k, now()
+           FROM u, unnest(ARRAY[u.object_key, u.file_key, u.thumbnail_key]) AS k
+           WHERE k IS NOT NULL
+           ON CONFLICT (key) DO UPDATE SET due_at = now(), unless_used = false
+           RETURNING key AS "key!""#,
+        id
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Removes `keys` (queued) on a spawned task, now rather than at the next sweep; what the
+/// store fails to delete is left to the sweep.
+pub fn remove_later(db: PgPool, files: Files, keys: Vec<String>) {
+    if keys.is_empty() {
+        return;
+    }
     tokio::spawn(async move {
-        let row = match sqlx::query!(
-            "SELECT object_key, file_key, thumbnail_key FROM uploads WHERE id = $1",
-            id
-        )
-        .fetch_optional(&db)
-        .await
-        {
-            Ok(Some(row)) => row,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(upload = %id, error = %e, "could not read a deleted attachment's objects; left in place");
-                return;
-            }
-        };
-        let keys = std::iter::once(row.object_key)
-            .chain(row.file_key)
-            .chain(row.thumbnail_key);
-        let mut removed = true;
-        for key in keys {
-            if let Err(e) = files.storage.delete(&key).await {
-                tracing::warn!(upload = %id, key, error = %e, "could not delete a deleted attachment's object");
-                removed = false;
-            }
-        }
-        if removed {
-            metrics::counter!("chat_attachments_removed_total").increment(1);
-            if let Err(e) =
-                sqlx::query!("UPDATE uploads SET upload_removed = true WHERE id = $1", id)
-                    .execute(&db)
-                    .await
-            {
-                tracing::debug!(upload = %id, error = %e, "could not note a removed upload");
-            }
+        if let Err(e) = remove(&db, &files, keys).await {
+            tracing::debug!(error = %e.detail, "queued objects left to the removal sweep");
         }
     });
 }
 
-/// Deletes uploads never used and past `expires_at`, rows and objects; returns how many.
-pub async fn clean_up(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
-    let expired = sqlx::query!(
-        r#"DELETE FROM uploads WHERE id IN (
-               SELECT id FROM uploads WHERE used_at IS NULL AND expires_at < now() LIMIT 500)
-           RETURNING object_key"#
+/// Deletes the objects of `keys` and, for each one deleted, its removal row; returns the keys
+/// the store failed to delete (their rows stay, for the sweep).
+async fn remove(db: &PgPool, files: &Files, keys: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut removed = Vec::with_capacity(keys.len());
+    let mut failed = Vec::new();
+    for key in keys {
+        match files.storage.delete(&key).await {
+            Ok(()) => removed.push(key),
+            Err(e) => {
+                tracing::debug!(error = %e, key, "could not delete an object; tried again later");
+                failed.push(key);
+            }
+        }
+    }
+    sqlx::query!("DELETE FROM object_removals WHERE key = ANY($1)", &removed)
+        .execute(db)
+        .await?;
+    metrics::counter!("chat_objects_removed_total").increment(removed.len() as u64);
+    Ok(failed)
+}
+
+/// Removes the objects due for removal, at most 500 a round: a copy a stored message names
+/// only loses its row. What the store fails to delete is tried again later, each time later
+/// (30 s, 1 min, 2 min, … at most an hour apart). Returns how many objects were deleted.
+pub async fn remove_due(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
+    sqlx::query!(
+        "DELETE FROM object_removals r
+         WHERE r.unless_used AND r.due_at <= now()
+           AND EXISTS (SELECT 1 FROM uploads u WHERE u.file_key = r.key)"
+    )
+    .execute(db)
+    .await?;
+    let due = sqlx::query_scalar!(
+        "SELECT key FROM object_removals WHERE due_at <= now() ORDER BY due_at LIMIT 500"
     )
     .fetch_all(db)
     .await?;
-    for row in &expired {
-        if let Err(e) = files.storage.delete(&row.object_key).await {
-            tracing::warn!(error = %e, key = row.object_key, "could not delete an expired upload's object");
-        }
+    let count = due.len();
+    let failed = remove(db, files, due).await?;
+    metrics::counter!("chat_object_removals_failed_total").increment(failed.len() as u64);
+    if !failed.is_empty() {
+        tracing::warn!(
+            count = failed.len(),
+            "the object store could not delete objects due for removal; tried again later"
+        );
+        sqlx::query!(
+            "UPDATE object_removals
+             SET attempts = attempts + 1,
+                 due_at = now() + LEAST(interval '1 hour',
+                                        interval '30 seconds' * power(2, attempts))
+             WHERE key = ANY($1)",
+            &failed
+        )
+        .execute(db)
+        .await?;
     }
-    Ok(expired.len() as u64)
+    Ok((count - failed.len()) as u64)
+}
+
+/// Deletes uploads never used and past `expires_at`, and queues their objects for removal
+/// (in the same statement); returns how many.
+pub async fn clean_up(db: &PgPool) -> Result<u64, ApiError> {
+    let expired = sqlx::query!(
+        r#"WITH gone AS (
+               DELETE FROM uploads WHERE id IN (
+                   SELECT id FROM uploads WHERE used_at IS NULL AND expires_at < now() LIMIT 500)
+               RETURNING object_key)
+           INSERT INTO object_removals (key, due_at)
+           SELECT object_key, now() FROM gone
+           ON CONFLICT (key) DO UPDATE SET due_at = now(), unless_used = false"#
+    )
+    .execute(db)
+    .await?;
+    Ok(expired.rows_affected())
 }
 
 /// Deletes the uploaded objects of used uploads whose upload URL has expired (their uses serve
@@ -413,7 +408,8 @@ pub async fn clean_up(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
 pub async fn remove_used(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
     let used = sqlx::query!(
         r#"SELECT id, object_key FROM uploads
-           WHERE file_key IS NOT NULL AND NOT upload_removed                  AND created_at < now() - make_interval(secs => $1)
+           WHERE file_key IS NOT NULL AND NOT upload_removed
+             AND created_at < now() - make_interval(secs => $1)
            LIMIT 500"#,
         files.limits.upload_ttl.as_secs_f64()
     )
@@ -437,32 +433,42 @@ pub async fn remove_used(db: &PgPool, files: &Files) -> Result<u64, ApiError> {
     Ok(removed.len() as u64)
 }
 
-/// Runs [`clean_up`] and [`remove_used`] every `every` until `shutdown`.
+/// Runs [`clean_up`] and [`remove_used`] every `every`, and [`remove_due`] every
+/// [`REMOVAL_EVERY`], until `shutdown`.
 pub async fn clean_up_loop(
     db: PgPool,
     files: Files,
     every: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut swept: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {
-        match clean_up(&db, &files).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics::counter!("chat_uploads_expired_total").increment(n);
-                tracing::info!(count = n, "expired uploads deleted");
+        if swept.is_none_or(|at| at.elapsed() >= every) {
+            swept = Some(std::time::Instant::now());
+            match clean_up(&db).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("chat_uploads_expired_total").increment(n);
+                    tracing::info!(count = n, "expired uploads deleted");
+                }
+                Err(e) => tracing::warn!(error = %e.detail, "could not clean up expired uploads"),
             }
-            Err(e) => tracing::warn!(error = %e.detail, "could not clean up expired uploads"),
+            match remove_used(&db, &files).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("chat_uploads_copied_removed_total").increment(n);
+                    tracing::debug!(count = n, "used uploads' own objects deleted");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.detail, "could not delete used uploads' objects")
+                }
+            }
         }
-        match remove_used(&db, &files).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics::counter!("chat_uploads_copied_removed_total").increment(n);
-                tracing::debug!(count = n, "used uploads' own objects deleted");
-            }
-            Err(e) => tracing::warn!(error = %e.detail, "could not delete used uploads' objects"),
+        if let Err(e) = remove_due(&db, &files).await {
+            tracing::warn!(error = %e.detail, "could not remove the objects due for removal");
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(REMOVAL_EVERY) => {}
             _ = shutdown.changed() => {}
         }
     }

@@ -210,7 +210,7 @@ pub async fn send(
         chat_id,
     )
     .await?;
-    let (attachment, copy) = match req.attachment_id {
+    let (attachment, file_key) = match req.attachment_id {
         Some(id) => {
             let checked = crate::attachments::check_for_message(
                 &state.db,
@@ -221,7 +221,7 @@ pub async fn send(
                 req.client_id.as_deref(),
             )
             .await?;
-            (Some(checked.attachment), checked.copy)
+            (Some(checked.attachment), checked.file_key)
         }
         None => (None, None),
     };
@@ -233,7 +233,7 @@ pub async fn send(
         message_type: req.message_type,
         reply_to_id: req.reply_to_id,
         attachment,
-        attachment_file: copy.as_ref().map(|c| c.key().to_owned()),
+        attachment_file: file_key,
     };
     let mut persisted =
         pipeline::persist(&state.db, &state.publisher, std::slice::from_ref(&draft)).await?;
@@ -242,9 +242,6 @@ pub async fn send(
         .pop()
         .ok_or_else(|| ApiError::internal("persist returned nothing"))??;
     if let Outcome::Created(m) = &outcome {
-        if let Some(copy) = copy {
-            copy.keep();
-        }
         state.publisher.new_message(m, conversation.id).await;
         if let Some(a) = m
             .attachment
@@ -415,16 +412,14 @@ pub async fn delete_message(
     if let (Some(room), Some(row)) = (moderated_room, &row) {
         moderation::audit_message_deleted(&mut *tx, room, actor, row.from_user_id, id).await?;
     }
+    // Nobody may download its attachment any more: its bytes go too.
+    let files = match row.as_ref().and_then(|r| r.attachment_id) {
+        Some(attachment) => crate::attachments::queue_removal(&mut tx, attachment).await?,
+        None => Vec::new(),
+    };
     tx.commit().await?;
+    crate::attachments::remove_later(state.db.clone(), state.files.clone(), files);
     if let Some(row) = row {
-        if let Some(attachment) = row.attachment_id {
-            // Nobody may download it any more: its bytes go too.
-            crate::attachments::remove_files_later(
-                state.db.clone(),
-                state.files.clone(),
-                attachment,
-            );
-        }
         let conversation_id = row.conversation_id;
         let message = Message::try_from(row)?;
         let event = Event::MessageDeleted {

@@ -310,9 +310,6 @@ impl SendWorker {
         }
         let mut drafts = Vec::new();
         let mut draft_of = Vec::new();
-        // Each draft's checked copy of its upload, deleted when dropped unless its message is
-        // stored (an early return for a retry drops them all: the retry copies afresh).
-        let mut copies = Vec::new();
         for (i, command) in commands.iter().enumerate() {
             let Some(c) = command else { continue };
             if verdicts[i].is_some() {
@@ -321,7 +318,7 @@ impl SendWorker {
             match resolved.get(&(c.user_id, c.chat_type, c.chat_id)) {
                 Some(Ok(conversation)) => {
                     // Attachments are rare: checked one by one (the stored object included).
-                    let (attachment, copy) = match c.attachment_id {
+                    let (attachment, file_key) = match c.attachment_id {
                         None => (None, None),
                         Some(id) => match crate::attachments::check_for_message(
                             &self.db,
@@ -333,7 +330,7 @@ impl SendWorker {
                         )
                         .await
                         {
-                            Ok(checked) => (Some(checked.attachment), checked.copy),
+                            Ok(checked) => (Some(checked.attachment), checked.file_key),
                             // The object store is down: this send is answered `unavailable`
                             // (its client retries); the others of the batch go on.
                             Err(e) if e.code == "storage_unavailable" => {
@@ -356,9 +353,9 @@ impl SendWorker {
                         message_type: c.message_type,
                         reply_to_id: c.reply_to_id,
                         attachment,
-                        attachment_file: copy.as_ref().map(|c| c.key().to_owned()),
+                        // A retry copies afresh; the sweep deletes copies never stored.
+                        attachment_file: file_key,
                     });
-                    copies.push(copy);
                 }
                 Some(Err(refusal)) => {
                     verdicts[i] = Some(Verdict::Refused(refusal.clone()));
@@ -392,15 +389,7 @@ impl SendWorker {
                 };
             stage("write", writing);
             turn = persisted.turn;
-            for (((i, result), draft), copy) in draft_of
-                .into_iter()
-                .zip(persisted.results)
-                .zip(&drafts)
-                .zip(copies)
-            {
-                if let (Ok(Outcome::Created(_)), Some(copy)) = (&result, copy) {
-                    copy.keep();
-                }
+            for ((i, result), draft) in draft_of.into_iter().zip(persisted.results).zip(&drafts) {
                 verdicts[i] = Some(match result {
                     Ok(outcome) => Verdict::Stored(outcome, draft.conversation),
                     Err(e) if e.is_transient() => return Err(e),

@@ -534,7 +534,13 @@ async fn the_store_keeps_only_what_is_served(db: PgPool) {
             ..Default::default()
         },
     };
-    let removed = chat_service::attachments::clean_up(&db, &files)
+    let removed = chat_service::attachments::clean_up(&db).await.unwrap();
+    assert_eq!(removed, 1);
+    assert!(
+        dir.join(format!("uploads/{old}")).exists(),
+        "queued for the removal sweep"
+    );
+    let removed = chat_service::attachments::remove_due(&db, &files)
         .await
         .unwrap();
     assert_eq!(removed, 1);
@@ -594,6 +600,173 @@ async fn the_store_keeps_only_what_is_served(db: PgPool) {
     }
     assert!(gone, "the deleted message's file is still stored");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TCP forwarder to a store that can be cut: every connection through it closed and new ones
+/// dropped, the store itself and what it holds untouched.
+struct Cable {
+    endpoint: String,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+async fn cable(target: &str) -> Cable {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_owned();
+    let (up, state) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut state = state.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                if !*state.borrow() {
+                    return;
+                }
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = state.wait_for(|up| !up) => {}
+                }
+            });
+        }
+    });
+    Cable { endpoint, up }
+}
+
+/// What the store deletes outlasts the store being down, and a copy checked for a send that is
+/// never stored (its process gone before the insert) is deleted too; a stored message's copy
+/// stays.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn removals_outlast_a_store_outage_and_a_lost_send(db: PgPool) {
+    let s3 = moto().await;
+    let bucket = "chatsphere-removals";
+    let r = reqwest::Client::new()
+        .put(format!("{}/{bucket}", s3.endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let line = cable(&s3.endpoint).await;
+    let endpoint = line.endpoint.clone();
+    let app = spawn_app_with(db.clone(), &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.storage = s3_config(endpoint, bucket)
+    })
+    .await;
+    let store =
+        shared::storage::Storage::new(&s3_config(s3.endpoint.clone(), bucket), "k").unwrap();
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "files", &[]).await;
+    let doc = b"minutes of the meeting".to_vec();
+    let mut ids = Vec::new();
+    for name in ["deleted.txt", "kept.txt", "lost.txt"] {
+        ids.push(upload(&app, &alice, name, "text/plain", doc.len(), doc.clone()).await);
+    }
+    let [deleted, kept, lost]: [String; 3] = ids.try_into().unwrap();
+    let mut messages = Vec::new();
+    for id in [&deleted, &kept] {
+        let r = send_attachment(&app, &alice, room, "file", id).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        messages.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let keys = |id: &str| {
+        let id: Uuid = id.parse().unwrap();
+        let db = db.clone();
+        async move {
+            let (upload, copy): (String, Option<String>) =
+                sqlx::query_as("SELECT object_key, file_key FROM uploads WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            (upload, copy.unwrap())
+        }
+    };
+    let (deleted_upload, deleted_copy) = keys(&deleted).await;
+    let (_, kept_copy) = keys(&kept).await;
+    // A send checked (its copy made) whose message is never stored.
+    let files = |endpoint: &str| chat_service::attachments::Files {
+        storage: shared::storage::Storage::new(&s3_config(endpoint.to_owned(), bucket), "k")
+            .unwrap(),
+        limits: Default::default(),
+    };
+    let checked = chat_service::attachments::check_for_message(
+        &db,
+        &files(&line.endpoint),
+        alice.id,
+        lost.parse().unwrap(),
+        MessageType::File,
+        None,
+    )
+    .await
+    .unwrap();
+    let lost_copy = checked.file_key.unwrap();
+    for key in [&deleted_upload, &deleted_copy, &kept_copy, &lost_copy] {
+        assert!(store.size(key).await.is_ok(), "{key} is stored");
+    }
+
+    // The store goes down; the message with an attachment is deleted all the same.
+    line.up.send(false).unwrap();
+    let r = app
+        .delete(&alice, &format!("/chat/messages/{}", messages[0]))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let sweep = files(&line.endpoint);
+    assert_eq!(
+        chat_service::attachments::remove_due(&db, &sweep)
+            .await
+            .unwrap(),
+        0
+    );
+    for key in [&deleted_upload, &deleted_copy] {
+        assert!(store.size(key).await.is_ok(), "{key} outlived the outage");
+    }
+    let queued: Vec<(String, i32)> =
+        sqlx::query_as("SELECT key, attempts FROM object_removals WHERE NOT unless_used")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert!(
+        queued.iter().all(|(_, attempts)| *attempts >= 1),
+        "{queued:?}"
+    );
+
+    // Back up, and later: the sweep deletes the deleted message's files and the lost send's
+    // copy, and leaves the stored message's copy.
+    line.up.send(true).unwrap();
+    sqlx::query("UPDATE object_removals SET due_at = now()")
+        .execute(&db)
+        .await
+        .unwrap();
+    let removed = chat_service::attachments::remove_due(&db, &files(&line.endpoint))
+        .await
+        .unwrap();
+    assert_eq!(removed, 3);
+    for key in [&deleted_upload, &deleted_copy, &lost_copy] {
+        assert!(
+            matches!(
+                store.size(key).await,
+                Err(shared::storage::StorageError::NotFound)
+            ),
+            "{key} is still stored"
+        );
+    }
+    assert!(store.size(&kept_copy).await.is_ok(), "the kept copy went");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM object_removals")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let (status, got) = download(&app, &alice, &format!("/chat/attachments/{kept}")).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(got.unwrap(), doc);
 }
 
 /// moto's S3 server on a free loopback port, killed when dropped.
