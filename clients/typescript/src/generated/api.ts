@@ -1266,7 +1266,7 @@ export interface components {
             filename: string;
             /**
              * Format: int64
-             * @description Bytes, 1 to `MAX_UPLOAD_BYTES` (default 25 MiB); the stored file must be exactly this.
+             * @description Bytes, 1 to `MAX_UPLOAD_BYTES` (default 25 MiB): the upload URL takes exactly this many.
              */
             size: number;
         };
@@ -1277,13 +1277,16 @@ export interface components {
              * @description Seconds the URL stays valid.
              */
             expires_in: number;
-            /** @description Headers to send with the bytes. */
+            /** @description Headers to send with the bytes (`content-type`, as declared). */
             headers: Record<string, never>;
             /** @description Always `PUT`. */
             method: string;
             /** Format: uuid */
             upload_id: string;
-            /** @description Send the bytes here, as given (with `headers`); it may be another host (object storage). */
+            /**
+             * @description Send the bytes here, as given (with `headers`); it may be another host (object storage).
+             *     It takes exactly `size` bytes of `content_type` (anything else is refused, 403).
+             */
             url: string;
         };
         /** @description A user as the API shows it. `email` appears only on the caller's own user; the password hash never. */
@@ -2528,7 +2531,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description To a short-lived download URL (DOWNLOAD_URL_TTL_SECONDS) */
+            /** @description To a short-lived download URL (DOWNLOAD_URL_TTL_SECONDS), served with the declared type, as a download named after the file (an image: inline) */
             302: {
                 headers: {
                     [name: string]: unknown;
