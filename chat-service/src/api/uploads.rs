@@ -407,19 +407,24 @@ pub async fn get_file(
         &q,
         &[("type", &q.content_type), ("disposition", &q.disposition)],
     )?;
-    // Every object here was written within the upload limit (the PUT above, or a copy of one).
-    let bytes = match state
+    // Streamed from the file: a download holds a buffer, not the file, in memory.
+    let path = state
         .files
         .storage
-        .get_at_most(&key, state.files.limits.max_bytes)
-        .await
-    {
-        Ok(b) => b,
-        Err(shared::storage::StorageError::NotFound) => {
+        .local_file(&key)
+        .ok_or_else(|| ApiError::not_found("no local store"))?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found("no such file"))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(shared::storage::StorageError::from(e).into()),
     };
+    let length = file
+        .metadata()
+        .await
+        .map_err(shared::storage::StorageError::from)?
+        .len();
     let mut headers = HeaderMap::new();
     for (name, value) in [
         (header::CONTENT_TYPE, &q.content_type),
@@ -433,5 +438,7 @@ pub async fn get_file(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    Ok((StatusCode::OK, headers, bytes).into_response())
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((StatusCode::OK, headers, body).into_response())
 }

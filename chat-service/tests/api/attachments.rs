@@ -168,6 +168,10 @@ fn assert_served(file: &ServedFile, content_type: &str, disposition: &str) {
         assert_eq!(file.headers["content-type"], content_type);
         assert_eq!(file.headers["content-disposition"], disposition);
         assert_eq!(file.headers["x-content-type-options"], "nosniff");
+        assert_eq!(
+            file.headers["content-length"],
+            file.bytes.len().to_string().as_str()
+        );
     } else {
         let url = reqwest::Url::parse(&file.location).unwrap();
         let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
