@@ -21,6 +21,11 @@ use uuid::Uuid;
 
 use crate::{users::UserBody, AppState};
 
+/// The object key of the avatar made from upload `id`.
+pub fn avatar_key(id: Uuid) -> String {
+    format!("avatars/{id}")
+}
+
 /// Avatars are resized to at most this many pixels on either side.
 pub const AVATAR_SIDE: u32 = 256;
 
@@ -89,7 +94,7 @@ pub async fn set_avatar(
     let (_, _, small) = storage::shrink_image(slot, bytes, AVATAR_SIDE)
         .await
         .map_err(|e| unusable(format!("the image could not be read: {e}")))?;
-    let key = format!("avatars/{}", req.upload_id);
+    let key = avatar_key(req.upload_id);
     state.storage.put(&key, small, "image/png").await?;
     let url = format!(
         "{}/auth/avatars/{}",
@@ -120,13 +125,11 @@ pub async fn set_avatar(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account is deactivated"))?;
-    tx.commit().await?;
-    // The previous copy is no longer pointed at.
+    // The previous copy is no longer pointed at: deleted by chat-service's removal sweep.
     if let Some(old) = previous {
-        if let Err(e) = state.storage.delete(&format!("avatars/{old}")).await {
-            tracing::warn!(error = %e, "could not delete a replaced avatar");
-        }
+        storage::queue_removal(&mut *tx, &[avatar_key(old)]).await?;
     }
+    tx.commit().await?;
     state.announcer.changed(caller.user_id);
     let user = crate::users::find(&state.db, caller.user_id)
         .await?
@@ -158,7 +161,7 @@ pub async fn serve(
     let url = state
         .storage
         .download_url(
-            &format!("avatars/{id}"),
+            &avatar_key(id),
             ttl,
             &storage::Served {
                 content_type: "image/png",

@@ -139,12 +139,23 @@ pub async fn touch_last_seen(db: &PgPool, id: Uuid) -> sqlx::Result<DateTime<Utc
 }
 
 /// Deactivates an account (`DELETE /auth/me`): it can no longer log in or refresh; its rows and
-/// messages stay.
+/// messages stay. Its uploaded avatar stops being served and its copy is queued for removal.
 pub async fn deactivate(db: &PgPool, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!("UPDATE users SET is_active = FALSE WHERE id = $1", id)
-        .execute(db)
-        .await?;
-    Ok(())
+    let mut tx = db.begin().await?;
+    let avatar = sqlx::query_scalar!(
+        r#"UPDATE users u SET is_active = FALSE, avatar_upload_id = NULL
+           FROM (SELECT avatar_upload_id FROM users WHERE id = $1 FOR UPDATE) old
+           WHERE u.id = $1
+           RETURNING old.avatar_upload_id"#,
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    if let Some(avatar) = avatar {
+        shared::storage::queue_removal(&mut *tx, &[crate::avatars::avatar_key(avatar)]).await?;
+    }
+    tx.commit().await
 }
 
 /// What `PATCH /auth/me` changes: `None` leaves a field alone; `Some(None)` clears the avatar.
@@ -153,24 +164,49 @@ pub struct Profile {
     pub avatar_url: Option<Option<String>>,
 }
 
+/// Applies `p` to an active user. An `avatar_url` other than the current one retires an
+/// uploaded avatar: `/auth/avatars/{id}` stops serving it and its copy is queued for removal
+/// (sending the current URL back changes nothing).
 pub async fn update_profile(db: &PgPool, id: Uuid, p: Profile) -> sqlx::Result<Option<User>> {
     let set_avatar = p.avatar_url.is_some();
     let avatar = p.avatar_url.flatten();
-    sqlx::query_as!(
+    let mut tx = db.begin().await?;
+    let retired = if set_avatar {
+        sqlx::query_scalar!(
+            r#"SELECT avatar_upload_id AS "upload!" FROM users
+               WHERE id = $1 AND is_active AND avatar_upload_id IS NOT NULL
+                 AND avatar_url IS DISTINCT FROM $2
+               FOR UPDATE"#,
+            id,
+            avatar.as_deref()
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        None
+    };
+    let user = sqlx::query_as!(
         User,
         r#"UPDATE users SET
              display_name = COALESCE($2, display_name),
-             avatar_url = CASE WHEN $3 THEN $4 ELSE avatar_url END
+             avatar_url = CASE WHEN $3 THEN $4 ELSE avatar_url END,
+             avatar_upload_id = CASE WHEN $5 THEN NULL ELSE avatar_upload_id END
            WHERE id = $1 AND is_active
            RETURNING id, username, email, display_name, password_hash, avatar_url,
                      is_active, created_at, last_seen"#,
         id,
         p.display_name,
         set_avatar,
-        avatar
+        avatar,
+        retired.is_some()
     )
-    .fetch_optional(db)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(upload) = retired {
+        shared::storage::queue_removal(&mut *tx, &[crate::avatars::avatar_key(upload)]).await?;
+    }
+    tx.commit().await?;
+    Ok(user)
 }
 
 /// Replaces an active user's password hash; false if the user is gone or deactivated.

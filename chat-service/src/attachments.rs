@@ -297,20 +297,22 @@ pub async fn queue_removal(
     conn: &mut sqlx::PgConnection,
     id: Uuid,
 ) -> Result<Vec<String>, ApiError> {
-    Ok(sqlx::query_scalar!(
-        r#"WITH u AS (
-               UPDATE uploads SET upload_removed = true WHERE id = $1
-               RETURNING object_key, file_key, thumbnail_key)
-           INSERT INTO object_removals (key, due_at)
-           SELECT k, now()
-           FROM u, unnest(ARRAY[u.object_key, u.file_key, u.thumbnail_key]) AS k
-           WHERE k IS NOT NULL
-           ON CONFLICT (key) DO UPDATE SET due_at = now(), unless_used = false
-           RETURNING key AS "key!""#,
+    let Some(u) = sqlx::query!(
+        "UPDATE uploads SET upload_removed = true WHERE id = $1
+         RETURNING object_key, file_key, thumbnail_key",
         id
     )
-    .fetch_all(conn)
-    .await?)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<String> = std::iter::once(u.object_key)
+        .chain(u.file_key)
+        .chain(u.thumbnail_key)
+        .collect();
+    storage::queue_removal(conn, &keys).await?;
+    Ok(keys)
 }
 
 /// Removes `keys` (queued) on a spawned task, now rather than at the next sweep; what the

@@ -56,7 +56,9 @@ pub struct UpdateMeRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub display_name: Option<Option<String>>,
-    /// An http(s) URL; `null` or `""` removes it.
+    /// An http(s) URL; `null` or `""` removes it. Another value than the current one retires an
+    /// avatar set by `PUT /auth/me/avatar` (its URL stops serving it); the current value sent
+    /// back changes nothing.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub avatar_url: Option<Option<String>>,
@@ -74,6 +76,7 @@ pub async fn update_me(
     caller: AuthUser,
     ApiJson(req): ApiJson<UpdateMeRequest>,
 ) -> ApiResult<Json<UserBody>> {
+    let current = active_user(&state, caller).await?;
     let mut problems = Problems::default();
     let display_name = match req.display_name {
         None => None,
@@ -90,13 +93,15 @@ pub async fn update_me(
         None => None,
         Some(None) => Some(None),
         Some(Some(url)) if url.trim().is_empty() => Some(None),
+        // The current URL sent back (a client saving the whole profile) changes nothing, and
+        // may be the relative `/auth/avatars/{id}` this service hands out.
+        Some(Some(url)) if current.avatar_url.as_deref() == Some(url.trim()) => None,
         Some(Some(url)) => {
             problems.check("avatar_url", validate::http_url(url.trim()));
             Some(Some(url.trim().to_owned()))
         }
     };
     problems.finish()?;
-    let current = active_user(&state, caller).await?;
     if display_name.is_none() && avatar_url.is_none() {
         // Nothing to change: nothing counted, nothing announced.
         return Ok(Json(current.own()));

@@ -122,14 +122,74 @@ async fn an_image_upload_becomes_a_resized_public_avatar(db: PgPool) {
         "{e}"
     );
 
-    // A new avatar replaces the old: its URL is gone, its copy deleted.
+    // A new avatar replaces the old: its URL is gone, its copy queued for removal (chat-service's
+    // sweep deletes it).
+    let queued = |key: String| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM object_removals WHERE key = $1 AND due_at <= now())",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
     let next = png(50, 50);
     let second = upload(&app, &storage, &alice.id, "image/png", next.len(), next).await;
     assert_eq!(set(&app, &a, second).await.status(), StatusCode::OK);
     let r = http.get(app.url(&url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(storage
-        .get_at_most(&format!("avatars/{id}"), u64::MAX)
+    assert!(queued(format!("avatars/{id}")).await);
+    assert!(!queued(format!("avatars/{second}")).await);
+
+    // Sending the current avatar_url back keeps the avatar; another one retires it.
+    let second_url = format!("/auth/avatars/{second}");
+    let patch = |body: Value| {
+        app.http
+            .patch(app.url("/auth/me"))
+            .bearer_auth(&a)
+            .json(&body)
+            .send()
+    };
+    let r = patch(json!({"display_name": "Alice", "avatar_url": second_url}))
         .await
-        .is_err());
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http.get(app.url(&second_url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(!queued(format!("avatars/{second}")).await);
+    let r = patch(json!({"avatar_url": null})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http.get(app.url(&second_url)).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a cleared avatar is not served"
+    );
+    assert!(queued(format!("avatars/{second}")).await);
+
+    // A deactivated account's avatar goes too.
+    let bob_picture = png(40, 40);
+    let bobs = upload(
+        &app,
+        &storage,
+        &bob.id,
+        "image/png",
+        bob_picture.len(),
+        bob_picture,
+    )
+    .await;
+    assert_eq!(set(&app, &b, bobs).await.status(), StatusCode::OK);
+    let r = app
+        .http
+        .delete(app.url("/auth/me"))
+        .bearer_auth(&b)
+        .json(&json!({"password": bob.password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(queued(format!("avatars/{bobs}")).await);
 }

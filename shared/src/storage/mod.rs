@@ -90,6 +90,23 @@ impl From<std::io::Error> for StorageError {
     }
 }
 
+/// Queues `keys` for deletion from the store, due now, in the caller's transaction (or
+/// statement): chat-service's removal sweep deletes them and tries again whatever the store
+/// refuses, so a change that calls for a deletion never loses it to an outage or a crash.
+pub async fn queue_removal<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    keys: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO object_removals (key, due_at) SELECT unnest($1::text[]), now()
+         ON CONFLICT (key) DO UPDATE SET due_at = now(), unless_used = false",
+    )
+    .bind(keys)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// What an upload URL admits: exactly `size` bytes, sent as `content_type` (as declared).
 pub struct UploadTerms<'a> {
     pub content_type: &'a str,

@@ -1247,7 +1247,11 @@ export interface components {
             name: string;
         };
         UpdateMeRequest: {
-            /** @description An http(s) URL; `null` or `""` removes it. */
+            /**
+             * @description An http(s) URL; `null` or `""` removes it. Another value than the current one retires an
+             *     avatar set by `PUT /auth/me/avatar` (its URL stops serving it); the current value sent
+             *     back changes nothing.
+             */
             avatar_url?: string | null;
             /** @description 1–64 characters. */
             display_name?: string | null;
