@@ -308,6 +308,38 @@ impl SendWorker {
             };
             resolved.insert(*target, r);
         }
+        // Each attachment's check copies its upload within the store and reads the copy: the
+        // batch's checks (of the sends whose target resolved) run at once, so during a store
+        // outage they all give up within one deadline. Text sends cost nothing here.
+        let attached: Vec<(usize, &SendCommand, Uuid)> = commands
+            .iter()
+            .enumerate()
+            .filter_map(|(i, command)| {
+                let c = command.as_ref()?;
+                let id = c.attachment_id?;
+                let resolved_ok = matches!(
+                    resolved.get(&(c.user_id, c.chat_type, c.chat_id)),
+                    Some(Ok(_))
+                );
+                (verdicts[i].is_none() && resolved_ok).then_some((i, c, id))
+            })
+            .collect();
+        let mut checks: HashMap<usize, Result<crate::attachments::Checked, ApiError>> =
+            futures_util::future::join_all(attached.into_iter().map(|(i, c, id)| async move {
+                let checked = crate::attachments::check_for_message(
+                    &self.db,
+                    &self.files,
+                    c.user_id,
+                    id,
+                    c.message_type,
+                    Some(&c.client_id),
+                )
+                .await;
+                (i, checked)
+            }))
+            .await
+            .into_iter()
+            .collect();
         let mut drafts = Vec::new();
         let mut draft_of = Vec::new();
         for (i, command) in commands.iter().enumerate() {
@@ -317,19 +349,17 @@ impl SendWorker {
             }
             match resolved.get(&(c.user_id, c.chat_type, c.chat_id)) {
                 Some(Ok(conversation)) => {
-                    // Attachments are rare: checked one by one (the stored object included).
-                    let (attachment, file_key) = match c.attachment_id {
-                        None => (None, None),
-                        Some(id) => match crate::attachments::check_for_message(
-                            &self.db,
-                            &self.files,
-                            c.user_id,
-                            id,
-                            c.message_type,
-                            Some(&c.client_id),
-                        )
-                        .await
-                        {
+                    let checked = checks.remove(&i);
+                    let (attachment, file_key) = match (c.attachment_id, checked) {
+                        (None, _) => (None, None),
+                        (Some(_), None) => {
+                            verdicts[i] = Some(Verdict::Refused(Refusal::new(
+                                "send_failed",
+                                "the attachment was not checked",
+                            )));
+                            continue;
+                        }
+                        (Some(_), Some(checked)) => match checked {
                             Ok(checked) => (Some(checked.attachment), checked.file_key),
                             // The object store is down: this send is answered `unavailable`
                             // (its client retries); the others of the batch go on.

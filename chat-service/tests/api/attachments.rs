@@ -606,6 +606,66 @@ async fn the_store_keeps_only_what_is_served(db: PgPool) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Sends with attachments that reach the send loop together are checked together, and each is
+/// stored with its own file; a refused one among them holds up nobody else.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn attachment_sends_of_one_batch_each_keep_their_file(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "files", &[]).await;
+    let mut commands = Vec::new();
+    let mut sent = std::collections::BTreeMap::new();
+    for i in 0..5 {
+        let doc = format!("document number {i}").into_bytes();
+        let name = format!("d{i}.txt");
+        let id = upload(&app, &alice, &name, "text/plain", doc.len(), doc.clone()).await;
+        let mut c = crate::bus::command(alice.id, ChatType::Room, room, &format!("f{i}"), "");
+        c.message_type = MessageType::File;
+        c.attachment_id = Some(id.parse().unwrap());
+        commands.push(c);
+        sent.insert(id, doc);
+    }
+    let text = b"not a picture".to_vec();
+    let fake = upload(&app, &alice, "fake.png", "image/png", text.len(), text).await;
+    let mut lie = crate::bus::command(alice.id, ChatType::Room, room, "lie", "");
+    lie.message_type = MessageType::Image;
+    lie.attachment_id = Some(fake.parse().unwrap());
+    commands.insert(2, lie);
+    commands.push(crate::bus::command(
+        alice.id,
+        ChatType::Room,
+        room,
+        "text",
+        "hello",
+    ));
+    let mut watcher = app.watch(vec![app.keys.user_channel(alice.id)]).await;
+    let redis = crate::bus::redis().await;
+    crate::bus::push_at_once(&redis, &app, &commands).await;
+    let outcomes = crate::bus::outcomes(&mut watcher, commands.len()).await;
+    for i in 0..5 {
+        assert_eq!(outcomes[&format!("f{i}")], "ack", "{outcomes:?}");
+    }
+    assert_eq!(outcomes["text"], "ack");
+    assert_eq!(outcomes["lie"], "invalid_payload");
+    let page: Value = app
+        .get(&alice, &format!("/chat/messages/room/{room}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut downloaded = 0;
+    for m in page["messages"].as_array().unwrap() {
+        let Some(id) = m["attachment"]["id"].as_str() else {
+            continue;
+        };
+        let (status, bytes) = download(&app, &alice, &format!("/chat/attachments/{id}")).await;
+        assert_eq!(status, StatusCode::FOUND);
+        assert_eq!(bytes.as_ref(), sent.get(id), "{id}");
+        downloaded += 1;
+    }
+    assert_eq!(downloaded, 5);
+}
+
 /// A TCP forwarder to a store that can be cut: every connection through it closed and new ones
 /// dropped, the store itself and what it holds untouched.
 struct Cable {

@@ -101,7 +101,7 @@ pub(crate) async fn push(redis: &Client, app: &TestApp, commands: &[SendCommand]
 }
 
 /// As [`push`], in one round trip: the whole backlog is in place before a replica reads any.
-async fn push_at_once(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
+pub(crate) async fn push_at_once(redis: &Client, app: &TestApp, commands: &[SendCommand]) {
     let pipe = redis.pipeline();
     for c in commands {
         let (stream, fields) = entry(app, c);
