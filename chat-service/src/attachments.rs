@@ -227,7 +227,8 @@ pub async fn fill(db: &PgPool, messages: &mut [shared::chat::Message]) -> Result
 }
 
 /// Makes the thumbnail of an image upload (and records its width and height), unless it is
-/// made already; returns the thumbnail's key. `None`: not an image, or not decodable.
+/// made already; returns the thumbnail's key. `None`: not an image, not decodable, or its
+/// message was deleted while it was made (the thumbnail is then queued for removal).
 pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<String>, ApiError> {
     let Some(u) = sqlx::query!(
         r#"SELECT content_type, size, COALESCE(file_key, object_key) AS "key!", thumbnail_key
@@ -263,6 +264,25 @@ pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<St
     };
     let key = format!("thumbnails/{id}");
     files.storage.put(&key, small, "image/png").await?;
+    // Recorded under the upload row's lock, which deleting the message takes too to queue the
+    // upload's objects: either that deletion sees this thumbnail, or this sees the deletion
+    // (each statement here sees what committed before it) and queues the thumbnail itself.
+    let mut tx = db.begin().await?;
+    sqlx::query!("SELECT id FROM uploads WHERE id = $1 FOR UPDATE", id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let deleted = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM messages WHERE attachment_id = $1 AND is_deleted)
+           AS "deleted!""#,
+        id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if deleted {
+        storage::queue_removal(&mut *tx, std::slice::from_ref(&key)).await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
     sqlx::query!(
         "UPDATE uploads SET thumbnail_key = $2, width = $3, height = $4 WHERE id = $1",
         id,
@@ -270,8 +290,9 @@ pub async fn thumbnail(db: &PgPool, files: &Files, id: Uuid) -> Result<Option<St
         i32::try_from(width).ok(),
         i32::try_from(height).ok()
     )
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     metrics::counter!("chat_thumbnails_made_total").increment(1);
     Ok(Some(key))
 }

@@ -666,6 +666,108 @@ async fn attachment_sends_of_one_batch_each_keep_their_file(db: PgPool) {
     assert_eq!(downloaded, 5);
 }
 
+/// Whether the boolean `query` is true within five seconds.
+async fn holds_soon(db: &PgPool, query: &str) -> bool {
+    for _ in 0..100 {
+        if sqlx::query_scalar::<_, bool>(query)
+            .fetch_one(db)
+            .await
+            .unwrap()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A thumbnail finished after its message was deleted is not kept: the deletion queued the
+/// upload's objects before the thumbnail existed, so the thumbnail queues itself.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_thumbnail_made_after_its_message_was_deleted_is_removed(db: PgPool) {
+    let dir = std::env::temp_dir().join(format!("cs-thumbnail-{}", Uuid::new_v4()));
+    let config = StorageConfig::Local {
+        dir: dir.clone(),
+        public_url: String::new(),
+    };
+    let store = config.clone();
+    let app = spawn_app_with(db.clone(), &format!("test:{}:", Uuid::new_v4()), |c| {
+        c.storage = store
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "pictures", &[]).await;
+    let picture = png(64, 48);
+    let id = upload(
+        &app,
+        &alice,
+        "p.png",
+        "image/png",
+        picture.len(),
+        picture.clone(),
+    )
+    .await;
+    let r = send_attachment(&app, &alice, room, "image", &id).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let message = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The thumbnail made after the send is recorded before the message goes.
+    assert!(
+        holds_soon(
+            &db,
+            &format!("SELECT thumbnail_key IS NOT NULL FROM uploads WHERE id = '{id}'"),
+        )
+        .await
+    );
+    let r = app
+        .delete(&alice, &format!("/chat/messages/{message}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The deletion's own removal is done once the queue is empty.
+    assert!(
+        holds_soon(&db, "SELECT NOT EXISTS (SELECT 1 FROM object_removals)").await,
+        "the deleted message's files were not removed"
+    );
+    // As if the thumbnail's task had read the picture before the deletion and recorded its
+    // thumbnail after: the file is back for it to read, and no thumbnail is recorded.
+    let upload: Uuid = id.parse().unwrap();
+    let file: String = sqlx::query_scalar("SELECT file_key FROM uploads WHERE id = $1")
+        .bind(upload)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    std::fs::create_dir_all(dir.join(&file).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(&file), &picture).unwrap();
+    sqlx::query("UPDATE uploads SET thumbnail_key = NULL WHERE id = $1")
+        .bind(upload)
+        .execute(&db)
+        .await
+        .unwrap();
+    let files = chat_service::attachments::Files {
+        storage: shared::storage::Storage::new(&config, "k").unwrap(),
+        limits: Default::default(),
+    };
+    let made = chat_service::attachments::thumbnail(&db, &files, upload)
+        .await
+        .unwrap();
+    assert_eq!(made, None);
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT thumbnail_key FROM uploads WHERE id = $1")
+            .bind(upload)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, None);
+    let queued: Vec<String> = sqlx::query_scalar("SELECT key FROM object_removals")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(queued, vec![format!("thumbnails/{id}")]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A TCP forwarder to a store that can be cut: every connection through it closed and new ones
 /// dropped, the store itself and what it holds untouched.
 struct Cable {
