@@ -103,7 +103,7 @@ async fn send_attachment(
     user: &User,
     room: Uuid,
     kind: &str,
-    id: &str,
+    id: impl serde::Serialize,
 ) -> reqwest::Response {
     app.post(
         user,
@@ -401,13 +401,7 @@ async fn attachments_work(app: TestApp) {
         )
         .await;
     let never: Value = r.json().await.unwrap();
-    let r = app
-        .post(
-            &bob,
-            &format!("/chat/messages/room/{room}"),
-            json!({"message_type": "file", "attachment_id": never["upload_id"]}),
-        )
-        .await;
+    let r = send_attachment(&app, &bob, room, "file", &never["upload_id"]).await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
     let r = app
         .post(
@@ -1079,13 +1073,7 @@ async fn a_silent_store_is_given_up_on(db: PgPool) {
         assert_eq!(r.status(), StatusCode::CREATED);
         let ticket: Value = r.json().await.unwrap();
         let started = std::time::Instant::now();
-        let r = app
-            .post(
-                &alice,
-                &format!("/chat/messages/room/{room}"),
-                json!({"message_type": "file", "attachment_id": ticket["upload_id"]}),
-            )
-            .await;
+        let r = send_attachment(&app, &alice, room, "file", &ticket["upload_id"]).await;
         assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
         waits.push(started.elapsed());
     }

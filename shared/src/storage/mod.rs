@@ -351,27 +351,18 @@ impl Storage {
         terms: &UploadTerms<'_>,
     ) -> Result<String, StorageError> {
         let size = terms.size.to_string();
-        match &*self.inner {
-            Inner::S3 { .. } => {
-                self.presign(
-                    "PUT",
-                    key,
-                    ttl,
-                    &[
-                        ("content-type", terms.content_type.to_owned()),
-                        ("content-length", size),
-                    ],
-                    &[],
-                )
-                .await
-            }
-            Inner::Local { .. } => Ok(self.local_url(
-                "PUT",
-                key,
-                ttl,
-                &[("type", terms.content_type), ("size", &size)],
-            )),
-        }
+        self.signed(
+            "PUT",
+            key,
+            ttl,
+            &[
+                ("content-type", terms.content_type.to_owned()),
+                ("content-length", size.clone()),
+            ],
+            &[],
+            &[("type", terms.content_type), ("size", &size)],
+        )
+        .await
     }
 
     /// The URL a client downloads `key` from until `ttl` from now, served as `served` says
@@ -383,84 +374,74 @@ impl Storage {
         served: &Served<'_>,
     ) -> Result<String, StorageError> {
         let disposition = served.content_disposition();
-        match &*self.inner {
-            Inner::S3 { .. } => {
-                self.presign(
-                    "GET",
-                    key,
-                    ttl,
-                    &[],
-                    &[
-                        ("response-content-type", served.content_type.to_owned()),
-                        ("response-content-disposition", disposition),
-                    ],
-                )
-                .await
-            }
-            Inner::Local { .. } => Ok(self.local_url(
-                "GET",
-                key,
-                ttl,
-                &[("type", served.content_type), ("disposition", &disposition)],
-            )),
-        }
+        self.signed(
+            "GET",
+            key,
+            ttl,
+            &[],
+            &[
+                ("response-content-type", served.content_type.to_owned()),
+                ("response-content-disposition", disposition.clone()),
+            ],
+            &[("type", served.content_type), ("disposition", &disposition)],
+        )
+        .await
     }
 
-    /// A presigned S3 URL, signed with the store's current keys (static, or the environment's
-    /// or the instance's role).
-    async fn presign(
+    /// A URL for `method` on `key` until `ttl` from now. On S3, presigned with the store's
+    /// current keys (static, or the environment's or the instance's role), pinning `headers`
+    /// and `query`; in the local directory, signed with chat-service's key under `terms`, which
+    /// its `/chat/files` routes enforce the same way.
+    async fn signed(
         &self,
         method: &str,
         key: &str,
         ttl: Duration,
         headers: &[(&str, String)],
         query: &[(&str, String)],
+        terms: &[(&str, &str)],
     ) -> Result<String, StorageError> {
-        let Inner::S3 {
-            store,
-            public_base,
-            region,
-        } = &*self.inner
-        else {
-            return Err(StorageError::Other("not an S3 store".into()));
-        };
-        let credential = store.credentials().get_credential().await?;
-        let url = reqwest::Url::parse(&format!("{public_base}/{key}"))
-            .map_err(|e| StorageError::Other(format!("the object URL of {key}: {e}")))?;
-        let signed = Presign {
-            method,
-            url,
-            region,
-            headers,
-            query,
-            expires_in: ttl,
+        match &*self.inner {
+            Inner::S3 {
+                store,
+                public_base,
+                region,
+            } => {
+                let credential = store.credentials().get_credential().await?;
+                let url = reqwest::Url::parse(&format!("{public_base}/{key}"))
+                    .map_err(|e| StorageError::Other(format!("the object URL of {key}: {e}")))?;
+                let signed = Presign {
+                    method,
+                    url,
+                    region,
+                    headers,
+                    query,
+                    expires_in: ttl,
+                }
+                .sign(
+                    &Keys {
+                        id: &credential.key_id,
+                        secret: &credential.secret_key,
+                        token: credential.token.as_deref(),
+                    },
+                    chrono::Utc::now(),
+                );
+                Ok(signed.into())
+            }
+            Inner::Local {
+                public_url, key: k, ..
+            } => {
+                let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
+                let sig = local_signature(k, method, key, expires, terms);
+                let terms: String = terms
+                    .iter()
+                    .map(|(name, value)| format!("&{name}={}", aws_encode(value)))
+                    .collect();
+                Ok(format!(
+                    "{public_url}{LOCAL_PREFIX}{key}?expires={expires}{terms}&sig={sig}"
+                ))
+            }
         }
-        .sign(
-            &Keys {
-                id: &credential.key_id,
-                secret: &credential.secret_key,
-                token: credential.token.as_deref(),
-            },
-            chrono::Utc::now(),
-        );
-        Ok(signed.into())
-    }
-
-    /// A local URL for `method` on `key` under `terms`, until `ttl` from now.
-    fn local_url(&self, method: &str, key: &str, ttl: Duration, terms: &[(&str, &str)]) -> String {
-        let Inner::Local {
-            public_url, key: k, ..
-        } = &*self.inner
-        else {
-            return String::new();
-        };
-        let expires = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
-        let sig = local_signature(k, method, key, expires, terms);
-        let terms: String = terms
-            .iter()
-            .map(|(name, value)| format!("&{name}={}", aws_encode(value)))
-            .collect();
-        format!("{public_url}{LOCAL_PREFIX}{key}?expires={expires}{terms}&sig={sig}")
     }
 
     /// Checks a local URL's signature and expiry (for chat-service's `/chat/files` routes):
