@@ -124,13 +124,7 @@ impl SearchLimits {
     fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let rate = config::rate("SEARCH_RATE_PER_SECOND", "SEARCH_BURST", d.rate)?;
-        let max_in_flight = config::parsed("SEARCH_MAX_IN_FLIGHT", d.max_in_flight)?;
-        if max_in_flight == 0 {
-            return Err(ConfigError::new(
-                "SEARCH_MAX_IN_FLIGHT",
-                "is invalid: must be at least 1",
-            ));
-        }
+        let max_in_flight = config::at_least("SEARCH_MAX_IN_FLIGHT", d.max_in_flight, 1)?;
         Ok(Self {
             rate,
             max_in_flight,
@@ -164,23 +158,9 @@ impl Default for Quotas {
 
 impl ChatConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let max_content_chars = config::parsed("MAX_CONTENT_CHARS", 4000usize)?;
-        let batch_size = config::parsed("SEND_BATCH_SIZE", 256u64)?;
-        let max_group_members = config::parsed("MAX_GROUP_MEMBERS", 1000usize)?;
-        if max_group_members < 2 {
-            return Err(ConfigError::new(
-                "MAX_GROUP_MEMBERS",
-                "is invalid: must be at least 2",
-            ));
-        }
-        for (name, value) in [
-            ("MAX_CONTENT_CHARS", max_content_chars as u64),
-            ("SEND_BATCH_SIZE", batch_size),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
-            }
-        }
+        let max_content_chars = config::at_least("MAX_CONTENT_CHARS", 4000usize, 1)?;
+        let batch_size = config::at_least("SEND_BATCH_SIZE", 256u64, 1)?;
+        let max_group_members = config::at_least("MAX_GROUP_MEMBERS", 1000usize, 2)?;
         Ok(Self {
             server: ServerConfig::from_env(8002, 75)?,
             database: DatabaseConfig::from_env()?,

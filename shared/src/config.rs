@@ -63,6 +63,38 @@ where
     }
 }
 
+/// A number setting parsed like [`parsed`] that must be at least `min`.
+pub fn at_least<T>(name: &'static str, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    let value = parsed(name, default)?;
+    if value < min {
+        return Err(ConfigError::new(
+            name,
+            format!("is invalid: must be at least {min}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A number setting parsed like [`parsed`] that must lie in `min..=max`.
+pub fn between<T>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    let value = at_least(name, default, min)?;
+    if value > max {
+        return Err(ConfigError::new(
+            name,
+            format!("is invalid: must be at most {max}"),
+        ));
+    }
+    Ok(value)
+}
+
 /// A boolean setting: `true/false`, `1/0`, `yes/no`, `on/off`, any case.
 pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
     match raw(name)? {
@@ -102,13 +134,8 @@ pub fn rate(
     burst_name: &'static str,
     default: crate::limits::Rate,
 ) -> Result<crate::limits::Rate, ConfigError> {
-    let per_second: u32 = parsed(per_second_name, default.per_second)?;
-    let burst: u32 = parsed(burst_name, default.burst)?;
-    for (name, v) in [(per_second_name, per_second), (burst_name, burst)] {
-        if v == 0 {
-            return Err(ConfigError::new(name, "is invalid: must be at least 1"));
-        }
-    }
+    let per_second: u32 = at_least(per_second_name, default.per_second, 1)?;
+    let burst: u32 = at_least(burst_name, default.burst, 1)?;
     Ok(crate::limits::Rate { per_second, burst })
 }
 
@@ -165,20 +192,9 @@ impl ServerConfig {
     /// Reads the settings, with `default_port` and `default_header_timeout` (seconds) for the
     /// service.
     pub fn from_env(default_port: u16, default_header_timeout: u64) -> Result<Self, ConfigError> {
-        let header_timeout: u64 = parsed("HTTP_HEADER_TIMEOUT_SECONDS", default_header_timeout)?;
-        if header_timeout == 0 {
-            return Err(ConfigError::new(
-                "HTTP_HEADER_TIMEOUT_SECONDS",
-                "is invalid: must be at least 1",
-            ));
-        }
-        let body_timeout: u64 = parsed("HTTP_BODY_TIMEOUT_SECONDS", 30)?;
-        if body_timeout == 0 {
-            return Err(ConfigError::new(
-                "HTTP_BODY_TIMEOUT_SECONDS",
-                "is invalid: must be at least 1",
-            ));
-        }
+        let header_timeout: u64 =
+            at_least("HTTP_HEADER_TIMEOUT_SECONDS", default_header_timeout, 1)?;
+        let body_timeout: u64 = at_least("HTTP_BODY_TIMEOUT_SECONDS", 30, 1)?;
         Ok(Self {
             host: string("HOST", "0.0.0.0")?,
             port: parsed("PORT", default_port)?,
@@ -222,13 +238,7 @@ impl DatabaseConfig {
                 "is invalid: expected a postgres:// or postgresql:// URL",
             ));
         }
-        let max_connections = parsed("DATABASE_MAX_CONNECTIONS", 10u32)?;
-        if max_connections == 0 {
-            return Err(ConfigError::new(
-                "DATABASE_MAX_CONNECTIONS",
-                "is invalid: must be at least 1",
-            ));
-        }
+        let max_connections = at_least("DATABASE_MAX_CONNECTIONS", 10u32, 1)?;
         Ok(Self {
             url,
             max_connections,
@@ -356,20 +366,8 @@ impl JwtConfig {
         if let Some(problem) = weak_secret_key(&secret_key) {
             return Err(ConfigError::new("SECRET_KEY", problem));
         }
-        let access_token_expire_minutes = parsed("ACCESS_TOKEN_EXPIRE_MINUTES", 30u32)?;
-        if access_token_expire_minutes == 0 {
-            return Err(ConfigError::new(
-                "ACCESS_TOKEN_EXPIRE_MINUTES",
-                "is invalid: must be at least 1",
-            ));
-        }
-        let poll: u64 = parsed("REVOCATION_POLL_MS", 1000)?;
-        if poll == 0 {
-            return Err(ConfigError::new(
-                "REVOCATION_POLL_MS",
-                "is invalid: must be at least 1",
-            ));
-        }
+        let access_token_expire_minutes = at_least("ACCESS_TOKEN_EXPIRE_MINUTES", 30u32, 1)?;
+        let poll: u64 = at_least("REVOCATION_POLL_MS", 1000, 1)?;
         Ok(Self {
             secret_key,
             access_token_expire_minutes,
