@@ -20,4 +20,5 @@ mod poison;
 mod reads;
 mod rooms;
 mod search;
+mod settings;
 mod webhooks;

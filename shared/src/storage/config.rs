@@ -34,24 +34,83 @@ impl StorageConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let bucket = config::string("S3_BUCKET", "")?;
         if bucket.is_empty() {
+            // An S3 setting without a bucket would silently keep files on local disk, which
+            // on several replicas means uploads one replica cannot see.
+            for name in S3_ONLY {
+                if !config::string(name, "")?.is_empty() {
+                    return Err(ConfigError::new(
+                        "S3_BUCKET",
+                        format!(
+                            "is not set, but {name} is: set S3_BUCKET to store files in S3, \
+                             or unset the S3_* settings to keep them in UPLOAD_DIR"
+                        ),
+                    ));
+                }
+            }
             return Ok(StorageConfig::Local {
                 dir: PathBuf::from(config::string("UPLOAD_DIR", "data/uploads")?),
-                public_url: config::string("PUBLIC_URL", "")?
-                    .trim_end_matches('/')
-                    .to_owned(),
+                public_url: base_url("PUBLIC_URL")?,
             });
         }
-        let endpoint = config::string("S3_ENDPOINT", "")?;
+        let endpoint = base_url("S3_ENDPOINT")?;
+        let access_key_id = config::string("S3_ACCESS_KEY_ID", "")?;
+        let secret_access_key = config::string("S3_SECRET_ACCESS_KEY", "")?;
+        match (access_key_id.is_empty(), secret_access_key.is_empty()) {
+            (false, true) => {
+                return Err(ConfigError::new(
+                    "S3_SECRET_ACCESS_KEY",
+                    "is not set, but S3_ACCESS_KEY_ID is",
+                ))
+            }
+            (true, false) => {
+                return Err(ConfigError::new(
+                    "S3_ACCESS_KEY_ID",
+                    "is not set, but S3_SECRET_ACCESS_KEY is",
+                ))
+            }
+            _ => {}
+        }
         Ok(StorageConfig::S3 {
-            public_endpoint: config::string("S3_PUBLIC_ENDPOINT", "")?,
+            public_endpoint: base_url("S3_PUBLIC_ENDPOINT")?,
             path_style: config::flag("S3_PATH_STYLE", !endpoint.is_empty())?,
             endpoint,
             bucket,
             region: config::string("S3_REGION", "us-east-1")?,
-            access_key_id: config::string("S3_ACCESS_KEY_ID", "")?,
-            secret_access_key: config::string("S3_SECRET_ACCESS_KEY", "")?,
+            access_key_id,
+            secret_access_key,
         })
     }
+}
+
+/// Settings that only mean something with `S3_BUCKET`.
+const S3_ONLY: [&str; 4] = [
+    "S3_ENDPOINT",
+    "S3_PUBLIC_ENDPOINT",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+];
+
+/// An optional `http(s)://host[:port][/path]` setting (empty when unset), without a trailing
+/// slash: the base that object keys or `/chat/files/...` paths are put after.
+fn base_url(name: &'static str) -> Result<String, ConfigError> {
+    let value = config::string(name, "")?;
+    if value.is_empty() {
+        return Ok(value);
+    }
+    let invalid = |why: &str| {
+        ConfigError::new(
+            name,
+            format!("is invalid ({value:?}): {why}, e.g. http://minio:9000"),
+        )
+    };
+    let url = reqwest::Url::parse(&value).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid("expected an http(s) URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("expected no query or fragment"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 impl StorageConfig {
@@ -107,8 +166,9 @@ impl StorageConfig {
 }
 
 /// What may be uploaded: `MAX_UPLOAD_BYTES` (default 25 MiB), `ALLOWED_UPLOAD_TYPES` (comma
-/// separated), `UPLOAD_URL_TTL_SECONDS` (default 900), `DOWNLOAD_URL_TTL_SECONDS` (default 300),
-/// `UPLOAD_EXPIRY_HOURS` (unused uploads are deleted after it, default 24).
+/// separated), `UPLOAD_URL_TTL_SECONDS` (default 900), `DOWNLOAD_URL_TTL_SECONDS` (default 300), each at
+/// most a week, `UPLOAD_EXPIRY_HOURS` (unused uploads are deleted after it, default 24, at most
+/// a year).
 #[derive(Debug, Clone)]
 pub struct UploadLimits {
     pub max_bytes: u64,
@@ -140,20 +200,56 @@ impl Default for UploadLimits {
 impl UploadLimits {
     pub fn from_env() -> Result<Self, ConfigError> {
         let types = config::string("ALLOWED_UPLOAD_TYPES", DEFAULT_ALLOWED_TYPES)?;
+        let allowed_types: Vec<String> = types
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if allowed_types.is_empty() {
+            return Err(ConfigError::new(
+                "ALLOWED_UPLOAD_TYPES",
+                "is invalid: name at least one type",
+            ));
+        }
+        if let Some(bad) = allowed_types.iter().find(|t| !is_media_type(t)) {
+            return Err(ConfigError::new(
+                "ALLOWED_UPLOAD_TYPES",
+                format!("is invalid: {bad:?} is not a media type such as image/png"),
+            ));
+        }
+        // A presigned URL lives at most a week (SigV4's limit).
+        let seconds = |name, default| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(config::between(
+                name,
+                default,
+                1u64,
+                7 * 24 * 3600,
+            )?))
+        };
         Ok(Self {
-            max_bytes: config::parsed("MAX_UPLOAD_BYTES", 25u64 * 1024 * 1024)?,
-            allowed_types: types
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty())
-                .collect(),
-            upload_ttl: Duration::from_secs(config::parsed("UPLOAD_URL_TTL_SECONDS", 900u64)?),
-            download_ttl: Duration::from_secs(config::parsed("DOWNLOAD_URL_TTL_SECONDS", 300u64)?),
-            expiry: Duration::from_secs(3600 * config::parsed("UPLOAD_EXPIRY_HOURS", 24u64)?),
+            max_bytes: config::at_least("MAX_UPLOAD_BYTES", 25u64 * 1024 * 1024, 1)?,
+            allowed_types,
+            upload_ttl: seconds("UPLOAD_URL_TTL_SECONDS", 900)?,
+            download_ttl: seconds("DOWNLOAD_URL_TTL_SECONDS", 300)?,
+            expiry: Duration::from_secs(
+                3600 * config::between("UPLOAD_EXPIRY_HOURS", 24u64, 1, 24 * 366)?,
+            ),
         })
     }
 
     pub fn allows(&self, content_type: &str) -> bool {
         self.allowed_types.iter().any(|t| t == content_type)
     }
+}
+
+/// `type/subtype`, each an RFC 9110 token, without parameters.
+fn is_media_type(value: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    value
+        .split_once('/')
+        .is_some_and(|(kind, sub)| token(kind) && token(sub))
 }

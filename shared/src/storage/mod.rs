@@ -289,7 +289,12 @@ impl Storage {
                 }
             }
             StorageConfig::Local { dir, public_url } => {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StorageError::Other(format!(
+                        "UPLOAD_DIR {} could not be created: {e}",
+                        dir.display()
+                    ))
+                })?;
                 let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
                     .map_err(|e| StorageError::Other(e.to_string()))?;
                 mac.update(b"chatsphere local storage urls");
@@ -624,6 +629,30 @@ fn local_path(dir: &std::path::Path, key: &str) -> Result<PathBuf, StorageError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local directory that cannot be created is named in the error the process stops with.
+    #[test]
+    fn an_upload_dir_that_cannot_be_created_is_named() {
+        let file = std::env::temp_dir().join(format!("cs-not-a-dir-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&file, b"").unwrap();
+        let dir = file.join("uploads");
+        let config = StorageConfig::Local {
+            dir: dir.clone(),
+            public_url: String::new(),
+        };
+        let error = Storage::new(&config, "0123456789abcdef0123456789abcdef")
+            .err()
+            .unwrap()
+            .to_string();
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            error.contains(&format!(
+                "UPLOAD_DIR {} could not be created",
+                dir.display()
+            )),
+            "{error}"
+        );
+    }
 
     /// An unreachable store fails a request within the retry budget, and the requests after it
     /// at once, without trying, until the pause is over.
