@@ -1,6 +1,8 @@
 //! auth-service settings. `.env.example` documents each variable.
 
-use shared::config::{self, ConfigError, DatabaseConfig, JwtConfig, RedisConfig, ServerConfig};
+use shared::config::{
+    self, ConfigError, DatabaseConfig, JwtConfig, RedisConfig, ServerConfig, HOUR_MS,
+};
 
 /// Everything auth-service reads at start.
 #[derive(Debug, Clone)]
@@ -79,18 +81,22 @@ impl AuthConfig {
     /// Reads every setting, failing on the first missing or invalid one.
     pub fn from_env() -> Result<Self, ConfigError> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let config = Self {
+        Ok(Self {
             server: ServerConfig::from_env(8001, 75)?,
             database: DatabaseConfig::from_env()?,
             redis: RedisConfig::from_env()?,
             jwt: JwtConfig::from_env()?,
             allowed_origins: config::allowed_origins()?,
             debug: config::debug()?,
-            max_body_bytes: config::parsed("MAX_BODY_BYTES", 64 * 1024)?,
-            refresh_token_expire_days: config::parsed("REFRESH_TOKEN_EXPIRE_DAYS", 30)?,
-            argon2_max_concurrency: config::parsed("ARGON2_MAX_CONCURRENCY", cpus)?,
-            argon2_queue_timeout_ms: config::parsed("ARGON2_QUEUE_TIMEOUT_MS", 5000)?,
-            login_max_failures_per_account: config::parsed("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5)?,
+            max_body_bytes: config::between("MAX_BODY_BYTES", 64 * 1024, 1, 64 * 1024 * 1024)?,
+            refresh_token_expire_days: config::between("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 3650)?,
+            argon2_max_concurrency: config::between("ARGON2_MAX_CONCURRENCY", cpus, 1, 1024)?,
+            argon2_queue_timeout_ms: config::between("ARGON2_QUEUE_TIMEOUT_MS", 5000, 0, HOUR_MS)?,
+            login_max_failures_per_account: config::at_least(
+                "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                5,
+                1,
+            )?,
             login_rate: config::rate(
                 "LOGIN_RATE_PER_SECOND",
                 "LOGIN_BURST",
@@ -107,49 +113,31 @@ impl AuthConfig {
                     burst: 40,
                 },
             )?,
-            login_max_failures_per_address: config::parsed("LOGIN_MAX_FAILURES_PER_ADDRESS", 30)?,
-            login_failure_window_seconds: config::parsed("LOGIN_FAILURE_WINDOW_SECONDS", 900)?,
+            login_max_failures_per_address: config::at_least(
+                "LOGIN_MAX_FAILURES_PER_ADDRESS",
+                30,
+                1,
+            )?,
+            login_failure_window_seconds: config::between(
+                "LOGIN_FAILURE_WINDOW_SECONDS",
+                900,
+                1,
+                30 * 86_400,
+            )?,
             trusted_proxies: trusted_proxies()?,
-            refresh_reuse_grace_seconds: config::parsed("REFRESH_REUSE_GRACE_SECONDS", 10)?,
-            login_max_delay_seconds: config::parsed("LOGIN_MAX_DELAY_SECONDS", 30)?,
+            refresh_reuse_grace_seconds: config::between(
+                "REFRESH_REUSE_GRACE_SECONDS",
+                10,
+                0,
+                3600,
+            )?,
+            login_max_delay_seconds: config::between("LOGIN_MAX_DELAY_SECONDS", 30, 0, 3600)?,
             registrations_per_hour: config::parsed("REGISTRATIONS_PER_HOUR", 20)?,
-            profile_updates_per_hour: config::parsed("PROFILE_UPDATES_PER_HOUR", 20)?,
+            profile_updates_per_hour: config::at_least("PROFILE_UPDATES_PER_HOUR", 20, 1)?,
             chat_service_url: config::http_url("CHAT_SERVICE_URL", "http://127.0.0.1:8002")?,
             storage: shared::storage::StorageConfig::from_env()?,
             uploads: shared::storage::UploadLimits::from_env()?,
-        };
-        for (name, value) in [
-            ("MAX_BODY_BYTES", config.max_body_bytes as u64),
-            (
-                "REFRESH_TOKEN_EXPIRE_DAYS",
-                u64::from(config.refresh_token_expire_days),
-            ),
-            (
-                "ARGON2_MAX_CONCURRENCY",
-                config.argon2_max_concurrency as u64,
-            ),
-            (
-                "LOGIN_MAX_FAILURES_PER_ACCOUNT",
-                u64::from(config.login_max_failures_per_account),
-            ),
-            (
-                "LOGIN_MAX_FAILURES_PER_ADDRESS",
-                u64::from(config.login_max_failures_per_address),
-            ),
-            (
-                "LOGIN_FAILURE_WINDOW_SECONDS",
-                config.login_failure_window_seconds,
-            ),
-            (
-                "PROFILE_UPDATES_PER_HOUR",
-                u64::from(config.profile_updates_per_hour),
-            ),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
-            }
-        }
-        Ok(config)
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! chat-service settings. `.env.example` documents each variable.
 
-use shared::config::{self, ConfigError, DatabaseConfig, JwtConfig, RedisConfig, ServerConfig};
+use shared::config::{
+    self, ConfigError, DatabaseConfig, JwtConfig, RedisConfig, ServerConfig, HOUR_MS,
+};
 
 use crate::worker::WorkerConfig;
 
@@ -124,7 +126,7 @@ impl SearchLimits {
     fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let rate = config::rate("SEARCH_RATE_PER_SECOND", "SEARCH_BURST", d.rate)?;
-        let max_in_flight = config::at_least("SEARCH_MAX_IN_FLIGHT", d.max_in_flight, 1)?;
+        let max_in_flight = config::between("SEARCH_MAX_IN_FLIGHT", d.max_in_flight, 1, 100_000)?;
         Ok(Self {
             rate,
             max_in_flight,
@@ -158,8 +160,8 @@ impl Default for Quotas {
 
 impl ChatConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let max_content_chars = config::at_least("MAX_CONTENT_CHARS", 4000usize, 1)?;
-        let batch_size = config::at_least("SEND_BATCH_SIZE", 256u64, 1)?;
+        let max_content_chars = config::between("MAX_CONTENT_CHARS", 4000usize, 1, 1_000_000)?;
+        let batch_size = config::between("SEND_BATCH_SIZE", 256u64, 1, 100_000)?;
         let max_group_members = config::at_least("MAX_GROUP_MEMBERS", 1000usize, 2)?;
         Ok(Self {
             server: ServerConfig::from_env(8002, 75)?,
@@ -168,7 +170,7 @@ impl ChatConfig {
             jwt: JwtConfig::from_env()?,
             allowed_origins: config::allowed_origins()?,
             debug: config::debug()?,
-            max_body_bytes: config::parsed("MAX_BODY_BYTES", 64 * 1024)?,
+            max_body_bytes: config::between("MAX_BODY_BYTES", 64 * 1024, 1, 64 * 1024 * 1024)?,
             max_content_chars,
             max_group_members,
             max_rooms_per_user: config::parsed("MAX_ROOMS_PER_USER", 1000usize)?.max(1),
@@ -178,12 +180,10 @@ impl ChatConfig {
                 .filter(|u| !u.is_empty()),
             worker: WorkerConfig {
                 batch_size,
-                claim_idle_ms: config::parsed("SEND_CLAIM_IDLE_MS", 30_000u64)?,
+                claim_idle_ms: config::between("SEND_CLAIM_IDLE_MS", 30_000u64, 0, HOUR_MS)?,
                 max_content_chars,
                 partitions: config::send_partitions()?,
-                lease: std::time::Duration::from_millis(
-                    config::parsed("SEND_LEASE_MS", 5_000u64)?.max(300),
-                ),
+                lease: config::millis("SEND_LEASE_MS", 5_000, 300, HOUR_MS)?,
                 batch_interval: batch_interval(config::parsed("SEND_BATCH_INTERVAL_MS", 20u64)?)?,
                 max_deliveries: config::parsed::<u64>("SEND_MAX_DELIVERIES", 10)?.max(2),
             },
@@ -200,7 +200,7 @@ impl ChatConfig {
                 DEFAULT_ONLINE_LIST_RATE,
             )?,
             list_rate: config::rate("LIST_RATE_PER_SECOND", "LIST_BURST", DEFAULT_LIST_RATE)?,
-            internal_max_in_flight: config::parsed("INTERNAL_MAX_IN_FLIGHT", 64)?,
+            internal_max_in_flight: config::between("INTERNAL_MAX_IN_FLIGHT", 64, 1, 100_000)?,
             presence_max_contacts: config::parsed::<i64>(
                 "PRESENCE_MAX_CONTACTS",
                 DEFAULT_PRESENCE_MAX_CONTACTS,

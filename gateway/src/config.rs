@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shared::config::{self, ConfigError, JwtConfig, RedisConfig, ServerConfig};
+use shared::config::{self, ConfigError, JwtConfig, RedisConfig, ServerConfig, HOUR_MS};
 
 /// Everything the gateway reads at start.
 #[derive(Debug, Clone)]
@@ -102,32 +102,32 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let grace: u64 = config::parsed("SHUTDOWN_GRACE_SECONDS", 20)?;
-        let spread: u64 = config::parsed("SHUTDOWN_SPREAD_SECONDS", 10)?;
-        let c = Self {
+        const MIB: usize = 1024 * 1024;
+        let grace: u64 = config::between("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?;
+        let spread: u64 = config::between("SHUTDOWN_SPREAD_SECONDS", 10, 0, 3600)?;
+        Ok(Self {
             server: ServerConfig::from_env(8003, 10)?,
             redis: RedisConfig::from_env()?,
             jwt: JwtConfig::from_env()?,
             allowed_origins: config::allowed_origins()?,
             debug: config::debug()?,
             chat_service_url: config::http_url("CHAT_SERVICE_URL", "http://127.0.0.1:8002")?,
-            heartbeat_interval: Duration::from_millis(config::parsed(
-                "HEARTBEAT_INTERVAL_MS",
-                25_000,
-            )?),
-            max_connections: config::parsed("MAX_CONNECTIONS", 18_000)?,
-            max_connections_per_user: config::parsed("MAX_CONNECTIONS_PER_USER", 20)?,
-            outbound_queue: config::parsed("OUTBOUND_QUEUE", 256)?,
-            slow_consumer_grace: Duration::from_millis(config::parsed(
-                "SLOW_CONSUMER_GRACE_MS",
-                5_000,
-            )?),
+            heartbeat_interval: config::millis("HEARTBEAT_INTERVAL_MS", 25_000, 1, HOUR_MS)?,
+            max_connections: config::between("MAX_CONNECTIONS", 18_000, 1, 10_000_000)?,
+            max_connections_per_user: config::between("MAX_CONNECTIONS_PER_USER", 20, 1, 100_000)?,
+            outbound_queue: config::between("OUTBOUND_QUEUE", 256, 1, 1_000_000)?,
+            slow_consumer_grace: config::millis("SLOW_CONSUMER_GRACE_MS", 5_000, 0, HOUR_MS)?,
             send_partitions: config::send_partitions()?,
             send_entry_max_commands: config::parsed::<usize>("SEND_ENTRY_MAX_COMMANDS", 64)?
                 .clamp(1, 1024),
             send_rate: config::send_rate()?,
             sync_rate: sync_rate()?,
-            send_stream_max_entries: config::parsed("SEND_STREAM_MAX_ENTRIES", 20_000)?,
+            send_stream_max_entries: config::between(
+                "SEND_STREAM_MAX_ENTRIES",
+                20_000,
+                1,
+                100_000_000,
+            )?,
             connect_rate: config::rate(
                 "CONNECT_RATE_PER_SECOND",
                 "CONNECT_BURST",
@@ -144,48 +144,33 @@ impl GatewayConfig {
                     burst: 200,
                 },
             )?,
-            typing_rate_per_second: config::parsed("TYPING_RATE_PER_SECOND", 4)?,
-            ws_read_buffer_bytes: config::parsed("WS_READ_BUFFER_BYTES", 1024)?,
-            ws_write_buffer_bytes: config::parsed("WS_WRITE_BUFFER_BYTES", 16 * 1024)?,
-            socket_send_buffer_bytes: config::parsed("SOCKET_SEND_BUFFER_BYTES", 128 * 1024)?,
-            max_frame_bytes: config::parsed("MAX_FRAME_BYTES", 64 * 1024)?,
-            presence_ttl: Duration::from_secs(config::parsed(
+            typing_rate_per_second: config::between("TYPING_RATE_PER_SECOND", 4, 1, 1000)?,
+            ws_read_buffer_bytes: config::between("WS_READ_BUFFER_BYTES", 1024, 1, 16 * MIB)?,
+            ws_write_buffer_bytes: config::between(
+                "WS_WRITE_BUFFER_BYTES",
+                16 * 1024,
+                0,
+                16 * MIB,
+            )?,
+            socket_send_buffer_bytes: config::between(
+                "SOCKET_SEND_BUFFER_BYTES",
+                128 * 1024,
+                0,
+                64 * MIB,
+            )?,
+            max_frame_bytes: config::between("MAX_FRAME_BYTES", 64 * 1024, 1, 16 * MIB)?,
+            presence_ttl: config::seconds(
                 "PRESENCE_TTL_SECONDS",
                 shared::presence::TTL_SECONDS,
-            )?),
-            reauth_notice: Duration::from_secs(config::parsed("REAUTH_NOTICE_SECONDS", 60)?),
-            upgrades_in_flight: config::parsed("UPGRADES_IN_FLIGHT", 64)?,
-            redis_cluster_check: Duration::from_millis(
-                config::parsed("REDIS_CLUSTER_CHECK_MS", 2_000u64)?.max(100),
-            ),
+                1,
+                86_400,
+            )?,
+            reauth_notice: config::seconds("REAUTH_NOTICE_SECONDS", 60, 0, 86_400)?,
+            upgrades_in_flight: config::between("UPGRADES_IN_FLIGHT", 64, 1, 100_000)?,
+            redis_cluster_check: config::millis("REDIS_CLUSTER_CHECK_MS", 2_000, 100, HOUR_MS)?,
             shutdown_grace: Duration::from_secs(grace),
             shutdown_spread: Duration::from_secs(spread.min(grace.saturating_sub(2))),
-        };
-        for (name, v) in [
-            (
-                "HEARTBEAT_INTERVAL_MS",
-                c.heartbeat_interval.as_millis() as u64,
-            ),
-            ("MAX_CONNECTIONS", c.max_connections as u64),
-            (
-                "MAX_CONNECTIONS_PER_USER",
-                c.max_connections_per_user as u64,
-            ),
-            ("OUTBOUND_QUEUE", c.outbound_queue as u64),
-            ("SEND_STREAM_MAX_ENTRIES", c.send_stream_max_entries),
-            (
-                "TYPING_RATE_PER_SECOND",
-                u64::from(c.typing_rate_per_second),
-            ),
-            ("WS_READ_BUFFER_BYTES", c.ws_read_buffer_bytes as u64),
-            ("MAX_FRAME_BYTES", c.max_frame_bytes as u64),
-            ("PRESENCE_TTL_SECONDS", c.presence_ttl.as_secs()),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::new(name, "is invalid: must be at least 1"));
-            }
-        }
-        Ok(c)
+        })
     }
 }
 

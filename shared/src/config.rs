@@ -95,6 +95,29 @@ where
     Ok(value)
 }
 
+/// An hour in milliseconds, the longest most timing settings may be.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// A duration setting in milliseconds, within `min..=max`.
+pub fn millis(
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    between(name, default, min, max).map(std::time::Duration::from_millis)
+}
+
+/// A duration setting in seconds, within `min..=max`.
+pub fn seconds(
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    between(name, default, min, max).map(std::time::Duration::from_secs)
+}
+
 /// A boolean setting: `true/false`, `1/0`, `yes/no`, `on/off`, any case.
 pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
     match raw(name)? {
@@ -192,15 +215,19 @@ impl ServerConfig {
     /// Reads the settings, with `default_port` and `default_header_timeout` (seconds) for the
     /// service.
     pub fn from_env(default_port: u16, default_header_timeout: u64) -> Result<Self, ConfigError> {
-        let header_timeout: u64 =
-            at_least("HTTP_HEADER_TIMEOUT_SECONDS", default_header_timeout, 1)?;
-        let body_timeout: u64 = at_least("HTTP_BODY_TIMEOUT_SECONDS", 30, 1)?;
+        let header_timeout = seconds(
+            "HTTP_HEADER_TIMEOUT_SECONDS",
+            default_header_timeout,
+            1,
+            3600,
+        )?;
+        let body_timeout = seconds("HTTP_BODY_TIMEOUT_SECONDS", 30, 1, 3600)?;
         Ok(Self {
             host: string("HOST", "0.0.0.0")?,
             port: parsed("PORT", default_port)?,
-            ready_grace: std::time::Duration::from_secs(parsed("READY_GRACE_SECONDS", 30)?),
-            header_timeout: std::time::Duration::from_secs(header_timeout),
-            body_timeout: std::time::Duration::from_secs(body_timeout),
+            ready_grace: seconds("READY_GRACE_SECONDS", 30, 0, 3600)?,
+            header_timeout,
+            body_timeout,
         })
     }
 
@@ -238,7 +265,7 @@ impl DatabaseConfig {
                 "is invalid: expected a postgres:// or postgresql:// URL",
             ));
         }
-        let max_connections = at_least("DATABASE_MAX_CONNECTIONS", 10u32, 1)?;
+        let max_connections = between("DATABASE_MAX_CONNECTIONS", 10u32, 1, 10_000)?;
         Ok(Self {
             url,
             max_connections,
@@ -366,12 +393,13 @@ impl JwtConfig {
         if let Some(problem) = weak_secret_key(&secret_key) {
             return Err(ConfigError::new("SECRET_KEY", problem));
         }
-        let access_token_expire_minutes = at_least("ACCESS_TOKEN_EXPIRE_MINUTES", 30u32, 1)?;
-        let poll: u64 = at_least("REVOCATION_POLL_MS", 1000, 1)?;
+        let access_token_expire_minutes =
+            between("ACCESS_TOKEN_EXPIRE_MINUTES", 30u32, 1, 366 * 24 * 60)?;
+        let revocation_poll = millis("REVOCATION_POLL_MS", 1000, 1, HOUR_MS)?;
         Ok(Self {
             secret_key,
             access_token_expire_minutes,
-            revocation_poll: std::time::Duration::from_millis(poll),
+            revocation_poll,
         })
     }
 }

@@ -255,3 +255,46 @@ fn a_placeholder_or_weak_secret_key_stops_the_process() {
         );
     }
 }
+
+/// A number setting past what the service can use (a semaphore of 2^64 permits, a delay whose
+/// milliseconds overflow) stops it at start with one line naming the setting.
+#[test]
+fn out_of_range_settings_stop_the_process_with_one_line() {
+    for (name, value, expected) in [
+        (
+            "ARGON2_MAX_CONCURRENCY",
+            "18446744073709551615",
+            "must be at most 1024",
+        ),
+        (
+            "LOGIN_MAX_DELAY_SECONDS",
+            "18446744073709551615",
+            "must be at most 3600",
+        ),
+        (
+            "DATABASE_MAX_CONNECTIONS",
+            "4294967295",
+            "must be at most 10000",
+        ),
+        (
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            "4294967295",
+            "must be at most 527040",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
+            .env("SECRET_KEY", "0123456789abcdef0123456789abcdef")
+            .env(name, value)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} started");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            stderr.trim(),
+            format!("configuration error: {name} is invalid: {expected}")
+        );
+    }
+}

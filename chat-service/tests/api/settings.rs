@@ -1,5 +1,5 @@
-//! Object storage and upload settings that cannot work stop chat-service at start, with one
-//! line naming the setting, before it connects to anything.
+//! Settings that cannot work stop chat-service at start, with one line naming the setting,
+//! before it connects to anything.
 
 use std::process::Command;
 
@@ -76,5 +76,29 @@ fn storage_settings_that_cannot_work_stop_the_process() {
     ] {
         let stderr = refused_with(extra);
         assert!(stderr.starts_with(expected), "{extra:?}: {stderr}");
+    }
+}
+
+#[test]
+fn out_of_range_numbers_stop_the_process() {
+    for (name, value, expected) in [
+        (
+            "INTERNAL_MAX_IN_FLIGHT",
+            "18446744073709551615",
+            "must be at most 100000",
+        ),
+        (
+            "SEND_LEASE_MS",
+            "18446744073709551615",
+            "must be at most 3600000",
+        ),
+        ("SEND_LEASE_MS", "100", "must be at least 300"),
+        ("MAX_BODY_BYTES", "0", "must be at least 1"),
+    ] {
+        let stderr = refused_with(&[(name, value)]);
+        assert_eq!(
+            stderr.trim(),
+            format!("configuration error: {name} is invalid: {expected}")
+        );
     }
 }

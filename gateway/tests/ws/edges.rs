@@ -329,3 +329,51 @@ async fn a_frame_sent_with_the_upgrade_request_is_read(db: PgPool) {
     let pong = tokio::time::timeout(Duration::from_secs(5), client.expect("pong")).await;
     assert!(pong.is_ok(), "the ping sent with the request was answered");
 }
+
+/// A number setting past what the gateway can use (a timer beyond an hour, a semaphore of
+/// 2^64 permits) stops it at start with one line naming the setting, not a panic later.
+#[test]
+fn out_of_range_settings_stop_the_process_with_one_line() {
+    for (name, value, expected) in [
+        (
+            "HEARTBEAT_INTERVAL_MS",
+            "18446744073709551615",
+            "must be at most 3600000",
+        ),
+        (
+            "UPGRADES_IN_FLIGHT",
+            "18446744073709551615",
+            "must be at most 100000",
+        ),
+        (
+            "SHUTDOWN_GRACE_SECONDS",
+            "18446744073709551615",
+            "must be at most 3600",
+        ),
+        (
+            "PRESENCE_TTL_SECONDS",
+            "18446744073709551615",
+            "must be at most 86400",
+        ),
+        (
+            "WS_READ_BUFFER_BYTES",
+            "4294967296",
+            "must be at most 16777216",
+        ),
+        ("REDIS_CLUSTER_CHECK_MS", "50", "must be at least 100"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .env_clear()
+            .env("SECRET_KEY", "0123456789abcdef0123456789abcdef")
+            .env(name, value)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} started");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            stderr.trim(),
+            format!("configuration error: {name} is invalid: {expected}")
+        );
+    }
+}
