@@ -222,18 +222,19 @@ export class ChatSphere {
   }
 }
 
-/** The data of an openapi-fetch result, or its error as a `ChatSphereError`. */
+/**
+ * The data of an openapi-fetch result (`undefined` for a 204 No Content), or its error as a
+ * `ChatSphereError`: the status decides, since a success without a body has no data either.
+ */
 export function unwrap<T>(result: { data?: T; error?: unknown; response: Response }): T {
-  if (result.error !== undefined || result.data === undefined) {
-    const body = (result.error ?? {}) as { code?: string; detail?: string; fields?: Record<string, string> };
-    throw new ChatSphereError(
-      body.code ?? `http_${result.response.status}`,
-      body.detail ?? result.response.statusText,
-      result.response.status,
-      body.fields,
-    );
-  }
-  return result.data;
+  if (result.response.ok) return result.data as T;
+  const body = (result.error ?? {}) as { code?: string; detail?: string; fields?: Record<string, string> };
+  throw new ChatSphereError(
+    body.code ?? `http_${result.response.status}`,
+    body.detail ?? result.response.statusText,
+    result.response.status,
+    body.fields,
+  );
 }
 
 async function errorOf(res: Response): Promise<ChatSphereError> {
