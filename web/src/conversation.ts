@@ -1,7 +1,7 @@
 // The open conversation: its header, its messages as they come and go, reading and sending.
 import { chatKey, unwrap, type ChatRef, type Message } from "@chatsphere/client";
 import { cs, state } from "./session.js";
-import { h, learnNames, nameOf, remember, showError, time } from "./dom.js";
+import { h, learnNames, nameOf, remember, showError, succeeded, time } from "./dom.js";
 import { refreshConversation, renderConversations, toggleArchive, toggleMute } from "./list.js";
 import { mentionsMe, messageItem } from "./messages.js";
 import { showMembers, showPins } from "./dialogs.js";
@@ -90,11 +90,11 @@ export async function rename(): Promise<void> {
   const name = prompt("New name", chat.name)?.trim();
   if (!name || name === chat.name) return;
   const path = { id: chat.chat_id };
-  const { error } =
+  succeeded(
     chat.chat_type === "room"
       ? await cs.rest.PATCH("/chat/rooms/{id}", { params: { path }, body: { name } })
-      : await cs.rest.PATCH("/chat/groups/{id}", { params: { path }, body: { name } });
-  if (error) showError(error);
+      : await cs.rest.PATCH("/chat/groups/{id}", { params: { path }, body: { name } }),
+  );
 }
 
 export function renderMessages(toBottom: boolean): void {
@@ -275,8 +275,7 @@ export function membershipText(d: { user_id: string; action: string; by?: string
 export async function toggleBlock(userId: string): Promise<void> {
   const params = { params: { path: { user_id: userId } } };
   const blocked = state.blocked.has(userId);
-  const { error } = blocked ? await cs.rest.DELETE("/chat/blocks/{user_id}", params) : await cs.rest.PUT("/chat/blocks/{user_id}", params);
-  if (error) return showError(error);
+  if (!succeeded(blocked ? await cs.rest.DELETE("/chat/blocks/{user_id}", params) : await cs.rest.PUT("/chat/blocks/{user_id}", params))) return;
   if (blocked) state.blocked.delete(userId);
   else state.blocked.add(userId);
   renderHeader();

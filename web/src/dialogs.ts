@@ -1,8 +1,8 @@
 // The dialogs over the main screen: public rooms, a room's members, search results, pins,
 // the user's name and password.
-import { ChatSphereError, chatKey, chatOf, unwrap, type User } from "@chatsphere/client";
+import { chatKey, chatOf, unwrap, type User } from "@chatsphere/client";
 import { cs, type Room, state } from "./session.js";
-import { h, nameOf, notice, remember, showError } from "./dom.js";
+import { h, nameOf, notice, remember, showError, succeeded } from "./dom.js";
 import { refreshConversation } from "./list.js";
 import { openConversation } from "./conversation.js";
 
@@ -66,14 +66,13 @@ export async function showMembers(): Promise<void> {
   const moderates = state.role === "owner" || state.role === "moderator";
   const act = async (what: "promote" | "mute" | "ban", userId: string) => {
     const path = { id: room.chat_id };
-    const { error } =
+    const answer =
       what === "promote"
         ? await cs.rest.PUT("/chat/rooms/{id}/moderators/{user_id}", { params: { path: { ...path, user_id: userId } } })
         : what === "mute"
           ? await cs.rest.POST("/chat/rooms/{id}/mutes", { params: { path }, body: { user_id: userId, until: new Date(Date.now() + 10 * 60_000).toISOString() } })
           : await cs.rest.POST("/chat/rooms/{id}/bans", { params: { path }, body: { user_id: userId } });
-    if (error) showError(error);
-    else {
+    if (succeeded(answer)) {
       dialog.close();
       dialog.remove();
     }
@@ -196,8 +195,7 @@ export function changePassword(): void {
         onsubmit: async (e: Event) => {
           e.preventDefault();
           try {
-            const { error } = await cs.rest.POST("/auth/me/password", { body: { current_password: current.value, new_password: next.value } });
-            if (error) throw new ChatSphereError(error.code, error.detail);
+            unwrap(await cs.rest.POST("/auth/me/password", { body: { current_password: current.value, new_password: next.value } }));
             dialog.close();
             dialog.remove();
             notice("Password changed; your other sessions are signed out.");

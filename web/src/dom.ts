@@ -1,5 +1,5 @@
 // Small DOM helpers: building elements, toasts, names and times as the user reads them.
-import { ChatSphereError, type User } from "@chatsphere/client";
+import { ChatSphereError, unwrap, type User } from "@chatsphere/client";
 import { cs } from "./session.js";
 
 export function h<K extends keyof HTMLElementTagNameMap>(
@@ -40,7 +40,18 @@ export async function learnNames(ids: Iterable<string>): Promise<void> {
 
 /** Shows what went wrong: a thrown error, or the error body of a REST call (`{code, detail}`). */
 export function showError(e: unknown): void {
-  toast(e instanceof ChatSphereError || isErrorBody(e) ? e.detail : String(e), "alert");
+  toast(e instanceof ChatSphereError ? e.detail : String(e), "alert");
+}
+
+/** Whether a REST call succeeded; when it did not, its error is shown. */
+export function succeeded(result: { data?: unknown; error?: unknown; response: Response }): boolean {
+  try {
+    unwrap(result);
+    return true;
+  } catch (e) {
+    showError(e);
+    return false;
+  }
 }
 
 /** A passing message that is not an error. */
@@ -61,6 +72,3 @@ export function time(iso: string): string {
   return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-function isErrorBody(e: unknown): e is { code: string; detail: string } {
-  return typeof e === "object" && e !== null && typeof (e as { detail?: unknown }).detail === "string";
-}

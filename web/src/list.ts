@@ -1,7 +1,7 @@
 // The conversation list, and what starts or changes a conversation from it.
 import { chatKey, unwrap, type ChatRef, type User } from "@chatsphere/client";
 import { type Conversation, cs, state } from "./session.js";
-import { h, nameOf, remember, showError } from "./dom.js";
+import { h, nameOf, remember, showError, succeeded } from "./dom.js";
 import { openConversation, renderHeader, snippet } from "./conversation.js";
 
 export async function refreshConversations(): Promise<void> {
@@ -131,8 +131,7 @@ export async function toggleArchive(c: Conversation): Promise<void> {
   // Set, not toggled, once answered: the change's `conversation_settings` event may have set
   // it already.
   const archive = !c.archived;
-  const { error } = archive ? await cs.rest.PUT(path, params) : await cs.rest.DELETE(path, params);
-  if (error) return showError(error);
+  if (!succeeded(archive ? await cs.rest.PUT(path, params) : await cs.rest.DELETE(path, params))) return;
   c.archived = archive;
   renderHeader();
   renderConversations();
@@ -141,11 +140,11 @@ export async function toggleArchive(c: Conversation): Promise<void> {
 /** Mutes or unmutes the notifications (pushes while away) of one of the user's conversations. */
 export async function toggleMute(c: Conversation): Promise<void> {
   const muted = !c.notifications_muted;
-  const { error } = await cs.rest.PUT("/chat/conversations/{chat_type}/{chat_id}/notifications", {
+  const answer = await cs.rest.PUT("/chat/conversations/{chat_type}/{chat_id}/notifications", {
     params: { path: { chat_type: c.chat_type, chat_id: c.chat_id } },
     body: { muted },
   });
-  if (error) return showError(error);
+  if (!succeeded(answer)) return;
   c.notifications_muted = muted;
   c.notifications_muted_until = null;
   renderHeader();

@@ -1,7 +1,7 @@
 // One message on screen and what the user can do with it.
 import { ChatSphereError, unwrap, type Message } from "@chatsphere/client";
 import { cs, state } from "./session.js";
-import { h, nameOf, showError, time } from "./dom.js";
+import { h, nameOf, showError, succeeded, time } from "./dom.js";
 import { answering, replaceMessage, snippet } from "./conversation.js";
 import { avatar, thumbnail } from "./files.js";
 
@@ -63,19 +63,20 @@ export async function edit(m: Message): Promise<void> {
 
 export async function remove(m: Message): Promise<void> {
   if (!confirm("Delete this message?")) return;
-  const { error } = await cs.rest.DELETE("/chat/messages/{id}", { params: { path: { id: m.id } } });
-  if (error) showError(error);
+  succeeded(await cs.rest.DELETE("/chat/messages/{id}", { params: { path: { id: m.id } } }));
 }
 
 export async function react(m: Message, emoji: string, add: boolean): Promise<void> {
   const params = { params: { path: { id: m.id, emoji } } };
-  const { error } = add ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params) : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params);
-  if (error) showError(error);
+  succeeded(
+    add
+      ? await cs.rest.PUT("/chat/messages/{id}/reactions/{emoji}", params)
+      : await cs.rest.DELETE("/chat/messages/{id}/reactions/{emoji}", params),
+  );
 }
 
 export async function pin(m: Message): Promise<void> {
-  const { error } = await cs.rest.PUT("/chat/messages/{id}/pin", { params: { path: { id: m.id } } });
-  if (error) showError(error);
+  succeeded(await cs.rest.PUT("/chat/messages/{id}/pin", { params: { path: { id: m.id } } }));
 }
 
 export async function download(id: string, filename: string): Promise<void> {
