@@ -69,10 +69,11 @@ pub async fn render() -> impl IntoResponse {
 
 /// Middleware: `http_requests_total{method,route,status}` and
 /// `http_request_duration_seconds{method,route}`. The route is the matched pattern
-/// (`/chat/rooms/{id}/join`), never the raw path, so the label set stays bounded.
+/// (`/chat/rooms/{id}/join`), never the raw path, and a method outside HTTP's own is `other`,
+/// so no client can grow the label set.
 pub async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -80,9 +81,27 @@ pub async fn track_http(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: the methods HTTP defines, or `other` for any extension method a
+/// client makes up (each would otherwise be a new series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }

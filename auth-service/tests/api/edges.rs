@@ -97,6 +97,15 @@ async fn health_and_metrics(db: PgPool) {
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     }
     app.login("nobody", "password1").await;
+    // A made-up method is counted as `other`: no client can add label values.
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let r = app
+        .http
+        .request(brew, app.url("/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
     let metrics = app
         .http
         .get(app.url("/metrics"))
@@ -108,6 +117,11 @@ async fn health_and_metrics(db: PgPool) {
         .unwrap();
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(metrics.contains(r#"route="/auth/login""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"http_requests_total{method="other",route="/auth/login",status="405"}"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("BREW"), "{metrics}");
     assert!(metrics.contains("auth_logins_total"), "{metrics}");
 }
 
