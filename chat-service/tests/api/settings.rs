@@ -66,6 +66,10 @@ fn storage_settings_that_cannot_work_stop_the_process() {
             "configuration error: MAX_UPLOAD_BYTES is invalid: must be at least 1",
         ),
         (
+            &[("MAX_UPLOAD_BYTES", "5368709121")][..],
+            "configuration error: MAX_UPLOAD_BYTES is invalid: must be at most 5368709120",
+        ),
+        (
             &[("UPLOAD_URL_TTL_SECONDS", "604801")][..],
             "configuration error: UPLOAD_URL_TTL_SECONDS is invalid: must be at most 604800",
         ),

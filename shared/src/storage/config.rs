@@ -100,7 +100,7 @@ fn base_url(name: &'static str) -> Result<String, ConfigError> {
     let invalid = |why: &str| {
         ConfigError::new(
             name,
-            format!("is invalid ({value:?}): {why}, e.g. http://minio:9000"),
+            format!("is invalid ({value:?}): {why}, such as https://files.example.com"),
         )
     };
     let url = reqwest::Url::parse(&value).map_err(|e| invalid(&e.to_string()))?;
@@ -165,7 +165,7 @@ impl StorageConfig {
     }
 }
 
-/// What may be uploaded: `MAX_UPLOAD_BYTES` (default 25 MiB), `ALLOWED_UPLOAD_TYPES` (comma
+/// What may be uploaded: `MAX_UPLOAD_BYTES` (default 25 MiB, at most 5 GiB), `ALLOWED_UPLOAD_TYPES` (comma
 /// separated), `UPLOAD_URL_TTL_SECONDS` (default 900), `DOWNLOAD_URL_TTL_SECONDS` (default 300), each at
 /// most a week, `UPLOAD_EXPIRY_HOURS` (unused uploads are deleted after it, default 24, at most
 /// a year).
@@ -218,19 +218,13 @@ impl UploadLimits {
             ));
         }
         // A presigned URL lives at most a week (SigV4's limit).
-        let seconds = |name, default| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(config::between(
-                name,
-                default,
-                1u64,
-                7 * 24 * 3600,
-            )?))
-        };
+        const WEEK: u64 = 7 * 24 * 3600;
         Ok(Self {
-            max_bytes: config::at_least("MAX_UPLOAD_BYTES", 25u64 * 1024 * 1024, 1)?,
+            // One PUT takes at most 5 GiB on S3.
+            max_bytes: config::between("MAX_UPLOAD_BYTES", 25 << 20, 1, 5 << 30)?,
             allowed_types,
-            upload_ttl: seconds("UPLOAD_URL_TTL_SECONDS", 900)?,
-            download_ttl: seconds("DOWNLOAD_URL_TTL_SECONDS", 300)?,
+            upload_ttl: config::seconds("UPLOAD_URL_TTL_SECONDS", 900, 1, WEEK)?,
+            download_ttl: config::seconds("DOWNLOAD_URL_TTL_SECONDS", 300, 1, WEEK)?,
             expiry: Duration::from_secs(
                 3600 * config::between("UPLOAD_EXPIRY_HOURS", 24u64, 1, 24 * 366)?,
             ),
