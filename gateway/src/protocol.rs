@@ -209,8 +209,18 @@ pub fn decode_value(encoding: Encoding, bytes: &[u8]) -> Result<Value, FrameErro
             // No envelope nests deeper than a few levels; a bound keeps a hostile frame from
             // costing deep recursion (JSON has serde_json's own limit of 128).
             de.set_max_depth(MAX_MSGPACK_DEPTH);
-            Value::deserialize(&mut de)
-                .map_err(|e| FrameError::new("invalid_json", format!("malformed MessagePack: {e}")))
+            let value = Value::deserialize(&mut de).map_err(|e| {
+                FrameError::new("invalid_json", format!("malformed MessagePack: {e}"))
+            })?;
+            // One value per frame, as JSON has it: bytes after it are not silently dropped.
+            let rest = de.get_ref().len();
+            if rest > 0 {
+                return Err(FrameError::new(
+                    "invalid_json",
+                    format!("malformed MessagePack: {rest} bytes after the value"),
+                ));
+            }
+            Ok(value)
         }
     }
 }
@@ -536,6 +546,35 @@ mod tests {
         let mut shallow = vec![0x91; 4];
         shallow.push(0xc0);
         assert!(decode_value(Encoding::MsgPack, &shallow).is_ok());
+    }
+
+    #[test]
+    fn a_frame_is_one_value_in_either_encoding() {
+        let ping =
+            rmp_serde::to_vec_named(&serde_json::json!({"type": "ping", "data": {}})).unwrap();
+        assert!(decode_value(Encoding::MsgPack, &ping).is_ok());
+        let mut trailing = ping.clone();
+        trailing.push(0xc0);
+        let e = decode_value(Encoding::MsgPack, &trailing).unwrap_err();
+        assert_eq!(
+            (e.code, e.detail.as_str()),
+            (
+                "invalid_json",
+                "malformed MessagePack: 1 bytes after the value"
+            )
+        );
+        let mut two = ping.clone();
+        two.extend_from_slice(&ping);
+        assert_eq!(
+            decode_value(Encoding::MsgPack, &two).unwrap_err().code,
+            "invalid_json"
+        );
+        assert_eq!(
+            decode_value(Encoding::Json, br#"{"type":"ping","data":{}} {}"#)
+                .unwrap_err()
+                .code,
+            "invalid_json"
+        );
     }
 
     #[test]
