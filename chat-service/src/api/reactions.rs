@@ -53,14 +53,24 @@ async fn set_reaction(
 ) -> ApiResult<StatusCode> {
     check_emoji(&emoji)?;
     let row = message_for_member(state, caller, id).await?;
-    if added && row.is_deleted {
-        return Err(ApiError::conflict(
-            "message_deleted",
-            "a deleted message takes no reactions",
-        ));
-    }
     state.require_events()?;
     let changed = if added {
+        // Adds to one message take its row lock, so two at once cannot both pass the limit,
+        // and a deletion meanwhile is either seen here or waits for this add.
+        let mut tx = state.db.begin().await?;
+        let deleted = sqlx::query_scalar!(
+            "SELECT is_deleted FROM messages WHERE id = $1 FOR NO KEY UPDATE",
+            id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such message"))?;
+        if deleted {
+            return Err(ApiError::conflict(
+                "message_deleted",
+                "a deleted message takes no reactions",
+            ));
+        }
         let seen = sqlx::query!(
             r#"SELECT count(DISTINCT emoji) AS "distinct!",
                       coalesce(bool_or(emoji = $2), FALSE) AS "present!"
@@ -68,7 +78,7 @@ async fn set_reaction(
             id,
             emoji
         )
-        .fetch_one(&state.db)
+        .fetch_one(&mut *tx)
         .await?;
         if !seen.present && seen.distinct >= MAX_DISTINCT {
             return Err(ApiError::invalid_field(
@@ -76,16 +86,18 @@ async fn set_reaction(
                 format!("a message carries at most {MAX_DISTINCT} distinct reactions"),
             ));
         }
-        sqlx::query!(
+        let inserted = sqlx::query!(
             r#"INSERT INTO message_reactions (message_id, user_id, emoji)
                VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"#,
             id,
             caller,
             emoji
         )
-        .execute(&state.db)
+        .execute(&mut *tx)
         .await?
-        .rows_affected()
+        .rows_affected();
+        tx.commit().await?;
+        inserted
     } else {
         sqlx::query!(
             "DELETE FROM message_reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",

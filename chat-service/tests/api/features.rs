@@ -354,6 +354,37 @@ async fn reactions_count_per_emoji_with_the_readers_own(db: PgPool) {
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_error").await;
 }
 
+/// Distinct emoji added at once cannot pass the limit together: each add checks the count
+/// under the message's row lock.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn concurrent_reactions_stop_at_twenty_distinct(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let m = app.send(&alice, &format!("room/{room}"), "react").await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    let puts = (0..30).map(|i| {
+        let (app, alice, id) = (&app, &alice, &id);
+        async move {
+            app.put(alice, &format!("/chat/messages/{id}/reactions/e{i}"))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(puts).await;
+    let added = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::NO_CONTENT)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    assert_eq!((added, refused), (20, 10), "{statuses:?}");
+    let seen = reactions_seen(&app, &alice, &format!("/chat/messages/room/{room}")).await;
+    assert_eq!(seen.as_array().map(Vec::len), Some(20));
+}
+
 /// The reactions of the first message of a history page, as `who` sees them.
 async fn reactions_seen(
     app: &crate::helpers::TestApp,
