@@ -197,13 +197,13 @@ pub async fn audit_message_deleted(
 }
 
 /// Refuses (403 `banned`) a join while a ban lasts.
-pub async fn check_not_banned(state: &AppState, room: Uuid, user: Uuid) -> ApiResult<()> {
+pub async fn check_not_banned(db: impl PgExecutor<'_>, room: Uuid, user: Uuid) -> ApiResult<()> {
     let ban = sqlx::query!(
         "SELECT until FROM room_bans WHERE room_id = $1 AND user_id = $2 AND (until IS NULL OR until > now())",
         room,
         user
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?;
     match ban {
         None => Ok(()),
@@ -372,6 +372,7 @@ pub async fn ban(
     check_may_act(&state, id, caller.user_id, req.user_id).await?;
     state.require_events()?;
     let mut tx = state.db.begin().await?;
+    crate::api::rooms::lock_room(&mut tx, id).await?;
     sqlx::query!(
         r#"INSERT INTO room_bans (room_id, user_id, banned_by, reason, until) VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (room_id, user_id) DO UPDATE

@@ -168,7 +168,7 @@ pub async fn create(
         .filter(|d| !d.is_empty());
     check_fields(Some(name), description)?;
     state.require_events()?;
-    check_room_count(&state, caller.user_id).await?;
+    check_room_count(&state.db, state.config.max_rooms_per_user, caller.user_id).await?;
     state
         .creation_quota("rooms", caller.user_id, state.config.quotas.rooms_per_hour)
         .await?;
@@ -240,19 +240,31 @@ fn name_taken(e: sqlx::Error) -> ApiError {
     }
 }
 
+/// Takes the room's row lock for the rest of `tx`. A join and a ban of one room hold it from
+/// before they read the other's table to their commit, so one waits for the other: a join
+/// that checked for bans just before a ban was stored cannot add its membership after the
+/// ban removed none. Every change to a room's members takes it before touching a membership,
+/// so they all lock in one order.
+pub(crate) async fn lock_room(tx: &mut sqlx::PgConnection, room: Uuid) -> ApiResult<()> {
+    sqlx::query_scalar!("SELECT id FROM rooms WHERE id = $1 FOR NO KEY UPDATE", room)
+        .fetch_optional(tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such room"))?;
+    Ok(())
+}
+
 /// 409 `too_many_rooms` when `user` already belongs to `MAX_ROOMS_PER_USER` rooms: each of a
 /// user's rooms is loaded and subscribed to by every upgrade of their sockets, and, at 10
 /// joins a second, one user could otherwise join every public room there is.
-async fn check_room_count(state: &AppState, user: Uuid) -> ApiResult<()> {
+async fn check_room_count(db: impl sqlx::PgExecutor<'_>, max: usize, user: Uuid) -> ApiResult<()> {
     let joined = sqlx::query_scalar!(
         r#"SELECT count(*) AS "n!" FROM conversation_members m
            JOIN rooms r ON r.id = m.conversation_id
            WHERE m.user_id = $1"#,
         user
     )
-    .fetch_one(&state.db)
+    .fetch_one(db)
     .await?;
-    let max = state.config.max_rooms_per_user;
     if usize::try_from(joined).unwrap_or(usize::MAX) >= max {
         return Err(ApiError::conflict(
             "too_many_rooms",
@@ -406,19 +418,24 @@ pub async fn join(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Room>> {
     let room = load(&state, id, caller.user_id).await?;
-    crate::api::moderation::check_not_banned(&state, id, caller.user_id).await?;
     state.require_events()?;
+    let mut tx = state.db.begin().await?;
+    // Joins and bans of a room hold its row's lock (see `lock_room`): a ban stored while this
+    // join waited is seen by the check below.
+    lock_room(&mut tx, id).await?;
+    crate::api::moderation::check_not_banned(&mut *tx, id, caller.user_id).await?;
     if !room.is_member {
-        check_room_count(&state, caller.user_id).await?;
+        check_room_count(&mut *tx, state.config.max_rooms_per_user, caller.user_id).await?;
     }
     let joined = sqlx::query!(
         "INSERT INTO conversation_members (conversation_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         id,
         caller.user_id
     )
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    tx.commit().await?;
     if joined > 0 {
         announce(&state, id, caller.user_id, MembershipAction::Joined).await;
     }
@@ -440,14 +457,19 @@ pub async fn leave(
 ) -> ApiResult<StatusCode> {
     load(&state, id, caller.user_id).await?;
     state.require_events()?;
+    // The room's lock first, as joins and bans take it: the member count's trigger locks the
+    // room's row after the membership's, which in the other order could deadlock with a join.
+    let mut tx = state.db.begin().await?;
+    lock_room(&mut tx, id).await?;
     let left = sqlx::query!(
         "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
         id,
         caller.user_id
     )
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    tx.commit().await?;
     if left > 0 {
         announce(&state, id, caller.user_id, MembershipAction::Left).await;
     }

@@ -282,6 +282,94 @@ async fn a_ban_removes_the_user_and_refuses_rejoining_until_lifted(db: PgPool) {
     assert_eq!(older["entries"][1]["reason"], "spam");
 }
 
+/// A ban and the banned user's join at the same moment: whichever comes first, the user ends
+/// up outside the room (before, a join that had checked for bans just before the ban was
+/// stored added its membership after the ban had removed none).
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_join_racing_a_ban_never_leaves_the_user_inside(db: PgPool) {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let app = crate::helpers::spawn_app_with(db, &prefix, |c| {
+        c.action_rate = shared::limits::Rate {
+            per_second: 1000,
+            burst: 1000,
+        };
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let mut users = Vec::new();
+    for i in 0..40 {
+        users.push(app.user(&format!("user{i}")).await);
+    }
+    let rounds = users.iter().map(|u| {
+        let (app, alice) = (&app, &alice);
+        async move {
+            let (join, ban) = (
+                format!("/chat/rooms/{room}/join"),
+                format!("/chat/rooms/{room}/bans"),
+            );
+            let (joined, banned) = tokio::join!(
+                app.post(u, &join, json!({})),
+                app.post(alice, &ban, json!({"user_id": u.id})),
+            );
+            assert_eq!(banned.status(), StatusCode::NO_CONTENT);
+            assert!(
+                [StatusCode::OK, StatusCode::FORBIDDEN].contains(&joined.status()),
+                "{}",
+                joined.status()
+            );
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+    let inside: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM conversation_members WHERE conversation_id = $1 AND user_id <> $2",
+    )
+    .bind(room)
+    .bind(alice.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(inside, Vec::<uuid::Uuid>::new(), "banned users are members");
+}
+
+/// One user joining and leaving a room many times at once: every answer is a success (the
+/// changes lock the room's row before its memberships, so none deadlocks another) and the
+/// member count matches the members.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn joins_and_leaves_at_once_neither_fail_nor_miscount(db: PgPool) {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let app = crate::helpers::spawn_app_with(db, &prefix, |c| {
+        c.action_rate = shared::limits::Rate {
+            per_second: 1000,
+            burst: 1000,
+        };
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "r", &[]).await;
+    let (join, leave) = (
+        format!("/chat/rooms/{room}/join"),
+        format!("/chat/rooms/{room}/leave"),
+    );
+    let calls = (0..40).map(|i| {
+        let (app, bob) = (&app, &bob);
+        let path = if i % 2 == 0 { &join } else { &leave };
+        async move { app.post(bob, path, json!({})).await.status() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+    let (count, members): (i64, i64) = sqlx::query_as(
+        "SELECT r.member_count, (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = r.id)
+         FROM rooms r WHERE r.id = $1",
+    )
+    .bind(room)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(count, members);
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn an_expired_ban_no_longer_refuses(db: PgPool) {
     let app = spawn_app(db).await;
