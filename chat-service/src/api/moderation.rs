@@ -55,7 +55,8 @@ pub async fn role(db: impl PgExecutor<'_>, room: Uuid, user: Uuid) -> ApiResult<
     .ok_or_else(|| ApiError::not_found("no such room"))?;
     Ok(if row.owner {
         Role::Owner
-    } else if row.moderator {
+    } else if row.moderator && row.member {
+        // A moderator who is no longer a member (left, banned) moderates nothing.
         Role::Moderator
     } else if row.member {
         Role::Member
@@ -258,12 +259,17 @@ pub async fn promote(
     Acting(caller): Acting,
     ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    if role(&state.db, id, caller.user_id).await? != Role::Owner {
+    state.require_events()?;
+    let mut tx = state.db.begin().await?;
+    // Under the room's lock, as bans and leaves take it: a user banned or gone meanwhile is
+    // seen as an outsider here, not made a moderator after the fact.
+    crate::api::rooms::lock_room(&mut tx, id).await?;
+    if role(&mut *tx, id, caller.user_id).await? != Role::Owner {
         return Err(ApiError::forbidden(
             "only the room's owner names moderators",
         ));
     }
-    match role(&state.db, id, user).await? {
+    match role(&mut *tx, id, user).await? {
         Role::Owner => {
             return Err(ApiError::invalid_field(
                 "user_id",
@@ -278,8 +284,6 @@ pub async fn promote(
         Role::Moderator => return Ok(StatusCode::NO_CONTENT),
         Role::Member => {}
     }
-    state.require_events()?;
-    let mut tx = state.db.begin().await?;
     let added = sqlx::query!(
         "INSERT INTO room_moderators (room_id, user_id, added_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         id,

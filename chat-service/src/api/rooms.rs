@@ -469,6 +469,14 @@ pub async fn leave(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // A moderator who leaves is one no more (as a banned one): coming back makes a member.
+    sqlx::query!(
+        "DELETE FROM room_moderators WHERE room_id = $1 AND user_id = $2",
+        id,
+        caller.user_id
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     if left > 0 {
         announce(&state, id, caller.user_id, MembershipAction::Left).await;

@@ -370,6 +370,101 @@ async fn joins_and_leaves_at_once_neither_fail_nor_miscount(db: PgPool) {
     assert_eq!(count, members);
 }
 
+/// A moderator who leaves moderates nothing more, and coming back makes a plain member.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_moderator_who_leaves_is_one_no_more(db: PgPool) {
+    let app = spawn_app(db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.room(&alice, "r", &[&bob, &carol]).await;
+    let r = app
+        .put(&alice, &format!("/chat/rooms/{room}/moderators/{}", bob.id))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let m = app.send(&carol, &format!("room/{room}"), "hello").await;
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{room}/leave"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Gone: no deleting others' messages, no muting or banning.
+    let r = app
+        .delete(
+            &bob,
+            &format!("/chat/messages/{}", m["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app
+        .post(
+            &bob,
+            &format!("/chat/rooms/{room}/bans"),
+            json!({"user_id": carol.id}),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app
+        .post(&bob, &format!("/chat/rooms/{room}/join"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(my_role(&app, &bob, room).await, "member");
+    let r = app
+        .delete(
+            &bob,
+            &format!("/chat/messages/{}", m["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+/// The owner promoting a member while banning them: whichever comes first, a banned user
+/// is no moderator.
+#[sqlx::test(migrator = "shared::db::MIGRATOR")]
+async fn a_promotion_racing_a_ban_never_makes_a_banned_moderator(db: PgPool) {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    let app = crate::helpers::spawn_app_with(db, &prefix, |c| {
+        c.action_rate = shared::limits::Rate {
+            per_second: 1000,
+            burst: 1000,
+        };
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let mut users = Vec::new();
+    for i in 0..30 {
+        users.push(app.user(&format!("user{i}")).await);
+    }
+    let members: Vec<&User> = users.iter().collect();
+    let room = app.room(&alice, "r", &members).await;
+    let rounds = users.iter().map(|u| {
+        let (app, alice) = (&app, &alice);
+        async move {
+            let (promote, ban) = (
+                format!("/chat/rooms/{room}/moderators/{}", u.id),
+                format!("/chat/rooms/{room}/bans"),
+            );
+            let (promoted, banned) = tokio::join!(
+                app.put(alice, &promote),
+                app.post(alice, &ban, json!({"user_id": u.id})),
+            );
+            assert_eq!(banned.status(), StatusCode::NO_CONTENT);
+            assert!(
+                [StatusCode::NO_CONTENT, StatusCode::NOT_FOUND].contains(&promoted.status()),
+                "{}",
+                promoted.status()
+            );
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+    let moderators: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM room_moderators WHERE room_id = $1")
+            .bind(room)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(moderators, Vec::<uuid::Uuid>::new(), "banned moderators");
+}
+
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn an_expired_ban_no_longer_refuses(db: PgPool) {
     let app = spawn_app(db).await;
