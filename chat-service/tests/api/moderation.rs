@@ -16,6 +16,27 @@ async fn my_role(app: &TestApp, user: &User, room: uuid::Uuid) -> Value {
     r["my_role"].clone()
 }
 
+/// An instance whose action rate does not stop many changes at once.
+async fn unthrottled(db: PgPool) -> TestApp {
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+    crate::helpers::spawn_app_with(db, &prefix, |c| {
+        c.action_rate = shared::limits::Rate {
+            per_second: 1000,
+            burst: 1000,
+        };
+    })
+    .await
+}
+
+/// `n` users, `user0`, `user1`, …
+async fn users(app: &TestApp, n: usize) -> Vec<User> {
+    let mut users = Vec::with_capacity(n);
+    for i in 0..n {
+        users.push(app.user(&format!("user{i}")).await);
+    }
+    users
+}
+
 fn membership_actions(events: &[(String, Event)]) -> Vec<(MembershipAction, Option<uuid::Uuid>)> {
     events
         .iter()
@@ -287,20 +308,10 @@ async fn a_ban_removes_the_user_and_refuses_rejoining_until_lifted(db: PgPool) {
 /// stored added its membership after the ban had removed none).
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_join_racing_a_ban_never_leaves_the_user_inside(db: PgPool) {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
-    let app = crate::helpers::spawn_app_with(db, &prefix, |c| {
-        c.action_rate = shared::limits::Rate {
-            per_second: 1000,
-            burst: 1000,
-        };
-    })
-    .await;
+    let app = unthrottled(db).await;
     let alice = app.user("alice").await;
     let room = app.room(&alice, "r", &[]).await;
-    let mut users = Vec::new();
-    for i in 0..40 {
-        users.push(app.user(&format!("user{i}")).await);
-    }
+    let users = users(&app, 40).await;
     let rounds = users.iter().map(|u| {
         let (app, alice) = (&app, &alice);
         async move {
@@ -337,14 +348,7 @@ async fn a_join_racing_a_ban_never_leaves_the_user_inside(db: PgPool) {
 /// member count matches the members.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn joins_and_leaves_at_once_neither_fail_nor_miscount(db: PgPool) {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
-    let app = crate::helpers::spawn_app_with(db, &prefix, |c| {
-        c.action_rate = shared::limits::Rate {
-            per_second: 1000,
-            burst: 1000,
-        };
-    })
-    .await;
+    let app = unthrottled(db).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let room = app.room(&alice, "r", &[]).await;
@@ -421,19 +425,9 @@ async fn a_moderator_who_leaves_is_one_no_more(db: PgPool) {
 /// is no moderator.
 #[sqlx::test(migrator = "shared::db::MIGRATOR")]
 async fn a_promotion_racing_a_ban_never_makes_a_banned_moderator(db: PgPool) {
-    let prefix = format!("test:{}:", uuid::Uuid::new_v4());
-    let app = crate::helpers::spawn_app_with(db, &prefix, |c| {
-        c.action_rate = shared::limits::Rate {
-            per_second: 1000,
-            burst: 1000,
-        };
-    })
-    .await;
+    let app = unthrottled(db).await;
     let alice = app.user("alice").await;
-    let mut users = Vec::new();
-    for i in 0..30 {
-        users.push(app.user(&format!("user{i}")).await);
-    }
+    let users = users(&app, 30).await;
     let members: Vec<&User> = users.iter().collect();
     let room = app.room(&alice, "r", &members).await;
     let rounds = users.iter().map(|u| {
