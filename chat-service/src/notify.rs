@@ -49,15 +49,9 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// `None` without `WEBHOOK_URL`. With it, `WEBHOOK_SECRET` must be at least 16 characters.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        let url = config::string("WEBHOOK_URL", "")?;
+        let url = config::http_url("WEBHOOK_URL", "")?;
         if url.is_empty() {
             return Ok(None);
-        }
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(
-                "WEBHOOK_URL",
-                "is invalid: must be an http(s) URL",
-            ));
         }
         let secret = config::string("WEBHOOK_SECRET", "")?;
         if secret.chars().count() < 16 {

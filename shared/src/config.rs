@@ -133,17 +133,24 @@ pub fn flag(name: &'static str, default: bool) -> Result<bool, ConfigError> {
     }
 }
 
-/// An http(s) URL setting with a default: anything else stops the process at start.
+/// An http(s) URL setting with a host, or `default` (an empty one: not set, and then empty);
+/// anything else stops the process at start.
 pub fn http_url(name: &'static str, default: &str) -> Result<String, ConfigError> {
-    let url = string(name, default)?;
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(url)
-    } else {
-        Err(ConfigError::new(
-            name,
-            "is invalid: expected an http(s) URL",
-        ))
+    let value = string(name, default)?;
+    if !value.is_empty() {
+        parse_http_url(name, &value)?;
     }
+    Ok(value)
+}
+
+/// `value` of setting `name` as an http(s) URL with a host.
+pub fn parse_http_url(name: &'static str, value: &str) -> Result<reqwest::Url, ConfigError> {
+    let invalid = |why: &str| ConfigError::new(name, format!("is invalid ({value:?}): {why}"));
+    let url = reqwest::Url::parse(value).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid("expected an http(s) URL"));
+    }
+    Ok(url)
 }
 
 /// A string setting with a default.

@@ -50,6 +50,10 @@ fn storage_settings_that_cannot_work_stop_the_process() {
             "configuration error: S3_SECRET_ACCESS_KEY is not set, but S3_ACCESS_KEY_ID is",
         ),
         (
+            &[("WEBHOOK_URL", "https://")][..],
+            "configuration error: WEBHOOK_URL is invalid (\"https://\")",
+        ),
+        (
             &[("PUBLIC_URL", "https://chat.example.com/?x=1")][..],
             "configuration error: PUBLIC_URL is invalid",
         ),
